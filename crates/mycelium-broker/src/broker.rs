@@ -1,0 +1,346 @@
+//! The broker: topics, the subscription registry, connections, stats.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::Instant;
+
+use mycelium_codec::RelayDomain;
+use mycelium_protocol::{ConnectionStats, StatsSnapshot, SubscriptionStats, TopicStats};
+use parking_lot::{Mutex, RwLock};
+
+use crate::error::{PublishError, SubscribeError};
+use crate::name::{Pattern, validate_topic};
+use crate::outbound::Outbound;
+use crate::spec::TopicSpec;
+use crate::subscription::{Route, Subscription};
+use crate::topic::{Topic, TopicRef};
+
+/// Broker-wide settings.
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    /// Publishing to an unknown topic creates it (with `default_spec`) instead of failing.
+    pub auto_create_topics: bool,
+    /// Spec of auto-created topics.
+    pub default_spec: TopicSpec,
+    /// Topics configured up front: (name, spec).
+    pub topics: Vec<(String, TopicSpec)>,
+    /// Topic for a PUBLISH with no topic, by the TLV header's relay domain.
+    pub domain_topics: Vec<(RelayDomain, String)>,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            auto_create_topics: true,
+            default_spec: TopicSpec::default(),
+            topics: Vec::new(),
+            domain_topics: vec![
+                (RelayDomain::MarketData, "market_data".into()),
+                (RelayDomain::Signal, "signals".into()),
+                (RelayDomain::Execution, "execution".into()),
+                (RelayDomain::System, "system".into()),
+            ],
+        }
+    }
+}
+
+/// What the broker knows of a connection.
+#[derive(Debug)]
+pub struct ConnectionInfo {
+    /// Broker-assigned id.
+    pub id: u64,
+    /// `unix` or `tcp:<peer>`.
+    pub peer: String,
+    name: Mutex<String>,
+    /// Where replies and deliveries for it go.
+    pub outbound: Arc<Outbound>,
+    pub(crate) published: AtomicU64,
+    subscriptions: AtomicU32,
+}
+
+impl ConnectionInfo {
+    /// Sets the client's name (from HELLO).
+    pub fn set_name(&self, name: &str) {
+        *self.name.lock() = name.to_owned();
+    }
+
+    /// The client's name.
+    pub fn name(&self) -> String {
+        self.name.lock().clone()
+    }
+}
+
+/// The broker core, shared by every connection task.
+#[derive(Debug)]
+pub struct Broker {
+    config: BrokerConfig,
+    topics: RwLock<HashMap<Box<str>, TopicRef>>,
+    /// Every subscription, in creation order. Lock order: `registry`, then `topics`.
+    registry: Mutex<Vec<Arc<Subscription>>>,
+    connections: RwLock<HashMap<u64, Arc<ConnectionInfo>>>,
+    next_connection: AtomicU64,
+    next_subscription_key: AtomicU64,
+    next_batch: AtomicU64,
+    started: Instant,
+}
+
+impl Broker {
+    /// A broker with the configured topics created.
+    ///
+    /// # Errors
+    /// A configured topic name that breaks the naming rules.
+    pub fn new(config: BrokerConfig) -> Result<Arc<Broker>, PublishError> {
+        let mut topics = HashMap::new();
+        for (name, spec) in &config.topics {
+            validate_topic(name)?;
+            topics.insert(
+                name.as_str().into(),
+                Arc::new(Topic::new(name, spec.clone(), Route::default())),
+            );
+        }
+        for (_, name) in &config.domain_topics {
+            validate_topic(name)?;
+        }
+        Ok(Arc::new(Broker {
+            config,
+            topics: RwLock::new(topics),
+            registry: Mutex::new(Vec::new()),
+            connections: RwLock::new(HashMap::new()),
+            next_connection: AtomicU64::new(1),
+            next_subscription_key: AtomicU64::new(1),
+            next_batch: AtomicU64::new(1),
+            started: Instant::now(),
+        }))
+    }
+
+    /// The broker's settings.
+    pub fn config(&self) -> &BrokerConfig {
+        &self.config
+    }
+
+    /// A fresh read-batch id (see [`crate::Publisher`]).
+    pub(crate) fn next_batch(&self) -> u64 {
+        self.next_batch.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Registers a new connection.
+    pub fn connect(&self, peer: String) -> Arc<ConnectionInfo> {
+        let id = self.next_connection.fetch_add(1, Ordering::Relaxed);
+        let info = Arc::new(ConnectionInfo {
+            id,
+            peer,
+            name: Mutex::new(String::new()),
+            outbound: Outbound::new(id),
+            published: AtomicU64::new(0),
+            subscriptions: AtomicU32::new(0),
+        });
+        self.connections.write().insert(id, Arc::clone(&info));
+        info
+    }
+
+    /// Forgets a connection and every subscription it held.
+    pub fn disconnect(&self, connection_id: u64) {
+        let removed = self.connections.write().remove(&connection_id);
+        if let Some(info) = removed {
+            info.outbound.close();
+        }
+        self.remove_subscriptions(|s| s.connection_id() == connection_id);
+    }
+
+    /// Connections currently registered.
+    pub fn connection_count(&self) -> usize {
+        self.connections.read().len()
+    }
+
+    /// Looks a topic up by name.
+    pub fn topic(&self, name: &str) -> Option<TopicRef> {
+        self.topics.read().get(name).cloned()
+    }
+
+    /// Every topic, sorted by name.
+    pub fn topics(&self) -> Vec<TopicRef> {
+        let mut topics: Vec<TopicRef> = self.topics.read().values().cloned().collect();
+        topics.sort_by(|a, b| a.name().cmp(b.name()));
+        topics
+    }
+
+    /// The topic named `name`, creating it if `auto_create_topics` allows.
+    ///
+    /// # Errors
+    /// `InvalidTopic`, `UnknownTopic`.
+    pub fn topic_or_create(&self, name: &str) -> Result<TopicRef, PublishError> {
+        if let Some(topic) = self.topic(name) {
+            return Ok(topic);
+        }
+        validate_topic(name)?;
+        if !self.config.auto_create_topics {
+            return Err(PublishError::UnknownTopic(name.to_owned()));
+        }
+        self.create_topic(name, self.config.default_spec.clone())
+    }
+
+    /// Creates a topic (or returns the existing one of that name).
+    ///
+    /// # Errors
+    /// `InvalidTopic`.
+    pub fn create_topic(&self, name: &str, spec: TopicSpec) -> Result<TopicRef, PublishError> {
+        validate_topic(name)?;
+        let registry = self.registry.lock();
+        let mut topics = self.topics.write();
+        if let Some(existing) = topics.get(name) {
+            return Ok(Arc::clone(existing));
+        }
+        let route = Route::build(name, spec.routing, &registry);
+        let topic = Arc::new(Topic::new(name, spec, route));
+        topics.insert(name.into(), Arc::clone(&topic));
+        Ok(topic)
+    }
+
+    /// Removes a topic; publishers holding it notice and look it up again.
+    pub fn delete_topic(&self, name: &str) -> bool {
+        let removed = self.topics.write().remove(name);
+        removed.map(|t| t.mark_deleted()).is_some()
+    }
+
+    /// The topic a PUBLISH without topic goes to, by its TLV relay domain.
+    pub(crate) fn domain_topic(&self, domain: RelayDomain) -> Option<&str> {
+        self.config
+            .domain_topics
+            .iter()
+            .find(|(d, _)| *d == domain)
+            .map(|(_, t)| t.as_str())
+    }
+
+    /// Adds a subscription for `connection` with the connection-chosen `id`.
+    ///
+    /// # Errors
+    /// `InvalidPattern`, `InvalidGroup`, `Closing`.
+    pub fn subscribe(
+        &self,
+        connection: &ConnectionInfo,
+        id: u32,
+        pattern: &str,
+        group: Option<&str>,
+    ) -> Result<Arc<Subscription>, SubscribeError> {
+        let pattern = Pattern::parse(pattern)?;
+        if let Some(group) = group {
+            let valid = !group.is_empty()
+                && group.len() <= 255
+                && group
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+            if !valid {
+                return Err(SubscribeError::InvalidGroup(group.to_owned()));
+            }
+        }
+        if connection.outbound.is_closing() {
+            return Err(SubscribeError::Closing);
+        }
+        let key = self.next_subscription_key.fetch_add(1, Ordering::Relaxed);
+        let sub = Arc::new(Subscription::new(
+            id,
+            key,
+            pattern,
+            group.map(Into::into),
+            Arc::clone(&connection.outbound),
+        ));
+        let mut registry = self.registry.lock();
+        registry.push(Arc::clone(&sub));
+        self.rebuild_routes(&registry, |topic| sub.pattern.matches(topic));
+        connection.subscriptions.fetch_add(1, Ordering::Relaxed);
+        Ok(sub)
+    }
+
+    /// Removes subscription `id` of `connection`. Returns whether it existed. Once this returns,
+    /// no publisher routes to it any more.
+    pub fn unsubscribe(&self, connection: &ConnectionInfo, id: u32) -> bool {
+        let removed = self.remove_subscriptions(|s| s.connection_id() == connection.id && s.id == id);
+        if removed > 0 {
+            connection.subscriptions.fetch_sub(1, Ordering::Relaxed);
+        }
+        removed > 0
+    }
+
+    fn remove_subscriptions(&self, doomed: impl Fn(&Subscription) -> bool) -> usize {
+        let mut registry = self.registry.lock();
+        let (gone, kept): (Vec<_>, Vec<_>) = registry.drain(..).partition(|s| doomed(s));
+        *registry = kept;
+        if !gone.is_empty() {
+            self.rebuild_routes(&registry, |topic| gone.iter().any(|s| s.pattern.matches(topic)));
+        }
+        gone.len()
+    }
+
+    fn rebuild_routes(&self, registry: &[Arc<Subscription>], affected: impl Fn(&str) -> bool) {
+        for topic in self.topics.read().values() {
+            if affected(topic.name()) {
+                topic.route.store(Arc::new(Route::build(
+                    topic.name(),
+                    topic.spec().routing,
+                    registry,
+                )));
+            }
+        }
+    }
+
+    /// Every counter, for STATS and the metrics exporter.
+    pub fn stats(&self) -> StatsSnapshot {
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let topics = self
+            .topics()
+            .iter()
+            .map(|t| {
+                let c = t.counters();
+                TopicStats {
+                    name: t.name().to_owned(),
+                    routing: t.spec().routing.to_string(),
+                    published: load(&c.published),
+                    delivered: load(&c.delivered),
+                    dropped: load(&c.dropped),
+                    bytes_in: load(&c.bytes_in),
+                    bytes_out: load(&c.bytes_out),
+                    rejected: load(&c.rejected),
+                    blocked: load(&c.blocked),
+                    slow_disconnects: load(&c.slow_disconnects),
+                    subscribers: t.subscriber_count() as u32,
+                }
+            })
+            .collect();
+        let subscriptions = self
+            .registry
+            .lock()
+            .iter()
+            .map(|s| SubscriptionStats {
+                connection_id: s.connection_id(),
+                subscription_id: s.id,
+                pattern: s.pattern.to_string(),
+                group: s.group.as_deref().unwrap_or("").to_owned(),
+                delivered: load(&s.delivered),
+                dropped: load(&s.dropped),
+                blocked: load(&s.blocked),
+            })
+            .collect();
+        let mut connections: Vec<ConnectionStats> = self
+            .connections
+            .read()
+            .values()
+            .map(|c| ConnectionStats {
+                id: c.id,
+                name: c.name(),
+                peer: c.peer.clone(),
+                published: load(&c.published),
+                delivered: c.outbound.delivered(),
+                subscriptions: c.subscriptions.load(Ordering::Relaxed),
+                pending_bytes: c.outbound.pending_bytes() as u64,
+            })
+            .collect();
+        connections.sort_by_key(|c| c.id);
+        StatsSnapshot {
+            uptime_ms: self.started.elapsed().as_millis() as u64,
+            topics,
+            subscriptions,
+            connections,
+        }
+    }
+}

@@ -1,0 +1,24 @@
+//! The broker core: topics, subscriptions, routing and outbound buffers. It knows nothing of
+//! sockets, HTTP or JSON: the server feeds it decoded frames and drains its outbound buffers.
+//!
+//! - [`Broker`]: the registry of topics, subscriptions and connections; [`Broker::publish`] is the
+//!   hot path, [`Broker::subscribe`] / [`Broker::unsubscribe`] rebuild routes.
+//! - [`Outbound`]: one connection's pending frames, appended by any reader, drained by its writer.
+//! - [`name`]: topic names and wildcard patterns.
+//! - [`spec`]: what a topic is configured to do.
+
+mod broker;
+mod error;
+pub mod name;
+mod outbound;
+mod publish;
+pub mod spec;
+mod subscription;
+mod topic;
+
+pub use broker::{Broker, BrokerConfig, ConnectionInfo};
+pub use error::{PublishError, SubscribeError};
+pub use outbound::{Append, Outbound};
+pub use publish::{Published, Publisher};
+pub use subscription::{Subscription, pick};
+pub use topic::{Topic, TopicCounters, TopicRef};

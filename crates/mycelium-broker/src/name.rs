@@ -1,0 +1,182 @@
+//! Topic names and subscription patterns.
+//!
+//! A topic name is 1 to 255 bytes of dot-separated tokens (`signals.arbitrage.eth`); each token is
+//! non-empty and made of ASCII letters, digits, `_` and `-`. A pattern is a topic name whose tokens
+//! may also be `*` (exactly one token) or, as the last token, `>` (one or more tokens), as in NATS.
+
+use std::fmt;
+
+/// Longest topic name or pattern, in bytes (it travels as a `str8`).
+pub const NAME_BYTES_MAX: usize = 255;
+/// Most tokens in a topic name or pattern.
+pub const TOKENS_MAX: usize = 32;
+
+/// Why a topic name or pattern is not valid.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {what} `{name}`: {reason}")]
+pub struct NameError {
+    /// "topic name" or "pattern".
+    pub what: &'static str,
+    /// The offending input.
+    pub name: String,
+    /// What rule it breaks.
+    pub reason: String,
+}
+
+fn error(what: &'static str, name: &str, reason: impl Into<String>) -> NameError {
+    NameError {
+        what,
+        name: name.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+fn check_shape(what: &'static str, name: &str) -> Result<(), NameError> {
+    if name.is_empty() {
+        return Err(error(what, name, "is empty"));
+    }
+    if name.len() > NAME_BYTES_MAX {
+        return Err(error(
+            what,
+            name,
+            format!("is {} bytes, the maximum is {NAME_BYTES_MAX}", name.len()),
+        ));
+    }
+    if name.split('.').count() > TOKENS_MAX {
+        return Err(error(what, name, format!("has more than {TOKENS_MAX} tokens")));
+    }
+    Ok(())
+}
+
+fn check_token(what: &'static str, name: &str, index: usize, token: &str) -> Result<(), NameError> {
+    if token.is_empty() {
+        return Err(error(
+            what,
+            name,
+            format!("token {} is empty (leading, trailing or doubled `.`)", index + 1),
+        ));
+    }
+    if let Some(bad) = token
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || *c == '_' || *c == '-'))
+    {
+        return Err(error(
+            what,
+            name,
+            format!(
+                "token {} contains `{bad}` (allowed: letters, digits, `_`, `-`)",
+                index + 1
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a concrete topic name (no wildcards).
+///
+/// # Errors
+/// [`NameError`] naming the rule broken.
+pub fn validate_topic(name: &str) -> Result<(), NameError> {
+    const WHAT: &str = "topic name";
+    check_shape(WHAT, name)?;
+    for (index, token) in name.split('.').enumerate() {
+        if token == "*" || token == ">" {
+            return Err(error(
+                WHAT,
+                name,
+                "wildcards `*` and `>` are for subscriptions, not topic names",
+            ));
+        }
+        check_token(WHAT, name, index, token)?;
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Token {
+    Literal(Box<str>),
+    /// `*`: exactly one token.
+    One,
+    /// `>`: one or more trailing tokens.
+    Tail,
+}
+
+/// A parsed subscription pattern.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pattern {
+    raw: Box<str>,
+    tokens: Vec<Token>,
+}
+
+impl Pattern {
+    /// Parses and checks a pattern.
+    ///
+    /// # Errors
+    /// [`NameError`] naming the rule broken.
+    pub fn parse(raw: &str) -> Result<Pattern, NameError> {
+        const WHAT: &str = "pattern";
+        check_shape(WHAT, raw)?;
+        let count = raw.split('.').count();
+        let mut tokens = Vec::with_capacity(count);
+        for (index, token) in raw.split('.').enumerate() {
+            tokens.push(match token {
+                "*" => Token::One,
+                ">" if index + 1 == count => Token::Tail,
+                ">" => return Err(error(WHAT, raw, "`>` may only be the last token")),
+                _ => {
+                    check_token(WHAT, raw, index, token)?;
+                    Token::Literal(token.into())
+                }
+            });
+        }
+        Ok(Pattern {
+            raw: raw.into(),
+            tokens,
+        })
+    }
+
+    /// The pattern as written.
+    pub fn as_str(&self) -> &str {
+        &self.raw
+    }
+
+    /// Whether the pattern has no wildcard (it names exactly one topic).
+    pub fn is_literal(&self) -> bool {
+        self.tokens.iter().all(|t| matches!(t, Token::Literal(_)))
+    }
+
+    /// Whether `topic` (a valid topic name) matches.
+    pub fn matches(&self, topic: &str) -> bool {
+        let mut parts = topic.split('.');
+        for token in &self.tokens {
+            match token {
+                Token::Tail => return parts.next().is_some(),
+                Token::One => {
+                    if parts.next().is_none() {
+                        return false;
+                    }
+                }
+                Token::Literal(literal) => {
+                    if parts.next() != Some(literal) {
+                        return false;
+                    }
+                }
+            }
+        }
+        parts.next().is_none()
+    }
+}
+
+impl fmt::Display for Pattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.raw)
+    }
+}
+
+impl std::str::FromStr for Pattern {
+    type Err = NameError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Pattern::parse(s)
+    }
+}

@@ -1,0 +1,327 @@
+//! The publish path: resolve the topic, check the payload, route, append to outbound buffers.
+//!
+//! It runs on the task that read the PUBLISH frame. Each delivery is appended to its subscriber's
+//! outbound buffer right here; the subscriber's writer is woken once per read batch
+//! ([`Publisher::end_batch`]), not once per message. Nothing here allocates per message in steady
+//! state: the DELIVER frame is encoded straight into the outbound buffer, and the only allocation
+//! is the rare copy kept for a subscriber that is full under the `block` policy.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use bytes::BytesMut;
+use mycelium_protocol::{Deliver, ErrorCode, ErrorFrame, Frame, Publish};
+
+use crate::broker::{Broker, ConnectionInfo};
+use crate::error::PublishError;
+use crate::outbound::{Append, Outbound};
+use crate::spec::{Overflow, PayloadCodec, Routing};
+use crate::subscription::Subscription;
+use crate::topic::{TopicCounters, TopicRef};
+
+/// A delivery waiting for room in a full subscriber's buffer (policy `block`).
+#[derive(Debug)]
+struct Blocked {
+    sub: Arc<Subscription>,
+    topic: TopicRef,
+    frame: BytesMut,
+}
+
+/// Per-connection publishing state: the read batch, the writers to wake, a topic cache.
+#[derive(Debug)]
+pub struct Publisher {
+    connection: Arc<ConnectionInfo>,
+    batch: u64,
+    touched: Vec<Arc<Outbound>>,
+    blocked: Vec<Blocked>,
+    last_topic: Option<TopicRef>,
+}
+
+/// A message the broker accepted.
+#[derive(Debug, Clone)]
+pub struct Published {
+    /// Its per-topic sequence.
+    pub sequence: u64,
+    /// The topic it went to.
+    pub topic: TopicRef,
+}
+
+impl Publisher {
+    /// Publishing state for `connection`.
+    pub fn new(connection: Arc<ConnectionInfo>) -> Self {
+        Publisher {
+            connection,
+            batch: 0,
+            touched: Vec::new(),
+            blocked: Vec::new(),
+            last_topic: None,
+        }
+    }
+
+    /// Starts a read batch: call before routing the frames of one read.
+    pub fn begin_batch(&mut self, broker: &Broker) {
+        self.batch = broker.next_batch();
+    }
+
+    /// Ends a read batch: wakes every writer the batch appended to, once each.
+    pub fn end_batch(&mut self) {
+        for outbound in self.touched.drain(..) {
+            outbound.wake();
+        }
+    }
+
+    /// Whether some delivery waits for a full subscriber; call [`Broker::settle_blocked`] before
+    /// reading the next frame, so order is kept.
+    pub fn has_blocked(&self) -> bool {
+        !self.blocked.is_empty()
+    }
+
+    fn topic(&mut self, broker: &Broker, name: &str) -> Result<TopicRef, PublishError> {
+        if let Some(topic) = &self.last_topic
+            && topic.name() == name
+            && !topic.is_deleted()
+        {
+            return Ok(Arc::clone(topic));
+        }
+        let topic = broker.topic_or_create(name)?;
+        self.last_topic = Some(Arc::clone(&topic));
+        Ok(topic)
+    }
+}
+
+impl Broker {
+    /// Publishes one message: routes it to every subscription its topic's rule selects.
+    ///
+    /// # Errors
+    /// The message is refused whole (nothing delivered): bad or unknown topic, too large, invalid
+    /// TLV, no domain mapping, properties the topic cannot honour.
+    pub fn publish(
+        &self,
+        publisher: &mut Publisher,
+        message: &Publish<'_>,
+    ) -> Result<Published, PublishError> {
+        let topic = if message.topic.is_empty() {
+            let name = self.mapped_topic(message.payload)?;
+            publisher.topic(self, name)?
+        } else {
+            publisher.topic(self, message.topic)?
+        };
+        if let Err(error) = self.check(&topic, message) {
+            TopicCounters::add(&topic.counters.rejected, 1);
+            return Err(error);
+        }
+        let sequence = topic.next_sequence();
+        let counters = &topic.counters;
+        TopicCounters::add(&counters.published, 1);
+        TopicCounters::add(&counters.bytes_in, message.payload.len() as u64);
+        publisher.connection.published.fetch_add(1, Ordering::Relaxed);
+
+        let deliver = Deliver {
+            subscription_id: 0,
+            sequence,
+            topic: topic.name(),
+            headers: message.headers,
+            meta: &[],
+            payload: message.payload,
+        };
+        let frame_len = deliver.frame_len();
+        let spec = topic.spec();
+        let limit = spec.buffer_bytes;
+        let route = topic.route.load();
+        let has_room = |s: &Subscription| s.outbound.has_room(frame_len, limit);
+        match spec.routing {
+            Routing::Fanout | Routing::Queue => {
+                for sub in &route.each {
+                    self.offer(publisher, &topic, sub, deliver, frame_len);
+                }
+                for group in &route.groups {
+                    if let Some(sub) = group.pick(spec.balance, has_room) {
+                        self.offer(publisher, &topic, sub, deliver, frame_len);
+                    }
+                }
+            }
+            Routing::Direct => {
+                let live = route.ordered.iter().filter(|s| s.is_live());
+                match live.clone().find(|s| has_room(s)).or_else(|| live.clone().next()) {
+                    Some(sub) => self.offer(publisher, &topic, sub, deliver, frame_len),
+                    None => TopicCounters::add(&counters.dropped, 1),
+                }
+            }
+        }
+        Ok(Published {
+            sequence,
+            topic: Arc::clone(&topic),
+        })
+    }
+
+    fn mapped_topic(&self, payload: &[u8]) -> Result<&str, PublishError> {
+        let message = mycelium_codec::validate(payload)
+            .map_err(|e| PublishError::NoRoute(format!("the payload is not a valid TLV message: {e}")))?;
+        let domain = message
+            .relay_domain()
+            .map_err(|e| PublishError::NoRoute(format!("the payload's relay domain is unknown: {e}")))?;
+        self.domain_topic(domain)
+            .ok_or_else(|| PublishError::NoRoute(format!("relay domain `{domain}` maps to no topic")))
+    }
+
+    fn check(&self, topic: &TopicRef, message: &Publish<'_>) -> Result<(), PublishError> {
+        let spec = topic.spec();
+        if message.payload.len() > spec.message_bytes_max {
+            return Err(PublishError::MessageTooLarge {
+                topic: topic.name().to_owned(),
+                size: message.payload.len(),
+                max: spec.message_bytes_max,
+            });
+        }
+        if spec.codec == PayloadCodec::Tlv
+            && let Err(error) = mycelium_codec::validate(message.payload)
+        {
+            return Err(PublishError::InvalidTlv {
+                topic: topic.name().to_owned(),
+                error,
+            });
+        }
+        if !message.props.is_empty() {
+            return Err(PublishError::Unsupported(format!(
+                "topic `{}` is an in-memory at-most-once topic: message properties (priority, ttl, delay, \
+                 idempotency key) need a topic with delivery guarantees",
+                topic.name()
+            )));
+        }
+        Ok(())
+    }
+
+    #[inline]
+    fn offer(
+        &self,
+        publisher: &mut Publisher,
+        topic: &TopicRef,
+        sub: &Arc<Subscription>,
+        mut deliver: Deliver<'_>,
+        frame_len: usize,
+    ) {
+        deliver.subscription_id = sub.id;
+        let spec = topic.spec();
+        let drop_oldest = spec.overflow == Overflow::DropOldest;
+        let (outcome, first_in_batch) = sub.outbound.append_delivery(
+            frame_len,
+            spec.buffer_bytes,
+            drop_oldest,
+            publisher.batch,
+            |buf| {
+                // Cannot fail: topics are <= 255 bytes and header blocks arrived in a u16 block.
+                let _ = deliver.encode_frame(buf);
+            },
+        );
+        if first_in_batch {
+            publisher.touched.push(Arc::clone(&sub.outbound));
+        }
+        let counters = &topic.counters;
+        match outcome {
+            Append::Done { dropped_older } => {
+                self.count_dropped(topic, sub, dropped_older);
+                self.count_delivery(topic, sub, frame_len);
+            }
+            Append::DroppedNew { dropped_older } => self.count_dropped(topic, sub, dropped_older + 1),
+            Append::Full => match spec.overflow {
+                Overflow::Block => {
+                    let mut frame = BytesMut::with_capacity(frame_len);
+                    let _ = deliver.encode_frame(&mut frame);
+                    TopicCounters::add(&counters.blocked, 1);
+                    sub.blocked.fetch_add(1, Ordering::Relaxed);
+                    publisher.blocked.push(Blocked {
+                        sub: Arc::clone(sub),
+                        topic: Arc::clone(topic),
+                        frame,
+                    });
+                }
+                Overflow::Disconnect | Overflow::DropOldest => {
+                    self.disconnect_slow(topic, sub, "overflow = disconnect")
+                }
+            },
+            Append::Closed => {}
+        }
+    }
+
+    fn count_delivery(&self, topic: &TopicRef, sub: &Subscription, frame_len: usize) {
+        TopicCounters::add(&topic.counters.delivered, 1);
+        TopicCounters::add(&topic.counters.bytes_out, frame_len as u64);
+        sub.delivered.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn count_dropped(&self, topic: &TopicRef, sub: &Subscription, dropped: u64) {
+        if dropped > 0 {
+            TopicCounters::add(&topic.counters.dropped, dropped);
+            sub.dropped.fetch_add(dropped, Ordering::Relaxed);
+        }
+    }
+
+    /// Disconnects a subscriber that cannot keep up: a final ERROR, then close.
+    fn disconnect_slow(&self, topic: &TopicRef, sub: &Subscription, why: &str) {
+        if sub.outbound.is_closing() {
+            return;
+        }
+        TopicCounters::add(&topic.counters.slow_disconnects, 1);
+        let message = format!(
+            "slow consumer: subscription {} (`{}`) on topic `{}` had {} bytes pending, over its buffer of {} \
+             bytes ({why}); disconnecting",
+            sub.id,
+            sub.pattern,
+            topic.name(),
+            sub.outbound.pending_bytes(),
+            topic.spec().buffer_bytes
+        );
+        sub.outbound.append_final(|buf| {
+            let _ = mycelium_protocol::encode(
+                buf,
+                0,
+                &Frame::Error(ErrorFrame::new(ErrorCode::SlowConsumer, &message)),
+            );
+        });
+        sub.outbound.close();
+    }
+
+    /// Delivers what [`Broker::publish`] left waiting for full subscribers (policy `block`): waits
+    /// for each to drain, up to the topic's `block_timeout`, and disconnects those that do not.
+    /// The caller must not read further frames from this publisher until it returns.
+    pub async fn settle_blocked(&self, publisher: &mut Publisher) {
+        publisher.end_batch();
+        let blocked = std::mem::take(&mut publisher.blocked);
+        for Blocked { sub, topic, frame } in blocked {
+            let spec = topic.spec();
+            let deadline = tokio::time::Instant::now() + spec.block_timeout;
+            loop {
+                let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+                if !sub
+                    .outbound
+                    .wait_for_room(frame.len(), spec.buffer_bytes, remaining)
+                    .await
+                {
+                    if sub.is_live() {
+                        let why = format!(
+                            "overflow = block, still full after block_timeout of {:?}",
+                            spec.block_timeout
+                        );
+                        self.disconnect_slow(&topic, &sub, &why);
+                    }
+                    break;
+                }
+                let (outcome, _) =
+                    sub.outbound
+                        .append_delivery(frame.len(), spec.buffer_bytes, false, 0, |buf| {
+                            buf.extend_from_slice(&frame);
+                        });
+                match outcome {
+                    Append::Done { .. } | Append::DroppedNew { .. } => {
+                        self.count_delivery(&topic, &sub, frame.len());
+                        sub.outbound.wake();
+                        break;
+                    }
+                    Append::Closed => break,
+                    // Another publisher took the room first: wait again.
+                    Append::Full => continue,
+                }
+            }
+        }
+    }
+}

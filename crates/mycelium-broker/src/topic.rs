@@ -1,0 +1,96 @@
+//! A topic: its spec, its sequence, its counters and its current route.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use arc_swap::ArcSwap;
+
+use crate::spec::TopicSpec;
+use crate::subscription::Route;
+
+/// Counters of one topic (monotonic totals, relaxed atomics: exact per counter, not a snapshot
+/// across counters).
+#[derive(Debug, Default)]
+#[allow(missing_docs)]
+pub struct TopicCounters {
+    pub published: AtomicU64,
+    pub delivered: AtomicU64,
+    pub dropped: AtomicU64,
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
+    pub rejected: AtomicU64,
+    pub blocked: AtomicU64,
+    pub slow_disconnects: AtomicU64,
+}
+
+impl TopicCounters {
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// One topic.
+#[derive(Debug)]
+pub struct Topic {
+    name: Box<str>,
+    spec: TopicSpec,
+    next_sequence: AtomicU64,
+    pub(crate) counters: TopicCounters,
+    pub(crate) route: ArcSwap<Route>,
+    deleted: AtomicBool,
+}
+
+impl Topic {
+    pub(crate) fn new(name: &str, spec: TopicSpec, route: Route) -> Topic {
+        Topic {
+            name: name.into(),
+            spec,
+            next_sequence: AtomicU64::new(1),
+            counters: TopicCounters::default(),
+            route: ArcSwap::from_pointee(route),
+            deleted: AtomicBool::new(false),
+        }
+    }
+
+    /// The topic's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The topic's configuration.
+    pub fn spec(&self) -> &TopicSpec {
+        &self.spec
+    }
+
+    /// The topic's counters.
+    pub fn counters(&self) -> &TopicCounters {
+        &self.counters
+    }
+
+    /// Takes the next per-topic sequence (the first message is 1).
+    #[inline]
+    pub(crate) fn next_sequence(&self) -> u64 {
+        self.next_sequence.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The sequence the next message will get.
+    pub fn peek_sequence(&self) -> u64 {
+        self.next_sequence.load(Ordering::Relaxed)
+    }
+
+    /// Subscriptions currently routed from this topic.
+    pub fn subscriber_count(&self) -> usize {
+        self.route.load().subscriber_count()
+    }
+
+    pub(crate) fn is_deleted(&self) -> bool {
+        self.deleted.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn mark_deleted(&self) {
+        self.deleted.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Shorthand for a shared topic.
+pub type TopicRef = Arc<Topic>;
