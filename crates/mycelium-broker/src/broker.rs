@@ -223,6 +223,41 @@ impl Broker {
         pattern: &str,
         group: Option<&str>,
     ) -> Result<Arc<Subscription>, SubscribeError> {
+        self.subscribe_inner(connection, id, pattern, group, || {})
+    }
+
+    /// Like [`Broker::subscribe`], and queues SUBSCRIBE_OK (answering `request_id`) on the
+    /// connection *before* the subscription becomes routable, so the client always sees its
+    /// SUBSCRIBE_OK before the first DELIVER for it.
+    ///
+    /// # Errors
+    /// As [`Broker::subscribe`]; nothing is queued then.
+    pub fn subscribe_with_reply(
+        &self,
+        connection: &ConnectionInfo,
+        id: u32,
+        pattern: &str,
+        group: Option<&str>,
+        request_id: u32,
+    ) -> Result<Arc<Subscription>, SubscribeError> {
+        self.subscribe_inner(connection, id, pattern, group, || {
+            connection.outbound.append_control(|buf| {
+                let ok = mycelium_protocol::Frame::SubscribeOk(mycelium_protocol::SubscriptionRef {
+                    subscription_id: id,
+                });
+                let _ = mycelium_protocol::encode(buf, request_id, &ok);
+            });
+        })
+    }
+
+    fn subscribe_inner(
+        &self,
+        connection: &ConnectionInfo,
+        id: u32,
+        pattern: &str,
+        group: Option<&str>,
+        before_routable: impl FnOnce(),
+    ) -> Result<Arc<Subscription>, SubscribeError> {
         let pattern = Pattern::parse(pattern)?;
         if let Some(group) = group {
             let valid = !group.is_empty()
@@ -246,6 +281,7 @@ impl Broker {
             Arc::clone(&connection.outbound),
         ));
         let mut registry = self.registry.lock();
+        before_routable();
         registry.push(Arc::clone(&sub));
         self.rebuild_routes(&registry, |topic| sub.pattern.matches(topic));
         connection.subscriptions.fetch_add(1, Ordering::Relaxed);

@@ -1,0 +1,350 @@
+//! The subcommands.
+
+use std::io::{IsTerminal, Read, Write};
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use mycelium_client::{Client, ClientOptions, Message};
+use mycelium_server::Config;
+use tokio_util::sync::CancellationToken;
+
+use crate::{Cli, Command, ConfigCommand, Format, LogFormat, PubArgs, ServeArgs, SubArgs, tlv};
+
+pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::Config {
+            command: ConfigCommand::Check { file },
+        } => {
+            let config = Config::load(Some(&file), std::env::vars())?;
+            println!(
+                "{}: ok ({} topics configured)",
+                file.display(),
+                config.topics.len()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Config {
+            command: ConfigCommand::Show { file },
+        } => {
+            let config = Config::load(file.as_deref(), std::env::vars())?;
+            print!("{config}");
+            Ok(ExitCode::SUCCESS)
+        }
+        command => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(client_command(&cli.url, command))
+        }
+    }
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let mut config = Config::load(args.config.as_deref(), std::env::vars())?;
+    if let Some(socket) = args.socket {
+        config.server.socket_path = socket;
+    }
+    if let Some(tcp) = args.tcp {
+        config.server.tcp = tcp;
+    }
+    config
+        .validate()
+        .map_err(|problems| mycelium_server::ConfigError::Invalid {
+            file: "command line".into(),
+            problems,
+        })?;
+    install_tracing(args.log_format);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.performance.worker_threads)
+        .thread_name("mycelium")
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let shutdown = CancellationToken::new();
+        let signal = shutdown.clone();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            tracing::info!("signal received: stopping");
+            signal.cancel();
+        });
+        mycelium_server::run(config, shutdown).await
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
+        (Ok(mut int), Ok(mut term)) => {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+fn install_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MYCELIUM_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn connect(url: &str) -> anyhow::Result<Client> {
+    let options = ClientOptions {
+        name: "mycelium-cli".into(),
+        ..ClientOptions::default()
+    };
+    Ok(Client::connect_with(url, options).await?)
+}
+
+async fn client_command(url: &str, command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Pub(args) => publish(url, args).await,
+        Command::Sub(args) => subscribe(url, args).await,
+        Command::Stats { json } => stats(url, json).await,
+        Command::Topics { json } => topics(url, json).await,
+        Command::Serve(_) | Command::Config { .. } => unreachable!("handled without a client"),
+    }
+}
+
+async fn publish(url: &str, args: PubArgs) -> anyhow::Result<ExitCode> {
+    let fixed_payload: Option<Vec<u8>> = match (&args.message, &args.file, &args.tlv) {
+        (Some(text), _, _) => Some(text.clone().into_bytes()),
+        (None, Some(path), _) => {
+            Some(std::fs::read(path).with_context(|| format!("reading {}", path.display()))?)
+        }
+        (None, None, Some(_)) => None,
+        (None, None, None) => {
+            if std::io::stdin().is_terminal() {
+                bail!("no message: give MESSAGE, --file, --tlv, or pipe it on standard input");
+            }
+            let mut data = Vec::new();
+            std::io::stdin().read_to_end(&mut data)?;
+            Some(data)
+        }
+    };
+    let headers: Vec<(String, String)> = args
+        .headers
+        .iter()
+        .map(|h| h.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
+        .collect::<Option<_>>()
+        .context("headers are key=value")?;
+    let client = connect(url).await?;
+    let mut refused = 0u64;
+    let stdout = std::io::stdout();
+    for i in 0..args.count {
+        let payload = match (&fixed_payload, &args.tlv) {
+            (Some(p), _) => p.clone(),
+            (None, Some(spec)) => tlv::build(spec, i + 1)?,
+            (None, None) => unreachable!("one source is always set"),
+        };
+        if args.confirm {
+            if !headers.is_empty() {
+                bail!("--confirm with --header is not supported yet; drop one of them");
+            }
+            match client.publish_confirmed(&args.topic, &payload).await {
+                Ok(sequence) => writeln!(stdout.lock(), "{sequence}")?,
+                Err(error) => {
+                    eprintln!("refused: {error}");
+                    refused += 1;
+                }
+            }
+        } else if headers.is_empty() {
+            client.publish(&args.topic, &payload).await?;
+        } else {
+            let pairs: Vec<(&str, &[u8])> = headers.iter().map(|(k, v)| (k.as_str(), v.as_bytes())).collect();
+            client.publish_with_headers(&args.topic, &pairs, &payload).await?;
+        }
+    }
+    // The flush makes sure the broker processed every publish; errors it reported arrive first.
+    let mut errors = client.errors();
+    client.flush().await?;
+    while let Ok(error) = errors.try_recv() {
+        eprintln!("refused: {error}");
+        refused += 1;
+    }
+    client.close().await;
+    if refused > 0 {
+        eprintln!("{refused} of {} messages refused", args.count);
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn subscribe(url: &str, args: SubArgs) -> anyhow::Result<ExitCode> {
+    let client = connect(url).await?;
+    let mut subscription = match &args.group {
+        Some(group) => client.queue_subscribe(&args.pattern, group).await?,
+        None => client.subscribe(&args.pattern).await?,
+    };
+    let mut seen = 0u64;
+    let limit = args.count.unwrap_or(u64::MAX);
+    let mut stdout = std::io::stdout().lock();
+    while seen < limit {
+        let message = tokio::select! {
+            m = subscription.next() => m,
+            _ = tokio::signal::ctrl_c() => None,
+        };
+        let Some(message) = message else { break };
+        writeln!(stdout, "{}", render(&message, args.format))?;
+        stdout.flush()?;
+        seen += 1;
+    }
+    drop(stdout);
+    client.close().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn render(message: &Message, format: Format) -> String {
+    match format {
+        Format::Text => {
+            format!(
+                "[{} #{}] {}",
+                message.topic(),
+                message.sequence,
+                String::from_utf8_lossy(&message.payload)
+            )
+        }
+        Format::Hex => format!(
+            "[{} #{}] {}",
+            message.topic(),
+            message.sequence,
+            tlv::hex(&message.payload)
+        ),
+        Format::Tlv => format!(
+            "[{} #{}] {}",
+            message.topic(),
+            message.sequence,
+            tlv::describe(&message.payload)
+        ),
+        Format::Json => {
+            let headers: serde_json::Map<String, serde_json::Value> = message
+                .headers()
+                .map(|(k, v)| (k.to_owned(), String::from_utf8_lossy(v).into_owned().into()))
+                .collect();
+            serde_json::json!({
+                "topic": message.topic(),
+                "sequence": message.sequence,
+                "headers": headers,
+                "payload": std::str::from_utf8(&message.payload).ok(),
+                "payload_hex": tlv::hex(&message.payload),
+            })
+            .to_string()
+        }
+    }
+}
+
+async fn stats(url: &str, json: bool) -> anyhow::Result<ExitCode> {
+    let client = connect(url).await?;
+    let stats = client.stats().await?;
+    client.close().await;
+    if json {
+        let topics: Vec<_> = stats
+            .topics
+            .iter()
+            .map(|t| {
+                serde_json::json!({"name": t.name, "routing": t.routing, "published": t.published,
+                "delivered": t.delivered, "dropped": t.dropped, "bytes_in": t.bytes_in, "bytes_out": t.bytes_out,
+                "rejected": t.rejected, "blocked": t.blocked, "slow_disconnects": t.slow_disconnects,
+                "subscribers": t.subscribers})
+            })
+            .collect();
+        let subscriptions: Vec<_> = stats
+            .subscriptions
+            .iter()
+            .map(|s| {
+                serde_json::json!({"connection": s.connection_id, "id": s.subscription_id, "pattern": s.pattern,
+                "group": s.group, "delivered": s.delivered, "dropped": s.dropped, "blocked": s.blocked})
+            })
+            .collect();
+        let connections: Vec<_> = stats
+            .connections
+            .iter()
+            .map(|c| {
+                serde_json::json!({"id": c.id, "name": c.name, "peer": c.peer, "published": c.published,
+                "delivered": c.delivered, "subscriptions": c.subscriptions, "pending_bytes": c.pending_bytes})
+            })
+            .collect();
+        let all = serde_json::json!({"uptime_ms": stats.uptime_ms, "topics": topics,
+            "subscriptions": subscriptions, "connections": connections});
+        println!("{all}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("uptime {:.1}s", stats.uptime_ms as f64 / 1000.0);
+    println!(
+        "\n{:<28} {:<7} {:>11} {:>11} {:>8} {:>8} {:>7} {:>5} {:>5}",
+        "TOPIC", "ROUTING", "PUBLISHED", "DELIVERED", "DROPPED", "REJECTED", "BLOCKED", "SLOW", "SUBS"
+    );
+    for t in &stats.topics {
+        println!(
+            "{:<28} {:<7} {:>11} {:>11} {:>8} {:>8} {:>7} {:>5} {:>5}",
+            t.name,
+            t.routing,
+            t.published,
+            t.delivered,
+            t.dropped,
+            t.rejected,
+            t.blocked,
+            t.slow_disconnects,
+            t.subscribers
+        );
+    }
+    println!(
+        "\n{:<6} {:<4} {:<28} {:<12} {:>11} {:>8} {:>7}",
+        "CONN", "SUB", "PATTERN", "GROUP", "DELIVERED", "DROPPED", "BLOCKED"
+    );
+    for s in &stats.subscriptions {
+        println!(
+            "{:<6} {:<4} {:<28} {:<12} {:>11} {:>8} {:>7}",
+            s.connection_id, s.subscription_id, s.pattern, s.group, s.delivered, s.dropped, s.blocked
+        );
+    }
+    println!(
+        "\n{:<6} {:<20} {:<24} {:>11} {:>11} {:>5} {:>10}",
+        "CONN", "NAME", "PEER", "PUBLISHED", "DELIVERED", "SUBS", "PENDING"
+    );
+    for c in &stats.connections {
+        println!(
+            "{:<6} {:<20} {:<24} {:>11} {:>11} {:>5} {:>10}",
+            c.id, c.name, c.peer, c.published, c.delivered, c.subscriptions, c.pending_bytes
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn topics(url: &str, json: bool) -> anyhow::Result<ExitCode> {
+    let client = connect(url).await?;
+    let stats = client.stats().await?;
+    client.close().await;
+    if json {
+        let list: Vec<_> = stats
+            .topics
+            .iter()
+            .map(|t| serde_json::json!({"name": t.name, "routing": t.routing, "subscribers": t.subscribers, "published": t.published}))
+            .collect();
+        println!("{}", serde_json::Value::from(list));
+    } else {
+        println!(
+            "{:<32} {:<7} {:>5} {:>11}",
+            "TOPIC", "ROUTING", "SUBS", "PUBLISHED"
+        );
+        for t in &stats.topics {
+            println!(
+                "{:<32} {:<7} {:>5} {:>11}",
+                t.name, t.routing, t.subscribers, t.published
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

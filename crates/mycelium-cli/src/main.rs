@@ -1,0 +1,144 @@
+//! `mycelium`: the broker and its command-line tools in one binary.
+
+mod commands;
+mod tlv;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Mycelium: a fast message broker with native (Unix socket, TCP) and HTTP doors.
+#[derive(Debug, Parser)]
+#[command(name = "mycelium", version, about, propagate_version = true)]
+struct Cli {
+    /// Broker address: unix:///path/to.sock or tcp://host:port.
+    #[arg(
+        long,
+        global = true,
+        env = "MYCELIUM_URL",
+        default_value = "unix:///tmp/mycelium.sock"
+    )]
+    url: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the broker (no config file needed: embedded defaults).
+    Serve(ServeArgs),
+    /// Publish messages.
+    Pub(PubArgs),
+    /// Subscribe and print messages.
+    Sub(SubArgs),
+    /// Show the broker's counters: topics, subscriptions, connections.
+    Stats {
+        /// Print JSON instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List topics.
+    Topics {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Configuration tools.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    /// TOML configuration file (default: none, embedded defaults).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Unix socket path (overrides the file and the environment; "" disables).
+    #[arg(long)]
+    socket: Option<String>,
+    /// TCP listen address (overrides the file and the environment; "" disables).
+    #[arg(long)]
+    tcp: Option<String>,
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, clap::Args)]
+struct PubArgs {
+    /// Topic ("" to route a TLV message by its relay domain).
+    topic: String,
+    /// Message text (default: --file, --tlv, or standard input).
+    message: Option<String>,
+    /// Read the message from a file.
+    #[arg(long, conflicts_with_all = ["message", "tlv"])]
+    file: Option<PathBuf>,
+    /// Build a TLV message: KIND[:key=value,...], KIND one of trade, quote, arbitrage, order, fill.
+    #[arg(long, conflicts_with = "message")]
+    tlv: Option<String>,
+    /// Publish the message this many times.
+    #[arg(long, default_value_t = 1)]
+    count: u64,
+    /// Header key=value (repeatable).
+    #[arg(long = "header", short = 'H')]
+    headers: Vec<String>,
+    /// Wait for the broker to confirm each message; print `<sequence>` per message.
+    #[arg(long)]
+    confirm: bool,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum Format {
+    Text,
+    Hex,
+    Json,
+    Tlv,
+}
+
+#[derive(Debug, clap::Args)]
+struct SubArgs {
+    /// Topic or pattern (`*` one token, `>` the rest).
+    pattern: String,
+    /// Join queue group GROUP: each message goes to one member.
+    #[arg(long)]
+    group: Option<String>,
+    /// Exit after this many messages.
+    #[arg(long)]
+    count: Option<u64>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    format: Format,
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Validate a configuration file (with environment overrides applied).
+    Check {
+        /// The file.
+        file: PathBuf,
+    },
+    /// Print the effective configuration (defaults, file, environment).
+    Show {
+        /// The file (default: none).
+        file: Option<PathBuf>,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    match commands::run(cli) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,884 @@
+//! The client: one supervised connection, re-established with backoff, behind a circuit breaker.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+use bytes::{Bytes, BytesMut};
+use mycelium_protocol::{
+    BatchWriter, DEFAULT_FRAME_BYTES_MAX, Frame, Hello, PROTOCOL_VERSION, PROTOCOL_VERSION_MIN, Publish,
+    PublishOk, StatsSnapshot, Subscribe, SubscriptionRef, decode, encode, frame_len,
+};
+use parking_lot::Mutex;
+use rand::SeedableRng;
+use rand::rngs::SmallRng;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{Notify, broadcast, mpsc, oneshot, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::message::{Message, Subscription};
+use crate::resilience::{BreakerState, CircuitBreaker};
+use crate::url::Endpoint;
+use crate::{ClientOptions, Error, ErrorKind};
+
+/// The connection's state, observable through [`Client::state_changes`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectionState {
+    /// Trying to connect.
+    Connecting,
+    /// Connected and serving.
+    Connected,
+    /// Lost the connection; retrying after a backoff delay. Publishes are buffered.
+    Disconnected,
+    /// The breaker is open: calls fail fast until the next probe.
+    CircuitOpen,
+    /// [`Client::close`] was called, or every handle was dropped.
+    Closed,
+}
+
+type Reader = Box<dyn AsyncRead + Unpin + Send>;
+type Writer = Box<dyn AsyncWrite + Unpin + Send>;
+
+enum Reply {
+    Pong,
+    Subscribed,
+    Unsubscribed,
+    Published(PublishOk),
+    Stats(Box<StatsSnapshot>),
+}
+
+enum Pending {
+    Request(oneshot::Sender<Result<Reply, Error>>),
+    Subscribe {
+        local: u64,
+        reply: Option<oneshot::Sender<Result<Reply, Error>>>,
+    },
+}
+
+struct LocalSub {
+    pattern: String,
+    group: Option<String>,
+    sender: mpsc::Sender<Message>,
+    server_id: Option<u32>,
+}
+
+#[derive(Default)]
+struct Subs {
+    local: HashMap<u64, LocalSub>,
+    by_server: HashMap<u32, u64>,
+}
+
+struct Out {
+    buf: BytesMut,
+    connected: bool,
+}
+
+pub(crate) struct Shared {
+    options: ClientOptions,
+    endpoint: Endpoint,
+    out: Mutex<Out>,
+    wake_writer: Notify,
+    drained: Notify,
+    state: watch::Sender<ConnectionState>,
+    errors: broadcast::Sender<Error>,
+    subs: Mutex<Subs>,
+    pending: Mutex<HashMap<u32, Pending>>,
+    next_request: AtomicU32,
+    next_local: AtomicU64,
+    breaker: Mutex<CircuitBreaker>,
+    closed: CancellationToken,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("endpoint", &self.endpoint)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Closes the client when the last [`Client`] handle is dropped.
+#[derive(Debug)]
+struct CloseOnDrop(CancellationToken);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        self.0.cancel();
+    }
+}
+
+/// A connection to a Mycelium broker. Cheap to clone; all clones share one connection.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), mycelium_client::Error> {
+/// use mycelium_client::Client;
+///
+/// let client = Client::connect("unix:///tmp/mycelium.sock").await?;
+/// let mut prices = client.subscribe("market_data.>").await?;
+/// client.publish("market_data.eth", b"2500.5").await?;
+/// client.flush().await?;
+/// if let Some(message) = prices.next().await {
+///     println!("{} #{}: {:?}", message.topic(), message.sequence, message.payload);
+/// }
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Client {
+    shared: Arc<Shared>,
+    _close: Arc<CloseOnDrop>,
+}
+
+impl Client {
+    /// Connects with default options.
+    ///
+    /// # Errors
+    /// `InvalidUrl`; `Connect` when the first attempt fails (later drops are retried on their own).
+    pub async fn connect(url: &str) -> Result<Client, Error> {
+        Client::connect_with(url, ClientOptions::default()).await
+    }
+
+    /// Connects with `options`.
+    ///
+    /// # Errors
+    /// As [`Client::connect`].
+    pub async fn connect_with(url: &str, options: ClientOptions) -> Result<Client, Error> {
+        let endpoint: Endpoint = url.parse()?;
+        let (state, _) = watch::channel(ConnectionState::Connecting);
+        let breaker = CircuitBreaker::new(options.breaker_threshold, options.breaker_open_for);
+        let shared = Arc::new(Shared {
+            out: Mutex::new(Out {
+                buf: BytesMut::with_capacity(64 * 1024),
+                connected: false,
+            }),
+            options,
+            endpoint,
+            wake_writer: Notify::new(),
+            drained: Notify::new(),
+            state,
+            errors: broadcast::channel(256).0,
+            subs: Mutex::new(Subs::default()),
+            pending: Mutex::new(HashMap::new()),
+            next_request: AtomicU32::new(1),
+            next_local: AtomicU64::new(1),
+            breaker: Mutex::new(breaker),
+            closed: CancellationToken::new(),
+        });
+        let first = shared.establish().await?;
+        // Usable at once: frames queued before the writer task starts wait in the buffer.
+        shared.out.lock().connected = true;
+        shared.set_state(ConnectionState::Connected);
+        tokio::spawn(Arc::clone(&shared).supervise(first));
+        Ok(Client {
+            _close: Arc::new(CloseOnDrop(shared.closed.clone())),
+            shared,
+        })
+    }
+
+    /// The current connection state.
+    pub fn state(&self) -> ConnectionState {
+        *self.shared.state.borrow()
+    }
+
+    /// Every state change, as a watch channel.
+    pub fn state_changes(&self) -> watch::Receiver<ConnectionState> {
+        self.shared.state.subscribe()
+    }
+
+    /// Errors the broker reported for requests nobody waits on (fire-and-forget publishes).
+    pub fn errors(&self) -> broadcast::Receiver<Error> {
+        self.shared.errors.subscribe()
+    }
+
+    /// Publishes `payload` to `topic` (fire and forget: broker-side errors arrive on
+    /// [`Client::errors`]). While disconnected the message is buffered and sent on reconnect.
+    ///
+    /// # Errors
+    /// `BufferFull` (disconnected, buffer full), `CircuitOpen`, `Closed`, `InvalidArgument`.
+    pub async fn publish(&self, topic: &str, payload: impl AsRef<[u8]>) -> Result<(), Error> {
+        let message = Publish {
+            topic,
+            payload: payload.as_ref(),
+            ..Default::default()
+        };
+        self.shared
+            .send(message.payload.len() + topic.len() + 32, |buf| {
+                encode(buf, 0, &Frame::Publish(message))
+            })
+            .await
+    }
+
+    /// Publishes with headers (`traceparent`, content type, ...).
+    ///
+    /// # Errors
+    /// As [`Client::publish`].
+    pub async fn publish_with_headers(
+        &self,
+        topic: &str,
+        headers: &[(&str, &[u8])],
+        payload: impl AsRef<[u8]>,
+    ) -> Result<(), Error> {
+        let mut block = BytesMut::new();
+        mycelium_protocol::encode_headers(&mut block, headers.iter().copied())
+            .map_err(|e| Error::new(ErrorKind::InvalidArgument, e.to_string()))?;
+        let message = Publish {
+            topic,
+            headers: &block,
+            payload: payload.as_ref(),
+            ..Default::default()
+        };
+        let size = message.payload.len() + block.len() + topic.len() + 32;
+        self.shared
+            .send(size, |buf| encode(buf, 0, &Frame::Publish(message)))
+            .await
+    }
+
+    /// Publishes and waits for the broker's PUBLISH_OK; returns the message's per-topic sequence.
+    ///
+    /// # Errors
+    /// `Server` (refused: the error names why), `Disconnected`, `Timeout`, and as [`Client::publish`].
+    pub async fn publish_confirmed(&self, topic: &str, payload: impl AsRef<[u8]>) -> Result<u64, Error> {
+        let payload = payload.as_ref();
+        let reply = self
+            .shared
+            .request(payload.len() + 64, |buf, id| {
+                let message = Publish {
+                    topic,
+                    payload,
+                    confirm: true,
+                    ..Default::default()
+                };
+                encode(buf, id, &Frame::Publish(message))
+            })
+            .await?;
+        match reply {
+            Reply::Published(ok) => Ok(ok.sequence),
+            _ => Err(Error::new(ErrorKind::Protocol, "unexpected reply to PUBLISH")),
+        }
+    }
+
+    /// Publishes many messages in one frame.
+    ///
+    /// # Errors
+    /// As [`Client::publish`].
+    pub async fn publish_batch<'m, P: AsRef<[u8]> + 'm>(
+        &self,
+        messages: impl IntoIterator<Item = (&'m str, P)>,
+    ) -> Result<(), Error> {
+        let messages: Vec<(&str, P)> = messages.into_iter().collect();
+        let size: usize = messages
+            .iter()
+            .map(|(t, p)| t.len() + p.as_ref().len() + 8)
+            .sum::<usize>()
+            + 16;
+        self.shared
+            .send(size, |buf| {
+                let mut writer = BatchWriter::new(buf, 0);
+                for (topic, payload) in &messages {
+                    writer.push(&Publish {
+                        topic,
+                        payload: payload.as_ref(),
+                        ..Default::default()
+                    })?;
+                }
+                writer.finish()
+            })
+            .await
+    }
+
+    /// Subscribes to a topic or pattern.
+    ///
+    /// # Errors
+    /// `Server` (invalid pattern), `Timeout`, `CircuitOpen`, `Closed`. While disconnected the
+    /// subscription is recorded and made on reconnect.
+    pub async fn subscribe(&self, pattern: &str) -> Result<Subscription, Error> {
+        self.shared.subscribe(pattern, None).await
+    }
+
+    /// Subscribes as a member of queue group `group`: each message goes to one member.
+    ///
+    /// # Errors
+    /// As [`Client::subscribe`].
+    pub async fn queue_subscribe(&self, pattern: &str, group: &str) -> Result<Subscription, Error> {
+        self.shared.subscribe(pattern, Some(group)).await
+    }
+
+    /// Waits until the broker has processed everything sent before this call.
+    ///
+    /// # Errors
+    /// `Disconnected`, `Timeout`, `CircuitOpen`, `Closed`.
+    pub async fn flush(&self) -> Result<(), Error> {
+        self.shared
+            .request(16, |buf, id| encode(buf, id, &Frame::Ping))
+            .await
+            .map(|_| ())
+    }
+
+    /// The broker's statistics.
+    ///
+    /// # Errors
+    /// As [`Client::flush`].
+    pub async fn stats(&self) -> Result<StatsSnapshot, Error> {
+        match self
+            .shared
+            .request(16, |buf, id| encode(buf, id, &Frame::Stats))
+            .await?
+        {
+            Reply::Stats(stats) => Ok(*stats),
+            _ => Err(Error::new(ErrorKind::Protocol, "unexpected reply to STATS")),
+        }
+    }
+
+    /// Flushes what is buffered (best effort, within the request timeout) and closes.
+    pub async fn close(&self) {
+        if self.state() == ConnectionState::Connected {
+            let _ = self.flush().await;
+        }
+        self.shared.closed.cancel();
+        self.shared.set_state(ConnectionState::Closed);
+    }
+}
+
+impl Shared {
+    fn set_state(&self, state: ConnectionState) {
+        self.state.send_if_modified(|current| {
+            let changed = *current != state && *current != ConnectionState::Closed;
+            if changed {
+                *current = state;
+            }
+            changed
+        });
+    }
+
+    fn check_usable(&self) -> Result<(), Error> {
+        if self.closed.is_cancelled() {
+            return Err(Error::new(ErrorKind::Closed, "the client is closed"));
+        }
+        if self.breaker.lock().state(Instant::now()) == BreakerState::Open {
+            return Err(Error::new(
+                ErrorKind::CircuitOpen,
+                format!(
+                    "circuit open: {} is failing; not trying until the next probe",
+                    self.endpoint
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Appends a frame to the outgoing buffer, waiting for room while connected.
+    async fn send(
+        &self,
+        size_hint: usize,
+        write: impl Fn(&mut BytesMut) -> Result<(), mycelium_protocol::ProtocolError>,
+    ) -> Result<(), Error> {
+        loop {
+            self.check_usable()?;
+            let drained = self.drained.notified();
+            tokio::pin!(drained);
+            drained.as_mut().enable();
+            {
+                let mut out = self.out.lock();
+                if out.buf.is_empty() || out.buf.len() + size_hint <= self.options.buffer_bytes_max {
+                    write(&mut out.buf).map_err(|e| Error::new(ErrorKind::InvalidArgument, e.to_string()))?;
+                    let connected = out.connected;
+                    drop(out);
+                    if connected {
+                        self.wake_writer.notify_one();
+                    }
+                    return Ok(());
+                }
+                if !out.connected {
+                    return Err(Error::new(
+                        ErrorKind::BufferFull,
+                        format!(
+                            "disconnected from {} and the publish buffer ({} bytes) is full",
+                            self.endpoint, self.options.buffer_bytes_max
+                        ),
+                    ));
+                }
+            }
+            tokio::select! {
+                () = &mut drained => {}
+                () = self.closed.cancelled() => {}
+            }
+        }
+    }
+
+    async fn request(
+        &self,
+        size_hint: usize,
+        write: impl Fn(&mut BytesMut, u32) -> Result<(), mycelium_protocol::ProtocolError>,
+    ) -> Result<Reply, Error> {
+        if !self.out.lock().connected {
+            self.check_usable()?;
+            return Err(Error::new(
+                ErrorKind::Disconnected,
+                format!("not connected to {}", self.endpoint),
+            ));
+        }
+        let id = self.request_id();
+        let (tx, rx) = oneshot::channel();
+        self.pending.lock().insert(id, Pending::Request(tx));
+        if let Err(error) = self.send(size_hint, |buf| write(buf, id)).await {
+            self.pending.lock().remove(&id);
+            return Err(error);
+        }
+        self.await_reply(id, rx).await
+    }
+
+    async fn await_reply(
+        &self,
+        id: u32,
+        rx: oneshot::Receiver<Result<Reply, Error>>,
+    ) -> Result<Reply, Error> {
+        match tokio::time::timeout(self.options.request_timeout, rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(Error::new(
+                ErrorKind::Disconnected,
+                "connection lost before the answer",
+            )),
+            Err(_) => {
+                self.pending.lock().remove(&id);
+                Err(Error::new(
+                    ErrorKind::Timeout,
+                    format!("no answer within {:?}", self.options.request_timeout),
+                ))
+            }
+        }
+    }
+
+    fn request_id(&self) -> u32 {
+        loop {
+            let id = self.next_request.fetch_add(1, Ordering::Relaxed);
+            if id != 0 {
+                return id;
+            }
+        }
+    }
+
+    async fn subscribe(self: &Arc<Self>, pattern: &str, group: Option<&str>) -> Result<Subscription, Error> {
+        self.check_usable()?;
+        if pattern.len() > 255 || group.is_some_and(|g| g.len() > 255) {
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                "pattern and group are at most 255 bytes",
+            ));
+        }
+        let local = self.next_local.fetch_add(1, Ordering::Relaxed);
+        let (sender, receiver) = mpsc::channel(self.options.subscription_capacity.max(1));
+        self.subs.lock().local.insert(
+            local,
+            LocalSub {
+                pattern: pattern.to_owned(),
+                group: group.map(str::to_owned),
+                sender,
+                server_id: None,
+            },
+        );
+        let subscription = Subscription {
+            local_id: local,
+            receiver,
+            shared: Arc::clone(self),
+        };
+        if !self.out.lock().connected {
+            return Ok(subscription); // made on reconnect
+        }
+        let id = self.request_id();
+        let (tx, rx) = oneshot::channel();
+        self.pending.lock().insert(
+            id,
+            Pending::Subscribe {
+                local,
+                reply: Some(tx),
+            },
+        );
+        self.send(pattern.len() + 300, |buf| {
+            encode(
+                buf,
+                id,
+                &Frame::Subscribe(Subscribe {
+                    pattern,
+                    group,
+                    options: &[],
+                }),
+            )
+        })
+        .await?;
+        match self.await_reply(id, rx).await {
+            Ok(_) => Ok(subscription),
+            // Lost the connection meanwhile: the subscription stands and is made on reconnect.
+            Err(e) if e.kind() == ErrorKind::Disconnected => Ok(subscription),
+            Err(e) => Err(e), // dropping `subscription` forgets it
+        }
+    }
+
+    pub(crate) fn forget_subscription(&self, local: u64) -> Option<u32> {
+        let mut subs = self.subs.lock();
+        let server_id = subs.local.remove(&local).and_then(|s| s.server_id);
+        if let Some(id) = server_id {
+            subs.by_server.remove(&id);
+            drop(subs);
+            let mut out = self.out.lock();
+            if out.connected {
+                let _ = encode(
+                    &mut out.buf,
+                    0,
+                    &Frame::Unsubscribe(SubscriptionRef { subscription_id: id }),
+                );
+                drop(out);
+                self.wake_writer.notify_one();
+            }
+        }
+        server_id
+    }
+
+    pub(crate) async fn unsubscribe(&self, local: u64) -> Result<(), Error> {
+        let server_id = {
+            let mut subs = self.subs.lock();
+            let id = subs.local.remove(&local).and_then(|s| s.server_id);
+            if let Some(id) = id {
+                subs.by_server.remove(&id);
+            }
+            id
+        };
+        match server_id {
+            Some(subscription_id) if self.out.lock().connected => self
+                .request(32, |buf, id| {
+                    encode(buf, id, &Frame::Unsubscribe(SubscriptionRef { subscription_id }))
+                })
+                .await
+                .map(|_| ()),
+            _ => Ok(()),
+        }
+    }
+
+    /// Connects and handshakes once.
+    async fn establish(&self) -> Result<(Reader, Writer, BytesMut), Error> {
+        let attempt = async {
+            let (mut reader, mut writer): (Reader, Writer) = match &self.endpoint {
+                Endpoint::Unix(path) => {
+                    let (r, w) = tokio::net::UnixStream::connect(path).await?.into_split();
+                    (Box::new(r), Box::new(w))
+                }
+                Endpoint::Tcp(addr) => {
+                    let stream = tokio::net::TcpStream::connect(addr).await?;
+                    stream.set_nodelay(true)?;
+                    let (r, w) = stream.into_split();
+                    (Box::new(r), Box::new(w))
+                }
+            };
+            let mut buf = BytesMut::new();
+            let hello = Hello {
+                version_min: PROTOCOL_VERSION_MIN,
+                version_max: PROTOCOL_VERSION,
+                client_name: &self.options.name,
+                token: &[],
+            };
+            encode(&mut buf, 0, &Frame::Hello(hello)).map_err(std::io::Error::other)?;
+            writer.write_all(&buf).await?;
+            buf.clear();
+            loop {
+                if let Some((decoded, used)) =
+                    decode(&buf, DEFAULT_FRAME_BYTES_MAX).map_err(std::io::Error::other)?
+                {
+                    return match decoded.frame {
+                        Frame::Welcome(_) => {
+                            bytes::Buf::advance(&mut buf, used);
+                            Ok((reader, writer, buf))
+                        }
+                        Frame::Error(e) => {
+                            Err(std::io::Error::other(format!("broker refused: {}", e.message)))
+                        }
+                        other => Err(std::io::Error::other(format!(
+                            "expected WELCOME, got {}",
+                            other.kind().name()
+                        ))),
+                    };
+                }
+                if reader.read_buf(&mut buf).await? == 0 {
+                    return Err(std::io::Error::other(
+                        "broker closed the connection during the handshake",
+                    ));
+                }
+            }
+        };
+        match tokio::time::timeout(self.options.connect_timeout, attempt).await {
+            Ok(Ok(connection)) => Ok(connection),
+            Ok(Err(e)) => Err(Error::new(
+                ErrorKind::Connect,
+                format!("cannot connect to {}: {e}", self.endpoint),
+            )),
+            Err(_) => Err(Error::new(
+                ErrorKind::Connect,
+                format!("cannot connect to {}: timed out", self.endpoint),
+            )),
+        }
+    }
+
+    async fn supervise(self: Arc<Self>, first: (Reader, Writer, BytesMut)) {
+        let mut rng = SmallRng::from_os_rng();
+        let mut connection = Some(first);
+        let mut attempt = 0u32;
+        loop {
+            if let Some((reader, writer, leftover)) = connection.take() {
+                self.breaker.lock().on_success();
+                attempt = 0;
+                self.run_connection(reader, writer, leftover).await;
+                self.out.lock().connected = false;
+                self.fail_pending();
+                if self.closed.is_cancelled() {
+                    break;
+                }
+                self.set_state(ConnectionState::Disconnected);
+                tracing::info!(endpoint = %self.endpoint, "connection lost; reconnecting");
+            }
+            let now = Instant::now();
+            let allowed = self.breaker.lock().allow(now);
+            if !allowed {
+                self.set_state(ConnectionState::CircuitOpen);
+                let probe_at = self.breaker.lock().probe_at().unwrap_or(now);
+                tokio::select! {
+                    () = tokio::time::sleep_until(probe_at) => continue,
+                    () = self.closed.cancelled() => break,
+                }
+            }
+            if self.breaker.lock().state(now) == BreakerState::Closed {
+                self.set_state(ConnectionState::Connecting);
+            }
+            match self.establish().await {
+                Ok(established) => connection = Some(established),
+                Err(error) => {
+                    self.breaker.lock().on_failure(Instant::now());
+                    tracing::debug!(%error, attempt, "reconnect failed");
+                    let delay = self.options.backoff.delay(attempt, &mut rng);
+                    attempt = attempt.saturating_add(1);
+                    if self.breaker.lock().state(Instant::now()) == BreakerState::Open {
+                        self.set_state(ConnectionState::CircuitOpen);
+                        continue;
+                    }
+                    self.set_state(ConnectionState::Disconnected);
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        () = self.closed.cancelled() => break,
+                    }
+                }
+            }
+        }
+        self.set_state(ConnectionState::Closed);
+        self.fail_pending();
+        self.subs.lock().local.clear();
+    }
+
+    fn fail_pending(&self) {
+        for (_, pending) in self.pending.lock().drain() {
+            let error = Error::new(ErrorKind::Disconnected, "connection lost before the answer");
+            match pending {
+                Pending::Request(tx) | Pending::Subscribe { reply: Some(tx), .. } => {
+                    let _ = tx.send(Err(error));
+                }
+                Pending::Subscribe { reply: None, .. } => {}
+            }
+        }
+    }
+
+    async fn run_connection(self: &Arc<Self>, mut reader: Reader, writer: Writer, mut buf: BytesMut) {
+        // Re-subscribe everything first, then let buffered publishes follow in order.
+        let mut prefix = BytesMut::new();
+        {
+            let mut subs = self.subs.lock();
+            subs.by_server.clear();
+            let mut pending = self.pending.lock();
+            for (local, sub) in subs.local.iter_mut() {
+                sub.server_id = None;
+                let id = self.request_id();
+                let frame = Subscribe {
+                    pattern: &sub.pattern,
+                    group: sub.group.as_deref(),
+                    options: &[],
+                };
+                if encode(&mut prefix, id, &Frame::Subscribe(frame)).is_ok() {
+                    pending.insert(
+                        id,
+                        Pending::Subscribe {
+                            local: *local,
+                            reply: None,
+                        },
+                    );
+                }
+            }
+        }
+        {
+            let mut out = self.out.lock();
+            prefix.extend_from_slice(&out.buf);
+            out.buf = prefix;
+            out.connected = true;
+        }
+        self.set_state(ConnectionState::Connected);
+        self.wake_writer.notify_one();
+        let stop = CancellationToken::new();
+        let writer_task = tokio::spawn(Arc::clone(self).write_loop(writer, stop.clone()));
+        let mut last_read = Instant::now();
+        let ping = self.options.ping_interval;
+        loop {
+            while let Ok(Some(len)) = frame_len(&buf, usize::MAX) {
+                let frame = buf.split_to(len).freeze();
+                if self.dispatch(frame).await.is_err() {
+                    stop.cancel();
+                    let _ = writer_task.await;
+                    return;
+                }
+            }
+            tokio::select! {
+                read = reader.read_buf(&mut buf) => match read {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => last_read = Instant::now(),
+                },
+                () = tokio::time::sleep_until(last_read + ping) => {
+                    if last_read.elapsed() >= ping * 2 {
+                        tracing::info!("no traffic for two ping intervals; treating the connection as dead");
+                        break;
+                    }
+                    let mut out = self.out.lock();
+                    let _ = encode(&mut out.buf, 0, &Frame::Ping);
+                    drop(out);
+                    self.wake_writer.notify_one();
+                    last_read -= ping / 2; // wait half an interval more for the PONG
+                }
+                () = stop.cancelled() => break,
+                () = self.closed.cancelled() => break,
+            }
+        }
+        stop.cancel();
+        let _ = writer_task.await;
+    }
+
+    async fn write_loop(self: Arc<Self>, mut writer: Writer, stop: CancellationToken) {
+        let mut spare = BytesMut::with_capacity(64 * 1024);
+        loop {
+            {
+                let mut out = self.out.lock();
+                std::mem::swap(&mut out.buf, &mut spare);
+            }
+            if spare.is_empty() {
+                tokio::select! {
+                    () = self.wake_writer.notified() => continue,
+                    () = stop.cancelled() => break,
+                }
+            }
+            let result = writer.write_all(&spare).await;
+            spare.clear();
+            self.drained.notify_waiters();
+            if result.is_err() {
+                stop.cancel();
+                break;
+            }
+        }
+        let _ = writer.shutdown().await;
+    }
+
+    /// Handles one frame from the broker. `Err` ends the connection.
+    async fn dispatch(&self, frame: Bytes) -> Result<(), ()> {
+        let Ok(Some((decoded, _))) = decode(&frame, usize::MAX) else {
+            tracing::warn!("undecodable frame from the broker; reconnecting");
+            return Err(());
+        };
+        let request_id = decoded.request_id;
+        let answer = |reply: Result<Reply, Error>| {
+            if let Some(Pending::Request(tx)) = self.pending.lock().remove(&request_id) {
+                let _ = tx.send(reply);
+            }
+        };
+        match decoded.frame {
+            Frame::Deliver(deliver) => {
+                let message = Message {
+                    topic: frame.slice_ref(deliver.topic.as_bytes()),
+                    sequence: deliver.sequence,
+                    headers: if deliver.headers.is_empty() {
+                        Bytes::new()
+                    } else {
+                        frame.slice_ref(deliver.headers)
+                    },
+                    payload: if deliver.payload.is_empty() {
+                        Bytes::new()
+                    } else {
+                        frame.slice_ref(deliver.payload)
+                    },
+                };
+                let sender = {
+                    let subs = self.subs.lock();
+                    let Some(local) = subs.by_server.get(&deliver.subscription_id) else {
+                        return Ok(());
+                    };
+                    let Some(sub) = subs.local.get(local) else {
+                        return Ok(());
+                    };
+                    match sub.sender.try_send(message) {
+                        Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => return Ok(()),
+                        Err(mpsc::error::TrySendError::Full(message)) => (sub.sender.clone(), message),
+                    }
+                };
+                // The subscriber is behind: stop reading (the broker's buffer absorbs the rest).
+                let (sender, message) = sender;
+                let _ = sender.send(message).await;
+            }
+            Frame::SubscribeOk(SubscriptionRef { subscription_id }) => {
+                let pending = self.pending.lock().remove(&request_id);
+                if let Some(Pending::Subscribe { local, reply }) = pending {
+                    let mut subs = self.subs.lock();
+                    if let Some(sub) = subs.local.get_mut(&local) {
+                        sub.server_id = Some(subscription_id);
+                        subs.by_server.insert(subscription_id, local);
+                    } else {
+                        // Dropped while the SUBSCRIBE was in flight: undo it on the broker.
+                        drop(subs);
+                        let mut out = self.out.lock();
+                        let _ = encode(
+                            &mut out.buf,
+                            0,
+                            &Frame::Unsubscribe(SubscriptionRef { subscription_id }),
+                        );
+                        drop(out);
+                        self.wake_writer.notify_one();
+                    }
+                    if let Some(tx) = reply {
+                        let _ = tx.send(Ok(Reply::Subscribed));
+                    }
+                }
+            }
+            Frame::UnsubscribeOk(_) => answer(Ok(Reply::Unsubscribed)),
+            Frame::PublishOk(ok) => answer(Ok(Reply::Published(ok))),
+            Frame::Pong => answer(Ok(Reply::Pong)),
+            Frame::StatsOk(stats) => answer(Ok(Reply::Stats(Box::new(stats)))),
+            Frame::Ping => {
+                let mut out = self.out.lock();
+                let _ = encode(&mut out.buf, request_id, &Frame::Pong);
+                drop(out);
+                self.wake_writer.notify_one();
+            }
+            Frame::Error(e) => {
+                let error = Error::server(e.code, e.detail, e.message);
+                let pending = if request_id == 0 {
+                    None
+                } else {
+                    self.pending.lock().remove(&request_id)
+                };
+                match pending {
+                    Some(Pending::Request(tx)) | Some(Pending::Subscribe { reply: Some(tx), .. }) => {
+                        let _ = tx.send(Err(error));
+                    }
+                    Some(Pending::Subscribe { local, reply: None }) => {
+                        tracing::warn!(%error, "re-subscribe refused; dropping the subscription");
+                        self.subs.lock().local.remove(&local);
+                        let _ = self.errors.send(error);
+                    }
+                    None => {
+                        let _ = self.errors.send(error);
+                    }
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,22 @@
+//! The Rust client for Mycelium.
+//!
+//! [`Client::connect`] opens one connection (Unix socket or TCP) and supervises it: when it drops,
+//! the client reconnects with exponential backoff plus jitter, re-subscribes everything, and sends
+//! what was published meanwhile (held in a bounded buffer; when it is full, publishing fails with
+//! [`ErrorKind::BufferFull`], never a silent drop). After `breaker_threshold` consecutive failed
+//! attempts the circuit breaker opens and calls fail fast with [`ErrorKind::CircuitOpen`] until a
+//! probe attempt succeeds. [`Client::state_changes`] shows every transition.
+
+mod client;
+mod error;
+mod message;
+mod options;
+pub mod resilience;
+mod url;
+
+pub use client::{Client, ConnectionState};
+pub use error::{Error, ErrorKind};
+pub use message::{Message, Subscription};
+pub use mycelium_protocol::{ErrorCode, StatsSnapshot};
+pub use options::ClientOptions;
+pub use url::Endpoint;

@@ -1,0 +1,45 @@
+//! Client settings.
+
+use std::time::Duration;
+
+use crate::resilience::Backoff;
+
+/// Every knob of the client, with defaults a service can start from.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// Name shown in the broker's stats.
+    pub name: String,
+    /// Reconnect delays.
+    pub backoff: Backoff,
+    /// Time allowed for one connection attempt (connect + handshake).
+    pub connect_timeout: Duration,
+    /// Time allowed for a request's answer (subscribe, flush, confirmed publish, stats).
+    pub request_timeout: Duration,
+    /// Bytes of frames held while disconnected; a publish that would exceed it fails with
+    /// `BufferFull`. While connected the same bound applies backpressure instead.
+    pub buffer_bytes_max: usize,
+    /// Consecutive failed connection attempts that open the circuit breaker.
+    pub breaker_threshold: u32,
+    /// How long an open breaker fails callers fast before one probe attempt.
+    pub breaker_open_for: Duration,
+    /// Messages a subscription holds before the client stops reading from the socket.
+    pub subscription_capacity: usize,
+    /// Send PING after this much idle time to detect a dead connection.
+    pub ping_interval: Duration,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            name: "mycelium-client".into(),
+            backoff: Backoff::default(),
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(10),
+            buffer_bytes_max: 8 * 1024 * 1024,
+            breaker_threshold: 5,
+            breaker_open_for: Duration::from_secs(5),
+            subscription_capacity: 65_536,
+            ping_interval: Duration::from_secs(30),
+        }
+    }
+}

@@ -1,0 +1,488 @@
+//! The server's configuration: one serde tree, TOML file -> `MYCELIUM_*` environment -> CLI flags,
+//! validated at start-up with errors that name the file, the key and the reason.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use mycelium_broker::BrokerConfig;
+use mycelium_broker::name::validate_topic;
+use mycelium_broker::spec::TopicSpec;
+use mycelium_codec::RelayDomain;
+use serde::{Deserialize, Serialize};
+
+use crate::units::{ByteSize, HumanDuration};
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Listeners and connection limits.
+    pub server: ServerSection,
+    /// Topic for a PUBLISH without topic, by TLV relay domain.
+    pub domains: DomainsSection,
+    /// Topics configured up front.
+    pub topics: Vec<TopicSection>,
+    /// Threads and batching.
+    pub performance: PerformanceSection,
+}
+
+/// `[server]`.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerSection {
+    /// Name sent in WELCOME and shown in logs.
+    pub name: String,
+    /// Unix socket path; empty disables the Unix listener.
+    pub socket_path: String,
+    /// Unix socket file mode, octal.
+    pub socket_mode: String,
+    /// TCP listen address; empty disables the TCP listener.
+    pub tcp: String,
+    /// Connections accepted at once; more are refused with an ERROR.
+    pub max_connections: usize,
+    /// Time a new connection has to send HELLO.
+    pub connection_timeout: HumanDuration,
+    /// Largest frame accepted (the length prefix is checked before reading the body).
+    pub max_frame_size: ByteSize,
+    /// Publishing to an unknown topic creates it (fanout, defaults) instead of failing.
+    pub auto_create_topics: bool,
+    /// On SIGINT/SIGTERM, time allowed to flush pending deliveries before closing anyway.
+    pub shutdown_timeout: HumanDuration,
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        ServerSection {
+            name: "mycelium".into(),
+            socket_path: "/tmp/mycelium.sock".into(),
+            socket_mode: "0660".into(),
+            tcp: "127.0.0.1:7420".into(),
+            max_connections: 10_000,
+            connection_timeout: HumanDuration(Duration::from_secs(5)),
+            max_frame_size: ByteSize(16 << 20),
+            auto_create_topics: true,
+            shutdown_timeout: HumanDuration(Duration::from_secs(10)),
+        }
+    }
+}
+
+/// `[domains]`: relay domain -> topic.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct DomainsSection {
+    pub market_data: String,
+    pub signal: String,
+    pub execution: String,
+    pub system: String,
+}
+
+impl Default for DomainsSection {
+    fn default() -> Self {
+        DomainsSection {
+            market_data: "market_data".into(),
+            signal: "signals".into(),
+            execution: "execution".into(),
+            system: "system".into(),
+        }
+    }
+}
+
+/// One `[[topics]]` entry.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TopicSection {
+    /// Topic name.
+    pub name: String,
+    /// `fanout`, `queue` or `direct`.
+    pub routing: String,
+    /// `round_robin` or `least_loaded`.
+    pub balance: String,
+    /// Bytes a subscriber may have waiting before `overflow` applies.
+    pub buffer_size: ByteSize,
+    /// Largest payload accepted.
+    pub max_message_size: ByteSize,
+    /// `block`, `drop_oldest` or `disconnect`.
+    pub overflow: String,
+    /// How long `block` waits before disconnecting the subscriber.
+    pub block_timeout: HumanDuration,
+    /// `raw` or `tlv`.
+    pub codec: String,
+}
+
+impl Default for TopicSection {
+    fn default() -> Self {
+        let spec = TopicSpec::default();
+        TopicSection {
+            name: String::new(),
+            routing: spec.routing.to_string(),
+            balance: spec.balance.to_string(),
+            buffer_size: ByteSize(spec.buffer_bytes as u64),
+            max_message_size: ByteSize(spec.message_bytes_max as u64),
+            overflow: spec.overflow.to_string(),
+            block_timeout: HumanDuration(spec.block_timeout),
+            codec: spec.codec.to_string(),
+        }
+    }
+}
+
+/// `[performance]`.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct PerformanceSection {
+    /// Runtime worker threads (default: the number of cores; more than that only adds hand-offs).
+    pub worker_threads: usize,
+    /// Initial capacity of each connection's read and outbound buffers.
+    pub channel_capacity: ByteSize,
+    /// Frames routed from one read before the touched subscribers' writers are woken.
+    pub batch_size: usize,
+    /// How long a woken writer waits for more deliveries before writing (0: write at once).
+    pub flush_interval: HumanDuration,
+}
+
+impl Default for PerformanceSection {
+    fn default() -> Self {
+        PerformanceSection {
+            worker_threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            channel_capacity: ByteSize(64 << 10),
+            batch_size: 1024,
+            flush_interval: HumanDuration(Duration::ZERO),
+        }
+    }
+}
+
+/// One thing wrong with a configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// The key, as a path (`topics[1].routing`).
+    pub key: String,
+    /// What is wrong.
+    pub reason: String,
+}
+
+/// Why a configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        /// The file.
+        file: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema (syntax, unknown key, wrong type).
+    #[error("{file}: {message}")]
+    Parse {
+        /// The file.
+        file: String,
+        /// The parser's message (it names the line and the key).
+        message: String,
+    },
+    /// An environment override is malformed.
+    #[error("environment variable {var}: {reason}")]
+    Env {
+        /// The variable.
+        var: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Values out of range, names invalid, duplicates: every problem found.
+    #[error("{}", display_problems(.file, .problems))]
+    Invalid {
+        /// The file (or "defaults").
+        file: String,
+        /// Every problem found.
+        problems: Vec<Problem>,
+    },
+}
+
+fn display_problems(file: &str, problems: &[Problem]) -> String {
+    problems
+        .iter()
+        .map(|p| format!("{file}: {}: {}", p.key, p.reason))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Prefix of environment overrides: `MYCELIUM_SERVER__MAX_CONNECTIONS=100` sets
+/// `server.max_connections`. Only variables with a `__` separator are overrides.
+pub const ENV_PREFIX: &str = "MYCELIUM_";
+
+impl Config {
+    /// Loads `file` (or the defaults when `None`), applies environment overrides from `env`, and
+    /// validates.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the file, the key and the reason.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let (name, text) = match file {
+            Some(path) => {
+                let name = path.display().to_string();
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    file: name.clone(),
+                    source,
+                })?;
+                (name, text)
+            }
+            None => ("defaults".to_owned(), String::new()),
+        };
+        let parse = |text: &str| {
+            toml::from_str::<Config>(text).map_err(|e| ConfigError::Parse {
+                file: name.clone(),
+                message: e.to_string().trim_end().to_owned(),
+            })
+        };
+        let mut config = parse(&text)?;
+        let overrides: Vec<(String, String)> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(ENV_PREFIX) && k.contains("__"))
+            .collect();
+        if !overrides.is_empty() {
+            let mut table: toml::Table = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+                file: name.clone(),
+                message: e.to_string(),
+            })?;
+            for (var, value) in overrides {
+                apply_env(&mut table, &var, &value)?;
+            }
+            config = Config::deserialize(toml::Value::Table(table)).map_err(|e| ConfigError::Parse {
+                file: format!("{name} (with environment overrides)"),
+                message: e.to_string().trim_end().to_owned(),
+            })?;
+        }
+        config
+            .validate()
+            .map_err(|problems| ConfigError::Invalid { file: name, problems })?;
+        Ok(config)
+    }
+
+    /// Every problem with the values, or `Ok`.
+    ///
+    /// # Errors
+    /// The list of problems.
+    pub fn validate(&self) -> Result<(), Vec<Problem>> {
+        let mut problems = Vec::new();
+        let mut bad = |key: String, reason: String| problems.push(Problem { key, reason });
+        let s = &self.server;
+        if s.max_connections == 0 {
+            bad("server.max_connections".into(), "must be greater than 0".into());
+        }
+        if s.connection_timeout.0.is_zero() {
+            bad(
+                "server.connection_timeout".into(),
+                "must be greater than 0".into(),
+            );
+        }
+        if !(1024..=(1 << 30)).contains(&s.max_frame_size.0) {
+            bad(
+                "server.max_frame_size".into(),
+                format!("{} is out of range (1 KiB to 1 GiB)", s.max_frame_size),
+            );
+        }
+        if u32::from_str_radix(s.socket_mode.trim_start_matches("0o"), 8).map_or(true, |m| m > 0o777) {
+            bad(
+                "server.socket_mode".into(),
+                format!("`{}` is not an octal file mode like \"0660\"", s.socket_mode),
+            );
+        }
+        if !s.tcp.is_empty() && s.tcp.parse::<SocketAddr>().is_err() {
+            bad(
+                "server.tcp".into(),
+                format!("`{}` is not an address like \"127.0.0.1:7420\"", s.tcp),
+            );
+        }
+        if s.tcp.is_empty() && s.socket_path.is_empty() {
+            bad(
+                "server".into(),
+                "both listeners are off: set socket_path or tcp".into(),
+            );
+        }
+        if self.performance.worker_threads == 0 {
+            bad(
+                "performance.worker_threads".into(),
+                "must be greater than 0".into(),
+            );
+        }
+        if self.performance.batch_size == 0 {
+            bad("performance.batch_size".into(), "must be greater than 0".into());
+        }
+        if !(1024..=(64 << 20)).contains(&self.performance.channel_capacity.0) {
+            bad(
+                "performance.channel_capacity".into(),
+                "out of range (1 KiB to 64 MiB)".into(),
+            );
+        }
+        for (key, topic) in self.domain_pairs() {
+            if let Err(e) = validate_topic(topic) {
+                bad(format!("domains.{key}"), e.to_string());
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, t) in self.topics.iter().enumerate() {
+            let key = |field: &str| format!("topics[{i}].{field}");
+            if let Err(e) = validate_topic(&t.name) {
+                bad(key("name"), e.to_string());
+            } else if !seen.insert(t.name.as_str()) {
+                bad(key("name"), format!("topic `{}` is configured twice", t.name));
+            }
+            for (field, result) in [
+                (
+                    "routing",
+                    t.routing.parse::<mycelium_broker::spec::Routing>().err(),
+                ),
+                (
+                    "balance",
+                    t.balance.parse::<mycelium_broker::spec::Balance>().err(),
+                ),
+                (
+                    "overflow",
+                    t.overflow.parse::<mycelium_broker::spec::Overflow>().err(),
+                ),
+                (
+                    "codec",
+                    t.codec.parse::<mycelium_broker::spec::PayloadCodec>().err(),
+                ),
+            ] {
+                if let Some(reason) = result {
+                    bad(key(field), reason);
+                }
+            }
+            if !(1024..=(4 << 30)).contains(&t.buffer_size.0) {
+                bad(
+                    key("buffer_size"),
+                    format!("{} is out of range (1 KiB to 4 GiB)", t.buffer_size),
+                );
+            }
+            let frame_room = s.max_frame_size.0.saturating_sub(1024);
+            if t.max_message_size.0 == 0 || t.max_message_size.0 > frame_room {
+                bad(
+                    key("max_message_size"),
+                    format!(
+                        "{} must be between 1 B and server.max_frame_size less 1 KiB of framing ({})",
+                        t.max_message_size,
+                        ByteSize(frame_room)
+                    ),
+                );
+            }
+            if t.max_message_size.0 > t.buffer_size.0 {
+                bad(
+                    key("max_message_size"),
+                    format!(
+                        "{} is larger than buffer_size ({}): no message could ever be delivered",
+                        t.max_message_size, t.buffer_size
+                    ),
+                );
+            }
+            if t.block_timeout.0.is_zero() {
+                bad(key("block_timeout"), "must be greater than 0".into());
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems)
+        }
+    }
+
+    fn domain_pairs(&self) -> [(&'static str, &str); 4] {
+        let d = &self.domains;
+        [
+            ("market_data", &d.market_data),
+            ("signal", &d.signal),
+            ("execution", &d.execution),
+            ("system", &d.system),
+        ]
+    }
+
+    /// The broker core's view of this configuration (call after `validate`).
+    pub fn broker_config(&self) -> BrokerConfig {
+        let topics = self
+            .topics
+            .iter()
+            .map(|t| {
+                let spec = TopicSpec {
+                    routing: t.routing.parse().unwrap_or_default(),
+                    balance: t.balance.parse().unwrap_or_default(),
+                    buffer_bytes: t.buffer_size.bytes(),
+                    message_bytes_max: t.max_message_size.bytes(),
+                    overflow: t.overflow.parse().unwrap_or_default(),
+                    block_timeout: t.block_timeout.0,
+                    codec: t.codec.parse().unwrap_or_default(),
+                };
+                (t.name.clone(), spec)
+            })
+            .collect();
+        let d = &self.domains;
+        BrokerConfig {
+            auto_create_topics: self.server.auto_create_topics,
+            default_spec: TopicSpec::default(),
+            topics,
+            domain_topics: vec![
+                (RelayDomain::MarketData, d.market_data.clone()),
+                (RelayDomain::Signal, d.signal.clone()),
+                (RelayDomain::Execution, d.execution.clone()),
+                (RelayDomain::System, d.system.clone()),
+            ],
+        }
+    }
+
+    /// The Unix socket mode as a number.
+    pub fn socket_mode(&self) -> u32 {
+        u32::from_str_radix(self.server.socket_mode.trim_start_matches("0o"), 8).unwrap_or(0o660)
+    }
+
+    /// The Unix socket path, if that listener is on.
+    pub fn socket_path(&self) -> Option<PathBuf> {
+        (!self.server.socket_path.is_empty()).then(|| PathBuf::from(&self.server.socket_path))
+    }
+
+    /// The TCP address, if that listener is on.
+    pub fn tcp_addr(&self) -> Option<SocketAddr> {
+        self.server.tcp.parse().ok()
+    }
+}
+
+fn apply_env(table: &mut toml::Table, var: &str, value: &str) -> Result<(), ConfigError> {
+    let path: Vec<String> = var[ENV_PREFIX.len()..]
+        .split("__")
+        .map(|p| p.to_ascii_lowercase())
+        .collect();
+    if path.iter().any(String::is_empty) {
+        return Err(ConfigError::Env {
+            var: var.to_owned(),
+            reason: "empty key segment".into(),
+        });
+    }
+    let parsed = toml::from_str::<toml::Table>(&format!("v = {value}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(value.to_owned()));
+    let (last, parents) = path.split_last().expect("split yields at least one segment");
+    let mut current = table;
+    for key in parents {
+        let entry = current
+            .entry(key.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        current = entry.as_table_mut().ok_or_else(|| ConfigError::Env {
+            var: var.to_owned(),
+            reason: format!("`{key}` is not a section"),
+        })?;
+    }
+    current.insert(last.clone(), parsed);
+    Ok(())
+}
+
+impl fmt::Display for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match toml::to_string_pretty(self) {
+            Ok(text) => f.write_str(&text),
+            Err(_) => f.write_str("<configuration>"),
+        }
+    }
+}

@@ -1,0 +1,362 @@
+//! One client connection: handshake, the reader (parse -> route, on this task), the writer.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use mycelium_broker::{Broker, ConnectionInfo, Publisher};
+use mycelium_protocol::{
+    Decoded, ErrorCode, ErrorFrame, Frame, ProtocolError, PublishOk, StatsSnapshot, SubscriptionRef, Welcome,
+    decode, encode,
+};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+
+/// What every connection task needs to know.
+#[derive(Debug)]
+pub(crate) struct Settings {
+    pub(crate) server_name: String,
+    pub(crate) frame_bytes_max: usize,
+    pub(crate) connection_timeout: Duration,
+    pub(crate) buffer_capacity: usize,
+    pub(crate) batch_size: usize,
+    pub(crate) flush_interval: Duration,
+    pub(crate) shutdown_timeout: Duration,
+}
+
+/// Why the reader stopped.
+enum Stop {
+    /// Peer closed, shutdown, or the broker closed the connection (slow consumer).
+    Quiet,
+    /// A protocol violation: an ERROR was queued; close after flushing it.
+    Violation,
+}
+
+pub(crate) async fn serve<R, W>(
+    mut read: R,
+    write: W,
+    peer: String,
+    broker: Arc<Broker>,
+    settings: Arc<Settings>,
+    shutdown: CancellationToken,
+) where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let info = broker.connect(peer);
+    let writer = tokio::spawn(write_loop(write, Arc::clone(&info), Arc::clone(&settings)));
+    let stop = read_loop(&mut read, &info, &broker, &settings, &shutdown).await;
+    if let Stop::Violation = stop {
+        tracing::debug!(connection = info.id, "closing after a protocol violation");
+    }
+    // No more deliveries are routed here; the writer flushes what is queued, then closes.
+    broker.disconnect(info.id);
+    if tokio::time::timeout(settings.shutdown_timeout, writer)
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            connection = info.id,
+            "writer did not flush within shutdown_timeout; dropping it"
+        );
+    }
+}
+
+fn send_error(info: &ConnectionInfo, request_id: u32, code: ErrorCode, detail: u16, message: &str) {
+    info.outbound.append_control(|buf| {
+        let _ = encode(
+            buf,
+            request_id,
+            &Frame::Error(ErrorFrame {
+                code: code as u16,
+                detail,
+                message,
+            }),
+        );
+    });
+}
+
+fn fatal(info: &ConnectionInfo, request_id: u32, code: ErrorCode, message: &str) -> Stop {
+    info.outbound.append_final(|buf| {
+        let _ = encode(buf, request_id, &Frame::Error(ErrorFrame::new(code, message)));
+    });
+    info.outbound.close();
+    Stop::Violation
+}
+
+fn reply(info: &ConnectionInfo, request_id: u32, frame: &Frame<'_>) {
+    info.outbound.append_control(|buf| {
+        let _ = encode(buf, request_id, frame);
+    });
+}
+
+fn protocol_error(info: &ConnectionInfo, error: &ProtocolError) -> Stop {
+    let code = match error {
+        ProtocolError::FrameTooLarge { .. } => ErrorCode::FrameTooLarge,
+        _ => ErrorCode::MalformedFrame,
+    };
+    fatal(info, 0, code, &format!("{error}; closing the connection"))
+}
+
+async fn read_loop<R: AsyncRead + Unpin>(
+    read: &mut R,
+    info: &Arc<ConnectionInfo>,
+    broker: &Arc<Broker>,
+    settings: &Settings,
+    shutdown: &CancellationToken,
+) -> Stop {
+    let mut buf = BytesMut::with_capacity(settings.buffer_capacity);
+    match handshake(read, &mut buf, info, settings).await {
+        Ok(()) => {}
+        Err(stop) => return stop,
+    }
+    let mut publisher = Publisher::new(Arc::clone(info));
+    let mut next_subscription = 1u32;
+    loop {
+        // Route every whole frame in the buffer before reading again.
+        publisher.begin_batch(broker);
+        let mut consumed = 0;
+        let mut in_batch = 0;
+        loop {
+            match decode(&buf[consumed..], settings.frame_bytes_max) {
+                Ok(Some((decoded, used))) => {
+                    consumed += used;
+                    if let Some(stop) = handle(decoded, info, broker, &mut publisher, &mut next_subscription)
+                    {
+                        publisher.end_batch();
+                        return stop;
+                    }
+                    in_batch += 1;
+                    if in_batch == settings.batch_size {
+                        publisher.end_batch();
+                        publisher.begin_batch(broker);
+                        in_batch = 0;
+                    }
+                    if publisher.has_blocked() {
+                        // Keep order: nothing more from this publisher until the blocked delivery lands.
+                        broker.settle_blocked(&mut publisher).await;
+                        publisher.begin_batch(broker);
+                    }
+                }
+                Ok(None) => break,
+                Err(error) => {
+                    publisher.end_batch();
+                    return protocol_error(info, &error);
+                }
+            }
+        }
+        buf.advance(consumed);
+        publisher.end_batch();
+        if buf.capacity() - buf.len() < settings.buffer_capacity / 4 {
+            buf.reserve(settings.buffer_capacity);
+        }
+        tokio::select! {
+            biased;
+            () = shutdown.cancelled() => return Stop::Quiet,
+            () = info.outbound.closed() => return Stop::Quiet,
+            read = read.read_buf(&mut buf) => match read {
+                Ok(0) => {
+                    if !buf.is_empty() {
+                        tracing::debug!(connection = info.id, bytes = buf.len(), "peer closed mid-frame");
+                    }
+                    return Stop::Quiet;
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::debug!(connection = info.id, %error, "read failed");
+                    return Stop::Quiet;
+                }
+            },
+        }
+    }
+}
+
+async fn handshake<R: AsyncRead + Unpin>(
+    read: &mut R,
+    buf: &mut BytesMut,
+    info: &ConnectionInfo,
+    settings: &Settings,
+) -> Result<(), Stop> {
+    let deadline = tokio::time::Instant::now() + settings.connection_timeout;
+    loop {
+        match decode(buf, settings.frame_bytes_max) {
+            Ok(Some((
+                Decoded {
+                    request_id,
+                    frame: Frame::Hello(hello),
+                },
+                used,
+            ))) => {
+                let Some(version) = hello.negotiate() else {
+                    return Err(fatal(
+                        info,
+                        request_id,
+                        ErrorCode::UnsupportedVersion,
+                        &format!(
+                            "client speaks protocol versions {}..={}, this broker {}..={}",
+                            hello.version_min,
+                            hello.version_max,
+                            mycelium_protocol::PROTOCOL_VERSION_MIN,
+                            mycelium_protocol::PROTOCOL_VERSION
+                        ),
+                    ));
+                };
+                info.set_name(hello.client_name);
+                let welcome = Welcome {
+                    version,
+                    connection_id: info.id,
+                    frame_bytes_max: settings.frame_bytes_max as u32,
+                    server_name: &settings.server_name,
+                };
+                reply(info, request_id, &Frame::Welcome(welcome));
+                buf.advance(used);
+                return Ok(());
+            }
+            Ok(Some((decoded, _))) => {
+                return Err(fatal(
+                    info,
+                    decoded.request_id,
+                    ErrorCode::HandshakeRequired,
+                    &format!("expected HELLO, got {}", decoded.frame.kind().name()),
+                ));
+            }
+            Ok(None) => {}
+            Err(error) => return Err(protocol_error(info, &error)),
+        }
+        match tokio::time::timeout_at(deadline, read.read_buf(buf)).await {
+            Err(_) => {
+                let message = format!(
+                    "no HELLO within connection_timeout ({:?})",
+                    settings.connection_timeout
+                );
+                return Err(fatal(info, 0, ErrorCode::HandshakeTimeout, &message));
+            }
+            Ok(Ok(0)) | Ok(Err(_)) => return Err(Stop::Quiet),
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+/// Handles one frame; `Some` stops the connection.
+fn handle(
+    decoded: Decoded<'_>,
+    info: &Arc<ConnectionInfo>,
+    broker: &Broker,
+    publisher: &mut Publisher,
+    next_subscription: &mut u32,
+) -> Option<Stop> {
+    let request_id = decoded.request_id;
+    match decoded.frame {
+        Frame::Publish(message) => match broker.publish(publisher, &message) {
+            Ok(published) => {
+                if message.confirm {
+                    let ok = PublishOk {
+                        sequence: published.sequence,
+                        message_id: [0; 16],
+                        duplicate: false,
+                    };
+                    reply(info, request_id, &Frame::PublishOk(ok));
+                }
+            }
+            Err(error) => send_error(info, request_id, error.code(), error.detail(), &error.to_string()),
+        },
+        Frame::PublishBatch(batch) => {
+            for (index, entry) in batch.iter().enumerate() {
+                // The batch was checked whole on decode; entries cannot fail to parse here.
+                let Ok(message) = entry else { break };
+                match broker.publish(publisher, &message) {
+                    Ok(published) if message.confirm => {
+                        let ok = PublishOk {
+                            sequence: published.sequence,
+                            message_id: [0; 16],
+                            duplicate: false,
+                        };
+                        reply(info, request_id, &Frame::PublishOk(ok));
+                    }
+                    Ok(_) => {}
+                    Err(error) => {
+                        let text = format!("batch entry {index}: {error}");
+                        send_error(info, request_id, error.code(), error.detail(), &text);
+                    }
+                }
+            }
+        }
+        Frame::Subscribe(subscribe) => {
+            if !subscribe.options.is_empty() {
+                let text = "subscription options (durable name, start position, ack settings, filters) are not \
+                            supported by this broker version";
+                send_error(info, request_id, ErrorCode::InvalidHeaders, 0, text);
+                return None;
+            }
+            let id = *next_subscription;
+            match broker.subscribe_with_reply(info, id, subscribe.pattern, subscribe.group, request_id) {
+                Ok(_) => *next_subscription = next_subscription.wrapping_add(1).max(1),
+                Err(error) => send_error(info, request_id, error.code(), 0, &error.to_string()),
+            }
+        }
+        Frame::Unsubscribe(SubscriptionRef { subscription_id }) => {
+            if broker.unsubscribe(info, subscription_id) {
+                reply(
+                    info,
+                    request_id,
+                    &Frame::UnsubscribeOk(SubscriptionRef { subscription_id }),
+                );
+            } else {
+                let text = format!("no subscription {subscription_id} on this connection");
+                send_error(info, request_id, ErrorCode::UnknownSubscription, 0, &text);
+            }
+        }
+        Frame::Ping => reply(info, request_id, &Frame::Pong),
+        Frame::Pong => {}
+        Frame::Stats => {
+            let stats: StatsSnapshot = broker.stats();
+            reply(info, request_id, &Frame::StatsOk(stats));
+        }
+        Frame::Ack(_) | Frame::Nack(_) | Frame::InProgress(_) | Frame::Term(_) => {
+            let text = "acknowledgements apply to durable subscriptions; this subscription is at-most-once";
+            send_error(info, request_id, ErrorCode::UnknownSubscription, 0, text);
+        }
+        other @ (Frame::Hello(_)
+        | Frame::Welcome(_)
+        | Frame::Error(_)
+        | Frame::PublishOk(_)
+        | Frame::SubscribeOk(_)
+        | Frame::UnsubscribeOk(_)
+        | Frame::Deliver(_)
+        | Frame::StatsOk(_)) => {
+            let text = format!(
+                "{} is not a frame a client sends (or HELLO twice); closing",
+                other.kind().name()
+            );
+            return Some(fatal(info, request_id, ErrorCode::MalformedFrame, &text));
+        }
+    }
+    None
+}
+
+async fn write_loop<W: AsyncWrite + Unpin>(mut write: W, info: Arc<ConnectionInfo>, settings: Arc<Settings>) {
+    let outbound = &info.outbound;
+    let mut spare = BytesMut::with_capacity(settings.buffer_capacity);
+    loop {
+        let taken = outbound.take(&mut spare);
+        if taken == 0 {
+            if outbound.is_closing() {
+                break;
+            }
+            outbound.wait_for_work().await;
+            if !settings.flush_interval.is_zero() {
+                tokio::time::sleep(settings.flush_interval).await;
+            }
+            continue;
+        }
+        let result = write.write_all(&spare).await;
+        spare.clear();
+        outbound.written(taken);
+        if let Err(error) = result {
+            tracing::debug!(connection = info.id, %error, "write failed; closing");
+            outbound.close();
+            return;
+        }
+    }
+    let _ = write.shutdown().await;
+}

@@ -1,0 +1,265 @@
+//! The Mycelium server: configuration, listeners, connection tasks and shutdown.
+//!
+//! [`Server::bind`] opens the listeners (so tests can bind port 0 and a tempdir socket and learn
+//! the real addresses); [`Server::run`] serves until its shutdown token is cancelled, then stops
+//! accepting, lets every connection's writer flush what is already queued, and removes the socket
+//! file. The `mycelium` binary is a thin wrapper around [`run`].
+
+mod config;
+mod connection;
+mod listener;
+pub mod units;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use bytes::BytesMut;
+use mycelium_broker::Broker;
+use mycelium_protocol::{ErrorCode, ErrorFrame, Frame, encode};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, UnixListener};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use config::{Config, ConfigError, ENV_PREFIX, Problem};
+
+use crate::connection::Settings;
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The configuration is unusable.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A configured topic is invalid.
+    #[error("configuration: {0}")]
+    Broker(#[from] mycelium_broker::PublishError),
+    /// The socket path is in use or is not ours to replace.
+    #[error("cannot use socket path {}: {reason}", path.display())]
+    SocketPathTaken {
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// A listener could not be bound.
+    #[error("cannot bind {what}: {source}")]
+    Bind {
+        /// Which listener.
+        what: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+/// A server with its listeners bound, ready to [`run`](Server::run).
+#[derive(Debug)]
+pub struct Server {
+    broker: Arc<Broker>,
+    settings: Arc<Settings>,
+    max_connections: usize,
+    unix: Option<(UnixListener, PathBuf)>,
+    tcp: Option<TcpListener>,
+    tcp_addr: Option<SocketAddr>,
+    shutdown: CancellationToken,
+}
+
+impl Server {
+    /// Builds the broker and binds the configured listeners.
+    ///
+    /// # Errors
+    /// Invalid configuration, a socket path in use, an address that cannot be bound.
+    pub async fn bind(config: Config) -> Result<Server, ServerError> {
+        config.validate().map_err(|problems| ConfigError::Invalid {
+            file: "configuration".into(),
+            problems,
+        })?;
+        let broker = Broker::new(config.broker_config())?;
+        let unix = match config.socket_path() {
+            Some(path) => Some((listener::bind_unix(&path, config.socket_mode())?, path)),
+            None => None,
+        };
+        let tcp = match config.tcp_addr() {
+            Some(addr) => Some(listener::bind_tcp(addr).await?),
+            None => None,
+        };
+        let tcp_addr = tcp.as_ref().and_then(|l| l.local_addr().ok());
+        let settings = Arc::new(Settings {
+            server_name: format!("{} {}", config.server.name, env!("CARGO_PKG_VERSION")),
+            frame_bytes_max: config.server.max_frame_size.bytes(),
+            connection_timeout: config.server.connection_timeout.0,
+            buffer_capacity: config.performance.channel_capacity.bytes(),
+            batch_size: config.performance.batch_size,
+            flush_interval: config.performance.flush_interval.0,
+            shutdown_timeout: config.server.shutdown_timeout.0,
+        });
+        Ok(Server {
+            broker,
+            settings,
+            max_connections: config.server.max_connections,
+            unix,
+            tcp,
+            tcp_addr,
+            shutdown: CancellationToken::new(),
+        })
+    }
+
+    /// The broker core.
+    pub fn broker(&self) -> &Arc<Broker> {
+        &self.broker
+    }
+
+    /// The Unix socket path, if listening there.
+    pub fn unix_path(&self) -> Option<&PathBuf> {
+        self.unix.as_ref().map(|(_, path)| path)
+    }
+
+    /// The bound TCP address, if listening there.
+    pub fn tcp_addr(&self) -> Option<SocketAddr> {
+        self.tcp_addr
+    }
+
+    /// The token that stops [`Server::run`].
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Serves until the shutdown token is cancelled, then shuts down gracefully.
+    pub async fn run(self) {
+        let Server {
+            broker,
+            settings,
+            max_connections,
+            unix,
+            tcp,
+            shutdown,
+            ..
+        } = self;
+        let tracker = TaskTracker::new();
+        let active = Arc::new(AtomicUsize::new(0));
+        let socket_path = unix.as_ref().map(|(_, p)| p.clone());
+        if let Some(path) = &socket_path {
+            tracing::info!(path = %path.display(), "listening on unix socket");
+        }
+        if let Some(listener) = &tcp
+            && let Ok(addr) = listener.local_addr()
+        {
+            tracing::info!(%addr, "listening on tcp");
+        }
+        let accept = Accept {
+            broker,
+            settings,
+            max_connections,
+            active,
+            tracker: tracker.clone(),
+            shutdown: shutdown.clone(),
+        };
+        let unix_loop = async {
+            if let Some((listener, _)) = unix {
+                loop {
+                    tokio::select! {
+                        () = shutdown.cancelled() => break,
+                        accepted = listener.accept() => match accepted {
+                            Ok((stream, _)) => {
+                                let (read, write) = stream.into_split();
+                                accept.spawn(read, write, "unix".to_owned());
+                            }
+                            Err(error) => accept_error(&error).await,
+                        },
+                    }
+                }
+            }
+        };
+        let tcp_loop = async {
+            if let Some(listener) = tcp {
+                loop {
+                    tokio::select! {
+                        () = shutdown.cancelled() => break,
+                        accepted = listener.accept() => match accepted {
+                            Ok((stream, peer)) => {
+                                let _ = stream.set_nodelay(true);
+                                let (read, write) = stream.into_split();
+                                accept.spawn(read, write, format!("tcp:{peer}"));
+                            }
+                            Err(error) => accept_error(&error).await,
+                        },
+                    }
+                }
+            }
+        };
+        tokio::join!(unix_loop, tcp_loop);
+        tracing::info!("shutting down: flushing connections");
+        tracker.close();
+        tracker.wait().await;
+        if let Some(path) = &socket_path {
+            listener::remove_socket(path);
+        }
+        tracing::info!("stopped");
+    }
+}
+
+async fn accept_error(error: &std::io::Error) {
+    // Out of file descriptors and the like: back off briefly instead of spinning.
+    tracing::warn!(%error, "accept failed");
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+}
+
+struct Accept {
+    broker: Arc<Broker>,
+    settings: Arc<Settings>,
+    max_connections: usize,
+    active: Arc<AtomicUsize>,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+impl Accept {
+    fn spawn<R, W>(&self, read: R, mut write: W, peer: String)
+    where
+        R: AsyncRead + Unpin + Send + 'static,
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
+        let active = Arc::clone(&self.active);
+        if active.fetch_add(1, Ordering::AcqRel) >= self.max_connections {
+            active.fetch_sub(1, Ordering::AcqRel);
+            let max = self.max_connections;
+            self.tracker.spawn(async move {
+                let mut buf = BytesMut::new();
+                let text = format!("the broker is at max_connections ({max}); try again later");
+                let _ = encode(
+                    &mut buf,
+                    0,
+                    &Frame::Error(ErrorFrame::new(ErrorCode::TooManyConnections, &text)),
+                );
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(1), write.write_all(&buf)).await;
+                let _ = write.shutdown().await;
+            });
+            return;
+        }
+        let broker = Arc::clone(&self.broker);
+        let settings = Arc::clone(&self.settings);
+        let shutdown = self.shutdown.clone();
+        self.tracker.spawn(async move {
+            connection::serve(read, write, peer, broker, settings, shutdown).await;
+            active.fetch_sub(1, Ordering::AcqRel);
+        });
+    }
+}
+
+/// Binds and serves `config` until `shutdown` is cancelled.
+///
+/// # Errors
+/// As [`Server::bind`].
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), ServerError> {
+    let server = Server::bind(config).await?;
+    let token = server.shutdown_token();
+    let forward = tokio::spawn(async move {
+        shutdown.cancelled().await;
+        token.cancel();
+    });
+    server.run().await;
+    forward.abort();
+    Ok(())
+}
