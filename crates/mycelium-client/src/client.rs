@@ -620,11 +620,14 @@ impl Shared {
         let mut rng = SmallRng::from_os_rng();
         let mut connection = Some(first);
         let mut attempt = 0u32;
+        // The first connection's subscriptions are made on it directly; later ones re-subscribe.
+        let mut reconnected = false;
         loop {
             if let Some((reader, writer, leftover)) = connection.take() {
                 self.breaker.lock().on_success();
                 attempt = 0;
-                self.run_connection(reader, writer, leftover).await;
+                self.run_connection(reader, writer, leftover, reconnected).await;
+                reconnected = true;
                 self.out.lock().connected = false;
                 self.fail_pending();
                 if self.closed.is_cancelled() {
@@ -682,10 +685,16 @@ impl Shared {
         }
     }
 
-    async fn run_connection(self: &Arc<Self>, mut reader: Reader, writer: Writer, mut buf: BytesMut) {
+    async fn run_connection(
+        self: &Arc<Self>,
+        mut reader: Reader,
+        writer: Writer,
+        mut buf: BytesMut,
+        resubscribe: bool,
+    ) {
         // Re-subscribe everything first, then let buffered publishes follow in order.
         let mut prefix = BytesMut::new();
-        {
+        if resubscribe {
             let mut subs = self.subs.lock();
             subs.by_server.clear();
             let mut pending = self.pending.lock();

@@ -23,7 +23,19 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use config::{Config, ConfigError, ENV_PREFIX, Problem};
+pub use config::{
+    Config, ConfigError, DomainsSection, ENV_PREFIX, PerformanceSection, Problem, ServerSection, TopicSection,
+};
+
+/// A `[[topics]]` entry named `name` with defaults, adjusted by `adjust` (for tests and tools).
+pub fn config_topic(name: &str, adjust: impl FnOnce(&mut TopicSection)) -> TopicSection {
+    let mut topic = TopicSection {
+        name: name.to_owned(),
+        ..TopicSection::default()
+    };
+    adjust(&mut topic);
+    topic
+}
 
 use crate::connection::Settings;
 

@@ -1,0 +1,47 @@
+//! An in-process server for client tests.
+#![allow(dead_code, missing_docs)]
+
+use std::path::{Path, PathBuf};
+
+use mycelium_server::{Config, Server};
+use tokio_util::sync::CancellationToken;
+
+pub struct TestServer {
+    pub socket: PathBuf,
+    shutdown: CancellationToken,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl TestServer {
+    pub async fn start_at(socket: &Path, adjust: impl FnOnce(&mut Config)) -> TestServer {
+        let mut config = Config::default();
+        config.server.socket_path = socket.display().to_string();
+        config.server.tcp = String::new();
+        adjust(&mut config);
+        let server = Server::bind(config).await.unwrap();
+        let shutdown = server.shutdown_token();
+        let task = tokio::spawn(server.run());
+        TestServer {
+            socket: socket.to_owned(),
+            shutdown,
+            task: Some(task),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("unix://{}", self.socket.display())
+    }
+
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(task) = self.task.take() {
+            task.await.unwrap();
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}

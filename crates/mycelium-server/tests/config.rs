@@ -1,0 +1,141 @@
+//! Configuration: defaults, the reference file, units, environment overrides, and error reports
+//! that name the file, the key and the reason.
+
+use std::io::Write;
+use std::time::Duration;
+
+use mycelium_broker::spec::{Overflow, PayloadCodec, Routing};
+use mycelium_server::{Config, ConfigError};
+
+fn write(text: &str) -> tempfile::NamedTempFile {
+    let mut file = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+    file.write_all(text.as_bytes()).unwrap();
+    file
+}
+
+fn no_env() -> Vec<(String, String)> {
+    Vec::new()
+}
+
+#[test]
+fn defaults_need_no_file() {
+    let config = Config::load(None, no_env()).unwrap();
+    assert_eq!(config.server.socket_path, "/tmp/mycelium.sock");
+    assert_eq!(config.server.tcp, "127.0.0.1:7420");
+    assert!(config.server.auto_create_topics);
+}
+
+#[test]
+fn the_reference_file_loads_and_means_what_it_says() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/mycelium.toml");
+    let config = Config::load(Some(&path), no_env()).unwrap();
+    let broker = config.broker_config();
+    let execution = broker.topics.iter().find(|(n, _)| n == "execution").unwrap();
+    assert_eq!(execution.1.routing, Routing::Queue);
+    assert_eq!(execution.1.codec, PayloadCodec::Tlv);
+    assert_eq!(execution.1.buffer_bytes, 4 << 20);
+    assert_eq!(execution.1.message_bytes_max, 64 << 10);
+    let market = broker.topics.iter().find(|(n, _)| n == "market_data").unwrap();
+    assert_eq!(market.1.overflow, Overflow::Block);
+    assert_eq!(market.1.block_timeout, Duration::from_secs(5));
+}
+
+#[test]
+fn human_units() {
+    let file = write(
+        "[server]\nmax_frame_size = \"2 MiB\"\nconnection_timeout = \"1m 30s\"\n[performance]\nflush_interval = 250\n\
+         [[topics]]\nname = \"t\"\nbuffer_size = \"1.5 MiB\"\nmax_message_size = 4096\n",
+    );
+    let config = Config::load(Some(file.path()), no_env()).unwrap();
+    assert_eq!(config.server.max_frame_size.0, 2 << 20);
+    assert_eq!(config.server.connection_timeout.0, Duration::from_secs(90));
+    assert_eq!(config.performance.flush_interval.0, Duration::from_millis(250));
+    assert_eq!(config.topics[0].buffer_size.0, 1_572_864);
+}
+
+#[test]
+fn environment_overrides_the_file() {
+    let file = write("[server]\nmax_connections = 10\n");
+    let env = vec![
+        ("MYCELIUM_SERVER__MAX_CONNECTIONS".to_owned(), "500".to_owned()),
+        ("MYCELIUM_SERVER__TCP".to_owned(), "127.0.0.1:9999".to_owned()),
+        (
+            "MYCELIUM_PERFORMANCE__FLUSH_INTERVAL".to_owned(),
+            "5ms".to_owned(),
+        ),
+        ("MYCELIUM_URL".to_owned(), "not an override".to_owned()),
+    ];
+    let config = Config::load(Some(file.path()), env).unwrap();
+    assert_eq!(config.server.max_connections, 500);
+    assert_eq!(config.server.tcp, "127.0.0.1:9999");
+    assert_eq!(config.performance.flush_interval.0, Duration::from_millis(5));
+    let bad = vec![("MYCELIUM_SERVER__MAX_CONNECTIONS".to_owned(), "0".to_owned())];
+    let error = Config::load(Some(file.path()), bad).unwrap_err().to_string();
+    assert!(
+        error.contains("server.max_connections: must be greater than 0"),
+        "{error}"
+    );
+}
+
+#[test]
+fn every_problem_is_reported_with_file_key_and_reason() {
+    let file = write(
+        "[server]\nmax_connections = 0\ntcp = \"nowhere\"\n[performance]\nworker_threads = 0\n\
+         [[topics]]\nname = \"a..b\"\n[[topics]]\nname = \"dup\"\nrouting = \"broadcast\"\n\
+         [[topics]]\nname = \"dup\"\nmax_message_size = \"32 MiB\"\n",
+    );
+    let error = Config::load(Some(file.path()), no_env()).unwrap_err();
+    let ConfigError::Invalid { problems, .. } = &error else {
+        panic!("{error}")
+    };
+    let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "server.max_connections",
+            "server.tcp",
+            "performance.worker_threads",
+            "topics[0].name",
+            "topics[1].routing",
+            "topics[2].name",
+            "topics[2].max_message_size",
+            "topics[2].max_message_size",
+        ]
+    );
+    let text = error.to_string();
+    let name = file.path().display().to_string();
+    assert!(
+        text.lines().all(|l| l.starts_with(&name)),
+        "every line names the file:\n{text}"
+    );
+    assert!(
+        text.contains("`broadcast` is not one of: fanout, queue, direct"),
+        "{text}"
+    );
+    assert!(text.contains("topic `dup` is configured twice"), "{text}");
+}
+
+#[test]
+fn syntax_errors_unknown_keys_and_wrong_types_name_the_spot() {
+    let file = write("[server]\nmax_conections = 5\n");
+    let text = Config::load(Some(file.path()), no_env()).unwrap_err().to_string();
+    assert!(text.contains("unknown field `max_conections`"), "{text}");
+    assert!(text.contains("line 2"), "{text}");
+
+    let file = write("[server]\nconnection_timeout = \"soon\"\n");
+    let text = Config::load(Some(file.path()), no_env()).unwrap_err().to_string();
+    assert!(text.contains("`soon` is not a duration"), "{text}");
+
+    let file = write("[server\n");
+    assert!(matches!(
+        Config::load(Some(file.path()), no_env()),
+        Err(ConfigError::Parse { .. })
+    ));
+
+    let missing = std::path::Path::new("/nonexistent/mycelium.toml");
+    let text = Config::load(Some(missing), no_env()).unwrap_err().to_string();
+    assert!(
+        text.starts_with("/nonexistent/mycelium.toml: cannot read"),
+        "{text}"
+    );
+}

@@ -1,0 +1,349 @@
+//! The server over real sockets: handshake, limits, malformed input, shutdown.
+
+mod support;
+
+use std::time::Duration;
+
+use mycelium_protocol::{ErrorCode, Frame, Hello, Publish, Subscribe, SubscriptionRef};
+use mycelium_server::units::{ByteSize, HumanDuration};
+use support::{Got, Raw, TestServer};
+
+async fn subscribe(raw: &mut Raw, request_id: u32, pattern: &str) -> u32 {
+    raw.send(
+        request_id,
+        &Frame::Subscribe(Subscribe {
+            pattern,
+            group: None,
+            options: b"",
+        }),
+    )
+    .await;
+    match raw.recv().await {
+        Some(Got::SubscribeOk { request_id: r, id }) if r == request_id => id,
+        other => panic!("expected SUBSCRIBE_OK, got {other:?}"),
+    }
+}
+
+async fn publish(raw: &mut Raw, topic: &str, payload: &[u8]) {
+    raw.send(
+        0,
+        &Frame::Publish(Publish {
+            topic,
+            payload,
+            ..Default::default()
+        }),
+    )
+    .await;
+}
+
+fn code_of(got: &Got) -> u16 {
+    match got {
+        Got::Error { code, .. } => *code,
+        other => panic!("expected ERROR, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn publish_subscribe_over_unix_and_tcp() {
+    let server = TestServer::start().await;
+    let mut sub = Raw::hello(&server).await;
+    let id = subscribe(&mut sub, 7, "a.*").await;
+    // A publisher over TCP reaches a subscriber over the Unix socket.
+    let tcp = tokio::net::TcpStream::connect(server.tcp).await.unwrap();
+    let (mut r, mut w) = tcp.into_split();
+    let mut buf = bytes::BytesMut::new();
+    mycelium_protocol::encode(
+        &mut buf,
+        0,
+        &Frame::Hello(Hello {
+            version_min: 1,
+            version_max: 1,
+            client_name: "t",
+            token: b"",
+        }),
+    )
+    .unwrap();
+    mycelium_protocol::encode(
+        &mut buf,
+        5,
+        &Frame::Publish(Publish {
+            topic: "a.b",
+            payload: b"hi",
+            confirm: true,
+            ..Default::default()
+        }),
+    )
+    .unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut w, &buf).await.unwrap();
+    assert_eq!(
+        sub.recv().await,
+        Some(Got::Deliver {
+            sub: id,
+            sequence: 1,
+            topic: "a.b".into(),
+            payload: b"hi".to_vec()
+        })
+    );
+    let mut reply = bytes::BytesMut::new();
+    loop {
+        tokio::io::AsyncReadExt::read_buf(&mut r, &mut reply)
+            .await
+            .unwrap();
+        let mut rest = &reply[..];
+        let mut frames = Vec::new();
+        while let Some((d, used)) = mycelium_protocol::decode(rest, usize::MAX).unwrap() {
+            frames.push(d.frame.kind());
+            rest = &rest[used..];
+        }
+        if frames.len() == 2 {
+            assert_eq!(
+                frames,
+                [
+                    mycelium_protocol::Kind::Welcome,
+                    mycelium_protocol::Kind::PublishOk
+                ]
+            );
+            break;
+        }
+    }
+}
+
+#[tokio::test]
+async fn garbage_gets_an_error_and_a_close_while_others_keep_working() {
+    let server = TestServer::start().await;
+    let mut healthy = Raw::hello(&server).await;
+    let id = subscribe(&mut healthy, 1, "t").await;
+
+    // Garbage before the handshake.
+    let mut garbage = Raw::connect(&server).await;
+    garbage.send_bytes(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let got = garbage.recv_until_closed().await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert!([ErrorCode::FrameTooLarge as u16, ErrorCode::MalformedFrame as u16].contains(&code_of(&got[0])));
+
+    // A malformed frame after the handshake.
+    let mut bad = Raw::hello(&server).await;
+    bad.send_bytes(&[8, 0, 0, 0, 0xEE, 0, 1, 0, 0, 0, 9, 9]).await;
+    let got = bad.recv_until_closed().await;
+    assert_eq!(code_of(&got[0]), ErrorCode::MalformedFrame as u16);
+    assert!(matches!(&got[0], Got::Error { message, .. } if message.contains("unknown frame kind 0xEE")));
+
+    // An oversize frame: refused from its length prefix alone.
+    let mut big = Raw::hello(&server).await;
+    big.send_bytes(&(u32::MAX - 10).to_le_bytes()).await;
+    let got = big.recv_until_closed().await;
+    assert_eq!(code_of(&got[0]), ErrorCode::FrameTooLarge as u16);
+
+    // The healthy connection never noticed.
+    let mut publisher = Raw::hello(&server).await;
+    publish(&mut publisher, "t", b"still here").await;
+    assert_eq!(
+        healthy.recv().await,
+        Some(Got::Deliver {
+            sub: id,
+            sequence: 1,
+            topic: "t".into(),
+            payload: b"still here".to_vec()
+        })
+    );
+}
+
+#[tokio::test]
+async fn handshake_rules() {
+    let server =
+        TestServer::start_with(|c| c.server.connection_timeout = HumanDuration(Duration::from_millis(300)))
+            .await;
+    // A frame before HELLO.
+    let mut early = Raw::connect(&server).await;
+    early.send(3, &Frame::Ping).await;
+    let got = early.recv_until_closed().await;
+    assert_eq!(
+        got,
+        vec![Got::Error {
+            request_id: 3,
+            code: ErrorCode::HandshakeRequired as u16,
+            message: "expected HELLO, got Ping".into()
+        }]
+    );
+    // An unsupported version.
+    let mut future = Raw::connect(&server).await;
+    future
+        .send(
+            1,
+            &Frame::Hello(Hello {
+                version_min: 7,
+                version_max: 9,
+                client_name: "",
+                token: b"",
+            }),
+        )
+        .await;
+    assert_eq!(
+        code_of(&future.recv_until_closed().await[0]),
+        ErrorCode::UnsupportedVersion as u16
+    );
+    // Silence: the connection timeout closes it.
+    let mut silent = Raw::connect(&server).await;
+    let got = silent.recv_until_closed().await;
+    assert_eq!(code_of(&got[0]), ErrorCode::HandshakeTimeout as u16);
+}
+
+#[tokio::test]
+async fn max_connections_is_enforced_with_a_clear_error() {
+    let server = TestServer::start_with(|c| c.server.max_connections = 2).await;
+    let _a = Raw::hello(&server).await;
+    let _b = Raw::hello(&server).await;
+    let mut c = Raw::connect(&server).await;
+    let got = c.recv_until_closed().await;
+    assert_eq!(code_of(&got[0]), ErrorCode::TooManyConnections as u16);
+    drop(_a);
+    // Room again once a connection goes away.
+    let mut ok = None;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let mut d = Raw::connect(&server).await;
+        d.send(
+            0,
+            &Frame::Hello(Hello {
+                version_min: 1,
+                version_max: 1,
+                client_name: "",
+                token: b"",
+            }),
+        )
+        .await;
+        if d.recv().await == Some(Got::Welcome) {
+            ok = Some(d);
+            break;
+        }
+    }
+    assert!(ok.is_some(), "a slot frees up after a disconnect");
+}
+
+#[tokio::test]
+async fn unknown_topics_and_oversize_messages_are_refused_per_request() {
+    let server = TestServer::start_with(|c| {
+        c.server.auto_create_topics = false;
+        c.topics.push(mycelium_server::config_topic("small", |t| {
+            t.max_message_size = ByteSize(8)
+        }));
+    })
+    .await;
+    let mut raw = Raw::hello(&server).await;
+    raw.send(
+        1,
+        &Frame::Publish(Publish {
+            topic: "nope",
+            payload: b"x",
+            ..Default::default()
+        }),
+    )
+    .await;
+    assert_eq!(
+        code_of(&raw.recv().await.unwrap()),
+        ErrorCode::UnknownTopic as u16
+    );
+    raw.send(
+        2,
+        &Frame::Publish(Publish {
+            topic: "small",
+            payload: b"123456789",
+            ..Default::default()
+        }),
+    )
+    .await;
+    let got = raw.recv().await.unwrap();
+    assert_eq!(code_of(&got), ErrorCode::MessageTooLarge as u16);
+    assert!(matches!(got, Got::Error { request_id: 2, .. }));
+    // The connection stays usable after a refused request.
+    raw.send(3, &Frame::Ping).await;
+    assert_eq!(raw.recv().await, Some(Got::Pong(3)));
+}
+
+#[tokio::test]
+async fn unsubscribe_and_unknown_subscription() {
+    let server = TestServer::start().await;
+    let mut raw = Raw::hello(&server).await;
+    let id = subscribe(&mut raw, 1, "x").await;
+    raw.send(2, &Frame::Unsubscribe(SubscriptionRef { subscription_id: id }))
+        .await;
+    assert_eq!(raw.recv().await, Some(Got::UnsubscribeOk(id)));
+    raw.send(3, &Frame::Unsubscribe(SubscriptionRef { subscription_id: id }))
+        .await;
+    assert_eq!(
+        code_of(&raw.recv().await.unwrap()),
+        ErrorCode::UnknownSubscription as u16
+    );
+    raw.send(
+        4,
+        &Frame::Subscribe(Subscribe {
+            pattern: "a.>.b",
+            group: None,
+            options: b"",
+        }),
+    )
+    .await;
+    assert_eq!(
+        code_of(&raw.recv().await.unwrap()),
+        ErrorCode::InvalidPattern as u16
+    );
+}
+
+#[tokio::test]
+async fn shutdown_flushes_and_removes_the_socket() {
+    let server = TestServer::start().await;
+    let mut sub = Raw::hello(&server).await;
+    let id = subscribe(&mut sub, 1, "t").await;
+    let mut publisher = Raw::hello(&server).await;
+    for i in 0..100u32 {
+        publish(&mut publisher, "t", &i.to_le_bytes()).await;
+    }
+    publisher.send(9, &Frame::Ping).await;
+    assert_eq!(publisher.recv().await, Some(Got::Pong(9)));
+    let socket = server.socket.clone();
+    server.stop().await;
+    let got = sub.recv_until_closed().await;
+    assert_eq!(got.len(), 100, "everything routed before shutdown is delivered");
+    assert!(matches!(got[99], Got::Deliver { sub, sequence: 100, .. } if sub == id));
+    assert!(!socket.exists(), "socket file removed");
+}
+
+#[tokio::test]
+async fn stale_socket_is_replaced_and_live_socket_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.sock");
+    // A stale socket: bound by a listener that is gone.
+    drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+    assert!(path.exists());
+    let mut config = mycelium_server::Config::default();
+    config.server.socket_path = path.display().to_string();
+    config.server.tcp = String::new();
+    let server = mycelium_server::Server::bind(config.clone())
+        .await
+        .expect("stale socket replaced");
+    // A second broker on the same live path is refused.
+    let error = mycelium_server::Server::bind(config.clone())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("a running broker is listening on it"), "{error}");
+    drop(server);
+    // A regular file is never deleted.
+    let file = dir.path().join("file");
+    std::fs::write(&file, b"precious").unwrap();
+    config.server.socket_path = file.display().to_string();
+    let error = mycelium_server::Server::bind(config)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("is not a socket"), "{error}");
+    assert_eq!(std::fs::read(&file).unwrap(), b"precious");
+}
+
+#[tokio::test]
+async fn socket_mode_is_applied() {
+    use std::os::unix::fs::PermissionsExt;
+    let server = TestServer::start_with(|c| c.server.socket_mode = "0600".into()).await;
+    let mode = std::fs::metadata(&server.socket).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+}

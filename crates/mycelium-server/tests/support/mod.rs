@@ -1,0 +1,185 @@
+//! Test support: an in-process server on a tempdir socket and TCP port 0, and a raw frame client.
+#![allow(dead_code, missing_docs)]
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use mycelium_protocol::{Frame, Hello, decode, encode};
+use mycelium_server::{Config, Server};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+use tokio_util::sync::CancellationToken;
+
+pub struct TestServer {
+    pub socket: PathBuf,
+    pub tcp: std::net::SocketAddr,
+    pub shutdown: CancellationToken,
+    pub task: Option<tokio::task::JoinHandle<()>>,
+    _dir: tempfile::TempDir,
+}
+
+impl TestServer {
+    pub async fn start() -> TestServer {
+        TestServer::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> TestServer {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("broker.sock");
+        let mut config = Config::default();
+        config.server.socket_path = socket.display().to_string();
+        config.server.tcp = "127.0.0.1:0".into();
+        config.server.shutdown_timeout = mycelium_server::units::HumanDuration(Duration::from_secs(2));
+        adjust(&mut config);
+        let server = Server::bind(config).await.unwrap();
+        let tcp = server.tcp_addr().unwrap();
+        let shutdown = server.shutdown_token();
+        let task = tokio::spawn(server.run());
+        TestServer {
+            socket,
+            tcp,
+            shutdown,
+            task: Some(task),
+            _dir: dir,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("unix://{}", self.socket.display())
+    }
+
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(task) = self.task.take() {
+            task.await.unwrap();
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// A client that speaks raw frames, for protocol-level tests.
+pub struct Raw {
+    pub stream: UnixStream,
+    buf: BytesMut,
+}
+
+/// An owned copy of the frames tests look at.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Got {
+    Welcome,
+    Error {
+        request_id: u32,
+        code: u16,
+        message: String,
+    },
+    SubscribeOk {
+        request_id: u32,
+        id: u32,
+    },
+    UnsubscribeOk(u32),
+    Deliver {
+        sub: u32,
+        sequence: u64,
+        topic: String,
+        payload: Vec<u8>,
+    },
+    PublishOk {
+        request_id: u32,
+        sequence: u64,
+    },
+    Pong(u32),
+    Other(String),
+}
+
+impl Raw {
+    pub async fn connect(server: &TestServer) -> Raw {
+        let stream = UnixStream::connect(&server.socket).await.unwrap();
+        Raw {
+            stream,
+            buf: BytesMut::new(),
+        }
+    }
+
+    pub async fn hello(server: &TestServer) -> Raw {
+        let mut raw = Raw::connect(server).await;
+        raw.send(
+            0,
+            &Frame::Hello(Hello {
+                version_min: 1,
+                version_max: 1,
+                client_name: "raw",
+                token: b"",
+            }),
+        )
+        .await;
+        assert_eq!(raw.recv().await, Some(Got::Welcome));
+        raw
+    }
+
+    pub async fn send(&mut self, request_id: u32, frame: &Frame<'_>) {
+        let mut buf = BytesMut::new();
+        encode(&mut buf, request_id, frame).unwrap();
+        self.stream.write_all(&buf).await.unwrap();
+    }
+
+    pub async fn send_bytes(&mut self, bytes: &[u8]) {
+        let _ = self.stream.write_all(bytes).await;
+    }
+
+    /// The next frame, or `None` when the broker closed the connection.
+    pub async fn recv(&mut self) -> Option<Got> {
+        loop {
+            if let Some((decoded, used)) = decode(&self.buf, usize::MAX).unwrap() {
+                let got = match decoded.frame {
+                    Frame::Welcome(_) => Got::Welcome,
+                    Frame::Error(e) => Got::Error {
+                        request_id: decoded.request_id,
+                        code: e.code,
+                        message: e.message.to_owned(),
+                    },
+                    Frame::SubscribeOk(s) => Got::SubscribeOk {
+                        request_id: decoded.request_id,
+                        id: s.subscription_id,
+                    },
+                    Frame::UnsubscribeOk(s) => Got::UnsubscribeOk(s.subscription_id),
+                    Frame::Deliver(d) => Got::Deliver {
+                        sub: d.subscription_id,
+                        sequence: d.sequence,
+                        topic: d.topic.to_owned(),
+                        payload: d.payload.to_vec(),
+                    },
+                    Frame::PublishOk(p) => Got::PublishOk {
+                        request_id: decoded.request_id,
+                        sequence: p.sequence,
+                    },
+                    Frame::Pong => Got::Pong(decoded.request_id),
+                    other => Got::Other(format!("{other:?}")),
+                };
+                let _ = self.buf.split_to(used);
+                return Some(got);
+            }
+            let read = tokio::time::timeout(Duration::from_secs(10), self.stream.read_buf(&mut self.buf))
+                .await
+                .expect("no frame within 10 s");
+            match read {
+                Ok(0) | Err(_) => return None,
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// Reads until the broker closes the connection; returns what came before.
+    pub async fn recv_until_closed(&mut self) -> Vec<Got> {
+        let mut all = Vec::new();
+        while let Some(got) = self.recv().await {
+            all.push(got);
+        }
+        all
+    }
+}
