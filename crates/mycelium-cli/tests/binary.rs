@@ -1,0 +1,298 @@
+//! The real `mycelium` binary: serve with no config, pub/sub through the CLI, a broker killed with
+//! SIGKILL and restarted under a connected client, SIGTERM, and config checks.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use mycelium_client::{Client, ClientOptions, ConnectionState};
+
+const BIN: &str = env!("CARGO_BIN_EXE_mycelium");
+
+struct Broker {
+    child: Child,
+    socket: PathBuf,
+}
+
+impl Broker {
+    /// Starts `mycelium serve` with no config file, on `socket`, TCP off.
+    fn start(socket: &Path) -> Broker {
+        let child = Command::new(BIN)
+            .args(["serve", "--socket", &socket.display().to_string(), "--tcp", ""])
+            .env("MYCELIUM_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn mycelium serve");
+        let broker = Broker {
+            child,
+            socket: socket.to_owned(),
+        };
+        broker.wait_ready();
+        broker
+    }
+
+    /// Waits until the socket accepts connections (start-up, not a timing assertion).
+    fn wait_ready(&self) {
+        for _ in 0..500 {
+            if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("broker did not come up on {}", self.socket.display());
+    }
+
+    fn url(&self) -> String {
+        format!("unix://{}", self.socket.display())
+    }
+
+    fn signal(&self, signal: i32) {
+        let pid = self.child.id() as i32;
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn cli(url: &str, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .arg("--url")
+        .arg(url)
+        .args(args)
+        .output()
+        .expect("run mycelium")
+}
+
+#[test]
+fn serve_with_no_config_works_end_to_end_with_pub_and_sub() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&dir.path().join("m.sock"));
+    let url = broker.url();
+    let sub = Command::new(BIN)
+        .args([
+            "--url", &url, "sub", "orders.>", "--count", "3", "--format", "json",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the subscription exists, through the CLI itself.
+    for _ in 0..500 {
+        let stats = cli(&url, &["stats", "--json"]);
+        if String::from_utf8_lossy(&stats.stdout).contains("\"pattern\":\"orders.>\"") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let out = cli(&url, &["pub", "orders.new", "hello", "--count", "2"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = cli(&url, &["pub", "orders.cancel", "--confirm", "bye"]);
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "1",
+        "confirm prints the sequence"
+    );
+    let output = sub.wait_with_output().unwrap();
+    assert!(output.status.success());
+    let lines: Vec<serde_json::Value> = String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let got: Vec<(&str, &str)> = lines
+        .iter()
+        .map(|v| (v["topic"].as_str().unwrap(), v["payload"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("orders.new", "hello"),
+            ("orders.new", "hello"),
+            ("orders.cancel", "bye")
+        ]
+    );
+
+    // TLV publishing by domain mapping, decoded by the subscriber.
+    let sub = Command::new(BIN)
+        .args([
+            "--url",
+            &url,
+            "sub",
+            "market_data",
+            "--count",
+            "1",
+            "--format",
+            "tlv",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    for _ in 0..500 {
+        let stats = cli(&url, &["stats", "--json"]);
+        if String::from_utf8_lossy(&stats.stdout).contains("\"pattern\":\"market_data\"") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let out = cli(
+        &url,
+        &["pub", "", "--tlv", "trade:price=2501.25,volume=0.5,side=sell"],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(sub.wait_with_output().unwrap().stdout).unwrap();
+    assert!(
+        text.contains("Trade: instrument=42 price=2501.25 volume=0.5 side=sell"),
+        "{text}"
+    );
+
+    // Errors are one clear line and a non-zero exit.
+    let out = cli(&url, &["pub", "bad..topic", "x"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("token 2 is empty"));
+    let out = cli("unix:///nonexistent/x.sock", &["stats"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.starts_with("error: cannot connect to unix:///nonexistent/x.sock"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+}
+
+#[test]
+fn client_reconnects_and_resubscribes_after_the_broker_is_killed_and_restarted() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("k.sock");
+    let broker = Broker::start(&socket);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let options = ClientOptions {
+            backoff: mycelium_client::resilience::Backoff {
+                initial: Duration::from_millis(20),
+                max: Duration::from_millis(200),
+                ..Default::default()
+            },
+            breaker_threshold: 1000,
+            ..ClientOptions::default()
+        };
+        let client = Client::connect_with(&broker.url(), options).await.unwrap();
+        let mut sub = client.subscribe("k.>").await.unwrap();
+        client.publish("k.before", b"before").await.unwrap();
+        client.flush().await.unwrap();
+        assert_eq!(&sub.next().await.unwrap().payload[..], b"before");
+
+        let mut states = client.state_changes();
+        broker.signal(9);
+        drop(broker);
+        states
+            .wait_for(|s| *s != ConnectionState::Connected)
+            .await
+            .unwrap();
+        // Published during the outage: buffered, sent after the reconnect.
+        for i in 0..100u32 {
+            client.publish("k.during", i.to_le_bytes()).await.unwrap();
+        }
+        let broker = Broker::start(&socket); // replaces the stale socket file of the killed broker
+        tokio::time::timeout(
+            Duration::from_secs(20),
+            states.wait_for(|s| *s == ConnectionState::Connected),
+        )
+        .await
+        .expect("reconnected")
+        .unwrap();
+        for expected in 0..100u32 {
+            let message = tokio::time::timeout(Duration::from_secs(10), sub.next())
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(message.topic(), "k.during");
+            assert_eq!(
+                u32::from_le_bytes(message.payload[..].try_into().unwrap()),
+                expected
+            );
+        }
+        client.publish("k.after", b"after").await.unwrap();
+        assert_eq!(&sub.next().await.unwrap().payload[..], b"after");
+        drop(broker);
+    });
+}
+
+#[test]
+fn sigterm_stops_cleanly_and_removes_the_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("t.sock");
+    let mut broker = Broker::start(&socket);
+    broker.signal(15);
+    let status = broker.child.wait().unwrap();
+    assert!(status.success(), "{status}");
+    assert!(!socket.exists());
+}
+
+#[test]
+fn a_second_broker_on_a_live_socket_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("l.sock");
+    let _broker = Broker::start(&socket);
+    let out = Command::new(BIN)
+        .args(["serve", "--socket", &socket.display().to_string(), "--tcp", ""])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("a running broker is listening on it"), "{stderr}");
+}
+
+#[test]
+fn config_check_reports_every_problem_and_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bad.toml");
+    std::fs::write(
+        &file,
+        "[server]\nmax_connections = 0\n[[topics]]\nname = \"x\"\noverflow = \"explode\"\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["config", "check", &file.display().to_string()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let name = file.display().to_string();
+    assert!(
+        stderr.contains(&format!("{name}: server.max_connections: must be greater than 0")),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("{name}: topics[0].overflow: `explode` is not one of")),
+        "{stderr}"
+    );
+
+    let reference = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/mycelium.toml");
+    let out = Command::new(BIN)
+        .args(["config", "check", &reference.display().to_string()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // A broker with a bad file does not start.
+    let out = Command::new(BIN)
+        .args(["serve", "--config", &file.display().to_string()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+}
