@@ -13,6 +13,18 @@ use crate::{Cli, Command, ConfigCommand, Format, LogFormat, PubArgs, ServeArgs, 
 pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve(args) => serve(args),
+        Command::Bench(args) => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            let all_delivered = runtime.block_on(mycelium_bench::run(args))?;
+            Ok(if all_delivered {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
         Command::Config {
             command: ConfigCommand::Check { file },
         } => {
@@ -114,7 +126,9 @@ async fn client_command(url: &str, command: Command) -> anyhow::Result<ExitCode>
         Command::Sub(args) => subscribe(url, args).await,
         Command::Stats { json } => stats(url, json).await,
         Command::Topics { json } => topics(url, json).await,
-        Command::Serve(_) | Command::Config { .. } => unreachable!("handled without a client"),
+        Command::Serve(_) | Command::Config { .. } | Command::Bench(_) => {
+            unreachable!("handled without a client")
+        }
     }
 }
 

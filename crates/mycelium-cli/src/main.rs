@@ -43,6 +43,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Measure throughput, latency and connection scaling, side by side with NATS and Redis.
+    Bench(mycelium_bench::BenchArgs),
     /// Configuration tools.
     Config {
         #[command(subcommand)]

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use bytes::{Bytes, BytesMut};
 use mycelium_protocol::{
@@ -59,7 +59,7 @@ enum Pending {
 struct LocalSub {
     pattern: String,
     group: Option<String>,
-    sender: mpsc::Sender<Message>,
+    sender: mpsc::Sender<Vec<Message>>,
     server_id: Option<u32>,
 }
 
@@ -72,6 +72,17 @@ struct Subs {
 struct Out {
     buf: BytesMut,
     connected: bool,
+}
+
+/// Bytes reserved for each socket read.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// Deliveries of one read for one subscription, sent on together.
+#[derive(Default)]
+struct Batch {
+    server_id: Option<u32>,
+    sender: Option<mpsc::Sender<Vec<Message>>>,
+    messages: Vec<Message>,
 }
 
 pub(crate) struct Shared {
@@ -87,6 +98,8 @@ pub(crate) struct Shared {
     next_request: AtomicU32,
     next_local: AtomicU64,
     breaker: Mutex<CircuitBreaker>,
+    /// Mirrors `state == CircuitOpen`, so the publish path checks one atomic, not a lock.
+    circuit_open: AtomicBool,
     closed: CancellationToken,
 }
 
@@ -162,6 +175,7 @@ impl Client {
             next_request: AtomicU32::new(1),
             next_local: AtomicU64::new(1),
             breaker: Mutex::new(breaker),
+            circuit_open: AtomicBool::new(false),
             closed: CancellationToken::new(),
         });
         let first = shared.establish().await?;
@@ -341,6 +355,8 @@ impl Client {
 
 impl Shared {
     fn set_state(&self, state: ConnectionState) {
+        self.circuit_open
+            .store(state == ConnectionState::CircuitOpen, Ordering::Release);
         self.state.send_if_modified(|current| {
             let changed = *current != state && *current != ConnectionState::Closed;
             if changed {
@@ -354,7 +370,7 @@ impl Shared {
         if self.closed.is_cancelled() {
             return Err(Error::new(ErrorKind::Closed, "the client is closed"));
         }
-        if self.breaker.lock().state(Instant::now()) == BreakerState::Open {
+        if self.circuit_open.load(Ordering::Acquire) {
             return Err(Error::new(
                 ErrorKind::CircuitOpen,
                 format!(
@@ -367,6 +383,9 @@ impl Shared {
     }
 
     /// Appends a frame to the outgoing buffer, waiting for room while connected.
+    ///
+    /// The writer is woken only when the buffer goes from empty to non-empty: while it is busy
+    /// writing, publishes just accumulate and go out in its next single write.
     async fn send(
         &self,
         size_hint: usize,
@@ -374,35 +393,51 @@ impl Shared {
     ) -> Result<(), Error> {
         loop {
             self.check_usable()?;
+            if self.try_append(size_hint, &write)? {
+                return Ok(());
+            }
             let drained = self.drained.notified();
             tokio::pin!(drained);
             drained.as_mut().enable();
-            {
-                let mut out = self.out.lock();
-                if out.buf.is_empty() || out.buf.len() + size_hint <= self.options.buffer_bytes_max {
-                    write(&mut out.buf).map_err(|e| Error::new(ErrorKind::InvalidArgument, e.to_string()))?;
-                    let connected = out.connected;
-                    drop(out);
-                    if connected {
-                        self.wake_writer.notify_one();
-                    }
-                    return Ok(());
-                }
-                if !out.connected {
-                    return Err(Error::new(
-                        ErrorKind::BufferFull,
-                        format!(
-                            "disconnected from {} and the publish buffer ({} bytes) is full",
-                            self.endpoint, self.options.buffer_bytes_max
-                        ),
-                    ));
-                }
+            // Re-check after registering, so a drain in between is not missed.
+            if self.try_append(size_hint, &write)? {
+                return Ok(());
             }
             tokio::select! {
                 () = &mut drained => {}
                 () = self.closed.cancelled() => {}
             }
         }
+    }
+
+    /// Appends if there is room; `Ok(false)` when connected and full (wait for a drain).
+    #[inline]
+    fn try_append(
+        &self,
+        size_hint: usize,
+        write: &impl Fn(&mut BytesMut) -> Result<(), mycelium_protocol::ProtocolError>,
+    ) -> Result<bool, Error> {
+        let mut out = self.out.lock();
+        let was_empty = out.buf.is_empty();
+        if was_empty || out.buf.len() + size_hint <= self.options.buffer_bytes_max {
+            write(&mut out.buf).map_err(|e| Error::new(ErrorKind::InvalidArgument, e.to_string()))?;
+            let connected = out.connected;
+            drop(out);
+            if connected && was_empty {
+                self.wake_writer.notify_one();
+            }
+            return Ok(true);
+        }
+        if !out.connected {
+            return Err(Error::new(
+                ErrorKind::BufferFull,
+                format!(
+                    "disconnected from {} and the publish buffer ({} bytes) is full",
+                    self.endpoint, self.options.buffer_bytes_max
+                ),
+            ));
+        }
+        Ok(false)
     }
 
     async fn request(
@@ -466,7 +501,10 @@ impl Shared {
             ));
         }
         let local = self.next_local.fetch_add(1, Ordering::Relaxed);
-        let (sender, receiver) = mpsc::channel(self.options.subscription_capacity.max(1));
+        // Messages travel in batches (one per subscription per socket read), so the channel is
+        // sized in batches: enough for `subscription_capacity` messages of small batches.
+        let batches = (self.options.subscription_capacity / 64).max(4);
+        let (sender, receiver) = mpsc::channel(batches);
         self.subs.lock().local.insert(
             local,
             LocalSub {
@@ -479,6 +517,7 @@ impl Shared {
         let subscription = Subscription {
             local_id: local,
             receiver,
+            pending: Default::default(),
             shared: Arc::clone(self),
         };
         if !self.out.lock().connected {
@@ -656,7 +695,7 @@ impl Shared {
                     tracing::debug!(%error, attempt, "reconnect failed");
                     let delay = self.options.backoff.delay(attempt, &mut rng);
                     attempt = attempt.saturating_add(1);
-                    if self.breaker.lock().state(Instant::now()) == BreakerState::Open {
+                    if self.circuit_open.load(Ordering::Acquire) {
                         self.set_state(ConnectionState::CircuitOpen);
                         continue;
                     }
@@ -727,39 +766,70 @@ impl Shared {
         self.wake_writer.notify_one();
         let stop = CancellationToken::new();
         let writer_task = tokio::spawn(Arc::clone(self).write_loop(writer, stop.clone()));
-        let mut last_read = Instant::now();
         let ping = self.options.ping_interval;
+        let mut last_read = Instant::now();
+        let ping_timer = tokio::time::sleep(ping);
+        let stopped = stop.cancelled();
+        let closed = self.closed.cancelled();
+        tokio::pin!(ping_timer, stopped, closed);
+        let mut batch = Batch::default();
         loop {
             while let Ok(Some(len)) = frame_len(&buf, usize::MAX) {
                 let frame = buf.split_to(len).freeze();
-                if self.dispatch(frame).await.is_err() {
+                if self.dispatch(frame, &mut batch).await.is_err() {
                     stop.cancel();
                     let _ = writer_task.await;
                     return;
                 }
+            }
+            self.deliver_batch(&mut batch).await;
+            if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+                buf.reserve(READ_CHUNK);
             }
             tokio::select! {
                 read = reader.read_buf(&mut buf) => match read {
                     Ok(0) | Err(_) => break,
                     Ok(_) => last_read = Instant::now(),
                 },
-                () = tokio::time::sleep_until(last_read + ping) => {
+                () = &mut ping_timer => {
                     if last_read.elapsed() >= ping * 2 {
                         tracing::info!("no traffic for two ping intervals; treating the connection as dead");
                         break;
                     }
-                    let mut out = self.out.lock();
-                    let _ = encode(&mut out.buf, 0, &Frame::Ping);
-                    drop(out);
-                    self.wake_writer.notify_one();
-                    last_read -= ping / 2; // wait half an interval more for the PONG
+                    if last_read.elapsed() >= ping {
+                        let mut out = self.out.lock();
+                        let _ = encode(&mut out.buf, 0, &Frame::Ping);
+                        drop(out);
+                        self.wake_writer.notify_one();
+                        ping_timer.as_mut().reset(Instant::now() + ping / 2);
+                    } else {
+                        ping_timer.as_mut().reset(last_read + ping);
+                    }
                 }
-                () = stop.cancelled() => break,
-                () = self.closed.cancelled() => break,
+                () = &mut stopped => break,
+                () = &mut closed => break,
             }
         }
         stop.cancel();
         let _ = writer_task.await;
+    }
+
+    /// Hands the messages gathered from one read to their subscription, in one channel send.
+    async fn deliver_batch(&self, batch: &mut Batch) {
+        if let Some(sender) = batch.sender.take()
+            && !batch.messages.is_empty()
+        {
+            let messages = std::mem::take(&mut batch.messages);
+            match sender.try_send(messages) {
+                Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
+                // The subscriber is behind: stop reading (the broker's buffer absorbs the rest).
+                Err(mpsc::error::TrySendError::Full(messages)) => {
+                    let _ = sender.send(messages).await;
+                }
+            }
+        }
+        batch.messages.clear();
+        batch.server_id = None;
     }
 
     async fn write_loop(self: Arc<Self>, mut writer: Writer, stop: CancellationToken) {
@@ -787,7 +857,7 @@ impl Shared {
     }
 
     /// Handles one frame from the broker. `Err` ends the connection.
-    async fn dispatch(&self, frame: Bytes) -> Result<(), ()> {
+    async fn dispatch(&self, frame: Bytes, batch: &mut Batch) -> Result<(), ()> {
         let Ok(Some((decoded, _))) = decode(&frame, usize::MAX) else {
             tracing::warn!("undecodable frame from the broker; reconnecting");
             return Err(());
@@ -814,22 +884,20 @@ impl Shared {
                         frame.slice_ref(deliver.payload)
                     },
                 };
-                let sender = {
+                if batch.server_id != Some(deliver.subscription_id) {
+                    self.deliver_batch(batch).await;
                     let subs = self.subs.lock();
-                    let Some(local) = subs.by_server.get(&deliver.subscription_id) else {
-                        return Ok(());
-                    };
-                    let Some(sub) = subs.local.get(local) else {
-                        return Ok(());
-                    };
-                    match sub.sender.try_send(message) {
-                        Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => return Ok(()),
-                        Err(mpsc::error::TrySendError::Full(message)) => (sub.sender.clone(), message),
-                    }
-                };
-                // The subscriber is behind: stop reading (the broker's buffer absorbs the rest).
-                let (sender, message) = sender;
-                let _ = sender.send(message).await;
+                    let sender = subs
+                        .by_server
+                        .get(&deliver.subscription_id)
+                        .and_then(|local| subs.local.get(local))
+                        .map(|sub| sub.sender.clone());
+                    drop(subs);
+                    let Some(sender) = sender else { return Ok(()) }; // unsubscribed: discard
+                    batch.sender = Some(sender);
+                    batch.server_id = Some(deliver.subscription_id);
+                }
+                batch.messages.push(message);
             }
             Frame::SubscribeOk(SubscriptionRef { subscription_id }) => {
                 let pending = self.pending.lock().remove(&request_id);

@@ -44,14 +44,21 @@ impl Message {
 #[derive(Debug)]
 pub struct Subscription {
     pub(crate) local_id: u64,
-    pub(crate) receiver: mpsc::Receiver<Message>,
+    pub(crate) receiver: mpsc::Receiver<Vec<Message>>,
+    /// The rest of the batch being handed out.
+    pub(crate) pending: std::collections::VecDeque<Message>,
     pub(crate) shared: Arc<Shared>,
 }
 
 impl Subscription {
     /// The next message; `None` once the subscription or the client is closed.
     pub async fn next(&mut self) -> Option<Message> {
-        self.receiver.recv().await
+        if let Some(message) = self.pending.pop_front() {
+            return Some(message);
+        }
+        let batch = self.receiver.recv().await?;
+        self.pending = batch.into();
+        self.pending.pop_front()
     }
 
     /// Ends the subscription and waits for the broker to confirm (when connected).
@@ -68,7 +75,16 @@ impl futures_core::Stream for Subscription {
     type Item = Message;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Message>> {
-        self.receiver.poll_recv(cx)
+        loop {
+            if let Some(message) = self.pending.pop_front() {
+                return Poll::Ready(Some(message));
+            }
+            match self.receiver.poll_recv(cx) {
+                Poll::Ready(Some(batch)) => self.pending = batch.into(),
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
     }
 }
 

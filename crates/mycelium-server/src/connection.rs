@@ -112,6 +112,9 @@ async fn read_loop<R: AsyncRead + Unpin>(
     }
     let mut publisher = Publisher::new(Arc::clone(info));
     let mut next_subscription = 1u32;
+    let cancelled = shutdown.cancelled();
+    let closed = info.outbound.closed();
+    tokio::pin!(cancelled, closed);
     loop {
         // Route every whole frame in the buffer before reading again.
         publisher.begin_batch(broker);
@@ -152,8 +155,8 @@ async fn read_loop<R: AsyncRead + Unpin>(
         }
         tokio::select! {
             biased;
-            () = shutdown.cancelled() => return Stop::Quiet,
-            () = info.outbound.closed() => return Stop::Quiet,
+            () = &mut cancelled => return Stop::Quiet,
+            () = &mut closed => return Stop::Quiet,
             read = read.read_buf(&mut buf) => match read {
                 Ok(0) => {
                     if !buf.is_empty() {

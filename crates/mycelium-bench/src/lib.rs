@@ -1,0 +1,545 @@
+//! `mycelium bench`: measures Mycelium and, in the same invocation, NATS and Redis with the
+//! identical workload through their standard Rust clients; alternating runs, medians, ratios.
+
+mod connections;
+mod latency;
+mod payload;
+mod system;
+mod throughput;
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+
+pub use system::{Kind, System};
+
+/// Arguments of `mycelium bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    mode: Mode,
+    /// Measure an already running broker instead of spawning one (`unix:///path` or `tcp://host:port`).
+    #[arg(long, global = true)]
+    target: Option<String>,
+    /// Peers measured in the same run: `nats=nats://127.0.0.1:4222,redis=redis://127.0.0.1:6379`.
+    #[arg(long, global = true)]
+    compare: Option<String>,
+    /// Transport(s) to measure Mycelium over.
+    #[arg(long, global = true, value_enum, default_value_t = Transport::Both)]
+    transport: Transport,
+    /// Alternating runs per system; the median is reported.
+    #[arg(long, global = true, default_value_t = 3)]
+    runs: usize,
+    /// Print exactly one JSON object on stdout (progress and table go away).
+    #[arg(long, global = true)]
+    json: bool,
+    /// The broker binary to spawn (default: this executable).
+    #[arg(long, global = true)]
+    broker_bin: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Mode {
+    /// Publishers -> subscribers, fanout or queue group; every delivery verified.
+    Throughput {
+        /// Publishing connections.
+        #[arg(long, short = 'p', default_value_t = 1)]
+        publishers: usize,
+        /// Subscribing connections.
+        #[arg(long, short = 's', default_value_t = 1)]
+        subscribers: usize,
+        /// fanout or queue.
+        #[arg(long, value_enum, default_value_t = Routing::Fanout)]
+        routing: Routing,
+        /// Payload bytes.
+        #[arg(long, default_value_t = 128)]
+        size: usize,
+        /// Messages published in total.
+        #[arg(long, short = 'n', default_value_t = 1_000_000)]
+        count: u64,
+    },
+    /// Latency at a fixed send rate (from the scheduled send time), HDR percentiles.
+    Latency {
+        /// Messages per second.
+        #[arg(long, default_value_t = 10_000)]
+        rate: u64,
+        /// Messages sent.
+        #[arg(long, short = 'n', default_value_t = 50_000)]
+        count: u64,
+        /// Payload bytes.
+        #[arg(long, default_value_t = 128)]
+        size: usize,
+        /// Measure request/reply round trip instead of one way.
+        #[arg(long)]
+        round_trip: bool,
+    },
+    /// Many subscribed connections, one publisher; all must receive all; broker RSS.
+    Connections {
+        /// Subscribing connections.
+        #[arg(long, short = 'c', default_value_t = 1000)]
+        connections: usize,
+        /// Messages published.
+        #[arg(long, short = 'n', default_value_t = 100)]
+        count: u64,
+        /// Payload bytes.
+        #[arg(long, default_value_t = 128)]
+        size: usize,
+    },
+}
+
+/// Fanout or queue group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Routing {
+    /// Every subscriber gets every message.
+    Fanout,
+    /// Each message to one member of the group.
+    Queue,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Transport {
+    Unix,
+    Tcp,
+    Both,
+}
+
+/// What one run measured.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Measured {
+    /// Messages published per second (publisher side, until the broker confirmed a flush).
+    pub publish_msgs_per_s: f64,
+    /// Deliveries per second, all subscribers together.
+    pub delivered_msgs_per_s: f64,
+    /// Delivered payload megabytes per second.
+    pub delivered_mb_per_s: f64,
+    /// Deliveries that never arrived.
+    pub lost: u64,
+    /// Deliveries out of per-publisher order.
+    pub out_of_order: u64,
+    /// Latency percentiles, microseconds (latency mode).
+    pub p50_us: Option<f64>,
+    #[allow(missing_docs)]
+    pub p90_us: Option<f64>,
+    #[allow(missing_docs)]
+    pub p99_us: Option<f64>,
+    #[allow(missing_docs)]
+    pub p999_us: Option<f64>,
+    #[allow(missing_docs)]
+    pub max_us: Option<f64>,
+    /// Broker resident memory under load (connections mode) or after the run.
+    pub broker_rss_bytes: Option<u64>,
+    /// Broker resident memory before the workload (connections mode).
+    pub broker_idle_rss_bytes: Option<u64>,
+}
+
+#[derive(Debug, Serialize)]
+struct ResultRow {
+    system: Kind,
+    transport: &'static str,
+    #[serde(flatten)]
+    median: Measured,
+    /// Delivered msg/s of every run, in order.
+    runs: Vec<f64>,
+}
+
+/// A spawned broker, killed on drop.
+struct Spawned {
+    child: Child,
+    _dir: tempfile::TempDir,
+    socket: PathBuf,
+    tcp: String,
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn_broker(binary: Option<PathBuf>) -> anyhow::Result<Spawned> {
+    let binary = match binary {
+        Some(path) => path,
+        None => std::env::current_exe().context("locating the mycelium binary")?,
+    };
+    let dir = tempfile::tempdir()?;
+    let socket = dir.path().join("bench.sock");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let tcp = format!("127.0.0.1:{port}");
+    let child = Command::new(&binary)
+        .args(["serve", "--socket", &socket.display().to_string(), "--tcp", &tcp])
+        .env("MYCELIUM_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .with_context(|| format!("spawning {} serve", binary.display()))?;
+    let spawned = Spawned {
+        child,
+        _dir: dir,
+        socket,
+        tcp,
+    };
+    for _ in 0..500 {
+        if std::os::unix::net::UnixStream::connect(&spawned.socket).is_ok() {
+            return Ok(spawned);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    bail!("the spawned broker did not come up")
+}
+
+fn parse_compare(spec: &str) -> anyhow::Result<Vec<System>> {
+    spec.split(',')
+        .filter(|s| !s.is_empty())
+        .map(|entry| {
+            let (name, url) = entry
+                .split_once('=')
+                .with_context(|| format!("`{entry}`: expected name=url"))?;
+            let kind = match name {
+                "nats" => Kind::Nats,
+                "redis" => Kind::Redis,
+                other => bail!("unknown peer `{other}` (nats, redis)"),
+            };
+            let pid = system::pid_of(if kind == Kind::Nats {
+                "nats-server"
+            } else {
+                "redis-server"
+            });
+            Ok(System {
+                kind,
+                url: url.to_owned(),
+                transport: "tcp",
+                pid,
+            })
+        })
+        .collect()
+}
+
+fn median(mut runs: Vec<Measured>) -> Measured {
+    runs.sort_by(|a, b| a.delivered_msgs_per_s.total_cmp(&b.delivered_msgs_per_s));
+    let lost = runs.iter().map(|r| r.lost).max().unwrap_or(0);
+    let out_of_order = runs.iter().map(|r| r.out_of_order).max().unwrap_or(0);
+    let mut middle = runs.swap_remove(runs.len() / 2);
+    // Any loss in any run is reported, not hidden by the median.
+    middle.lost = lost;
+    middle.out_of_order = out_of_order;
+    middle
+}
+
+/// Runs `mycelium bench`; returns whether every run delivered everything.
+///
+/// # Errors
+/// A broker that cannot be spawned or reached, bad arguments.
+pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
+    if args.runs == 0 {
+        bail!("--runs must be at least 1");
+    }
+    let spawned = match &args.target {
+        Some(_) => None,
+        None => Some(spawn_broker(args.broker_bin.clone())?),
+    };
+    let mut systems = Vec::new();
+    match (&args.target, &spawned) {
+        (Some(url), _) => {
+            let transport = if url.starts_with("tcp://") { "tcp" } else { "unix" };
+            systems.push(System {
+                kind: Kind::Mycelium,
+                url: url.clone(),
+                transport,
+                pid: None,
+            });
+        }
+        (None, Some(s)) => {
+            let pid = Some(s.child.id());
+            if args.transport != Transport::Tcp {
+                let url = format!("unix://{}", s.socket.display());
+                systems.push(System {
+                    kind: Kind::Mycelium,
+                    url,
+                    transport: "unix",
+                    pid,
+                });
+            }
+            if args.transport != Transport::Unix {
+                systems.push(System {
+                    kind: Kind::Mycelium,
+                    url: format!("tcp://{}", s.tcp),
+                    transport: "tcp",
+                    pid,
+                });
+            }
+        }
+        (None, None) => unreachable!("spawned when no target"),
+    }
+    let mut unreachable = Vec::new();
+    if let Some(spec) = &args.compare {
+        for peer in parse_compare(spec)? {
+            match peer.ping().await {
+                Ok(()) => systems.push(peer),
+                Err(error) => {
+                    unreachable.push(format!("{} ({}): not reachable: {error:#}", peer.kind, peer.url))
+                }
+            }
+        }
+    }
+    let (mode_name, workload_json) = match &args.mode {
+        Mode::Throughput {
+            publishers,
+            subscribers,
+            routing,
+            size,
+            count,
+        } => {
+            if *publishers == 0 || *subscribers == 0 || *size < 12 {
+                bail!("throughput needs at least 1 publisher, 1 subscriber and 12-byte payloads");
+            }
+            let w = throughput::Workload {
+                publishers: *publishers,
+                subscribers: *subscribers,
+                routing: *routing,
+                size: *size,
+                count: *count,
+            };
+            ("throughput", serde_json::to_value(&w)?)
+        }
+        Mode::Latency {
+            rate,
+            count,
+            size,
+            round_trip,
+        } => {
+            let w = latency::Workload {
+                rate: *rate,
+                count: *count,
+                size: (*size).max(payload::HEADER),
+                round_trip: *round_trip,
+            };
+            ("latency", serde_json::to_value(&w)?)
+        }
+        Mode::Connections {
+            connections,
+            count,
+            size,
+        } => {
+            let w = connections::Workload {
+                connections: *connections,
+                count: *count,
+                size: (*size).max(12),
+            };
+            ("connections", serde_json::to_value(&w)?)
+        }
+    };
+    if matches!(
+        args.mode,
+        Mode::Throughput {
+            routing: Routing::Queue,
+            ..
+        }
+    ) {
+        systems.retain(|s| {
+            let ok = s.supports_queue();
+            if !ok {
+                unreachable.push(format!("{}: skipped: no queue groups in its pub/sub", s.kind));
+            }
+            ok
+        });
+    }
+    if !args.json {
+        eprintln!("{mode_name}: {workload_json}");
+        for line in &unreachable {
+            eprintln!("  {line}");
+        }
+    }
+    let mut measured: Vec<Vec<Measured>> = systems.iter().map(|_| Vec::new()).collect();
+    for round in 0..args.runs {
+        for (index, system) in systems.iter().enumerate() {
+            let progress = if args.json {
+                ProgressBar::hidden()
+            } else {
+                ProgressBar::new(0)
+            };
+            progress.set_style(
+                ProgressStyle::with_template("{prefix:>22} [{bar:30}] {pos}/{len} {per_sec}")
+                    .unwrap_or_else(|_| ProgressStyle::default_bar())
+                    .progress_chars("=> "),
+            );
+            progress.set_prefix(format!("{} {} run {}", system.kind, system.transport, round + 1));
+            let result = match &args.mode {
+                Mode::Throughput { .. } => {
+                    let w: throughput::Workload = serde_json_to(&workload_json)?;
+                    throughput::run(system, &w, &progress).await
+                }
+                Mode::Latency { .. } => {
+                    let w: latency::Workload = serde_json_to(&workload_json)?;
+                    latency::run(system, &w, &progress).await
+                }
+                Mode::Connections { .. } => {
+                    let w: connections::Workload = serde_json_to(&workload_json)?;
+                    connections::run(system, &w, &progress).await
+                }
+            };
+            progress.finish_and_clear();
+            let mut result = result.with_context(|| format!("{} over {}", system.kind, system.transport))?;
+            if result.broker_rss_bytes.is_none() {
+                result.broker_rss_bytes = system.pid.and_then(system::rss_bytes);
+            }
+            measured[index].push(result);
+        }
+    }
+    let rows: Vec<ResultRow> = systems
+        .iter()
+        .zip(measured)
+        .map(|(system, runs)| ResultRow {
+            system: system.kind,
+            transport: system.transport,
+            runs: runs.iter().map(|r| r.delivered_msgs_per_s).collect(),
+            median: median(runs),
+        })
+        .collect();
+    let all_delivered = rows
+        .iter()
+        .all(|r| r.median.lost == 0 && r.median.out_of_order == 0);
+    if args.json {
+        let report = serde_json::json!({
+            "mode": mode_name,
+            "workload": workload_json,
+            "runs": args.runs,
+            "results": rows,
+            "notes": unreachable,
+        });
+        println!("{report}");
+    } else {
+        print_table(mode_name, &rows);
+    }
+    if !all_delivered {
+        for row in rows
+            .iter()
+            .filter(|r| r.median.lost > 0 || r.median.out_of_order > 0)
+        {
+            eprintln!(
+                "LOSS: {} over {} lost {} and misordered {} deliveries",
+                row.system, row.transport, row.median.lost, row.median.out_of_order
+            );
+        }
+    }
+    Ok(all_delivered)
+}
+
+fn serde_json_to<T: serde::de::DeserializeOwned>(value: &serde_json::Value) -> anyhow::Result<T> {
+    Ok(serde_json::from_value(value.clone())?)
+}
+
+fn human(rate: f64) -> String {
+    if rate >= 1e6 {
+        format!("{:.2} M", rate / 1e6)
+    } else if rate >= 1e3 {
+        format!("{:.1} k", rate / 1e3)
+    } else {
+        format!("{rate:.0}")
+    }
+}
+
+fn print_table(mode: &str, rows: &[ResultRow]) {
+    let reference = |transport: &str| {
+        rows.iter()
+            .find(|r| r.system == Kind::Mycelium && r.transport == transport)
+            .map(|r| &r.median)
+    };
+    let unix = reference("unix");
+    let tcp = reference("tcp");
+    println!();
+    match mode {
+        "latency" => {
+            println!(
+                "{:<9} {:<9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7}  {:>16}",
+                "system",
+                "transport",
+                "p50 us",
+                "p90 us",
+                "p99 us",
+                "p99.9 us",
+                "max us",
+                "lost",
+                "p99 myc/this"
+            );
+            for r in rows {
+                let m = &r.median;
+                let f = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.1}"));
+                let ratio = |mine: Option<&Measured>| match (mine.and_then(|x| x.p99_us), m.p99_us) {
+                    (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
+                    _ => "-".into(),
+                };
+                println!(
+                    "{:<9} {:<9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7}  {:>7} {:>8}",
+                    r.system.to_string(),
+                    r.transport,
+                    f(m.p50_us),
+                    f(m.p90_us),
+                    f(m.p99_us),
+                    f(m.p999_us),
+                    f(m.max_us),
+                    m.lost,
+                    ratio(unix),
+                    ratio(tcp)
+                );
+            }
+            println!("(ratio columns: Mycelium over unix / over tcp divided by this row; lower is better)");
+        }
+        _ => {
+            println!(
+                "{:<9} {:<9} {:>12} {:>14} {:>9} {:>7} {:>5} {:>10}  {:>15}",
+                "system",
+                "transport",
+                "publish/s",
+                "delivered/s",
+                "MB/s",
+                "lost",
+                "ooo",
+                "rss MB",
+                "myc/this u | t"
+            );
+            for r in rows {
+                let m = &r.median;
+                let ratio = |mine: Option<&Measured>| {
+                    mine.map_or("-".to_owned(), |x| {
+                        format!("{:.2}", x.delivered_msgs_per_s / m.delivered_msgs_per_s.max(1e-9))
+                    })
+                };
+                let rss = m
+                    .broker_rss_bytes
+                    .map_or("-".to_owned(), |b| format!("{:.1}", b as f64 / 1e6));
+                println!(
+                    "{:<9} {:<9} {:>12} {:>14} {:>9.1} {:>7} {:>5} {:>10}  {:>7} {:>7}",
+                    r.system.to_string(),
+                    r.transport,
+                    human(m.publish_msgs_per_s),
+                    human(m.delivered_msgs_per_s),
+                    m.delivered_mb_per_s,
+                    m.lost,
+                    m.out_of_order,
+                    rss,
+                    ratio(unix),
+                    ratio(tcp)
+                );
+            }
+            if let Some(idle) = rows
+                .iter()
+                .find_map(|r| r.median.broker_idle_rss_bytes.map(|b| (r, b)))
+            {
+                println!(
+                    "(idle broker RSS before connecting: {} {}: {:.1} MB)",
+                    idle.0.system,
+                    idle.0.transport,
+                    idle.1 as f64 / 1e6
+                );
+            }
+            println!("(ratio columns: Mycelium over unix / over tcp divided by this row; higher is better)");
+        }
+    }
+}
