@@ -78,6 +78,9 @@ pub async fn run(system: &System, workload: &Workload, progress: &ProgressBar) -
     let progress_sender = progress.clone();
     let topic: &'static str = send_topic;
     let sender = std::thread::spawn(move || -> anyhow::Result<()> {
+        // Sleep precisely: the default 50 us timer slack would make every send late, for every
+        // system alike, and blur the comparison.
+        let _ = rustix::thread::set_current_timer_slack(std::num::NonZeroU64::new(1));
         let mut factory = PayloadFactory::new(0, size);
         for sequence in 0..count {
             let scheduled = interval * sequence as u32;

@@ -2,6 +2,7 @@
 //! identical workload through their standard Rust clients; alternating runs, medians, ratios.
 
 mod connections;
+mod curves;
 mod latency;
 mod payload;
 mod system;
@@ -89,6 +90,16 @@ enum Mode {
         /// Payload bytes.
         #[arg(long, default_value_t = 128)]
         size: usize,
+    },
+    /// Cost curves: deliveries/s as subscribers (1..256) and payload size (16 B..64 KiB) grow; writes
+    /// a Markdown table to stdout and PNG charts to --out.
+    Curves {
+        /// Directory for `curve-subscribers.png` and `curve-size.png`.
+        #[arg(long, default_value = "docs")]
+        out: PathBuf,
+        /// Scale of the message counts (1.0 full; smaller for a quick look).
+        #[arg(long, default_value_t = 1.0)]
+        scale: f64,
     },
 }
 
@@ -288,6 +299,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
             }
         }
     }
+    if let Mode::Curves { out, scale } = &args.mode {
+        return run_curves(&systems, out, *scale, args.json).await;
+    }
     let (mode_name, workload_json) = match &args.mode {
         Mode::Throughput {
             publishers,
@@ -334,6 +348,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
             };
             ("connections", serde_json::to_value(&w)?)
         }
+        Mode::Curves { .. } => unreachable!("handled above"),
     };
     if matches!(
         args.mode,
@@ -383,6 +398,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
                     let w: connections::Workload = serde_json_to(&workload_json)?;
                     connections::run(system, &w, &progress).await
                 }
+                Mode::Curves { .. } => unreachable!("handled above"),
             };
             progress.finish_and_clear();
             let mut result = result.with_context(|| format!("{} over {}", system.kind, system.transport))?;
@@ -429,6 +445,59 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
         }
     }
     Ok(all_delivered)
+}
+
+async fn run_curves(
+    systems: &[System],
+    out: &std::path::Path,
+    scale: f64,
+    json: bool,
+) -> anyhow::Result<bool> {
+    let progress = if json {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(0)
+    };
+    progress.set_style(
+        ProgressStyle::with_template("{prefix:>22} [{bar:30}] {pos}/{len} {per_sec}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    let (by_subscribers, by_size) = curves::run(systems, scale, &progress).await?;
+    progress.finish_and_clear();
+    let lost: u64 = by_subscribers
+        .iter()
+        .chain(&by_size)
+        .map(|p| p.measured.lost + p.measured.out_of_order)
+        .sum();
+    std::fs::create_dir_all(out)?;
+    curves::chart(
+        &out.join("curve-subscribers.png"),
+        "Fanout deliveries/s by subscriber count (128 B)",
+        "subscribers",
+        &by_subscribers,
+    )?;
+    curves::chart(
+        &out.join("curve-size.png"),
+        "Deliveries/s by payload size (1 -> 1)",
+        "payload bytes",
+        &by_size,
+    )?;
+    if json {
+        let points = |points: &[curves::Point]| -> Vec<serde_json::Value> {
+            points
+                .iter()
+                .map(|p| serde_json::json!({"x": p.x, "system": p.system, "result": p.measured}))
+                .collect()
+        };
+        let report = serde_json::json!({"mode": "curves", "workload": {"scale": scale},
+            "subscribers": points(&by_subscribers), "size": points(&by_size)});
+        println!("{report}");
+    } else {
+        print!("{}", curves::markdown(&by_subscribers, &by_size));
+        eprintln!("charts written to {}", out.display());
+    }
+    Ok(lost == 0)
 }
 
 fn serde_json_to<T: serde::de::DeserializeOwned>(value: &serde_json::Value) -> anyhow::Result<T> {
