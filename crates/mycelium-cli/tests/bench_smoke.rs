@@ -1,0 +1,183 @@
+//! Smoke runs of every `mycelium bench` mode, tiny counts, against the real NATS and Redis the
+//! project's machines run (scripts/test starts them). They prove the tool works; the figures mean
+//! nothing at these sizes and are not checked.
+
+use std::process::Command;
+
+const BIN: &str = env!("CARGO_BIN_EXE_mycelium");
+const PEERS: &str = "nats=nats://127.0.0.1:4222,redis=redis://127.0.0.1:6379";
+
+fn bench(args: &[&str]) -> serde_json::Value {
+    let out = Command::new(BIN)
+        .arg("bench")
+        .args(args)
+        .args(["--runs", "1", "--json", "--compare", PEERS])
+        .output()
+        .expect("run mycelium bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "bench {args:?} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        stdout.lines().count(),
+        1,
+        "--json prints exactly one line: {stdout}"
+    );
+    serde_json::from_str(&stdout).expect("one JSON object")
+}
+
+fn systems(report: &serde_json::Value) -> Vec<(String, String)> {
+    report["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .map(|r| {
+            (
+                r["system"].as_str().unwrap().to_owned(),
+                r["transport"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn throughput_fanout_runs_against_every_system() {
+    let report = bench(&["throughput", "-n", "2000", "-s", "2"]);
+    assert_eq!(report["mode"], "throughput");
+    assert_eq!(report["workload"]["subscribers"], 2);
+    let got = systems(&report);
+    for expected in [
+        ("mycelium", "unix"),
+        ("mycelium", "tcp"),
+        ("nats", "tcp"),
+        ("redis", "tcp"),
+    ] {
+        assert!(
+            got.contains(&(expected.0.into(), expected.1.into())),
+            "{expected:?} missing: {report}"
+        );
+    }
+    for row in report["results"].as_array().unwrap() {
+        assert_eq!(row["lost"], 0, "{row}");
+        assert!(row["delivered_msgs_per_s"].as_f64().unwrap() > 0.0);
+        assert!(
+            row["p50_us"].is_null(),
+            "latency fields are null outside latency mode"
+        );
+    }
+}
+
+#[test]
+fn throughput_queue_skips_redis_and_says_so() {
+    let report = bench(&[
+        "throughput",
+        "-n",
+        "2000",
+        "-s",
+        "2",
+        "--routing",
+        "queue",
+        "--transport",
+        "unix",
+    ]);
+    let got = systems(&report);
+    assert!(got.contains(&("nats".into(), "tcp".into())));
+    assert!(!got.iter().any(|(s, _)| s == "redis"));
+    assert!(
+        report["notes"].to_string().contains("no queue groups"),
+        "{report}"
+    );
+}
+
+#[test]
+fn latency_reports_percentiles() {
+    let report = bench(&["latency", "-n", "300", "--rate", "3000", "--transport", "unix"]);
+    for row in report["results"].as_array().unwrap() {
+        let p50 = row["p50_us"].as_f64().expect("p50");
+        let p99 = row["p99_us"].as_f64().expect("p99");
+        assert!(p50 > 0.0 && p99 >= p50, "{row}");
+        assert_eq!(row["lost"], 0, "{row}");
+    }
+    let report = bench(&[
+        "latency",
+        "-n",
+        "200",
+        "--rate",
+        "2000",
+        "--round-trip",
+        "--transport",
+        "unix",
+    ]);
+    assert_eq!(report["workload"]["round_trip"], true);
+}
+
+#[test]
+fn connections_reports_broker_memory() {
+    let report = bench(&["connections", "-c", "20", "-n", "10", "--transport", "unix"]);
+    let mycelium = report["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["system"] == "mycelium")
+        .unwrap();
+    assert!(mycelium["broker_rss_bytes"].as_u64().unwrap() > 0);
+    assert!(mycelium["broker_idle_rss_bytes"].as_u64().unwrap() > 0);
+    assert_eq!(mycelium["lost"], 0);
+}
+
+#[test]
+fn curves_write_charts() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args([
+            "bench",
+            "curves",
+            "--transport",
+            "unix",
+            "--scale",
+            "0.0001",
+            "--json",
+            "--compare",
+        ])
+        .arg("nats=nats://127.0.0.1:4222")
+        .arg("--out")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        report["subscribers"].as_array().unwrap().len(),
+        10,
+        "5 points x 2 systems"
+    );
+    for chart in ["curve-subscribers.png", "curve-size.png"] {
+        let bytes = std::fs::read(dir.path().join(chart)).unwrap();
+        assert_eq!(&bytes[1..4], b"PNG");
+    }
+}
+
+#[test]
+fn an_unreachable_peer_is_reported_not_fatal() {
+    let out = Command::new(BIN)
+        .args([
+            "bench",
+            "throughput",
+            "-n",
+            "500",
+            "--runs",
+            "1",
+            "--json",
+            "--transport",
+            "unix",
+        ])
+        .args(["--compare", "nats=nats://127.0.0.1:1"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(report["notes"].to_string().contains("not reachable"), "{report}");
+    assert_eq!(systems(&report), vec![("mycelium".to_owned(), "unix".to_owned())]);
+}
