@@ -236,10 +236,15 @@ fn median(mut runs: Vec<Measured>) -> Measured {
     runs.sort_by(|a, b| a.delivered_msgs_per_s.total_cmp(&b.delivered_msgs_per_s));
     let lost = runs.iter().map(|r| r.lost).max().unwrap_or(0);
     let out_of_order = runs.iter().map(|r| r.out_of_order).max().unwrap_or(0);
+    // Memory: idle from the fresh broker (the first run), loaded as the worst of all runs.
+    let idle = runs.iter().filter_map(|r| r.broker_idle_rss_bytes).min();
+    let loaded = runs.iter().filter_map(|r| r.broker_rss_bytes).max();
     let mut middle = runs.swap_remove(runs.len() / 2);
     // Any loss in any run is reported, not hidden by the median.
     middle.lost = lost;
     middle.out_of_order = out_of_order;
+    middle.broker_idle_rss_bytes = idle;
+    middle.broker_rss_bytes = loaded;
     middle
 }
 

@@ -75,7 +75,7 @@ impl Outbound {
         Arc::new(Outbound {
             connection_id,
             state: Mutex::new(State {
-                buf: BytesMut::with_capacity(64 * 1024),
+                buf: BytesMut::with_capacity(4096),
                 marks: VecDeque::new(),
                 touched_by: 0,
             }),

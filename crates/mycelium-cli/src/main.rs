@@ -7,6 +7,11 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+/// mimalloc: faster small allocations than glibc's, and it hands freed memory back to the OS, so a
+/// broker that once held many connections does not keep their buffers resident.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Mycelium: a fast message broker with native (Unix socket, TCP) and HTTP doors.
 #[derive(Debug, Parser)]
 #[command(name = "mycelium", version, about, propagate_version = true)]

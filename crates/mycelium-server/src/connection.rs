@@ -24,6 +24,9 @@ pub(crate) struct Settings {
     pub(crate) shutdown_timeout: Duration,
 }
 
+/// Initial size of a connection's read buffer and writer buffer; both grow with traffic.
+const INITIAL_BUFFER_BYTES: usize = 4096;
+
 /// Why the reader stopped.
 enum Stop {
     /// Peer closed, shutdown, or the broker closed the connection (slow consumer).
@@ -105,7 +108,10 @@ async fn read_loop<R: AsyncRead + Unpin>(
     settings: &Settings,
     shutdown: &CancellationToken,
 ) -> Stop {
-    let mut buf = BytesMut::with_capacity(settings.buffer_capacity);
+    // Start small: most connections of a large fleet are quiet. A connection whose reads fill the
+    // buffer gets a larger one, up to `channel_capacity`.
+    let mut read_chunk = INITIAL_BUFFER_BYTES.min(settings.buffer_capacity);
+    let mut buf = BytesMut::with_capacity(read_chunk);
     match handshake(read, &mut buf, info, settings).await {
         Ok(()) => {}
         Err(stop) => return stop,
@@ -150,8 +156,8 @@ async fn read_loop<R: AsyncRead + Unpin>(
         }
         buf.advance(consumed);
         publisher.end_batch();
-        if buf.capacity() - buf.len() < settings.buffer_capacity / 4 {
-            buf.reserve(settings.buffer_capacity);
+        if buf.capacity() - buf.len() < read_chunk / 4 {
+            buf.reserve(read_chunk);
         }
         tokio::select! {
             biased;
@@ -164,7 +170,11 @@ async fn read_loop<R: AsyncRead + Unpin>(
                     }
                     return Stop::Quiet;
                 }
-                Ok(_) => {}
+                Ok(_) => {
+                    if buf.len() == buf.capacity() && read_chunk < settings.buffer_capacity {
+                        read_chunk = (read_chunk * 2).min(settings.buffer_capacity);
+                    }
+                }
                 Err(error) => {
                     tracing::debug!(connection = info.id, %error, "read failed");
                     return Stop::Quiet;
@@ -339,7 +349,7 @@ fn handle(
 
 async fn write_loop<W: AsyncWrite + Unpin>(mut write: W, info: Arc<ConnectionInfo>, settings: Arc<Settings>) {
     let outbound = &info.outbound;
-    let mut spare = BytesMut::with_capacity(settings.buffer_capacity);
+    let mut spare = BytesMut::with_capacity(INITIAL_BUFFER_BYTES.min(settings.buffer_capacity));
     loop {
         let taken = outbound.take(&mut spare);
         if taken == 0 {
