@@ -47,6 +47,7 @@ pub async fn run(
                 routing: Routing::Fanout,
                 size: 128,
                 count,
+                duration_s: None,
             };
             progress.set_prefix(format!("{} subs={subscribers}", system.kind));
             let measured = throughput::run(system, &w, progress).await?;
@@ -67,6 +68,7 @@ pub async fn run(
                 routing: Routing::Fanout,
                 size,
                 count,
+                duration_s: None,
             };
             progress.set_prefix(format!("{} size={size}", system.kind));
             let measured = throughput::run(system, &w, progress).await?;

@@ -24,9 +24,9 @@ pub use system::{Kind, System};
 pub struct BenchArgs {
     #[command(subcommand)]
     mode: Mode,
-    /// Measure an already running broker instead of spawning one (`unix:///path` or `tcp://host:port`).
-    #[arg(long, global = true)]
-    target: Option<String>,
+    /// The running broker to measure (set from `mycelium --url`); `None` spawns one.
+    #[arg(skip)]
+    pub target: Option<String>,
     /// Peers measured in the same run: `nats=nats://127.0.0.1:4222,redis=redis://127.0.0.1:6379`.
     #[arg(long, global = true)]
     compare: Option<String>,
@@ -61,8 +61,11 @@ enum Mode {
         #[arg(long, default_value_t = 128)]
         size: usize,
         /// Messages published in total.
-        #[arg(long, short = 'n', default_value_t = 1_000_000)]
+        #[arg(long, short = 'n', default_value_t = 1_000_000, conflicts_with = "duration")]
         count: u64,
+        /// Publish for this many seconds instead of a fixed count.
+        #[arg(long)]
+        duration: Option<f64>,
     },
     /// Latency at a fixed send rate (from the scheduled send time), HDR percentiles.
     Latency {
@@ -314,6 +317,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
             routing,
             size,
             count,
+            duration,
         } => {
             if *publishers == 0 || *subscribers == 0 || *size < 12 {
                 bail!("throughput needs at least 1 publisher, 1 subscriber and 12-byte payloads");
@@ -323,7 +327,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
                 subscribers: *subscribers,
                 routing: *routing,
                 size: *size,
-                count: *count,
+                count: if duration.is_some() { u64::MAX } else { *count },
+                duration_s: *duration,
             };
             ("throughput", serde_json::to_value(&w)?)
         }

@@ -22,8 +22,11 @@ pub struct Workload {
     pub routing: Routing,
     /// Payload bytes.
     pub size: usize,
-    /// Messages published in total.
+    /// Messages published in total (with `duration_s`: a cap, normally `u64::MAX`).
     pub count: u64,
+    /// Publish for this long instead of a fixed count.
+    #[serde(default)]
+    pub duration_s: Option<f64>,
 }
 
 const TOPIC: &str = "bench.throughput";
@@ -41,10 +44,15 @@ struct Tally {
 /// Connection failures.
 pub async fn run(system: &System, workload: &Workload, progress: &ProgressBar) -> anyhow::Result<Measured> {
     let group = (workload.routing == Routing::Queue).then_some("bench");
-    let expected_total = match workload.routing {
-        Routing::Fanout => workload.count * workload.subscribers as u64,
-        Routing::Queue => workload.count,
+    let fan = match workload.routing {
+        Routing::Fanout => workload.subscribers as u64,
+        Routing::Queue => 1,
     };
+    // Known up front for a count, once the publishers stop for a duration.
+    let expected = Arc::new(AtomicU64::new(match workload.duration_s {
+        Some(_) => u64::MAX,
+        None => workload.count * fan,
+    }));
     let tally = Arc::new(Tally::default());
     let done = Arc::new(Notify::new());
     let start_cell = Arc::new(std::sync::OnceLock::<Instant>::new());
@@ -55,14 +63,10 @@ pub async fn run(system: &System, workload: &Workload, progress: &ProgressBar) -
         let done = Arc::clone(&done);
         let start = Arc::clone(&start_cell);
         let publishers = workload.publishers;
-        let per_sub = match workload.routing {
-            Routing::Fanout => workload.count,
-            Routing::Queue => u64::MAX,
-        };
+        let expected = Arc::clone(&expected);
         readers.push(tokio::spawn(async move {
             let mut last = vec![None::<u64>; publishers];
-            let mut mine = 0u64;
-            while mine < per_sub {
+            loop {
                 let Some(payload) = sub.next().await else { break };
                 if let Some((publisher, sequence, _)) = parse(&payload) {
                     let slot = last.get_mut(publisher as usize);
@@ -73,14 +77,13 @@ pub async fn run(system: &System, workload: &Workload, progress: &ProgressBar) -
                         *slot = Some(sequence);
                     }
                 }
-                mine += 1;
                 let total = tally.received.fetch_add(1, Ordering::Relaxed) + 1;
                 if let Some(start) = start.get() {
                     tally
                         .last_receive_ns
                         .store(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
                 }
-                if total == expected_total {
+                if total >= expected.load(Ordering::Relaxed) {
                     done.notify_one();
                 }
             }
@@ -91,7 +94,11 @@ pub async fn run(system: &System, workload: &Workload, progress: &ProgressBar) -
     for _ in 0..workload.publishers {
         publishers.push(system.publisher().await?);
     }
-    progress.set_length(expected_total);
+    progress.set_length(if workload.duration_s.is_some() {
+        0
+    } else {
+        workload.count * fan
+    });
     progress.set_position(0);
     let start = Instant::now();
     let _ = start_cell.set(start);
@@ -101,21 +108,36 @@ pub async fn run(system: &System, workload: &Workload, progress: &ProgressBar) -
     for (index, mut publisher) in publishers.into_iter().enumerate() {
         let n = per_publisher + u64::from((index as u64) < remainder);
         let size = workload.size;
+        let deadline = workload.duration_s.map(|s| start + Duration::from_secs_f64(s));
         tasks.push(tokio::spawn(async move {
             let mut factory = PayloadFactory::new(index as u32, size);
-            for sequence in 0..n {
-                publisher.publish(TOPIC, factory.make(sequence, 0)).await?;
+            let mut sent = 0u64;
+            while sent < n {
+                // Check the clock every 1,024 messages: cheap, and precise enough.
+                if sent % 1024 == 0 && deadline.is_some_and(|d| Instant::now() >= d) {
+                    break;
+                }
+                publisher.publish(TOPIC, factory.make(sent, 0)).await?;
+                sent += 1;
             }
             publisher.flush().await?;
-            anyhow::Ok((start.elapsed(), publisher))
+            anyhow::Ok((start.elapsed(), publisher, sent))
         }));
     }
     let mut publish_elapsed = Duration::ZERO;
     let mut keep = Vec::new();
+    let mut published = 0u64;
     for task in tasks {
-        let (elapsed, publisher) = task.await??;
+        let (elapsed, publisher, sent) = task.await??;
         publish_elapsed = publish_elapsed.max(elapsed);
+        published += sent;
         keep.push(publisher);
+    }
+    let expected_total = published * fan;
+    expected.store(expected_total, Ordering::Relaxed);
+    progress.set_length(expected_total);
+    if tally.received.load(Ordering::Relaxed) >= expected_total {
+        done.notify_one();
     }
     // Wait for every delivery; give up after 5 s without progress.
     let mut last_seen = 0;
@@ -151,7 +173,7 @@ pub async fn run(system: &System, workload: &Workload, progress: &ProgressBar) -
     drop(keep);
     let secs = delivered_elapsed.as_secs_f64().max(1e-9);
     Ok(Measured {
-        publish_msgs_per_s: workload.count as f64 / publish_elapsed.as_secs_f64().max(1e-9),
+        publish_msgs_per_s: published as f64 / publish_elapsed.as_secs_f64().max(1e-9),
         delivered_msgs_per_s: received as f64 / secs,
         delivered_mb_per_s: received as f64 * workload.size as f64 / secs / 1e6,
         lost: expected_total.saturating_sub(received),

@@ -10,10 +10,16 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{Cli, Command, ConfigCommand, Format, LogFormat, PubArgs, ServeArgs, SubArgs, tlv};
 
+/// The embedded broker's socket.
+const DEFAULT_URL: &str = "unix:///tmp/mycelium.sock";
+
 pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve(args) => serve(args),
-        Command::Bench(args) => {
+        Command::Bench(mut args) => {
+            if args.target.is_none() {
+                args.target = cli.url.clone();
+            }
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
@@ -47,7 +53,8 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            runtime.block_on(client_command(&cli.url, command))
+            let url = cli.url.as_deref().unwrap_or(DEFAULT_URL);
+            runtime.block_on(client_command(url, command))
         }
     }
 }

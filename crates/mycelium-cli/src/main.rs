@@ -16,14 +16,10 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Debug, Parser)]
 #[command(name = "mycelium", version, about, propagate_version = true)]
 struct Cli {
-    /// Broker address: unix:///path/to.sock or tcp://host:port.
-    #[arg(
-        long,
-        global = true,
-        env = "MYCELIUM_URL",
-        default_value = "unix:///tmp/mycelium.sock"
-    )]
-    url: String,
+    /// Broker address: unix:///path/to.sock or tcp://host:port [default: unix:///tmp/mycelium.sock].
+    /// For `bench`: measure this running broker instead of spawning one.
+    #[arg(long, global = true, env = "MYCELIUM_URL")]
+    url: Option<String>,
     #[command(subcommand)]
     command: Command,
 }

@@ -123,17 +123,32 @@ impl Drop for CloseOnDrop {
 
 /// A connection to a Mycelium broker. Cheap to clone; all clones share one connection.
 ///
-/// ```no_run
-/// # async fn demo() -> Result<(), mycelium_client::Error> {
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # // A broker for the example, in-process on a temporary socket.
+/// # let dir = tempfile::tempdir()?;
+/// # let mut config = mycelium_server::Config::default();
+/// # config.server.socket_path = dir.path().join("m.sock").display().to_string();
+/// # config.server.tcp = String::new();
+/// # let server = mycelium_server::Server::bind(config).await?;
+/// # let url = format!("unix://{}", dir.path().join("m.sock").display());
+/// # let stop = server.shutdown_token();
+/// # tokio::spawn(server.run());
 /// use mycelium_client::Client;
 ///
-/// let client = Client::connect("unix:///tmp/mycelium.sock").await?;
+/// let client = Client::connect(&url).await?;
 /// let mut prices = client.subscribe("market_data.>").await?;
 /// client.publish("market_data.eth", b"2500.5").await?;
-/// client.flush().await?;
-/// if let Some(message) = prices.next().await {
-///     println!("{} #{}: {:?}", message.topic(), message.sequence, message.payload);
-/// }
+/// let sequence = client.publish_confirmed("market_data.btc", b"64000").await?;
+/// assert_eq!(sequence, 1); // per-topic sequence
+///
+/// let first = prices.next().await.unwrap();
+/// assert_eq!((first.topic(), &first.payload[..]), ("market_data.eth", &b"2500.5"[..]));
+/// let second = prices.next().await.unwrap();
+/// assert_eq!(second.topic(), "market_data.btc");
+/// client.close().await;
+/// # stop.cancel();
 /// # Ok(()) }
 /// ```
 #[derive(Debug, Clone)]
@@ -597,7 +612,10 @@ impl Shared {
         let attempt = async {
             let (mut reader, mut writer): (Reader, Writer) = match &self.endpoint {
                 Endpoint::Unix(path) => {
-                    let (r, w) = tokio::net::UnixStream::connect(path).await?.into_split();
+                    let stream = tokio::net::UnixStream::connect(path).await?;
+                    // Room to batch publishes, as TCP's autotuned buffer gives (the kernel caps it).
+                    let _ = socket2::SockRef::from(&stream).set_send_buffer_size(4 << 20);
+                    let (r, w) = stream.into_split();
                     (Box::new(r), Box::new(w))
                 }
                 Endpoint::Tcp(addr) => {

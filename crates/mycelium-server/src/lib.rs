@@ -175,6 +175,9 @@ impl Server {
                         () = shutdown.cancelled() => break,
                         accepted = listener.accept() => match accepted {
                             Ok((stream, _)) => {
+                                // AF_UNIX sockets default to a ~200 KiB send buffer (TCP autotunes
+                                // to megabytes): give deliveries the same room to batch into.
+                                let _ = socket2::SockRef::from(&stream).set_send_buffer_size(UNIX_SEND_BUFFER_BYTES);
                                 let (read, write) = stream.into_split();
                                 accept.spawn(read, write, "unix".to_owned());
                             }
@@ -211,6 +214,9 @@ impl Server {
         tracing::info!("stopped");
     }
 }
+
+/// Send buffer requested for accepted Unix connections (the kernel caps it at `net.core.wmem_max`).
+const UNIX_SEND_BUFFER_BYTES: usize = 4 << 20;
 
 async fn accept_error(error: &std::io::Error) {
     // Out of file descriptors and the like: back off briefly instead of spinning.
