@@ -114,7 +114,7 @@ pub async fn run(system: &System, workload: &Workload, progress: &ProgressBar) -
             let mut sent = 0u64;
             while sent < n {
                 // Check the clock every 1,024 messages: cheap, and precise enough.
-                if sent % 1024 == 0 && deadline.is_some_and(|d| Instant::now() >= d) {
+                if sent.is_multiple_of(1024) && deadline.is_some_and(|d| Instant::now() >= d) {
                     break;
                 }
                 publisher.publish(TOPIC, factory.make(sent, 0)).await?;
