@@ -1,0 +1,328 @@
+//! One segment file of a topic's log: records, a sparse index for seeking by sequence and time,
+//! and the recovery scan that rebuilds it.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use bytes::{Bytes, BytesMut};
+
+use crate::message::{MESSAGE_MIN_BYTES, StoredMessage};
+use crate::record::{FRAME_BYTES, Probe, frame, probe};
+use crate::{RecoveryReport, StorageError};
+
+/// One index entry per this many records (plus the first of the segment).
+const INDEX_EVERY: u64 = 64;
+/// Bytes read per system call when scanning records.
+const READ_CHUNK: usize = 256 * 1024;
+
+#[derive(Debug, Clone, Copy)]
+struct IndexEntry {
+    sequence: u64,
+    offset: u64,
+    publish_ns: u64,
+}
+
+/// A segment file.
+#[derive(Debug)]
+pub(crate) struct Segment {
+    pub(crate) base: u64,
+    path: PathBuf,
+    file: File,
+    /// Bytes of whole records (the file is cut back to this on a failed write).
+    pub(crate) len: u64,
+    index: Vec<IndexEntry>,
+    /// Byte ranges found corrupt at recovery, skipped by reads.
+    holes: Vec<(u64, u64)>,
+    pub(crate) first_seq: Option<u64>,
+    pub(crate) last_seq: Option<u64>,
+    pub(crate) last_publish_ns: u64,
+    since_index: u64,
+}
+
+pub(crate) fn file_name(base: u64) -> String {
+    format!("{base:020}.log")
+}
+
+fn seq_and_time(body: &[u8]) -> (u64, u64) {
+    let seq = u64::from_le_bytes(body[0..8].try_into().unwrap_or_default());
+    let ts = u64::from_le_bytes(body[8..16].try_into().unwrap_or_default());
+    (seq, ts)
+}
+
+impl Segment {
+    /// Creates an empty segment for sequences from `base`.
+    pub(crate) fn create(dir: &Path, base: u64) -> Result<Segment, StorageError> {
+        let path = dir.join(file_name(base));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| StorageError::io(&path, e))?;
+        Ok(Segment {
+            base,
+            path,
+            file,
+            len: 0,
+            index: Vec::new(),
+            holes: Vec::new(),
+            first_seq: None,
+            last_seq: None,
+            last_publish_ns: 0,
+            since_index: 0,
+        })
+    }
+
+    /// Opens and verifies an existing segment. `last_seen` is the last sequence of the previous
+    /// segment; `is_last` allows a torn tail to be cut off.
+    pub(crate) fn recover(
+        path: &Path,
+        base: u64,
+        last_seen: Option<u64>,
+        is_last: bool,
+        report: &mut RecoveryReport,
+    ) -> Result<Segment, StorageError> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(|e| StorageError::io(path, e))?;
+        let data = std::fs::read(path).map_err(|e| StorageError::io(path, e))?;
+        let mut segment = Segment {
+            base,
+            path: path.to_owned(),
+            file,
+            len: 0,
+            index: Vec::new(),
+            holes: Vec::new(),
+            first_seq: None,
+            last_seq: None,
+            last_publish_ns: 0,
+            since_index: 0,
+        };
+        let mut pos = 0usize;
+        let mut last = last_seen;
+        // Bytes of the file that stay: all of it, unless a torn tail of the last segment is cut.
+        segment.len = data.len() as u64;
+        while pos < data.len() {
+            match probe(&data, pos, MESSAGE_MIN_BYTES) {
+                Probe::Valid { len } => {
+                    let (seq, ts) = seq_and_time(&data[pos + FRAME_BYTES..]);
+                    if last.is_some_and(|l| seq <= l) {
+                        // A valid record that does not advance the log: treat as corruption.
+                        let next = resync(&data, pos + 1, last);
+                        segment.hole(pos, next, report);
+                        pos = next;
+                        continue;
+                    }
+                    if let Some(l) = last
+                        && seq > l + 1
+                    {
+                        report.missing_sequences += seq - l - 1;
+                    }
+                    segment.note(seq, pos as u64, ts);
+                    last = Some(seq);
+                    pos += FRAME_BYTES + len;
+                    report.records += 1;
+                }
+                Probe::Short | Probe::Corrupt => {
+                    let next = resync(&data, pos + 1, last);
+                    if next >= data.len() {
+                        // Nothing valid after this point: a torn or garbled tail.
+                        report.truncated_bytes += (data.len() - pos) as u64;
+                        if is_last {
+                            segment
+                                .file
+                                .set_len(pos as u64)
+                                .map_err(|e| StorageError::io(path, e))?;
+                            segment.len = pos as u64;
+                        } else {
+                            segment.holes.push((pos as u64, data.len() as u64));
+                        }
+                        tracing::warn!(
+                            segment = %path.display(),
+                            offset = pos,
+                            bytes = data.len() - pos,
+                            "dropped a torn or corrupt tail"
+                        );
+                        break;
+                    }
+                    segment.hole(pos, next, report);
+                    pos = next;
+                }
+            }
+        }
+        Ok(segment)
+    }
+
+    fn hole(&mut self, start: usize, end: usize, report: &mut RecoveryReport) {
+        tracing::warn!(segment = %self.path.display(), start, end, "skipping corrupt bytes");
+        report.corrupt_regions += 1;
+        report.dropped_bytes += (end - start) as u64;
+        self.holes.push((start as u64, end as u64));
+    }
+
+    fn note(&mut self, seq: u64, offset: u64, publish_ns: u64) {
+        if self.first_seq.is_none() || self.since_index >= INDEX_EVERY {
+            self.index.push(IndexEntry {
+                sequence: seq,
+                offset,
+                publish_ns,
+            });
+            self.since_index = 0;
+        }
+        self.since_index += 1;
+        self.first_seq.get_or_insert(seq);
+        self.last_seq = Some(seq);
+        self.last_publish_ns = self.last_publish_ns.max(publish_ns);
+    }
+
+    /// Appends `messages` in one write. On failure the file is cut back: nothing partial remains.
+    pub(crate) fn append(
+        &mut self,
+        messages: &[StoredMessage],
+        scratch: &mut BytesMut,
+    ) -> Result<(), StorageError> {
+        scratch.clear();
+        let mut offsets = Vec::with_capacity(messages.len());
+        let mut body = BytesMut::new();
+        for message in messages {
+            offsets.push(self.len + scratch.len() as u64);
+            body.clear();
+            message.encode(&mut body)?;
+            frame(scratch, &body);
+        }
+        if let Err(error) = self.file.write_all_at(scratch, self.len) {
+            let _ = self.file.set_len(self.len);
+            return Err(StorageError::io(&self.path, error));
+        }
+        for (message, offset) in messages.iter().zip(offsets) {
+            self.note(message.sequence, offset, message.publish_ns);
+        }
+        self.len += scratch.len() as u64;
+        Ok(())
+    }
+
+    /// Flushes written records to stable storage.
+    pub(crate) fn sync(&self) -> Result<(), StorageError> {
+        self.file.sync_data().map_err(|e| StorageError::io(&self.path, e))
+    }
+
+    /// Appends to `out` the messages from sequence `from` on, while `out` stays under the limits.
+    pub(crate) fn read_into(
+        &self,
+        from: u64,
+        max_count: usize,
+        max_bytes: usize,
+        out: &mut Vec<StoredMessage>,
+        bytes: &mut usize,
+    ) -> Result<(), StorageError> {
+        let start = match self.index.partition_point(|e| e.sequence <= from) {
+            0 => self.index.first().map_or(self.len, |e| e.offset),
+            i => self.index[i - 1].offset,
+        };
+        self.scan(start, |message| {
+            if message.sequence < from {
+                return Ok(true);
+            }
+            if out.len() >= max_count || (*bytes + message.payload.len() > max_bytes && !out.is_empty()) {
+                return Ok(false);
+            }
+            *bytes += message.payload.len();
+            out.push(message);
+            Ok(true)
+        })
+    }
+
+    /// The sequence of the first message published at or after `ts`, if any is in this segment.
+    pub(crate) fn seek_time(&self, ts: u64) -> Result<Option<u64>, StorageError> {
+        if self.last_publish_ns < ts {
+            return Ok(None);
+        }
+        let start = match self.index.partition_point(|e| e.publish_ns < ts) {
+            0 => self.index.first().map_or(self.len, |e| e.offset),
+            i => self.index[i - 1].offset,
+        };
+        let mut found = None;
+        self.scan(start, |message| {
+            if message.publish_ns >= ts {
+                found = Some(message.sequence);
+                return Ok(false);
+            }
+            Ok(true)
+        })?;
+        Ok(found)
+    }
+
+    /// Calls `visit` for each whole record from byte `start`, skipping holes, until it returns false.
+    fn scan(
+        &self,
+        start: u64,
+        mut visit: impl FnMut(StoredMessage) -> Result<bool, StorageError>,
+    ) -> Result<(), StorageError> {
+        let mut pos = start;
+        let mut chunk = Bytes::new();
+        let mut chunk_start = pos;
+        while pos < self.len {
+            if let Some(&(_, end)) = self.holes.iter().find(|(s, e)| pos >= *s && pos < *e) {
+                pos = end;
+                continue;
+            }
+            let offset = (pos - chunk_start) as usize;
+            let need_frame = offset + FRAME_BYTES > chunk.len();
+            let body_len = if need_frame {
+                None
+            } else {
+                Some(u32::from_le_bytes(chunk[offset..offset + 4].try_into().unwrap_or_default()) as usize)
+            };
+            if body_len.is_none_or(|len| offset + FRAME_BYTES + len > chunk.len()) {
+                // Refill from `pos`, large enough for the next record.
+                let wanted = body_len.map_or(READ_CHUNK, |len| (FRAME_BYTES + len).max(READ_CHUNK));
+                let size = wanted.min((self.len - pos) as usize);
+                let mut buf = vec![0u8; size];
+                self.file
+                    .read_exact_at(&mut buf, pos)
+                    .map_err(|e| StorageError::io(&self.path, e))?;
+                chunk = Bytes::from(buf);
+                chunk_start = pos;
+                continue;
+            }
+            let len = body_len.unwrap_or(0);
+            let body = chunk.slice(offset + FRAME_BYTES..offset + FRAME_BYTES + len);
+            let crc = u32::from_le_bytes(chunk[offset + 4..offset + 8].try_into().unwrap_or_default());
+            if crc32c::crc32c(&body) != crc {
+                return Err(StorageError::Malformed {
+                    reason: format!(
+                        "checksum mismatch at {}:{pos} (the file changed after recovery)",
+                        self.path.display()
+                    ),
+                });
+            }
+            if !visit(StoredMessage::decode(&body)?)? {
+                return Ok(());
+            }
+            pos += (FRAME_BYTES + len) as u64;
+        }
+        Ok(())
+    }
+
+    /// Deletes the file.
+    pub(crate) fn remove(self) -> Result<(), StorageError> {
+        std::fs::remove_file(&self.path).map_err(|e| StorageError::io(&self.path, e))
+    }
+}
+
+/// The next offset after `from` where a valid record that advances the log starts; `data.len()`
+/// when there is none.
+fn resync(data: &[u8], from: usize, last: Option<u64>) -> usize {
+    (from..data.len())
+        .find(|&pos| match probe(data, pos, MESSAGE_MIN_BYTES) {
+            Probe::Valid { .. } => {
+                let (seq, _) = seq_and_time(&data[pos + FRAME_BYTES..]);
+                last.is_none_or(|l| seq > l)
+            }
+            _ => false,
+        })
+        .unwrap_or(data.len())
+}

@@ -1,0 +1,222 @@
+//! Recovery: torn tails are cut, corrupt records are skipped and reported, everything intact is
+//! kept; a full disk corrupts nothing.
+
+mod support;
+
+use mycelium_storage::{LogConfig, SegmentLog, StorageError, StoredMessage};
+use std::io::Write;
+use support::{batch, message};
+
+fn append_in_tens(log: &mut SegmentLog, count: u64) {
+    for from in (1..=count).step_by(10) {
+        log.append(&batch(from, 10)).unwrap();
+    }
+}
+
+/// Writes 100 messages in one segment; returns the segment path and each record's (start, len).
+fn write_log(dir: &std::path::Path) -> (std::path::PathBuf, Vec<(usize, usize)>) {
+    let (mut log, _) = SegmentLog::open(dir, LogConfig::default()).unwrap();
+    log.append(&batch(1, 100)).unwrap();
+    log.sync().unwrap();
+    let path = log.segment_paths()[0].clone();
+    let data = std::fs::read(&path).unwrap();
+    let mut records = Vec::new();
+    let mut pos = 0;
+    while pos < data.len() {
+        let len = u32::from_le_bytes(data[pos..pos + 4].try_into().unwrap()) as usize;
+        records.push((pos, 8 + len));
+        pos += 8 + len;
+    }
+    assert_eq!(records.len(), 100);
+    (path, records)
+}
+
+#[test]
+fn a_torn_tail_is_cut_and_everything_before_it_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, records) = write_log(dir.path());
+    let (last_start, last_len) = records[99];
+    let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    file.set_len((last_start + last_len / 2) as u64).unwrap();
+    drop(file);
+    let (mut log, report) = SegmentLog::open(dir.path(), LogConfig::default()).unwrap();
+    assert_eq!(report.records, 99);
+    assert_eq!(report.truncated_bytes, (last_len / 2) as u64);
+    assert_eq!(
+        log.bounds().next,
+        100,
+        "the torn record is gone; sequence 100 is free again"
+    );
+    assert_eq!(log.read(1, usize::MAX, usize::MAX).unwrap(), batch(1, 99));
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().len(),
+        last_start as u64,
+        "the file was cut"
+    );
+    log.append(&batch(100, 5)).unwrap();
+    drop(log);
+    let (log, report) = SegmentLog::open(dir.path(), LogConfig::default()).unwrap();
+    assert_eq!((report.records, report.truncated_bytes), (104, 0));
+    assert_eq!(log.read(1, usize::MAX, usize::MAX).unwrap(), batch(1, 104));
+}
+
+#[test]
+fn garbage_appended_at_the_tail_is_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, _) = write_log(dir.path());
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .unwrap()
+        .write_all(&[0xAB; 37])
+        .unwrap();
+    let (log, report) = SegmentLog::open(dir.path(), LogConfig::default()).unwrap();
+    assert_eq!((report.records, report.truncated_bytes), (100, 37));
+    assert_eq!(log.bounds().next, 101);
+}
+
+#[test]
+fn a_corrupt_record_in_the_middle_is_skipped_and_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, records) = write_log(dir.path());
+    let mut data = std::fs::read(&path).unwrap();
+    let (start, len) = records[41]; // sequence 42
+    data[start + len - 3] ^= 0xFF; // a payload byte: the CRC no longer matches
+    std::fs::write(&path, &data).unwrap();
+    let (log, report) = SegmentLog::open(dir.path(), LogConfig::default()).unwrap();
+    assert_eq!(report.records, 99);
+    assert_eq!(report.corrupt_regions, 1);
+    assert_eq!(report.missing_sequences, 1);
+    assert_eq!(report.dropped_bytes, len as u64);
+    let kept: Vec<u64> = log
+        .read(1, usize::MAX, usize::MAX)
+        .unwrap()
+        .iter()
+        .map(|m| m.sequence)
+        .collect();
+    let expected: Vec<u64> = (1..=100).filter(|s| *s != 42).collect();
+    assert_eq!(kept, expected, "every intact record is kept");
+    assert_eq!(log.bounds().next, 101);
+}
+
+#[test]
+fn a_corrupt_length_field_is_resynchronised_past() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, records) = write_log(dir.path());
+    let mut data = std::fs::read(&path).unwrap();
+    let (start, _) = records[9]; // sequence 10
+    data[start..start + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+    std::fs::write(&path, &data).unwrap();
+    let (log, report) = SegmentLog::open(dir.path(), LogConfig::default()).unwrap();
+    assert_eq!(
+        (report.records, report.corrupt_regions, report.missing_sequences),
+        (99, 1, 1)
+    );
+    let kept = log.read(1, usize::MAX, usize::MAX).unwrap();
+    assert_eq!(kept.len(), 99);
+    assert_eq!(kept[9].sequence, 11);
+}
+
+#[test]
+fn retention_by_count_bytes_and_age_deletes_whole_old_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = LogConfig {
+        segment_bytes: 2048,
+        retention_messages: Some(100),
+        ..LogConfig::default()
+    };
+    let (mut log, _) = SegmentLog::open(dir.path(), config).unwrap();
+    append_in_tens(&mut log, 400);
+    let segments_before = log.segment_paths().len();
+    let removed = log.apply_retention(0).unwrap();
+    assert_eq!(removed, 300);
+    assert_eq!(log.bounds().first, 301);
+    assert!(
+        log.segment_paths().len() < segments_before,
+        "old segments deleted"
+    );
+    assert_eq!(log.read(1, 1, usize::MAX).unwrap()[0].sequence, 301);
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = LogConfig {
+        segment_bytes: 2048,
+        retention_bytes: Some(8192),
+        ..LogConfig::default()
+    };
+    let (mut log, _) = SegmentLog::open(dir.path(), config).unwrap();
+    append_in_tens(&mut log, 400);
+    log.apply_retention(0).unwrap();
+    assert!(log.bounds().bytes <= 8192 + 2048 * 2, "{:?}", log.bounds());
+    assert!(log.bounds().first > 1);
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = LogConfig {
+        segment_bytes: 2048,
+        retention_age: Some(std::time::Duration::from_nanos(100_000)),
+        ..LogConfig::default()
+    };
+    let (mut log, _) = SegmentLog::open(dir.path(), config).unwrap();
+    append_in_tens(&mut log, 400); // publish_ns = 1000 * sequence
+    log.apply_retention(400_000).unwrap();
+    let first = log.bounds().first;
+    assert!(
+        first > 1 && first <= 301,
+        "messages older than 100 us before t=400 us are gone: first {first}"
+    );
+}
+
+/// A real full disk: a 1 MiB tmpfs. Appends fail with `Full` and leave no partial record; every
+/// append that succeeded is there after reopening.
+#[test]
+fn a_full_disk_gives_a_clear_error_and_corrupts_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mount = dir.path().join("small");
+    std::fs::create_dir(&mount).unwrap();
+    let status = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+        .arg(&mount)
+        .status()
+        .expect("mount is available");
+    assert!(
+        status.success(),
+        "mounting a 1 MiB tmpfs failed (tests run as root on the project's machines)"
+    );
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(mount.clone());
+
+    let (mut log, _) = SegmentLog::open(&mount, LogConfig::default()).unwrap();
+    let mut next = 1u64;
+    let error = loop {
+        let big: Vec<StoredMessage> = (next..next + 10)
+            .map(|s| StoredMessage {
+                payload: bytes::Bytes::from(vec![7u8; 10_000]),
+                ..message(s)
+            })
+            .collect();
+        match log.append(&big) {
+            Ok(()) => next += 10,
+            Err(e) => break e,
+        }
+        assert!(next < 10_000, "the disk never filled");
+    };
+    assert!(matches!(error, StorageError::Full(_)), "{error}");
+    assert!(error.to_string().starts_with("storage full"), "{error}");
+    assert_eq!(log.bounds().next, next, "the failed batch is not counted");
+    drop(log);
+    let (log, report) = SegmentLog::open(&mount, LogConfig::default()).unwrap();
+    assert_eq!(
+        (report.truncated_bytes, report.corrupt_regions),
+        (0, 0),
+        "{report:?}"
+    );
+    assert_eq!(log.bounds().next, next);
+    assert_eq!(
+        log.read(1, usize::MAX, usize::MAX).unwrap().len() as u64,
+        next - 1
+    );
+}
