@@ -8,6 +8,7 @@
 //! - [`spec`]: what a topic is configured to do.
 
 mod broker;
+pub mod delivery;
 mod error;
 pub mod name;
 mod outbound;
