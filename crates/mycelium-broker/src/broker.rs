@@ -9,10 +9,11 @@ use mycelium_codec::RelayDomain;
 use mycelium_protocol::{ConnectionStats, StatsSnapshot, SubscriptionStats, TopicStats};
 use parking_lot::{Mutex, RwLock};
 
+use crate::durable::{DurableConfig, DurableStore};
 use crate::error::{PublishError, SubscribeError};
 use crate::name::{Pattern, validate_topic};
 use crate::outbound::Outbound;
-use crate::spec::TopicSpec;
+use crate::spec::{StorageKind, TopicSpec};
 use crate::subscription::{Route, Subscription};
 use crate::topic::{Topic, TopicRef};
 
@@ -27,6 +28,8 @@ pub struct BrokerConfig {
     pub topics: Vec<(String, TopicSpec)>,
     /// Topic for a PUBLISH with no topic, by the TLV header's relay domain.
     pub domain_topics: Vec<(RelayDomain, String)>,
+    /// Storage of `storage = "disk"` topics (opened only if such a topic is configured).
+    pub durable: DurableConfig,
 }
 
 impl Default for BrokerConfig {
@@ -41,6 +44,7 @@ impl Default for BrokerConfig {
                 (RelayDomain::Execution, "execution".into()),
                 (RelayDomain::System, "system".into()),
             ],
+            durable: DurableConfig::default(),
         }
     }
 }
@@ -83,6 +87,7 @@ pub struct Broker {
     next_subscription_key: AtomicU64,
     next_batch: AtomicU64,
     started: Instant,
+    durable: std::sync::OnceLock<DurableStore>,
 }
 
 impl Broker {
@@ -102,7 +107,12 @@ impl Broker {
         for (_, name) in &config.domain_topics {
             validate_topic(name)?;
         }
-        Ok(Arc::new(Broker {
+        let needs_storage = config
+            .topics
+            .iter()
+            .any(|(_, spec)| spec.storage == StorageKind::Disk);
+        let durable_config = config.durable.clone();
+        let broker = Arc::new(Broker {
             config,
             topics: RwLock::new(topics),
             registry: Mutex::new(Vec::new()),
@@ -111,7 +121,33 @@ impl Broker {
             next_subscription_key: AtomicU64::new(1),
             next_batch: AtomicU64::new(1),
             started: Instant::now(),
-        }))
+            durable: std::sync::OnceLock::new(),
+        });
+        if needs_storage {
+            let store = DurableStore::start(durable_config, Arc::downgrade(&broker))
+                .map_err(|e| PublishError::StorageUnavailable(e.to_string()))?;
+            let _ = broker.durable.set(store);
+        }
+        Ok(broker)
+    }
+
+    /// The storage writer, if durable topics are configured.
+    pub(crate) fn durable(&self) -> Option<&DurableStore> {
+        self.durable.get()
+    }
+
+    /// The durable topics' storage backend, if any (for reads and tools).
+    pub fn storage(&self) -> Option<Arc<dyn mycelium_storage::StorageBackend>> {
+        self.durable()
+            .map(|d| Arc::clone(d.backend()) as Arc<dyn mycelium_storage::StorageBackend>)
+    }
+
+    /// Stops the storage writer once everything queued is stored, synced and confirmed. Call
+    /// after the last connection is gone.
+    pub fn close_storage(&self) {
+        if let Some(store) = self.durable() {
+            store.close();
+        }
     }
 
     /// The broker's settings.

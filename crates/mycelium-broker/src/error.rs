@@ -39,6 +39,9 @@ pub enum PublishError {
     /// A message property this topic cannot honour.
     #[error("{0}")]
     Unsupported(String),
+    /// A durable topic whose storage cannot take messages.
+    #[error("storage unavailable: {0}")]
+    StorageUnavailable(String),
 }
 
 impl PublishError {
@@ -51,6 +54,7 @@ impl PublishError {
             PublishError::InvalidTlv { .. } => ErrorCode::InvalidTlv,
             PublishError::NoRoute(_) => ErrorCode::NoRoute,
             PublishError::Unsupported(_) => ErrorCode::InvalidHeaders,
+            PublishError::StorageUnavailable(_) => ErrorCode::StorageFailed,
         }
     }
 

@@ -9,6 +9,7 @@
 
 mod broker;
 pub mod delivery;
+mod durable;
 mod error;
 pub mod name;
 mod outbound;
@@ -18,6 +19,7 @@ mod subscription;
 mod topic;
 
 pub use broker::{Broker, BrokerConfig, ConnectionInfo};
+pub use durable::DurableConfig;
 pub use error::{PublishError, SubscribeError};
 pub use outbound::{Append, Outbound};
 pub use publish::{Published, Publisher};

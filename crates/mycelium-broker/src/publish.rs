@@ -13,9 +13,10 @@ use bytes::BytesMut;
 use mycelium_protocol::{Deliver, ErrorCode, ErrorFrame, Frame, Publish};
 
 use crate::broker::{Broker, ConnectionInfo};
+use crate::durable::AppendRequest;
 use crate::error::PublishError;
 use crate::outbound::{Append, Outbound};
-use crate::spec::{Overflow, PayloadCodec, Routing};
+use crate::spec::{Overflow, PayloadCodec, Routing, StorageKind};
 use crate::subscription::Subscription;
 use crate::topic::{TopicCounters, TopicRef};
 
@@ -30,30 +31,48 @@ struct Blocked {
 /// Per-connection publishing state: the read batch, the writers to wake, a topic cache.
 #[derive(Debug)]
 pub struct Publisher {
-    connection: Arc<ConnectionInfo>,
+    /// `None` for the broker's own storage writer.
+    connection: Option<Arc<ConnectionInfo>>,
     batch: u64,
     touched: Vec<Arc<Outbound>>,
     blocked: Vec<Blocked>,
+    /// Durable publishes that did not fit the storage writer's queue.
+    queued: Vec<AppendRequest>,
     last_topic: Option<TopicRef>,
 }
 
 /// A message the broker accepted.
 #[derive(Debug, Clone)]
 pub struct Published {
-    /// Its per-topic sequence.
+    /// Its per-topic sequence (0 when `queued`: the storage writer assigns it).
     pub sequence: u64,
     /// The topic it went to.
     pub topic: TopicRef,
+    /// Handed to the storage writer (`storage = "disk"`): the writer confirms it once durable.
+    pub queued: bool,
 }
 
 impl Publisher {
     /// Publishing state for `connection`.
     pub fn new(connection: Arc<ConnectionInfo>) -> Self {
         Publisher {
-            connection,
+            connection: Some(connection),
             batch: 0,
             touched: Vec::new(),
             blocked: Vec::new(),
+            queued: Vec::new(),
+            last_topic: None,
+        }
+    }
+
+    /// Publishing state for the broker's own storage writer.
+    pub(crate) fn internal() -> Self {
+        Publisher {
+            connection: None,
+            batch: 0,
+            touched: Vec::new(),
+            blocked: Vec::new(),
+            queued: Vec::new(),
             last_topic: None,
         }
     }
@@ -73,7 +92,7 @@ impl Publisher {
     /// Whether some delivery waits for a full subscriber; call [`Broker::settle_blocked`] before
     /// reading the next frame, so order is kept.
     pub fn has_blocked(&self) -> bool {
-        !self.blocked.is_empty()
+        !self.blocked.is_empty() || !self.queued.is_empty()
     }
 
     fn topic(&mut self, broker: &Broker, name: &str) -> Result<TopicRef, PublishError> {
@@ -100,6 +119,20 @@ impl Broker {
         publisher: &mut Publisher,
         message: &Publish<'_>,
     ) -> Result<Published, PublishError> {
+        self.publish_request(publisher, message, 0)
+    }
+
+    /// [`Broker::publish`] for a frame with request id `request_id`: a durable topic's writer
+    /// answers that id with PUBLISH_OK (or ERROR) once the message is stored.
+    ///
+    /// # Errors
+    /// As [`Broker::publish`], and `StorageUnavailable` when the storage writer has stopped.
+    pub fn publish_request(
+        &self,
+        publisher: &mut Publisher,
+        message: &Publish<'_>,
+        request_id: u32,
+    ) -> Result<Published, PublishError> {
         let topic = if message.topic.is_empty() {
             let name = self.mapped_topic(message.payload)?;
             publisher.topic(self, name)?
@@ -110,19 +143,79 @@ impl Broker {
             TopicCounters::add(&topic.counters.rejected, 1);
             return Err(error);
         }
-        let sequence = topic.next_sequence();
         let counters = &topic.counters;
         TopicCounters::add(&counters.published, 1);
         TopicCounters::add(&counters.bytes_in, message.payload.len() as u64);
-        publisher.connection.published.fetch_add(1, Ordering::Relaxed);
+        if let Some(connection) = &publisher.connection {
+            connection.published.fetch_add(1, Ordering::Relaxed);
+        }
+        if topic.spec().storage == StorageKind::Disk {
+            return self.queue_durable(publisher, &topic, message, request_id);
+        }
+        let sequence = topic.next_sequence();
+        self.route(publisher, &topic, sequence, message.headers, message.payload);
+        Ok(Published {
+            sequence,
+            topic: Arc::clone(&topic),
+            queued: false,
+        })
+    }
 
+    fn queue_durable(
+        &self,
+        publisher: &mut Publisher,
+        topic: &TopicRef,
+        message: &Publish<'_>,
+        request_id: u32,
+    ) -> Result<Published, PublishError> {
+        let Some(store) = self.durable() else {
+            return Err(PublishError::StorageUnavailable(
+                "no storage is configured".into(),
+            ));
+        };
+        let confirm = match (&publisher.connection, message.confirm) {
+            (Some(connection), true) => Some((Arc::clone(&connection.outbound), request_id)),
+            _ => None,
+        };
+        let request = AppendRequest {
+            topic: Arc::clone(topic),
+            headers: bytes::Bytes::copy_from_slice(message.headers),
+            payload: bytes::Bytes::copy_from_slice(message.payload),
+            confirm,
+        };
+        match store.sender.try_send(request) {
+            Ok(()) => {}
+            Err(tokio::sync::mpsc::error::TrySendError::Full(request)) => publisher.queued.push(request),
+            Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => {
+                return Err(PublishError::StorageUnavailable(
+                    "the storage writer has stopped".into(),
+                ));
+            }
+        }
+        Ok(Published {
+            sequence: 0,
+            topic: Arc::clone(topic),
+            queued: true,
+        })
+    }
+
+    /// Routes a message that already has its sequence to the topic's subscriptions.
+    pub(crate) fn route(
+        &self,
+        publisher: &mut Publisher,
+        topic: &TopicRef,
+        sequence: u64,
+        headers: &[u8],
+        payload: &[u8],
+    ) {
+        let counters = &topic.counters;
         let deliver = Deliver {
             subscription_id: 0,
             sequence,
             topic: topic.name(),
-            headers: message.headers,
+            headers,
             meta: &[],
-            payload: message.payload,
+            payload,
         };
         let frame_len = deliver.frame_len();
         let spec = topic.spec();
@@ -132,26 +225,22 @@ impl Broker {
         match spec.routing {
             Routing::Fanout | Routing::Queue => {
                 for sub in &route.each {
-                    self.offer(publisher, &topic, sub, deliver, frame_len);
+                    self.offer(publisher, topic, sub, deliver, frame_len);
                 }
                 for group in &route.groups {
                     if let Some(sub) = group.pick(spec.balance, has_room) {
-                        self.offer(publisher, &topic, sub, deliver, frame_len);
+                        self.offer(publisher, topic, sub, deliver, frame_len);
                     }
                 }
             }
             Routing::Direct => {
                 let live = route.ordered.iter().filter(|s| s.is_live());
                 match live.clone().find(|s| has_room(s)).or_else(|| live.clone().next()) {
-                    Some(sub) => self.offer(publisher, &topic, sub, deliver, frame_len),
+                    Some(sub) => self.offer(publisher, topic, sub, deliver, frame_len),
                     None => TopicCounters::add(&counters.dropped, 1),
                 }
             }
         }
-        Ok(Published {
-            sequence,
-            topic: Arc::clone(&topic),
-        })
     }
 
     fn mapped_topic(&self, payload: &[u8]) -> Result<&str, PublishError> {
@@ -286,6 +375,24 @@ impl Broker {
     /// The caller must not read further frames from this publisher until it returns.
     pub async fn settle_blocked(&self, publisher: &mut Publisher) {
         publisher.end_batch();
+        // Durable publishes wait for room in the storage writer's queue, in order.
+        for request in std::mem::take(&mut publisher.queued) {
+            let sent = match self.durable() {
+                Some(store) => store.sender.send(request).await.map_err(|e| e.0),
+                None => Err(request),
+            };
+            if let Err(request) = sent
+                && let Some((outbound, request_id)) = request.confirm
+            {
+                outbound.append_control(|buf| {
+                    let frame = Frame::Error(ErrorFrame::new(
+                        ErrorCode::StorageFailed,
+                        "the storage writer has stopped",
+                    ));
+                    let _ = mycelium_protocol::encode(buf, request_id, &frame);
+                });
+            }
+        }
         let blocked = std::mem::take(&mut publisher.blocked);
         for Blocked { sub, topic, frame } in blocked {
             let spec = topic.spec();

@@ -110,6 +110,35 @@ pub struct TopicSpec {
     pub block_timeout: Duration,
     /// Payload validation.
     pub codec: PayloadCodec,
+    /// Where messages are kept: `memory` (nothing is written) or `disk` (the segment log).
+    pub storage: StorageKind,
+    /// When a `disk` topic's appends are made durable, and so when PUBLISH_OK is sent.
+    pub fsync: Fsync,
+}
+
+named_enum! {
+    /// Where a topic's messages are kept.
+    StorageKind {
+        /// Not stored: routed to live subscribers only (at-most-once), as fast as it gets.
+        #[default]
+        Memory = "memory",
+        /// Appended to the topic's segment log before PUBLISH_OK.
+        Disk = "disk",
+    }
+}
+
+named_enum! {
+    /// When appends to a `disk` topic are synced to stable storage.
+    Fsync {
+        /// Group commit: one fsync every `fsync_interval` or `fsync_bytes`, whichever comes first;
+        /// PUBLISH_OK waits for the fsync that covers the message.
+        #[default]
+        Batch = "batch",
+        /// Every batch of appends is fsynced before any of it is confirmed.
+        Always = "always",
+        /// Written to the OS and confirmed; a machine crash (not a broker crash) can lose it.
+        Never = "never",
+    }
 }
 
 /// Default subscriber buffer: 8 MiB.
@@ -129,6 +158,8 @@ impl Default for TopicSpec {
             overflow: Overflow::Block,
             block_timeout: DEFAULT_BLOCK_TIMEOUT,
             codec: PayloadCodec::Raw,
+            storage: StorageKind::Memory,
+            fsync: Fsync::Batch,
         }
     }
 }

@@ -26,6 +26,36 @@ pub struct Config {
     pub topics: Vec<TopicSection>,
     /// Threads and batching.
     pub performance: PerformanceSection,
+    /// Where `storage = "disk"` topics keep their logs, and group commit.
+    pub storage: StorageSection,
+}
+
+/// `[storage]`.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageSection {
+    /// Data directory; created when the first disk topic is configured.
+    pub data_dir: String,
+    /// `fsync = "batch"` topics: the longest a publisher confirm waits for its fsync.
+    pub fsync_interval: HumanDuration,
+    /// `fsync = "batch"` topics: sync early once this many bytes are unsynced.
+    pub fsync_bytes: ByteSize,
+    /// A segment file rolls over at this size.
+    pub segment_size: ByteSize,
+    /// Durable publishes queued for the storage writer before publishers wait.
+    pub queue_capacity: usize,
+}
+
+impl Default for StorageSection {
+    fn default() -> Self {
+        StorageSection {
+            data_dir: "./mycelium-data".into(),
+            fsync_interval: HumanDuration(Duration::from_millis(5)),
+            fsync_bytes: ByteSize(1 << 20),
+            segment_size: ByteSize(64 << 20),
+            queue_capacity: 65_536,
+        }
+    }
 }
 
 /// `[server]`.
@@ -110,6 +140,10 @@ pub struct TopicSection {
     pub block_timeout: HumanDuration,
     /// `raw` or `tlv`.
     pub codec: String,
+    /// `memory` (routed only) or `disk` (stored in the segment log before PUBLISH_OK).
+    pub storage: String,
+    /// For `disk` topics: `batch` (group commit), `always` or `never`.
+    pub fsync: String,
 }
 
 impl Default for TopicSection {
@@ -124,6 +158,8 @@ impl Default for TopicSection {
             overflow: spec.overflow.to_string(),
             block_timeout: HumanDuration(spec.block_timeout),
             codec: spec.codec.to_string(),
+            storage: spec.storage.to_string(),
+            fsync: spec.fsync.to_string(),
         }
     }
 }
@@ -303,6 +339,22 @@ impl Config {
                 "both listeners are off: set socket_path or tcp".into(),
             );
         }
+        let st = &self.storage;
+        if st.data_dir.is_empty() {
+            bad("storage.data_dir".into(), "must not be empty".into());
+        }
+        if st.fsync_interval.0.is_zero() {
+            bad("storage.fsync_interval".into(), "must be greater than 0".into());
+        }
+        if !(4096..=(1 << 30)).contains(&st.segment_size.0) {
+            bad(
+                "storage.segment_size".into(),
+                format!("{} is out of range (4 KiB to 1 GiB)", st.segment_size),
+            );
+        }
+        if st.queue_capacity == 0 {
+            bad("storage.queue_capacity".into(), "must be greater than 0".into());
+        }
         if self.performance.worker_threads == 0 {
             bad(
                 "performance.worker_threads".into(),
@@ -414,6 +466,8 @@ impl Config {
                     overflow: t.overflow.parse().unwrap_or_default(),
                     block_timeout: t.block_timeout.0,
                     codec: t.codec.parse().unwrap_or_default(),
+                    storage: t.storage.parse().unwrap_or_default(),
+                    fsync: t.fsync.parse().unwrap_or_default(),
                 };
                 (t.name.clone(), spec)
             })
@@ -429,6 +483,16 @@ impl Config {
                 (RelayDomain::Execution, d.execution.clone()),
                 (RelayDomain::System, d.system.clone()),
             ],
+            durable: mycelium_broker::DurableConfig {
+                data_dir: self.storage.data_dir.clone().into(),
+                fsync_interval: self.storage.fsync_interval.0,
+                fsync_bytes: self.storage.fsync_bytes.bytes(),
+                log: mycelium_storage::LogConfig {
+                    segment_bytes: self.storage.segment_size.0,
+                    ..mycelium_storage::LogConfig::default()
+                },
+                queue_capacity: self.storage.queue_capacity,
+            },
         }
     }
 

@@ -260,9 +260,10 @@ fn handle(
 ) -> Option<Stop> {
     let request_id = decoded.request_id;
     match decoded.frame {
-        Frame::Publish(message) => match broker.publish(publisher, &message) {
+        Frame::Publish(message) => match broker.publish_request(publisher, &message, request_id) {
             Ok(published) => {
-                if message.confirm {
+                // A durable publish is confirmed by the storage writer once it is stored.
+                if message.confirm && !published.queued {
                     let ok = PublishOk {
                         sequence: published.sequence,
                         message_id: [0; 16],
@@ -277,8 +278,8 @@ fn handle(
             for (index, entry) in batch.iter().enumerate() {
                 // The batch was checked whole on decode; entries cannot fail to parse here.
                 let Ok(message) = entry else { break };
-                match broker.publish(publisher, &message) {
-                    Ok(published) if message.confirm => {
+                match broker.publish_request(publisher, &message, request_id) {
+                    Ok(published) if message.confirm && !published.queued => {
                         let ok = PublishOk {
                             sequence: published.sequence,
                             message_id: [0; 16],

@@ -1,0 +1,137 @@
+//! Durable topics through the client: confirms mean stored; sequences continue across restarts;
+//! a full disk is a clear error to the publisher.
+
+mod support;
+
+use std::time::Duration;
+
+use mycelium_client::{Client, ErrorCode, ErrorKind};
+use support::TestServer;
+
+fn disk_topic(config: &mut mycelium_server::Config, data_dir: &std::path::Path, fsync: &str) {
+    config.storage.data_dir = data_dir.display().to_string();
+    config.topics.push(mycelium_server::config_topic("orders", |t| {
+        t.storage = "disk".into();
+        t.fsync = fsync.into();
+    }));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn confirmed_messages_are_stored_and_sequences_continue_after_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let socket = dir.path().join("b.sock");
+    for fsync in ["always", "batch", "never"] {
+        let _ = std::fs::remove_dir_all(&data);
+        let server = TestServer::start_at(&socket, |c| disk_topic(c, &data, fsync)).await;
+        let client = Client::connect(&server.url()).await.unwrap();
+        let mut live = client.subscribe("orders").await.unwrap();
+        for i in 1..=50u64 {
+            let sequence = client
+                .publish_confirmed("orders", format!("order {i}"))
+                .await
+                .unwrap();
+            assert_eq!(
+                sequence, i,
+                "fsync={fsync}: the writer assigns contiguous sequences"
+            );
+        }
+        // Fire-and-forget publishes to a durable topic are stored too.
+        client.publish("orders", b"unconfirmed").await.unwrap();
+        for i in 1..=51u64 {
+            let message = tokio::time::timeout(Duration::from_secs(5), live.next())
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(
+                message.sequence, i,
+                "live subscribers get durable messages after they are stored"
+            );
+        }
+        drop(live);
+        client.close().await;
+        server.stop().await;
+
+        let server = TestServer::start_at(&socket, |c| disk_topic(c, &data, fsync)).await;
+        let client = Client::connect(&server.url()).await.unwrap();
+        assert_eq!(
+            client
+                .publish_confirmed("orders", b"after restart")
+                .await
+                .unwrap(),
+            52,
+            "fsync={fsync}"
+        );
+        client.close().await;
+        server.stop().await;
+
+        let (backend, _) =
+            mycelium_storage::DiskBackend::open(&data, mycelium_storage::LogConfig::default()).unwrap();
+        use mycelium_storage::StorageBackend;
+        let stored = backend.read("orders", 1, usize::MAX, usize::MAX).unwrap();
+        assert_eq!(stored.len(), 52);
+        assert_eq!(&stored[0].payload[..], b"order 1");
+        assert_eq!(&stored[50].payload[..], b"unconfirmed");
+        assert_eq!(&stored[51].payload[..], b"after restart");
+        assert!(
+            stored.windows(2).all(|w| w[0].id < w[1].id),
+            "UUIDv7 ids grow with time"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_is_a_clear_error_for_the_publisher() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("small");
+    std::fs::create_dir(&data).unwrap();
+    let status = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=512k", "tmpfs"])
+        .arg(&data)
+        .status()
+        .unwrap();
+    assert!(
+        status.success(),
+        "mounting a tmpfs needs root, which the project's machines give tests"
+    );
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(data.clone());
+    let server = TestServer::start_at(&dir.path().join("b.sock"), |c| disk_topic(c, &data, "always")).await;
+    let client = Client::connect(&server.url()).await.unwrap();
+    let payload = vec![7u8; 16 * 1024];
+    let mut stored = 0u64;
+    let error = loop {
+        match client.publish_confirmed("orders", &payload).await {
+            Ok(sequence) => {
+                stored += 1;
+                assert_eq!(sequence, stored);
+            }
+            Err(error) => break error,
+        }
+        assert!(stored < 1000, "the disk never filled");
+    };
+    assert_eq!(error.kind(), ErrorKind::Server);
+    assert_eq!(error.server_code(), Some(ErrorCode::StorageFailed), "{error}");
+    assert!(error.to_string().contains("storage full"), "{error}");
+    // The connection still works, and other topics are unaffected.
+    client.publish_confirmed("memory.topic", b"fine").await.unwrap();
+    client.close().await;
+    server.stop().await;
+    let (backend, reports) =
+        mycelium_storage::DiskBackend::open(&data, mycelium_storage::LogConfig::default()).unwrap();
+    use mycelium_storage::StorageBackend;
+    assert_eq!(
+        reports[0].1.truncated_bytes, 0,
+        "nothing partial was left on disk"
+    );
+    assert_eq!(
+        backend.bounds("orders").unwrap().next,
+        stored + 1,
+        "exactly the confirmed messages are stored"
+    );
+}
