@@ -22,6 +22,7 @@ mod error;
 mod frame;
 mod handshake;
 mod headers;
+mod options;
 mod publish;
 mod stats;
 mod subscribe;
@@ -37,6 +38,7 @@ pub use frame::{
 };
 pub use handshake::{Hello, PROTOCOL_VERSION, PROTOCOL_VERSION_MIN, Welcome};
 pub use headers::{HeaderIter, PropId, Props, encode_headers, validate_headers};
+pub use options::{DeliveryMeta, StartPosition, SubscribeOptions};
 pub use publish::{
     BatchIter, BatchWriter, PUBLISH_CONFIRM, PUBLISH_HAS_HEADERS, PUBLISH_HAS_PROPS, Publish, PublishBatch,
     PublishOk,

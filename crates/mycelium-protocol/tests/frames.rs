@@ -394,3 +394,61 @@ proptest! {
         prop_assert_eq!(decoded.frame, frame);
     }
 }
+
+#[test]
+fn subscribe_options_and_delivery_meta_round_trip() {
+    let options = SubscribeOptions {
+        durable: Some("billing"),
+        start: Some(StartPosition::Time(1_700_000_000_000_000_000)),
+        ack_wait_ms: Some(30_000),
+        max_deliveries: Some(5),
+        max_in_flight: Some(100),
+        backoff_ms: vec![2000, 4000, 8000],
+    };
+    let mut block = BytesMut::new();
+    options.encode(&mut block).unwrap();
+    assert_eq!(SubscribeOptions::decode(&block).unwrap(), options);
+    for start in [
+        StartPosition::New,
+        StartPosition::Beginning,
+        StartPosition::Sequence(42),
+    ] {
+        let o = SubscribeOptions {
+            start: Some(start),
+            ..Default::default()
+        };
+        let mut b = BytesMut::new();
+        o.encode(&mut b).unwrap();
+        assert_eq!(SubscribeOptions::decode(&b).unwrap(), o);
+    }
+    assert!(
+        SubscribeOptions::decode(&[9, 0, 0]).is_err(),
+        "unknown option ids are refused"
+    );
+    assert!(
+        SubscribeOptions::decode(&[2, 1, 0, 7]).is_err(),
+        "unknown start kind"
+    );
+    assert!(
+        SubscribeOptions::decode(&[6, 3, 0, 1, 2, 3]).is_err(),
+        "backoff not a multiple of 4 bytes"
+    );
+
+    let meta = DeliveryMeta {
+        message_id: [9; 16],
+        attempt: 3,
+        publish_ns: 77,
+    };
+    let mut b = BytesMut::new();
+    meta.encode(&mut b);
+    assert_eq!(b.len(), DeliveryMeta::LEN);
+    assert_eq!(DeliveryMeta::decode(&b).unwrap(), meta);
+}
+
+proptest! {
+    #[test]
+    fn option_and_meta_garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+        let _ = SubscribeOptions::decode(&bytes);
+        let _ = DeliveryMeta::decode(&bytes);
+    }
+}
