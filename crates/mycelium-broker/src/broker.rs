@@ -10,12 +10,33 @@ use mycelium_protocol::{ConnectionStats, StatsSnapshot, SubscriptionStats, Topic
 use parking_lot::{Mutex, RwLock};
 
 use crate::durable::{DurableConfig, DurableStore};
+use crate::durable_sub::DurableSub;
 use crate::error::{PublishError, SubscribeError};
 use crate::name::{Pattern, validate_topic};
 use crate::outbound::Outbound;
 use crate::spec::{StorageKind, TopicSpec};
 use crate::subscription::{Route, Subscription};
 use crate::topic::{Topic, TopicRef};
+
+/// A consumer's verdict on a durable delivery.
+#[derive(Debug, Clone, Copy)]
+#[allow(missing_docs)]
+pub enum Verdict<'a> {
+    Ack(mycelium_protocol::Ack),
+    Nack(mycelium_protocol::Nack<'a>),
+    InProgress(mycelium_protocol::Ack),
+    Term(mycelium_protocol::Term<'a>),
+}
+
+impl Verdict<'_> {
+    fn ack(&self) -> mycelium_protocol::Ack {
+        match self {
+            Verdict::Ack(a) | Verdict::InProgress(a) => *a,
+            Verdict::Nack(n) => n.ack,
+            Verdict::Term(t) => t.ack,
+        }
+    }
+}
 
 /// Broker-wide settings.
 #[derive(Debug, Clone)]
@@ -88,6 +109,10 @@ pub struct Broker {
     next_batch: AtomicU64,
     started: Instant,
     durable: std::sync::OnceLock<DurableStore>,
+    /// Durable subscriptions by (topic, durable name).
+    durable_subs: Mutex<HashMap<(String, String), Arc<DurableSub>>>,
+    /// Which durable subscription a (connection, subscription id) consumes.
+    durable_consumers: Mutex<HashMap<(u64, u32), Arc<DurableSub>>>,
 }
 
 impl Broker {
@@ -122,6 +147,8 @@ impl Broker {
             next_batch: AtomicU64::new(1),
             started: Instant::now(),
             durable: std::sync::OnceLock::new(),
+            durable_subs: Mutex::new(HashMap::new()),
+            durable_consumers: Mutex::new(HashMap::new()),
         });
         if needs_storage {
             let store = DurableStore::start(durable_config, Arc::downgrade(&broker))
@@ -145,8 +172,179 @@ impl Broker {
     /// Stops the storage writer once everything queued is stored, synced and confirmed. Call
     /// after the last connection is gone.
     pub fn close_storage(&self) {
+        for sub in self.durable_subs.lock().values() {
+            sub.stop();
+            sub.persist_now();
+        }
         if let Some(store) = self.durable() {
             store.close();
+        }
+    }
+
+    /// Wakes the durable subscriptions of `topic` (new messages are stored).
+    pub(crate) fn notify_durable(&self, topic: &str) {
+        for ((t, _), sub) in self.durable_subs.lock().iter() {
+            if t == topic {
+                sub.wake.notify_one();
+            }
+        }
+    }
+
+    /// Adds a consumer to durable subscription `options.durable` on the disk topic `pattern`
+    /// (created at `options.start` if new, resumed where it left off otherwise), queueing
+    /// SUBSCRIBE_OK first.
+    ///
+    /// # Errors
+    /// `Unsupported` when the topic is not a disk topic or no durable name is given; `Closing`.
+    pub fn subscribe_durable(
+        self: &Arc<Self>,
+        connection: &ConnectionInfo,
+        id: u32,
+        pattern: &str,
+        options: &mycelium_protocol::SubscribeOptions<'_>,
+        request_id: u32,
+    ) -> Result<(), SubscribeError> {
+        let Some(name) = options.durable else {
+            return Err(SubscribeError::Unsupported(
+                "subscription options need a durable name (start position, ack settings and prefetch apply to durable subscriptions)".into(),
+            ));
+        };
+        let valid_name = !name.is_empty()
+            && name.len() <= 128
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        if !valid_name {
+            return Err(SubscribeError::InvalidGroup(name.to_owned()));
+        }
+        let topic = self.topic(pattern).filter(|t| t.spec().storage == StorageKind::Disk).ok_or_else(|| {
+            SubscribeError::Unsupported(format!(
+                "durable subscriptions need a configured topic with storage = \"disk\"; `{pattern}` is not one"
+            ))
+        })?;
+        let store = self
+            .durable()
+            .ok_or_else(|| SubscribeError::Unsupported("no storage configured".into()))?;
+        if connection.outbound.is_closing() {
+            return Err(SubscribeError::Closing);
+        }
+        let key = (topic.name().to_owned(), name.to_owned());
+        let sub = {
+            let mut subs = self.durable_subs.lock();
+            match subs.get(&key) {
+                Some(sub) => Arc::clone(sub),
+                None => {
+                    let sub = DurableSub::open(
+                        Arc::clone(&topic),
+                        name,
+                        options,
+                        store.backend(),
+                        &self.config.durable.data_dir,
+                    )
+                    .map_err(|e| {
+                        SubscribeError::Unsupported(format!("cannot open durable subscription: {e}"))
+                    })?;
+                    subs.insert(key, Arc::clone(&sub));
+                    tokio::spawn(Arc::clone(&sub).run(Arc::downgrade(self), Arc::clone(store.backend())));
+                    sub
+                }
+            }
+        };
+        connection.outbound.append_control(|buf| {
+            let ok = mycelium_protocol::Frame::SubscribeOk(mycelium_protocol::SubscriptionRef {
+                subscription_id: id,
+            });
+            let _ = mycelium_protocol::encode(buf, request_id, &ok);
+        });
+        sub.consumers.lock().push(crate::durable_sub::Consumer {
+            outbound: Arc::clone(&connection.outbound),
+            subscription_id: id,
+            connection_id: connection.id,
+        });
+        self.durable_consumers
+            .lock()
+            .insert((connection.id, id), Arc::clone(&sub));
+        connection.subscriptions.fetch_add(1, Ordering::Relaxed);
+        sub.wake.notify_one();
+        Ok(())
+    }
+
+    /// ACK, NACK, IN_PROGRESS or TERM from `connection`.
+    ///
+    /// # Errors
+    /// A text for the ERROR frame: unknown subscription, or the message is not in flight.
+    pub fn acknowledge(&self, connection: &ConnectionInfo, verdict: Verdict<'_>) -> Result<(), String> {
+        let ack = verdict.ack();
+        let sub = self
+            .durable_consumers
+            .lock()
+            .get(&(connection.id, ack.subscription_id))
+            .cloned()
+            .ok_or_else(|| format!("no durable subscription {} on this connection (acknowledgements apply to durable subscriptions)", ack.subscription_id))?;
+        let now = sub.now_ns();
+        let outcome = {
+            let mut state = sub.state.lock();
+            match verdict {
+                Verdict::Ack(a) => state.ack(a.sequence),
+                Verdict::Nack(n) => {
+                    let delay = (n.delay_ms > 0).then(|| std::time::Duration::from_millis(n.delay_ms.into()));
+                    state.nack(n.ack.sequence, delay, now)
+                }
+                Verdict::InProgress(a) => state.in_progress(a.sequence, now),
+                Verdict::Term(t) => state.term(t.ack.sequence),
+            }
+        }
+        .map_err(|e| e.to_string())?;
+        if let Some(store) = self.durable() {
+            sub.handle_outcome(self, store.backend(), outcome);
+        }
+        sub.wake.notify_one();
+        Ok(())
+    }
+
+    /// Stores a dead-lettered message in `{topic}.dlq` (a disk topic, created on first use).
+    pub(crate) fn dead_letter(&self, topic: &TopicRef, headers: bytes::Bytes, payload: bytes::Bytes) {
+        let name = format!("{}.dlq", topic.name());
+        let spec = TopicSpec {
+            storage: StorageKind::Disk,
+            routing: crate::spec::Routing::Fanout,
+            ..topic.spec().clone()
+        };
+        let dlq = match self.create_topic(&name, spec) {
+            Ok(dlq) => dlq,
+            Err(error) => {
+                tracing::error!(%error, topic = %name, "cannot create the dead-letter topic");
+                return;
+            }
+        };
+        let Some(store) = self.durable() else { return };
+        let request = crate::durable_sub::dead_letter_request(dlq, headers, payload);
+        match store.sender.try_send(request) {
+            Ok(()) => {}
+            Err(tokio::sync::mpsc::error::TrySendError::Full(request)) => {
+                let sender = store.sender.clone();
+                tokio::spawn(async move {
+                    let _ = sender.send(request).await;
+                });
+            }
+            Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => {
+                tracing::error!(topic = %name, "storage writer stopped; dead letter not stored");
+            }
+        }
+    }
+
+    fn remove_durable_consumers(&self, doomed: impl Fn(&(u64, u32)) -> bool) {
+        let removed: Vec<((u64, u32), Arc<DurableSub>)> = {
+            let mut consumers = self.durable_consumers.lock();
+            let keys: Vec<(u64, u32)> = consumers.keys().filter(|k| doomed(k)).copied().collect();
+            keys.into_iter()
+                .filter_map(|k| consumers.remove(&k).map(|s| (k, s)))
+                .collect()
+        };
+        for ((connection_id, subscription_id), sub) in removed {
+            sub.consumers
+                .lock()
+                .retain(|c| !(c.connection_id == connection_id && c.subscription_id == subscription_id));
         }
     }
 
@@ -182,6 +380,7 @@ impl Broker {
             info.outbound.close();
         }
         self.remove_subscriptions(|s| s.connection_id() == connection_id);
+        self.remove_durable_consumers(|(c, _)| *c == connection_id);
     }
 
     /// Connections currently registered.
@@ -327,6 +526,12 @@ impl Broker {
     /// Removes subscription `id` of `connection`. Returns whether it existed. Once this returns,
     /// no publisher routes to it any more.
     pub fn unsubscribe(&self, connection: &ConnectionInfo, id: u32) -> bool {
+        let durable = self.durable_consumers.lock().contains_key(&(connection.id, id));
+        if durable {
+            self.remove_durable_consumers(|k| *k == (connection.id, id));
+            connection.subscriptions.fetch_sub(1, Ordering::Relaxed);
+            return true;
+        }
         let removed = self.remove_subscriptions(|s| s.connection_id() == connection.id && s.id == id);
         if removed > 0 {
             connection.subscriptions.fetch_sub(1, Ordering::Relaxed);

@@ -324,6 +324,7 @@ impl Writer {
         let mut publisher = Publisher::internal();
         publisher.begin_batch(&broker);
         for unsynced in done {
+            broker.notify_durable(unsynced.topic.name());
             for (message, confirm) in unsynced.messages.iter().zip(&unsynced.confirms) {
                 if let Some((outbound, request_id)) = confirm {
                     let ok = PublishOk {

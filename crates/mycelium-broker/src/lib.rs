@@ -10,6 +10,7 @@
 mod broker;
 pub mod delivery;
 mod durable;
+mod durable_sub;
 mod error;
 pub mod name;
 mod outbound;
@@ -18,7 +19,7 @@ pub mod spec;
 mod subscription;
 mod topic;
 
-pub use broker::{Broker, BrokerConfig, ConnectionInfo};
+pub use broker::{Broker, BrokerConfig, ConnectionInfo, Verdict};
 pub use durable::DurableConfig;
 pub use error::{PublishError, SubscribeError};
 pub use outbound::{Append, Outbound};

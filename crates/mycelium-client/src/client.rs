@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use mycelium_protocol::{
@@ -21,6 +22,21 @@ use crate::message::{Message, Subscription};
 use crate::resilience::{BreakerState, CircuitBreaker};
 use crate::url::Endpoint;
 use crate::{ClientOptions, Error, ErrorKind};
+
+/// How a durable subscription starts and retries (every field optional; broker defaults apply).
+#[derive(Debug, Clone, Default)]
+pub struct DurableOptions {
+    /// Where a new durable subscription starts (ignored when it exists already).
+    pub start: mycelium_protocol::StartPosition,
+    /// Ack deadline (default 30 s).
+    pub ack_wait: Option<Duration>,
+    /// Attempts before dead-lettering (default 5; 0: unlimited).
+    pub max_deliveries: Option<u32>,
+    /// Messages in flight at once (default 1000).
+    pub max_in_flight: Option<u32>,
+    /// Retry delays (default 2 s, 4 s, 8 s, 16 s, 32 s, with jitter).
+    pub backoff: Vec<Duration>,
+}
 
 /// The connection's state, observable through [`Client::state_changes`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,6 +75,8 @@ enum Pending {
 struct LocalSub {
     pattern: String,
     group: Option<String>,
+    /// Encoded SUBSCRIBE options (durable subscriptions), re-sent on reconnect.
+    options: Bytes,
     sender: mpsc::Sender<Vec<Message>>,
     server_id: Option<u32>,
 }
@@ -332,6 +350,94 @@ impl Client {
         self.shared.subscribe(pattern, Some(group)).await
     }
 
+    /// Subscribes to the disk topic `topic` under the durable name `name`: progress survives
+    /// disconnects and broker restarts, and consumers sharing the name share the messages. ACK each
+    /// message ([`Client::ack`]); unacknowledged ones are redelivered after the ack deadline.
+    ///
+    /// # Errors
+    /// As [`Client::subscribe`]; `Server` when the topic is not a disk topic.
+    pub async fn subscribe_durable(
+        &self,
+        topic: &str,
+        name: &str,
+        options: DurableOptions,
+    ) -> Result<Subscription, Error> {
+        let ms = |d: Duration| u32::try_from(d.as_millis()).unwrap_or(u32::MAX);
+        let wire = mycelium_protocol::SubscribeOptions {
+            durable: Some(name),
+            start: Some(options.start),
+            ack_wait_ms: options.ack_wait.map(ms),
+            max_deliveries: options.max_deliveries,
+            max_in_flight: options.max_in_flight,
+            backoff_ms: options.backoff.iter().copied().map(ms).collect(),
+        };
+        let mut block = BytesMut::new();
+        wire.encode(&mut block)
+            .map_err(|e| Error::new(ErrorKind::InvalidArgument, e.to_string()))?;
+        self.shared.subscribe_with(topic, None, block.freeze()).await
+    }
+
+    /// Acknowledges a durable delivery: it is done and never comes back.
+    ///
+    /// # Errors
+    /// As [`Client::publish`]; a broker refusal arrives on [`Client::errors`].
+    pub async fn ack(&self, message: &Message) -> Result<(), Error> {
+        let ack = mycelium_protocol::Ack {
+            subscription_id: message.subscription_id,
+            sequence: message.sequence,
+        };
+        self.shared.send(32, |buf| encode(buf, 0, &Frame::Ack(ack))).await
+    }
+
+    /// Refuses a durable delivery: redelivered after `delay` (or the subscription's backoff).
+    ///
+    /// # Errors
+    /// As [`Client::ack`].
+    pub async fn nack(&self, message: &Message, delay: Option<Duration>, reason: &str) -> Result<(), Error> {
+        let ack = mycelium_protocol::Ack {
+            subscription_id: message.subscription_id,
+            sequence: message.sequence,
+        };
+        let delay_ms = delay.map_or(0, |d| u32::try_from(d.as_millis()).unwrap_or(u32::MAX));
+        let nack = mycelium_protocol::Nack {
+            ack,
+            delay_ms,
+            reason,
+        };
+        self.shared
+            .send(64 + reason.len(), |buf| encode(buf, 0, &Frame::Nack(nack)))
+            .await
+    }
+
+    /// Extends a durable delivery's ack deadline.
+    ///
+    /// # Errors
+    /// As [`Client::ack`].
+    pub async fn in_progress(&self, message: &Message) -> Result<(), Error> {
+        let ack = mycelium_protocol::Ack {
+            subscription_id: message.subscription_id,
+            sequence: message.sequence,
+        };
+        self.shared
+            .send(32, |buf| encode(buf, 0, &Frame::InProgress(ack)))
+            .await
+    }
+
+    /// Gives up on a durable delivery: it goes to the dead-letter queue now.
+    ///
+    /// # Errors
+    /// As [`Client::ack`].
+    pub async fn term(&self, message: &Message, reason: &str) -> Result<(), Error> {
+        let ack = mycelium_protocol::Ack {
+            subscription_id: message.subscription_id,
+            sequence: message.sequence,
+        };
+        let term = mycelium_protocol::Term { ack, reason };
+        self.shared
+            .send(64 + reason.len(), |buf| encode(buf, 0, &Frame::Term(term)))
+            .await
+    }
+
     /// Waits until the broker has processed everything sent before this call.
     ///
     /// # Errors
@@ -508,6 +614,15 @@ impl Shared {
     }
 
     async fn subscribe(self: &Arc<Self>, pattern: &str, group: Option<&str>) -> Result<Subscription, Error> {
+        self.subscribe_with(pattern, group, Bytes::new()).await
+    }
+
+    async fn subscribe_with(
+        self: &Arc<Self>,
+        pattern: &str,
+        group: Option<&str>,
+        options: Bytes,
+    ) -> Result<Subscription, Error> {
         self.check_usable()?;
         if pattern.len() > 255 || group.is_some_and(|g| g.len() > 255) {
             return Err(Error::new(
@@ -525,6 +640,7 @@ impl Shared {
             LocalSub {
                 pattern: pattern.to_owned(),
                 group: group.map(str::to_owned),
+                options: options.clone(),
                 sender,
                 server_id: None,
             },
@@ -554,7 +670,7 @@ impl Shared {
                 &Frame::Subscribe(Subscribe {
                     pattern,
                     group,
-                    options: &[],
+                    options: &options,
                 }),
             )
         })
@@ -761,7 +877,7 @@ impl Shared {
                 let frame = Subscribe {
                     pattern: &sub.pattern,
                     group: sub.group.as_deref(),
-                    options: &[],
+                    options: &sub.options,
                 };
                 if encode(&mut prefix, id, &Frame::Subscribe(frame)).is_ok() {
                     pending.insert(
@@ -900,6 +1016,12 @@ impl Shared {
                         Bytes::new()
                     } else {
                         frame.slice_ref(deliver.payload)
+                    },
+                    subscription_id: deliver.subscription_id,
+                    meta: if deliver.meta.is_empty() {
+                        None
+                    } else {
+                        mycelium_protocol::DeliveryMeta::decode(deliver.meta).ok()
                     },
                 };
                 if batch.server_id != Some(deliver.subscription_id) {

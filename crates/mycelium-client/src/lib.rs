@@ -14,9 +14,9 @@ mod options;
 pub mod resilience;
 mod url;
 
-pub use client::{Client, ConnectionState};
+pub use client::{Client, ConnectionState, DurableOptions};
 pub use error::{Error, ErrorKind};
 pub use message::{Message, Subscription};
-pub use mycelium_protocol::{ErrorCode, StatsSnapshot};
+pub use mycelium_protocol::{ErrorCode, StartPosition, StatsSnapshot};
 pub use options::ClientOptions;
 pub use url::Endpoint;

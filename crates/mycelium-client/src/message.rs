@@ -19,6 +19,10 @@ pub struct Message {
     pub(crate) headers: Bytes,
     /// The payload as published.
     pub payload: Bytes,
+    /// The broker's id of the subscription it came on (for ACKs).
+    pub(crate) subscription_id: u32,
+    /// Delivery metadata (durable subscriptions only).
+    pub(crate) meta: Option<mycelium_protocol::DeliveryMeta>,
 }
 
 impl Message {
@@ -31,6 +35,16 @@ impl Message {
     /// Header `(key, value)` pairs.
     pub fn headers(&self) -> impl Iterator<Item = (&str, &[u8])> {
         HeaderIter::new(&self.headers).map_while(Result::ok)
+    }
+
+    /// Which delivery attempt this is (1 for the first); `None` outside durable subscriptions.
+    pub fn attempt(&self) -> Option<u32> {
+        self.meta.map(|m| m.attempt)
+    }
+
+    /// The broker-assigned message id (UUIDv7 bytes); `None` outside durable subscriptions.
+    pub fn message_id(&self) -> Option<[u8; 16]> {
+        self.meta.map(|m| m.message_id)
     }
 
     /// The first header named `key`.

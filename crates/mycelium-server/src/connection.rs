@@ -4,10 +4,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
-use mycelium_broker::{Broker, ConnectionInfo, Publisher};
+use mycelium_broker::{Broker, ConnectionInfo, Publisher, Verdict};
 use mycelium_protocol::{
-    Decoded, ErrorCode, ErrorFrame, Frame, ProtocolError, PublishOk, StatsSnapshot, SubscriptionRef, Welcome,
-    decode, encode,
+    Decoded, ErrorCode, ErrorFrame, Frame, ProtocolError, PublishOk, StatsSnapshot, SubscribeOptions,
+    SubscriptionRef, Welcome, decode, encode,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
@@ -254,7 +254,7 @@ async fn handshake<R: AsyncRead + Unpin>(
 fn handle(
     decoded: Decoded<'_>,
     info: &Arc<ConnectionInfo>,
-    broker: &Broker,
+    broker: &Arc<Broker>,
     publisher: &mut Publisher,
     next_subscription: &mut u32,
 ) -> Option<Stop> {
@@ -296,13 +296,21 @@ fn handle(
             }
         }
         Frame::Subscribe(subscribe) => {
+            let id = *next_subscription;
             if !subscribe.options.is_empty() {
-                let text = "subscription options (durable name, start position, ack settings, filters) are not \
-                            supported by this broker version";
-                send_error(info, request_id, ErrorCode::InvalidHeaders, 0, text);
+                let result = SubscribeOptions::decode(subscribe.options)
+                    .map_err(|e| (ErrorCode::InvalidHeaders, format!("subscription options: {e}")))
+                    .and_then(|options| {
+                        broker
+                            .subscribe_durable(info, id, subscribe.pattern, &options, request_id)
+                            .map_err(|e| (e.code(), e.to_string()))
+                    });
+                match result {
+                    Ok(()) => *next_subscription = next_subscription.wrapping_add(1).max(1),
+                    Err((code, text)) => send_error(info, request_id, code, 0, &text),
+                }
                 return None;
             }
-            let id = *next_subscription;
             match broker.subscribe_with_reply(info, id, subscribe.pattern, subscribe.group, request_id) {
                 Ok(_) => *next_subscription = next_subscription.wrapping_add(1).max(1),
                 Err(error) => send_error(info, request_id, error.code(), 0, &error.to_string()),
@@ -326,10 +334,10 @@ fn handle(
             let stats: StatsSnapshot = broker.stats();
             reply(info, request_id, &Frame::StatsOk(stats));
         }
-        Frame::Ack(_) | Frame::Nack(_) | Frame::InProgress(_) | Frame::Term(_) => {
-            let text = "acknowledgements apply to durable subscriptions; this subscription is at-most-once";
-            send_error(info, request_id, ErrorCode::UnknownSubscription, 0, text);
-        }
+        Frame::Ack(a) => verdict(info, broker, request_id, Verdict::Ack(a)),
+        Frame::Nack(n) => verdict(info, broker, request_id, Verdict::Nack(n)),
+        Frame::InProgress(a) => verdict(info, broker, request_id, Verdict::InProgress(a)),
+        Frame::Term(t) => verdict(info, broker, request_id, Verdict::Term(t)),
         other @ (Frame::Hello(_)
         | Frame::Welcome(_)
         | Frame::Error(_)
@@ -346,6 +354,13 @@ fn handle(
         }
     }
     None
+}
+
+/// ACK-family frames: answered only on error (or with PONG-like silence), as NATS does.
+fn verdict(info: &ConnectionInfo, broker: &Broker, request_id: u32, verdict: Verdict<'_>) {
+    if let Err(text) = broker.acknowledge(info, verdict) {
+        send_error(info, request_id, ErrorCode::UnknownSubscription, 0, &text);
+    }
 }
 
 async fn write_loop<W: AsyncWrite + Unpin>(mut write: W, info: Arc<ConnectionInfo>, settings: Arc<Settings>) {
