@@ -295,6 +295,9 @@ impl Broker {
             }
         }
         .map_err(|e| e.to_string())?;
+        if !matches!(verdict, Verdict::InProgress(_)) {
+            sub.settled(ack.sequence);
+        }
         if let Some(store) = self.durable() {
             sub.handle_outcome(self, store.backend(), outcome);
         }
@@ -345,6 +348,9 @@ impl Broker {
             sub.consumers
                 .lock()
                 .retain(|c| !(c.connection_id == connection_id && c.subscription_id == subscription_id));
+            if let Some(store) = self.durable() {
+                sub.release(self, store.backend(), connection_id, subscription_id);
+            }
         }
     }
 

@@ -51,6 +51,8 @@ pub(crate) struct DurableSub {
     state_file: PathBuf,
     /// Serialises floor writes (the dispatcher's and the shutdown's share one temp file).
     persisting: Mutex<()>,
+    /// Which consumer (connection, subscription id) each in-flight message went to.
+    assigned: Mutex<std::collections::HashMap<u64, (u64, u32)>>,
     stopped: AtomicBool,
 }
 
@@ -119,6 +121,7 @@ impl DurableSub {
             base: tokio::time::Instant::now(),
             state_file,
             persisting: Mutex::new(()),
+            assigned: Mutex::new(std::collections::HashMap::new()),
             stopped: AtomicBool::new(false),
         });
         sub.persist_floor(start)?;
@@ -238,6 +241,10 @@ impl DurableSub {
             return; // stays in flight; its deadline brings it back
         }
         let consumer = live[self.cursor.fetch_add(1, Ordering::Relaxed) % live.len()];
+        self.assigned.lock().insert(
+            message.sequence,
+            (consumer.connection_id, consumer.subscription_id),
+        );
         let mut meta = BytesMut::with_capacity(DeliveryMeta::LEN);
         DeliveryMeta {
             message_id: message.id,
@@ -258,6 +265,42 @@ impl DurableSub {
             let _ = deliver.encode_frame(buf);
         });
         crate::topic::TopicCounters::add(&self.topic.counters.delivered, 1);
+    }
+
+    /// A consumer left (disconnect or unsubscribe): what it held unacknowledged is redelivered now
+    /// to the others (the attempt counts), instead of waiting out its ack deadline.
+    pub(crate) fn release(
+        &self,
+        broker: &Broker,
+        backend: &DiskBackend,
+        connection_id: u64,
+        subscription_id: u32,
+    ) {
+        let held: Vec<u64> = {
+            let mut assigned = self.assigned.lock();
+            let held: Vec<u64> = assigned
+                .iter()
+                .filter(|(_, c)| **c == (connection_id, subscription_id))
+                .map(|(s, _)| *s)
+                .collect();
+            for sequence in &held {
+                assigned.remove(sequence);
+            }
+            held
+        };
+        let now = self.now_ns();
+        for sequence in held {
+            let outcome = self.state.lock().nack(sequence, Some(Duration::ZERO), now);
+            if let Ok(outcome) = outcome {
+                self.handle_outcome(broker, backend, outcome);
+            }
+        }
+        self.wake.notify_one();
+    }
+
+    /// Forgets which consumer holds `sequence` (it was acknowledged or given up).
+    pub(crate) fn settled(&self, sequence: u64) {
+        self.assigned.lock().remove(&sequence);
     }
 
     /// Acts on what the state machine decided.

@@ -4,7 +4,7 @@ use std::io::{IsTerminal, Read, Write};
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
-use mycelium_client::{Client, ClientOptions, Message};
+use mycelium_client::{Client, ClientOptions, DurableOptions, Message, StartPosition};
 use mycelium_server::Config;
 use tokio_util::sync::CancellationToken;
 
@@ -174,8 +174,9 @@ async fn publish(url: &str, args: PubArgs) -> anyhow::Result<ExitCode> {
             if !headers.is_empty() {
                 bail!("--confirm with --header is not supported yet; drop one of them");
             }
-            match client.publish_confirmed(&args.topic, &payload).await {
-                Ok(sequence) => writeln!(stdout.lock(), "{sequence}")?,
+            match client.publish_confirmed_id(&args.topic, &payload).await {
+                Ok((sequence, id)) if id == [0; 16] => writeln!(stdout.lock(), "{sequence}")?,
+                Ok((sequence, id)) => writeln!(stdout.lock(), "{sequence} {}", uuid_text(&id))?,
                 Err(error) => {
                     eprintln!("refused: {error}");
                     refused += 1;
@@ -205,9 +206,41 @@ async fn publish(url: &str, args: PubArgs) -> anyhow::Result<ExitCode> {
 
 async fn subscribe(url: &str, args: SubArgs) -> anyhow::Result<ExitCode> {
     let client = connect(url).await?;
-    let mut subscription = match &args.group {
-        Some(group) => client.queue_subscribe(&args.pattern, group).await?,
-        None => client.subscribe(&args.pattern).await?,
+    let mut subscription = match (&args.durable, &args.group) {
+        (Some(name), _) => {
+            let start = match (&args.from_seq, &args.from_time) {
+                (Some(seq), _) => StartPosition::Sequence(*seq),
+                (None, Some(time)) => {
+                    let at = humantime::parse_rfc3339_weak(time).with_context(|| {
+                        format!("--from-time `{time}`: expected RFC 3339 like 2026-11-23T10:00:00Z")
+                    })?;
+                    let ns = at
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_nanos() as u64);
+                    StartPosition::Time(ns)
+                }
+                (None, None) if args.from_beginning => StartPosition::Beginning,
+                (None, None) => StartPosition::New,
+            };
+            let ack_wait = match &args.ack_wait {
+                Some(text) => {
+                    Some(humantime::parse_duration(text).with_context(|| format!("--ack-wait `{text}`"))?)
+                }
+                None => None,
+            };
+            // Take no more than will be printed: what a consumer holds is not someone else's.
+            let max_in_flight = args.count.map(|n| u32::try_from(n).unwrap_or(u32::MAX).max(1));
+            let options = DurableOptions {
+                start,
+                ack_wait,
+                max_deliveries: args.max_deliveries,
+                max_in_flight,
+                ..DurableOptions::default()
+            };
+            client.subscribe_durable(&args.pattern, name, options).await?
+        }
+        (None, Some(group)) => client.queue_subscribe(&args.pattern, group).await?,
+        (None, None) => client.subscribe(&args.pattern).await?,
     };
     let mut seen = 0u64;
     let limit = args.count.unwrap_or(u64::MAX);
@@ -220,6 +253,15 @@ async fn subscribe(url: &str, args: SubArgs) -> anyhow::Result<ExitCode> {
         let Some(message) = message else { break };
         writeln!(stdout, "{}", render(&message, args.format))?;
         stdout.flush()?;
+        if args.durable.is_some() {
+            if args.nack {
+                client
+                    .nack(&message, None, "refused by mycelium sub --nack")
+                    .await?;
+            } else if !args.no_ack {
+                client.ack(&message).await?;
+            }
+        }
         seen += 1;
     }
     drop(stdout);
@@ -227,11 +269,27 @@ async fn subscribe(url: &str, args: SubArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn uuid_text(id: &[u8; 16]) -> String {
+    let h = tlv::hex(id);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
 fn render(message: &Message, format: Format) -> String {
     match format {
         Format::Text => {
+            let attempt = match message.attempt() {
+                Some(n) if n > 1 => format!(" attempt {n}"),
+                _ => String::new(),
+            };
             format!(
-                "[{} #{}] {}",
+                "[{} #{}{attempt}] {}",
                 message.topic(),
                 message.sequence,
                 String::from_utf8_lossy(&message.payload)

@@ -119,6 +119,34 @@ struct SubArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     format: Format,
+    /// Durable subscription name (the topic must have storage = "disk"): progress survives
+    /// restarts; each message is acknowledged after it is printed.
+    #[arg(long, conflicts_with = "group")]
+    durable: Option<String>,
+    /// With --durable: refuse each message (NACK) instead of acknowledging it, to test redelivery.
+    #[arg(long, requires = "durable", conflicts_with = "no_ack")]
+    nack: bool,
+    /// With --durable: neither ACK nor NACK (messages come back after the ack deadline).
+    #[arg(long, requires = "durable")]
+    no_ack: bool,
+    /// With --durable: acknowledge each message (the default; spelled out for scripts).
+    #[arg(long, requires = "durable", conflicts_with_all = ["nack", "no_ack"])]
+    ack: bool,
+    /// With --durable, for a new subscription: start at the oldest stored message.
+    #[arg(long, requires = "durable", conflicts_with_all = ["from_seq", "from_time"])]
+    from_beginning: bool,
+    /// With --durable, for a new subscription: start at this sequence.
+    #[arg(long, requires = "durable", conflicts_with = "from_time")]
+    from_seq: Option<u64>,
+    /// With --durable, for a new subscription: start at this time (RFC 3339, e.g. 2026-11-23T10:00:00Z).
+    #[arg(long, requires = "durable")]
+    from_time: Option<String>,
+    /// With --durable: ack deadline (e.g. 30s).
+    #[arg(long, requires = "durable")]
+    ack_wait: Option<String>,
+    /// With --durable: attempts before the dead-letter queue (0: unlimited).
+    #[arg(long, requires = "durable")]
+    max_deliveries: Option<u32>,
 }
 
 #[derive(Debug, Subcommand)]

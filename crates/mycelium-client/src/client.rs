@@ -304,6 +304,35 @@ impl Client {
         }
     }
 
+    /// Like [`Client::publish_confirmed`], also returning the broker-assigned message id (UUIDv7
+    /// bytes; all zero on memory topics, which keep no ids).
+    ///
+    /// # Errors
+    /// As [`Client::publish_confirmed`].
+    pub async fn publish_confirmed_id(
+        &self,
+        topic: &str,
+        payload: impl AsRef<[u8]>,
+    ) -> Result<(u64, [u8; 16]), Error> {
+        let payload = payload.as_ref();
+        let reply = self
+            .shared
+            .request(payload.len() + 64, |buf, id| {
+                let message = Publish {
+                    topic,
+                    payload,
+                    confirm: true,
+                    ..Default::default()
+                };
+                encode(buf, id, &Frame::Publish(message))
+            })
+            .await?;
+        match reply {
+            Reply::Published(ok) => Ok((ok.sequence, ok.message_id)),
+            _ => Err(Error::new(ErrorKind::Protocol, "unexpected reply to PUBLISH")),
+        }
+    }
+
     /// Publishes many messages in one frame.
     ///
     /// # Errors
