@@ -287,6 +287,11 @@ impl SubscriptionState {
             .collect()
     }
 
+    /// The earliest ack deadline of an in-flight message.
+    pub fn next_deadline_ns(&self) -> Option<u64> {
+        self.in_flight.values().map(|f| f.deadline_ns).min()
+    }
+
     /// When something next needs doing (a deadline or a retry), if anything is pending.
     pub fn next_wakeup_ns(&self) -> Option<u64> {
         let deadline = self.in_flight.values().map(|f| f.deadline_ns).min();

@@ -185,7 +185,14 @@ impl DurableSub {
                 } else {
                     Vec::new()
                 };
-                (outcomes, deliveries, state.next_wakeup_ns(), state.floor())
+                // Without consumers, due retries cannot go anywhere: wake only for deadlines (a
+                // consumer arriving wakes the dispatcher anyway).
+                let wakeup = if has_consumers {
+                    state.next_wakeup_ns()
+                } else {
+                    state.next_deadline_ns()
+                };
+                (outcomes, deliveries, wakeup, state.floor())
             };
             for outcome in outcomes {
                 self.handle_outcome(&broker, &backend, outcome);
