@@ -1,0 +1,401 @@
+//! The connection lifecycle of the client: connect and handshake, supervise (reconnect with
+//! backoff, circuit breaker), the reader (frames to subscriptions and replies) and the writer.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use bytes::{Bytes, BytesMut};
+use mycelium_protocol::{
+    DEFAULT_FRAME_BYTES_MAX, Frame, Hello, PROTOCOL_VERSION, PROTOCOL_VERSION_MIN, Subscribe,
+    SubscriptionRef, decode, encode, frame_len,
+};
+use rand::SeedableRng;
+use rand::rngs::SmallRng;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::{Batch, ConnectionState, Pending, READ_CHUNK, Reader, Reply, Shared, Writer};
+use crate::message::Message;
+use crate::resilience::BreakerState;
+use crate::url::Endpoint;
+use crate::{Error, ErrorKind};
+
+impl Shared {
+    /// Connects and handshakes once.
+    pub(super) async fn establish(&self) -> Result<(Reader, Writer, BytesMut), Error> {
+        let attempt = async {
+            let (mut reader, mut writer): (Reader, Writer) = match &self.endpoint {
+                Endpoint::Unix(path) => {
+                    let stream = tokio::net::UnixStream::connect(path).await?;
+                    // Room to batch publishes, as TCP's autotuned buffer gives (the kernel caps it).
+                    let _ = socket2::SockRef::from(&stream).set_send_buffer_size(4 << 20);
+                    let (r, w) = stream.into_split();
+                    (Box::new(r), Box::new(w))
+                }
+                Endpoint::Tcp(addr) => {
+                    let stream = tokio::net::TcpStream::connect(addr).await?;
+                    stream.set_nodelay(true)?;
+                    let (r, w) = stream.into_split();
+                    (Box::new(r), Box::new(w))
+                }
+            };
+            let mut buf = BytesMut::new();
+            let hello = Hello {
+                version_min: PROTOCOL_VERSION_MIN,
+                version_max: PROTOCOL_VERSION,
+                client_name: &self.options.name,
+                token: &[],
+            };
+            encode(&mut buf, 0, &Frame::Hello(hello)).map_err(std::io::Error::other)?;
+            writer.write_all(&buf).await?;
+            buf.clear();
+            loop {
+                if let Some((decoded, used)) =
+                    decode(&buf, DEFAULT_FRAME_BYTES_MAX).map_err(std::io::Error::other)?
+                {
+                    return match decoded.frame {
+                        Frame::Welcome(_) => {
+                            bytes::Buf::advance(&mut buf, used);
+                            Ok((reader, writer, buf))
+                        }
+                        Frame::Error(e) => {
+                            Err(std::io::Error::other(format!("broker refused: {}", e.message)))
+                        }
+                        other => Err(std::io::Error::other(format!(
+                            "expected WELCOME, got {}",
+                            other.kind().name()
+                        ))),
+                    };
+                }
+                if reader.read_buf(&mut buf).await? == 0 {
+                    return Err(std::io::Error::other(
+                        "broker closed the connection during the handshake",
+                    ));
+                }
+            }
+        };
+        match tokio::time::timeout(self.options.connect_timeout, attempt).await {
+            Ok(Ok(connection)) => Ok(connection),
+            Ok(Err(e)) => Err(Error::new(
+                ErrorKind::Connect,
+                format!("cannot connect to {}: {e}", self.endpoint),
+            )),
+            Err(_) => Err(Error::new(
+                ErrorKind::Connect,
+                format!("cannot connect to {}: timed out", self.endpoint),
+            )),
+        }
+    }
+
+    pub(super) async fn supervise(self: Arc<Self>, first: (Reader, Writer, BytesMut)) {
+        let mut rng = SmallRng::from_os_rng();
+        let mut connection = Some(first);
+        let mut attempt = 0u32;
+        // The first connection's subscriptions are made on it directly; later ones re-subscribe.
+        let mut reconnected = false;
+        loop {
+            if let Some((reader, writer, leftover)) = connection.take() {
+                self.breaker.lock().on_success();
+                attempt = 0;
+                self.run_connection(reader, writer, leftover, reconnected).await;
+                reconnected = true;
+                self.out.lock().connected = false;
+                self.fail_pending();
+                if self.closed.is_cancelled() {
+                    break;
+                }
+                self.set_state(ConnectionState::Disconnected);
+                tracing::info!(endpoint = %self.endpoint, "connection lost; reconnecting");
+            }
+            let now = Instant::now();
+            let allowed = self.breaker.lock().allow(now);
+            if !allowed {
+                self.set_state(ConnectionState::CircuitOpen);
+                let probe_at = self.breaker.lock().probe_at().unwrap_or(now);
+                tokio::select! {
+                    () = tokio::time::sleep_until(probe_at) => continue,
+                    () = self.closed.cancelled() => break,
+                }
+            }
+            if self.breaker.lock().state(now) == BreakerState::Closed {
+                self.set_state(ConnectionState::Connecting);
+            }
+            match self.establish().await {
+                Ok(established) => connection = Some(established),
+                Err(error) => {
+                    self.breaker.lock().on_failure(Instant::now());
+                    tracing::debug!(%error, attempt, "reconnect failed");
+                    let delay = self.options.backoff.delay(attempt, &mut rng);
+                    attempt = attempt.saturating_add(1);
+                    if self.circuit_open.load(Ordering::Acquire) {
+                        self.set_state(ConnectionState::CircuitOpen);
+                        continue;
+                    }
+                    self.set_state(ConnectionState::Disconnected);
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        () = self.closed.cancelled() => break,
+                    }
+                }
+            }
+        }
+        self.set_state(ConnectionState::Closed);
+        self.fail_pending();
+        self.subs.lock().local.clear();
+    }
+
+    fn fail_pending(&self) {
+        for (_, pending) in self.pending.lock().drain() {
+            let error = Error::new(ErrorKind::Disconnected, "connection lost before the answer");
+            match pending {
+                Pending::Request(tx) | Pending::Subscribe { reply: Some(tx), .. } => {
+                    let _ = tx.send(Err(error));
+                }
+                Pending::Subscribe { reply: None, .. } => {}
+            }
+        }
+    }
+
+    async fn run_connection(
+        self: &Arc<Self>,
+        mut reader: Reader,
+        writer: Writer,
+        mut buf: BytesMut,
+        resubscribe: bool,
+    ) {
+        // Re-subscribe everything first, then let buffered publishes follow in order.
+        let mut prefix = BytesMut::new();
+        if resubscribe {
+            let mut subs = self.subs.lock();
+            subs.by_server.clear();
+            let mut pending = self.pending.lock();
+            for (local, sub) in subs.local.iter_mut() {
+                sub.server_id = None;
+                let id = self.request_id();
+                let frame = Subscribe {
+                    pattern: &sub.pattern,
+                    group: sub.group.as_deref(),
+                    options: &sub.options,
+                };
+                if encode(&mut prefix, id, &Frame::Subscribe(frame)).is_ok() {
+                    pending.insert(
+                        id,
+                        Pending::Subscribe {
+                            local: *local,
+                            reply: None,
+                        },
+                    );
+                }
+            }
+        }
+        {
+            let mut out = self.out.lock();
+            prefix.extend_from_slice(&out.buf);
+            out.buf = prefix;
+            out.connected = true;
+        }
+        self.set_state(ConnectionState::Connected);
+        self.wake_writer.notify_one();
+        let stop = CancellationToken::new();
+        let writer_task = tokio::spawn(Arc::clone(self).write_loop(writer, stop.clone()));
+        let ping = self.options.ping_interval;
+        let mut last_read = Instant::now();
+        let ping_timer = tokio::time::sleep(ping);
+        let stopped = stop.cancelled();
+        let closed = self.closed.cancelled();
+        tokio::pin!(ping_timer, stopped, closed);
+        let mut batch = Batch::default();
+        loop {
+            while let Ok(Some(len)) = frame_len(&buf, usize::MAX) {
+                let frame = buf.split_to(len).freeze();
+                if self.dispatch(frame, &mut batch).await.is_err() {
+                    stop.cancel();
+                    let _ = writer_task.await;
+                    return;
+                }
+            }
+            self.deliver_batch(&mut batch).await;
+            if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+                buf.reserve(READ_CHUNK);
+            }
+            tokio::select! {
+                read = reader.read_buf(&mut buf) => match read {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => last_read = Instant::now(),
+                },
+                () = &mut ping_timer => {
+                    if last_read.elapsed() >= ping * 2 {
+                        tracing::info!("no traffic for two ping intervals; treating the connection as dead");
+                        break;
+                    }
+                    if last_read.elapsed() >= ping {
+                        let mut out = self.out.lock();
+                        let _ = encode(&mut out.buf, 0, &Frame::Ping);
+                        drop(out);
+                        self.wake_writer.notify_one();
+                        ping_timer.as_mut().reset(Instant::now() + ping / 2);
+                    } else {
+                        ping_timer.as_mut().reset(last_read + ping);
+                    }
+                }
+                () = &mut stopped => break,
+                () = &mut closed => break,
+            }
+        }
+        stop.cancel();
+        let _ = writer_task.await;
+    }
+
+    /// Hands the messages gathered from one read to their subscription, in one channel send.
+    async fn deliver_batch(&self, batch: &mut Batch) {
+        if let Some(sender) = batch.sender.take()
+            && !batch.messages.is_empty()
+        {
+            let messages = std::mem::take(&mut batch.messages);
+            match sender.try_send(messages) {
+                Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
+                // The subscriber is behind: stop reading (the broker's buffer absorbs the rest).
+                Err(mpsc::error::TrySendError::Full(messages)) => {
+                    let _ = sender.send(messages).await;
+                }
+            }
+        }
+        batch.messages.clear();
+        batch.server_id = None;
+    }
+
+    async fn write_loop(self: Arc<Self>, mut writer: Writer, stop: CancellationToken) {
+        let mut spare = BytesMut::with_capacity(64 * 1024);
+        loop {
+            {
+                let mut out = self.out.lock();
+                std::mem::swap(&mut out.buf, &mut spare);
+            }
+            if spare.is_empty() {
+                tokio::select! {
+                    () = self.wake_writer.notified() => continue,
+                    () = stop.cancelled() => break,
+                }
+            }
+            let result = writer.write_all(&spare).await;
+            spare.clear();
+            self.drained.notify_waiters();
+            if result.is_err() {
+                stop.cancel();
+                break;
+            }
+        }
+        let _ = writer.shutdown().await;
+    }
+
+    /// Handles one frame from the broker. `Err` ends the connection.
+    async fn dispatch(&self, frame: Bytes, batch: &mut Batch) -> Result<(), ()> {
+        let Ok(Some((decoded, _))) = decode(&frame, usize::MAX) else {
+            tracing::warn!("undecodable frame from the broker; reconnecting");
+            return Err(());
+        };
+        let request_id = decoded.request_id;
+        let answer = |reply: Result<Reply, Error>| {
+            if let Some(Pending::Request(tx)) = self.pending.lock().remove(&request_id) {
+                let _ = tx.send(reply);
+            }
+        };
+        match decoded.frame {
+            Frame::Deliver(deliver) => {
+                let message = Message {
+                    topic: frame.slice_ref(deliver.topic.as_bytes()),
+                    sequence: deliver.sequence,
+                    headers: if deliver.headers.is_empty() {
+                        Bytes::new()
+                    } else {
+                        frame.slice_ref(deliver.headers)
+                    },
+                    payload: if deliver.payload.is_empty() {
+                        Bytes::new()
+                    } else {
+                        frame.slice_ref(deliver.payload)
+                    },
+                    subscription_id: deliver.subscription_id,
+                    meta: if deliver.meta.is_empty() {
+                        None
+                    } else {
+                        mycelium_protocol::DeliveryMeta::decode(deliver.meta).ok()
+                    },
+                };
+                if batch.server_id != Some(deliver.subscription_id) {
+                    self.deliver_batch(batch).await;
+                    let subs = self.subs.lock();
+                    let sender = subs
+                        .by_server
+                        .get(&deliver.subscription_id)
+                        .and_then(|local| subs.local.get(local))
+                        .map(|sub| sub.sender.clone());
+                    drop(subs);
+                    let Some(sender) = sender else { return Ok(()) }; // unsubscribed: discard
+                    batch.sender = Some(sender);
+                    batch.server_id = Some(deliver.subscription_id);
+                }
+                batch.messages.push(message);
+            }
+            Frame::SubscribeOk(SubscriptionRef { subscription_id }) => {
+                let pending = self.pending.lock().remove(&request_id);
+                if let Some(Pending::Subscribe { local, reply }) = pending {
+                    let mut subs = self.subs.lock();
+                    if let Some(sub) = subs.local.get_mut(&local) {
+                        sub.server_id = Some(subscription_id);
+                        subs.by_server.insert(subscription_id, local);
+                    } else {
+                        // Dropped while the SUBSCRIBE was in flight: undo it on the broker.
+                        drop(subs);
+                        let mut out = self.out.lock();
+                        let _ = encode(
+                            &mut out.buf,
+                            0,
+                            &Frame::Unsubscribe(SubscriptionRef { subscription_id }),
+                        );
+                        drop(out);
+                        self.wake_writer.notify_one();
+                    }
+                    if let Some(tx) = reply {
+                        let _ = tx.send(Ok(Reply::Subscribed));
+                    }
+                }
+            }
+            Frame::UnsubscribeOk(_) => answer(Ok(Reply::Unsubscribed)),
+            Frame::PublishOk(ok) => answer(Ok(Reply::Published(ok))),
+            Frame::Pong => answer(Ok(Reply::Pong)),
+            Frame::StatsOk(stats) => answer(Ok(Reply::Stats(Box::new(stats)))),
+            Frame::Ping => {
+                let mut out = self.out.lock();
+                let _ = encode(&mut out.buf, request_id, &Frame::Pong);
+                drop(out);
+                self.wake_writer.notify_one();
+            }
+            Frame::Error(e) => {
+                let error = Error::server(e.code, e.detail, e.message);
+                let pending = if request_id == 0 {
+                    None
+                } else {
+                    self.pending.lock().remove(&request_id)
+                };
+                match pending {
+                    Some(Pending::Request(tx)) | Some(Pending::Subscribe { reply: Some(tx), .. }) => {
+                        let _ = tx.send(Err(error));
+                    }
+                    Some(Pending::Subscribe { local, reply: None }) => {
+                        tracing::warn!(%error, "re-subscribe refused; dropping the subscription");
+                        self.subs.lock().local.remove(&local);
+                        let _ = self.errors.send(error);
+                    }
+                    None => {
+                        let _ = self.errors.send(error);
+                    }
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
