@@ -384,16 +384,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
     let mut measured: Vec<Vec<Measured>> = systems.iter().map(|_| Vec::new()).collect();
     for round in 0..args.runs {
         for (index, system) in systems.iter().enumerate() {
-            let progress = if args.json {
-                ProgressBar::hidden()
-            } else {
-                ProgressBar::new(0)
-            };
-            progress.set_style(
-                ProgressStyle::with_template("{prefix:>22} [{bar:30}] {pos}/{len} {per_sec}")
-                    .unwrap_or_else(|_| ProgressStyle::default_bar())
-                    .progress_chars("=> "),
-            );
+            let progress = progress_bar(args.json);
             progress.set_prefix(format!("{} {} run {}", system.kind, system.transport, round + 1));
             let result = match &args.mode {
                 Mode::Throughput { .. } => {
@@ -463,16 +454,7 @@ async fn run_curves(
     scale: f64,
     json: bool,
 ) -> anyhow::Result<bool> {
-    let progress = if json {
-        ProgressBar::hidden()
-    } else {
-        ProgressBar::new(0)
-    };
-    progress.set_style(
-        ProgressStyle::with_template("{prefix:>22} [{bar:30}] {pos}/{len} {per_sec}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-    );
+    let progress = progress_bar(json);
     let (by_subscribers, by_size) = curves::run(systems, scale, &progress).await?;
     progress.finish_and_clear();
     let lost: u64 = by_subscribers
@@ -508,6 +490,21 @@ async fn run_curves(
         eprintln!("charts written to {}", out.display());
     }
     Ok(lost == 0)
+}
+
+/// The progress bar every mode shows (hidden with `--json`, whose stdout is one JSON object).
+fn progress_bar(hidden: bool) -> ProgressBar {
+    let progress = if hidden {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(0)
+    };
+    progress.set_style(
+        ProgressStyle::with_template("{prefix:>22} [{bar:30}] {pos}/{len} {per_sec}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    progress
 }
 
 fn serde_json_to<T: serde::de::DeserializeOwned>(value: &serde_json::Value) -> anyhow::Result<T> {

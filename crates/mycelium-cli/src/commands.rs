@@ -270,15 +270,7 @@ async fn subscribe(url: &str, args: SubArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn uuid_text(id: &[u8; 16]) -> String {
-    let h = tlv::hex(id);
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
+    uuid::Uuid::from_bytes(*id).to_string()
 }
 
 fn render(message: &Message, format: Format) -> String {

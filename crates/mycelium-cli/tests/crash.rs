@@ -42,6 +42,20 @@ impl Drop for Guard {
     }
 }
 
+/// The seed of a crash test: MYCELIUM_CRASH_SEED to replay one, the clock otherwise (odd, so the
+/// xorshift generator never sticks at zero).
+fn crash_seed() -> u64 {
+    std::env::var("MYCELIUM_CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64)
+        })
+        | 1
+}
+
 /// A small deterministic generator (xorshift), so rounds replay from the printed seed.
 fn next(state: &mut u64) -> u64 {
     *state ^= *state << 13;
@@ -52,16 +66,7 @@ fn next(state: &mut u64) -> u64 {
 
 #[test]
 fn confirmed_messages_survive_sigkill() {
-    let seed: u64 = std::env::var("MYCELIUM_CRASH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        })
-        | 1;
+    let seed = crash_seed();
     println!("crash test seed: {seed} (MYCELIUM_CRASH_SEED={seed} replays it)");
     let mut rng = seed;
     let dir = tempfile::tempdir().unwrap();
@@ -205,16 +210,7 @@ fn confirmed_messages_survive_sigkill() {
 /// test flushes its ACKs and waits past that before the kill.)
 #[test]
 fn sigkill_during_consumption_keeps_acks_and_redelivers_the_rest() {
-    let seed: u64 = std::env::var("MYCELIUM_CRASH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        })
-        | 1;
+    let seed = crash_seed();
     println!("consumption crash seed: {seed}");
     let mut rng = seed;
     let dir = tempfile::tempdir().unwrap();

@@ -60,7 +60,11 @@ impl Segment {
             .create_new(true)
             .open(&path)
             .map_err(|e| StorageError::io(&path, e))?;
-        Ok(Segment {
+        Ok(Segment::empty(base, path, file))
+    }
+
+    fn empty(base: u64, path: PathBuf, file: File) -> Segment {
+        Segment {
             base,
             path,
             file,
@@ -71,7 +75,7 @@ impl Segment {
             last_seq: None,
             last_publish_ns: 0,
             since_index: 0,
-        })
+        }
     }
 
     /// Opens and verifies an existing segment. `last_seen` is the last sequence of the previous
@@ -89,18 +93,7 @@ impl Segment {
             .open(path)
             .map_err(|e| StorageError::io(path, e))?;
         let data = std::fs::read(path).map_err(|e| StorageError::io(path, e))?;
-        let mut segment = Segment {
-            base,
-            path: path.to_owned(),
-            file,
-            len: 0,
-            index: Vec::new(),
-            holes: Vec::new(),
-            first_seq: None,
-            last_seq: None,
-            last_publish_ns: 0,
-            since_index: 0,
-        };
+        let mut segment = Segment::empty(base, path.to_owned(), file);
         let mut pos = 0usize;
         let mut last = last_seen;
         // Bytes of the file that stay: all of it, unless a torn tail of the last segment is cut.
