@@ -113,6 +113,8 @@ pub struct Broker {
     durable_subs: Mutex<HashMap<(String, String), Arc<DurableSub>>>,
     /// Which durable subscription a (connection, subscription id) consumes.
     durable_consumers: Mutex<HashMap<(u64, u32), Arc<DurableSub>>>,
+    /// Removal marks of dead-letter queues, by DLQ topic (loaded on first use).
+    pub(crate) dlq_marks: Mutex<HashMap<String, crate::dlq::Marks>>,
 }
 
 impl Broker {
@@ -149,6 +151,7 @@ impl Broker {
             durable: std::sync::OnceLock::new(),
             durable_subs: Mutex::new(HashMap::new()),
             durable_consumers: Mutex::new(HashMap::new()),
+            dlq_marks: Mutex::new(HashMap::new()),
         });
         if needs_storage {
             let store = DurableStore::start(durable_config, Arc::downgrade(&broker))
@@ -239,7 +242,7 @@ impl Broker {
                         name,
                         options,
                         store.backend(),
-                        &self.config.durable.data_dir,
+                        &self.config.durable,
                     )
                     .map_err(|e| {
                         SubscribeError::Unsupported(format!("cannot open durable subscription: {e}"))
@@ -269,11 +272,17 @@ impl Broker {
         Ok(())
     }
 
-    /// ACK, NACK, IN_PROGRESS or TERM from `connection`.
+    /// ACK, NACK, IN_PROGRESS or TERM from `connection`. An ACK with a non-zero `request_id` is
+    /// answered with ACK_OK once the acknowledgement is durable.
     ///
     /// # Errors
     /// A text for the ERROR frame: unknown subscription, or the message is not in flight.
-    pub fn acknowledge(&self, connection: &ConnectionInfo, verdict: Verdict<'_>) -> Result<(), String> {
+    pub fn acknowledge(
+        &self,
+        connection: &ConnectionInfo,
+        verdict: Verdict<'_>,
+        request_id: u32,
+    ) -> Result<(), String> {
         let ack = verdict.ack();
         let sub = self
             .durable_consumers
@@ -281,36 +290,55 @@ impl Broker {
             .get(&(connection.id, ack.subscription_id))
             .cloned()
             .ok_or_else(|| format!("no durable subscription {} on this connection (acknowledgements apply to durable subscriptions)", ack.subscription_id))?;
-        let now = sub.now_ns();
-        let outcome = {
-            let mut state = sub.state.lock();
-            match verdict {
-                Verdict::Ack(a) => state.ack(a.sequence),
-                Verdict::Nack(n) => {
-                    let delay = (n.delay_ms > 0).then(|| std::time::Duration::from_millis(n.delay_ms.into()));
-                    state.nack(n.ack.sequence, delay, now)
+        let store = self.durable().ok_or_else(|| "no storage configured".to_owned())?;
+        sub.verdict(self, store.backend(), verdict, &connection.outbound, request_id)
+    }
+
+    /// The lowest acked-up-to floor of `topic`'s durable subscriptions, open or only persisted
+    /// (work-queue retention). `None`: it has none.
+    pub(crate) fn durable_floor(&self, topic: &str) -> Option<u64> {
+        let open: Vec<(String, u64)> = self
+            .durable_subs
+            .lock()
+            .iter()
+            .filter(|((t, _), _)| t == topic)
+            .map(|((_, name), sub)| (name.clone(), sub.state.lock().floor()))
+            .collect();
+        let dir = self.config.durable.data_dir.join("subscriptions").join(topic);
+        let persisted = std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|entry| {
+                let path = entry.path();
+                let name = path.file_stem()?.to_str()?.to_owned();
+                if path.extension()? != "state" || open.iter().any(|(n, _)| *n == name) {
+                    return None;
                 }
-                Verdict::InProgress(a) => state.in_progress(a.sequence, now),
-                Verdict::Term(t) => state.term(t.ack.sequence),
-            }
-        }
-        .map_err(|e| e.to_string())?;
-        if !matches!(verdict, Verdict::InProgress(_)) {
-            sub.settled(ack.sequence);
-        }
-        if let Some(store) = self.durable() {
-            sub.handle_outcome(self, store.backend(), outcome);
-        }
-        sub.wake.notify_one();
-        Ok(())
+                let snapshot: crate::delivery::Snapshot =
+                    serde_json::from_slice(&std::fs::read(&path).ok()?).ok()?;
+                Some(snapshot.floor)
+            })
+            .collect::<Vec<u64>>();
+        open.iter().map(|(_, floor)| *floor).chain(persisted).min()
     }
 
     /// Stores a dead-lettered message in `{topic}.dlq` (a disk topic, created on first use).
-    pub(crate) fn dead_letter(&self, topic: &TopicRef, headers: bytes::Bytes, payload: bytes::Bytes) {
-        let name = format!("{}.dlq", topic.name());
+    pub(crate) fn dead_letter(
+        &self,
+        topic: &TopicRef,
+        headers: bytes::Bytes,
+        original: mycelium_storage::StoredMessage,
+    ) {
+        let name = crate::dlq::dlq_topic(topic.name());
         let spec = TopicSpec {
             storage: StorageKind::Disk,
             routing: crate::spec::Routing::Fanout,
+            delivery: crate::spec::Delivery::AtLeastOnce,
+            priority: false,
+            ttl: None,
+            dead_letter: false,
+            retention: crate::spec::Retention::Limits,
             ..topic.spec().clone()
         };
         let dlq = match self.create_topic(&name, spec) {
@@ -321,7 +349,13 @@ impl Broker {
             }
         };
         let Some(store) = self.durable() else { return };
-        let request = crate::durable_sub::dead_letter_request(dlq, headers, payload);
+        let request = crate::durable::AppendRequest {
+            topic: dlq,
+            headers,
+            payload: original.payload,
+            props: crate::durable::MessageProps::default(),
+            confirm: crate::durable::Confirm::None,
+        };
         match store.sender.try_send(request) {
             Ok(()) => {}
             Err(tokio::sync::mpsc::error::TrySendError::Full(request)) => {

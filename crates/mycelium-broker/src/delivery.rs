@@ -3,16 +3,25 @@
 //! passed in as monotonic nanoseconds, randomness comes from a seeded generator, nothing does I/O,
 //! so every rule is tested against a trivially correct model (`tests/delivery_model.rs`).
 //!
+//! Messages enter the state by admission ([`SubscriptionState::admit`]): the dispatcher reads the
+//! log ahead (at most `read_ahead` messages waiting to go out) and admits each message with its
+//! priority, not-before time and expiry.
+//!
 //! Rules:
 //! - A message is handed out only when the subscription has room (`max_in_flight`), and it is in
 //!   flight to at most one consumer at a time.
-//! - Retries that are due go out before new messages; both in sequence order.
+//! - Among the messages ready to go out, the highest priority goes first; within a priority, due
+//!   retries before new messages, each in sequence order (topics without priority: everything is
+//!   priority 0, so retries first, then new messages, in sequence order).
+//! - A message with a not-before time is not handed out before it.
+//! - A message whose expiry passed is never handed out again: it is finished with
+//!   [`Outcome::Expired`] (an in-flight message expires once its attempt fails).
 //! - ACK of an in-flight message finishes it for ever: it is never handed out again.
 //! - NACK, or an ack deadline passing, schedules a retry after the backoff for that attempt (or the
 //!   NACK's own delay); once `max_deliveries` attempts have failed, the message is dead-lettered.
 //! - IN_PROGRESS pushes the deadline out by `ack_wait`; TERM dead-letters at once.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use rand::rngs::SmallRng;
@@ -31,6 +40,9 @@ pub struct DeliveryPolicy {
     pub jitter: f64,
     /// Messages in flight at once (prefetch); delivery stops there until some are acked.
     pub max_in_flight: usize,
+    /// Messages admitted and waiting to go out, at most (the window within which priority
+    /// reorders).
+    pub read_ahead: usize,
 }
 
 impl Default for DeliveryPolicy {
@@ -41,6 +53,7 @@ impl Default for DeliveryPolicy {
             backoff: [2, 4, 8, 16, 32].into_iter().map(Duration::from_secs).collect(),
             jitter: 0.2,
             max_in_flight: 1000,
+            read_ahead: 1000,
         }
     }
 }
@@ -52,6 +65,8 @@ pub enum DeadReason {
     MaxDeliveries,
     /// The consumer said TERM.
     Terminated,
+    /// The message's time to live passed before it was acknowledged.
+    Expired,
 }
 
 /// What the dispatcher must do after an event.
@@ -67,6 +82,14 @@ pub enum Outcome {
         at_ns: u64,
         /// Attempts made so far.
         attempt: u32,
+    },
+    /// `sequence` expired (TTL) before it was acknowledged: finished, never delivered again. The
+    /// topic decides whether it is dead-lettered.
+    Expired {
+        /// The message.
+        sequence: u64,
+        /// Attempts made.
+        attempts: u32,
     },
     /// Move `sequence` to the dead-letter queue.
     DeadLetter {
@@ -99,6 +122,32 @@ pub enum AckError {
     NotInFlight(u64),
 }
 
+/// What the dispatcher knows about a message when it admits it (times in the state's monotonic
+/// nanoseconds).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Attrs {
+    /// 0-9, higher first (0 on topics without priority).
+    pub priority: u8,
+    /// Not handed out before this time.
+    pub not_before_ns: Option<u64>,
+    /// Finished as expired at this time.
+    pub expires_ns: Option<u64>,
+}
+
+/// What must survive a restart: the acked-up-to floor, what is finished above it, and the attempt
+/// counts of messages that were handed out and not finished.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Snapshot {
+    /// Every sequence below this is finished.
+    pub floor: u64,
+    /// Finished sequences above the floor.
+    #[serde(default)]
+    pub finished: Vec<u64>,
+    /// `(sequence, attempts made)` of messages in flight or waiting for a retry.
+    #[serde(default)]
+    pub attempts: Vec<(u64, u32)>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct InFlight {
     deadline_ns: u64,
@@ -108,21 +157,33 @@ struct InFlight {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Waiting {
     at_ns: u64,
+    /// 0: a new message held back by its not-before time.
     attempts: u32,
 }
+
+/// Orders the ready messages: higher priority first, then retries before new, then sequence.
+type ReadyKey = (std::cmp::Reverse<u8>, bool, u64);
 
 /// The state of one durable subscription.
 #[derive(Debug, Clone)]
 pub struct SubscriptionState {
     policy: DeliveryPolicy,
-    /// Every sequence below this is finished (acked or dead-lettered).
+    /// Every sequence below this is finished (acked, dead-lettered, expired or skipped).
     floor: u64,
-    /// The lowest sequence never handed out.
+    /// The lowest sequence not yet admitted.
     next_new: u64,
     in_flight: BTreeMap<u64, InFlight>,
     waiting: BTreeMap<u64, Waiting>,
-    /// Finished sequences above the floor (acknowledged out of order).
+    /// Ready to go out, best first; the value is the attempts made.
+    ready: BTreeMap<ReadyKey, u32>,
+    /// Priority and expiry of every admitted message that is not finished.
+    attrs: HashMap<u64, Attrs>,
+    /// `(expires_ns, sequence)` of admitted, unfinished messages with an expiry.
+    expiries: BTreeSet<(u64, u64)>,
+    /// Finished sequences above the floor (acknowledged out of order, or before a restart).
     finished: BTreeSet<u64>,
+    /// Attempts made before a restart, for messages not yet admitted again.
+    prior_attempts: HashMap<u64, u32>,
     rng: SmallRng,
 }
 
@@ -135,8 +196,61 @@ impl SubscriptionState {
             next_new: start,
             in_flight: BTreeMap::new(),
             waiting: BTreeMap::new(),
+            ready: BTreeMap::new(),
+            attrs: HashMap::new(),
+            expiries: BTreeSet::new(),
             finished: BTreeSet::new(),
+            prior_attempts: HashMap::new(),
             rng: SmallRng::seed_from_u64(seed),
+        }
+    }
+
+    /// A subscription resuming from a [`Snapshot`]: finished messages stay finished; messages that
+    /// were in flight or waiting are redelivered (as soon as they are admitted again) with their
+    /// attempt counts kept.
+    pub fn restore(policy: DeliveryPolicy, snapshot: &Snapshot, seed: u64) -> Self {
+        let mut state = SubscriptionState::new(policy, snapshot.floor, seed);
+        state.finished = snapshot
+            .finished
+            .iter()
+            .copied()
+            .filter(|s| *s >= snapshot.floor)
+            .collect();
+        state.prior_attempts = snapshot
+            .attempts
+            .iter()
+            .copied()
+            .filter(|(s, n)| *s >= snapshot.floor && *n > 0 && !state.finished.contains(s))
+            .collect();
+        state.advance_floor();
+        state
+    }
+
+    /// What to persist now.
+    pub fn snapshot(&self) -> Snapshot {
+        let mut attempts: Vec<(u64, u32)> = self
+            .in_flight
+            .iter()
+            .map(|(s, f)| (*s, f.attempt))
+            .chain(
+                self.waiting
+                    .iter()
+                    .filter(|(_, w)| w.attempts > 0)
+                    .map(|(s, w)| (*s, w.attempts)),
+            )
+            .chain(
+                self.ready
+                    .iter()
+                    .filter(|(_, n)| **n > 0)
+                    .map(|((_, _, s), n)| (*s, *n)),
+            )
+            .chain(self.prior_attempts.iter().map(|(s, n)| (*s, *n)))
+            .collect();
+        attempts.sort_unstable();
+        Snapshot {
+            floor: self.floor,
+            finished: self.finished.iter().copied().collect(),
+            attempts,
         }
     }
 
@@ -150,9 +264,14 @@ impl SubscriptionState {
         self.in_flight.len()
     }
 
-    /// Messages waiting for a retry.
+    /// Messages waiting for a retry or for their not-before time.
     pub fn waiting(&self) -> usize {
         self.waiting.len()
+    }
+
+    /// Messages ready to go out once there is room.
+    pub fn ready(&self) -> usize {
+        self.ready.len()
     }
 
     /// The attempt count of an in-flight message.
@@ -160,25 +279,83 @@ impl SubscriptionState {
         self.in_flight.get(&sequence).map(|f| f.attempt)
     }
 
-    /// Hands out up to `max` deliveries at `now_ns`, from messages below `available` (the log's
-    /// next sequence): due retries first, then new messages, within `max_in_flight`.
-    pub fn next_deliveries(&mut self, now_ns: u64, available: u64, max: usize) -> Vec<Delivery> {
+    /// The next sequence to admit.
+    pub fn next_admit(&self) -> u64 {
+        self.next_new.max(self.floor)
+    }
+
+    /// How many more messages may be admitted now (`read_ahead` minus those ready).
+    pub fn admit_room(&self) -> usize {
+        self.policy.read_ahead.max(1).saturating_sub(self.ready.len())
+    }
+
+    /// Admits message `sequence` (at or after [`SubscriptionState::next_admit`]; sequences
+    /// skipped over are finished: the log no longer has them) with its attributes, at `now_ns`.
+    /// Returns what must be done when it cannot be delivered: expired, or out of attempts after a
+    /// restart.
+    pub fn admit(&mut self, sequence: u64, attrs: Attrs, now_ns: u64) -> Option<Outcome> {
+        let next = self.next_admit();
+        if sequence < next {
+            return None; // admitted before
+        }
+        for gap in next..sequence {
+            self.prior_attempts.remove(&gap);
+            self.finish(gap);
+        }
+        self.next_new = sequence + 1;
+        if self.finished.contains(&sequence) || sequence < self.floor {
+            return None;
+        }
+        let attempts = self.prior_attempts.remove(&sequence).unwrap_or(0);
+        if self.policy.max_deliveries.is_some_and(|max| attempts >= max) {
+            self.finish(sequence);
+            return Some(Outcome::DeadLetter {
+                sequence,
+                attempts,
+                reason: DeadReason::MaxDeliveries,
+            });
+        }
+        if attrs.expires_ns.is_some_and(|at| at <= now_ns) {
+            self.finish(sequence);
+            return Some(Outcome::Expired { sequence, attempts });
+        }
+        self.attrs.insert(sequence, attrs);
+        if let Some(at) = attrs.expires_ns {
+            self.expiries.insert((at, sequence));
+        }
+        match attrs.not_before_ns {
+            Some(at_ns) if at_ns > now_ns => {
+                self.waiting.insert(sequence, Waiting { at_ns, attempts });
+            }
+            _ => self.make_ready(sequence, attempts),
+        }
+        None
+    }
+
+    /// Hands out up to `max` deliveries at `now_ns` from the admitted messages, best first (see the
+    /// module rules), within `max_in_flight`.
+    pub fn next_deliveries(&mut self, now_ns: u64, max: usize) -> Vec<Delivery> {
+        let due: Vec<(u64, u32)> = self
+            .waiting
+            .iter()
+            .filter(|(_, w)| w.at_ns <= now_ns)
+            .map(|(s, w)| (*s, w.attempts))
+            .collect();
+        for (sequence, attempts) in due {
+            self.waiting.remove(&sequence);
+            self.make_ready(sequence, attempts);
+        }
         let room = self
             .policy
             .max_in_flight
             .saturating_sub(self.in_flight.len())
             .min(max);
-        let mut out = Vec::new();
-        let due: Vec<u64> = self
-            .waiting
-            .iter()
-            .filter(|(_, w)| w.at_ns <= now_ns)
-            .map(|(s, _)| *s)
-            .take(room)
-            .collect();
-        for sequence in due {
-            let waiting = self.waiting.remove(&sequence).expect("listed above");
-            let attempt = waiting.attempts + 1;
+        let mut out = Vec::with_capacity(room.min(self.ready.len()));
+        while out.len() < room {
+            let Some(((_, _, sequence), attempts)) = self.ready.pop_first() else {
+                break;
+            };
+            let attempt = attempts + 1;
             self.in_flight.insert(
                 sequence,
                 InFlight {
@@ -187,23 +364,6 @@ impl SubscriptionState {
                 },
             );
             out.push(Delivery { sequence, attempt });
-        }
-        // Everything below the floor is finished, including messages skipped before delivery.
-        self.next_new = self.next_new.max(self.floor);
-        while out.len() < room && self.next_new < available {
-            let sequence = self.next_new;
-            self.next_new += 1;
-            if self.finished.contains(&sequence) {
-                continue;
-            }
-            self.in_flight.insert(
-                sequence,
-                InFlight {
-                    deadline_ns: now_ns + nanos(self.policy.ack_wait),
-                    attempt: 1,
-                },
-            );
-            out.push(Delivery { sequence, attempt: 1 });
         }
         out
     }
@@ -262,16 +422,18 @@ impl SubscriptionState {
         })
     }
 
-    /// Finishes a message without delivering it (expired by TTL, or moved elsewhere).
+    /// Finishes a message without delivering it (the log no longer has it).
     pub fn skip(&mut self, sequence: u64) {
         self.in_flight.remove(&sequence);
         self.waiting.remove(&sequence);
+        self.unready(sequence);
         if sequence >= self.floor {
             self.finish(sequence);
         }
     }
 
-    /// Handles every in-flight message whose deadline passed by `now_ns`.
+    /// Handles every in-flight message whose deadline passed by `now_ns` (in sequence order), then
+    /// every message not in flight whose expiry passed (in sequence order).
     pub fn expire(&mut self, now_ns: u64) -> Vec<Outcome> {
         let late: Vec<(u64, u32)> = self
             .in_flight
@@ -279,12 +441,29 @@ impl SubscriptionState {
             .filter(|(_, f)| f.deadline_ns <= now_ns)
             .map(|(s, f)| (*s, f.attempt))
             .collect();
-        late.into_iter()
+        let mut outcomes: Vec<Outcome> = late
+            .into_iter()
             .map(|(sequence, attempt)| {
                 self.in_flight.remove(&sequence);
                 self.failed(sequence, attempt, None, now_ns)
             })
-            .collect()
+            .collect();
+        let mut expired: Vec<u64> = self
+            .expiries
+            .range(..=(now_ns, u64::MAX))
+            .map(|(_, s)| *s)
+            .filter(|s| !self.in_flight.contains_key(s) && !self.finished.contains(s) && *s >= self.floor)
+            .collect();
+        expired.sort_unstable();
+        for sequence in expired {
+            let attempts = match self.waiting.remove(&sequence) {
+                Some(w) => w.attempts,
+                None => self.unready(sequence).unwrap_or(0),
+            };
+            self.finish(sequence);
+            outcomes.push(Outcome::Expired { sequence, attempts });
+        }
+        outcomes
     }
 
     /// The earliest ack deadline of an in-flight message.
@@ -292,11 +471,30 @@ impl SubscriptionState {
         self.in_flight.values().map(|f| f.deadline_ns).min()
     }
 
-    /// When something next needs doing (a deadline or a retry), if anything is pending.
+    /// When something next needs doing (a deadline, a retry, a not-before time or an expiry), if
+    /// anything is pending.
     pub fn next_wakeup_ns(&self) -> Option<u64> {
-        let deadline = self.in_flight.values().map(|f| f.deadline_ns).min();
+        let deadline = self.next_deadline_ns();
         let retry = self.waiting.values().map(|w| w.at_ns).min();
-        deadline.into_iter().chain(retry).min()
+        let expiry = self
+            .expiries
+            .iter()
+            .find(|(_, s)| !self.in_flight.contains_key(s))
+            .map(|(at, _)| *at);
+        deadline.into_iter().chain(retry).chain(expiry).min()
+    }
+
+    fn make_ready(&mut self, sequence: u64, attempts: u32) {
+        let priority = self.attrs.get(&sequence).map_or(0, |a| a.priority);
+        self.ready
+            .insert((std::cmp::Reverse(priority), attempts == 0, sequence), attempts);
+    }
+
+    fn unready(&mut self, sequence: u64) -> Option<u32> {
+        let priority = self.attrs.get(&sequence).map_or(0, |a| a.priority);
+        self.ready
+            .remove(&(std::cmp::Reverse(priority), true, sequence))
+            .or_else(|| self.ready.remove(&(std::cmp::Reverse(priority), false, sequence)))
     }
 
     fn failed(&mut self, sequence: u64, attempt: u32, delay: Option<Duration>, now_ns: u64) -> Outcome {
@@ -339,7 +537,18 @@ impl SubscriptionState {
     }
 
     fn finish(&mut self, sequence: u64) {
-        self.finished.insert(sequence);
+        if let Some(attrs) = self.attrs.remove(&sequence)
+            && let Some(at) = attrs.expires_ns
+        {
+            self.expiries.remove(&(at, sequence));
+        }
+        if sequence >= self.floor {
+            self.finished.insert(sequence);
+        }
+        self.advance_floor();
+    }
+
+    fn advance_floor(&mut self) {
         while self.finished.remove(&self.floor) {
             self.floor += 1;
         }

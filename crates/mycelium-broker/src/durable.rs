@@ -25,6 +25,7 @@ use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 
 use crate::broker::Broker;
+use crate::dedup::{DedupIndex, Original};
 use crate::outbound::Outbound;
 use crate::publish::Publisher;
 use crate::spec::Fsync;
@@ -43,6 +44,15 @@ pub struct DurableConfig {
     pub log: LogConfig,
     /// Durable publishes queued for the writer before publishers wait.
     pub queue_capacity: usize,
+    /// Publishes the writer appends in one go, at most.
+    pub write_batch: usize,
+    /// A durable subscription's state (acks, attempts) is written at most this often; after a
+    /// crash, unconfirmed acks of the last interval may be redelivered.
+    pub ack_persist_interval: Duration,
+    /// Messages a durable subscription reads ahead and holds ready (the priority window).
+    pub read_ahead: usize,
+    /// Deliveries a durable subscription hands out per pass.
+    pub dispatch_batch: usize,
 }
 
 impl Default for DurableConfig {
@@ -53,7 +63,60 @@ impl Default for DurableConfig {
             fsync_bytes: 1 << 20,
             log: LogConfig::default(),
             queue_capacity: 65_536,
+            write_batch: 4096,
+            ack_persist_interval: Duration::from_millis(20),
+            read_ahead: 1000,
+            dispatch_batch: 256,
         }
+    }
+}
+
+/// The message properties of a durable publish (owned; the wire form is
+/// [`mycelium_protocol::Props`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MessageProps {
+    /// 0-9, on topics with `priority = true`.
+    pub priority: u8,
+    /// Time to live (else the topic's `ttl`).
+    pub ttl: Option<Duration>,
+    /// Held back this long before the first delivery.
+    pub delay: Option<Duration>,
+    /// Held back until this time (ns since the Unix epoch).
+    pub not_before_ns: Option<u64>,
+    /// Deduplication key.
+    pub idempotency_key: Option<Bytes>,
+}
+
+impl From<&mycelium_protocol::Props<'_>> for MessageProps {
+    fn from(props: &mycelium_protocol::Props<'_>) -> Self {
+        MessageProps {
+            priority: props.priority.unwrap_or(0),
+            ttl: props.ttl_ms.map(Duration::from_millis),
+            delay: props.delay_ms.map(Duration::from_millis),
+            not_before_ns: props.not_before_ns,
+            idempotency_key: props.idempotency_key.map(Bytes::copy_from_slice),
+        }
+    }
+}
+
+impl MessageProps {
+    /// The stored message these properties make, published at `publish_ns` on a topic whose
+    /// default TTL is `topic_ttl`.
+    fn apply(&self, message: &mut StoredMessage, topic_ttl: Option<Duration>) {
+        let at = |d: Duration| {
+            message
+                .publish_ns
+                .saturating_add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+        };
+        message.priority = self.priority;
+        message.expires_at_ns = self.ttl.or(topic_ttl).map(at);
+        let delayed = self.delay.map(at);
+        message.not_before_ns = match (delayed, self.not_before_ns) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        }
+        .filter(|nb| *nb > message.publish_ns);
+        message.idempotency_key.clone_from(&self.idempotency_key);
     }
 }
 
@@ -63,8 +126,9 @@ pub(crate) struct AppendRequest {
     pub(crate) topic: TopicRef,
     pub(crate) headers: Bytes,
     pub(crate) payload: Bytes,
+    pub(crate) props: MessageProps,
     /// Where to send PUBLISH_OK or the ERROR, and the request id to answer.
-    pub(crate) confirm: Option<(Arc<Outbound>, u32)>,
+    pub(crate) confirm: Confirm,
 }
 
 /// The writer's handle, held by the broker.
@@ -104,6 +168,7 @@ impl DurableStore {
             backend: Arc::clone(&backend),
             broker,
             next: HashMap::new(),
+            dedup: HashMap::new(),
             unsynced: Vec::new(),
             unsynced_bytes: 0,
             deadline: None,
@@ -142,11 +207,74 @@ impl DurableStore {
     }
 }
 
+/// A stored message, as its publisher is told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stored {
+    /// The per-topic sequence.
+    pub sequence: u64,
+    /// The broker-assigned id (UUIDv7 bytes).
+    pub id: [u8; 16],
+    /// A duplicate of an earlier publish with the same idempotency key (`sequence` and `id` are
+    /// the original's; nothing new was stored).
+    pub duplicate: bool,
+}
+
+/// Who to tell once a durable publish is stored (or failed).
+#[derive(Debug, Default)]
+pub(crate) enum Confirm {
+    /// Nobody.
+    #[default]
+    None,
+    /// A native connection: PUBLISH_OK or ERROR with this request id.
+    Frame(Arc<Outbound>, u32),
+    /// An in-process caller (HTTP, DLQ replay).
+    Reply(tokio::sync::oneshot::Sender<Result<Stored, String>>),
+}
+
+impl Confirm {
+    fn stored(self, stored: Stored) {
+        match self {
+            Confirm::None => {}
+            Confirm::Frame(outbound, request_id) => {
+                let ok = PublishOk {
+                    sequence: stored.sequence,
+                    message_id: stored.id,
+                    duplicate: stored.duplicate,
+                };
+                outbound.append_control(|buf| {
+                    let _ = encode(buf, request_id, &Frame::PublishOk(ok));
+                });
+            }
+            Confirm::Reply(reply) => {
+                let _ = reply.send(Ok(stored));
+            }
+        }
+    }
+
+    pub(crate) fn failed(self, text: &str) {
+        match self {
+            Confirm::None => {}
+            Confirm::Frame(outbound, request_id) => {
+                outbound.append_control(|buf| {
+                    let frame = Frame::Error(ErrorFrame::new(ErrorCode::StorageFailed, text));
+                    let _ = encode(buf, request_id, &frame);
+                });
+            }
+            Confirm::Reply(reply) => {
+                let _ = reply.send(Err(text.to_owned()));
+            }
+        }
+    }
+}
+
 /// Appended, waiting for the fsync that makes it durable.
 struct Unsynced {
     topic: TopicRef,
     messages: Vec<StoredMessage>,
-    confirms: Vec<Option<(Arc<Outbound>, u32)>>,
+    confirms: Vec<Confirm>,
+    /// Publishes recognised as duplicates: confirmed (with the original's id and sequence) with
+    /// the batch, since the original may itself still wait for this sync.
+    duplicates: Vec<(Confirm, Original)>,
 }
 
 struct Writer {
@@ -154,12 +282,14 @@ struct Writer {
     backend: Arc<DiskBackend>,
     broker: std::sync::Weak<Broker>,
     next: HashMap<Box<str>, u64>,
+    dedup: HashMap<Box<str>, DedupIndex>,
     unsynced: Vec<Unsynced>,
     unsynced_bytes: usize,
     deadline: Option<Instant>,
 }
 
-const BATCH_MAX: usize = 4096;
+/// How often retention is applied.
+const RETENTION_EVERY: Duration = Duration::from_secs(1);
 
 impl Writer {
     fn run(
@@ -179,15 +309,18 @@ impl Writer {
             }
         };
         runtime.block_on(async move {
+            let mut retention = tokio::time::interval(RETENTION_EVERY);
+            retention.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 let first = tokio::select! {
                     request = receiver.recv() => request,
+                    _ = retention.tick() => { self.apply_retention(); continue; }
                     () = sleep_until(self.deadline) => { self.sync_all().await; continue; }
                     () = close.notified() => None,
                 };
                 let Some(first) = first else { break };
                 let mut batch = vec![first];
-                while batch.len() < BATCH_MAX {
+                while batch.len() < self.config.write_batch.max(1) {
                     match receiver.try_recv() {
                         Ok(request) => batch.push(request),
                         Err(_) => break,
@@ -225,27 +358,65 @@ impl Writer {
             let next = match self.next_sequence(topic.name()) {
                 Ok(next) => next,
                 Err(error) => {
-                    fail(&requests, &error);
+                    fail(requests, &error);
                     continue;
                 }
             };
+            let spec = topic.spec();
+            if requests.iter().any(|r| r.props.idempotency_key.is_some())
+                && let Err(error) = self.load_dedup(topic.name(), spec.dedup_window, now_ns)
+            {
+                tracing::error!(topic = topic.name(), %error, "reading the dedup window failed; publishers get StorageFailed");
+                fail(requests, &error);
+                continue;
+            }
             let mut messages = Vec::with_capacity(requests.len());
             let mut confirms = Vec::with_capacity(requests.len());
-            for (i, request) in requests.into_iter().enumerate() {
-                messages.push(StoredMessage {
-                    sequence: next + i as u64,
+            let mut duplicates = Vec::new();
+            let mut keys = Vec::new();
+            for request in requests {
+                if let Some(key) = &request.props.idempotency_key {
+                    let index = self.dedup.get_mut(topic.name()).expect("loaded above");
+                    if let Some(original) = index.get(key, spec.dedup_window, now_ns) {
+                        TopicCounters::add(&topic.counters.duplicates, 1);
+                        duplicates.push((request.confirm, original));
+                        continue;
+                    }
+                }
+                let mut message = StoredMessage {
+                    sequence: next + messages.len() as u64,
                     publish_ns: now_ns,
                     id: *uuid::Uuid::now_v7().as_bytes(),
                     headers: request.headers,
                     payload: request.payload,
                     ..StoredMessage::default()
-                });
+                };
+                request.props.apply(&mut message, spec.ttl);
+                if let Some(key) = &message.idempotency_key {
+                    let index = self.dedup.get_mut(topic.name()).expect("loaded above");
+                    index.insert(
+                        key.clone(),
+                        Original {
+                            sequence: message.sequence,
+                            id: message.id,
+                            publish_ns: message.publish_ns,
+                        },
+                    );
+                    keys.push(key.clone());
+                }
+                messages.push(message);
                 confirms.push(request.confirm);
             }
             if let Err(error) = self.backend.append(topic.name(), &messages) {
                 tracing::error!(topic = topic.name(), %error, "append failed; publishers get StorageFailed");
                 TopicCounters::add(&topic.counters.rejected, messages.len() as u64);
-                fail_confirms(&confirms, &error);
+                if let Some(index) = self.dedup.get_mut(topic.name()) {
+                    for key in &keys {
+                        index.remove(key);
+                    }
+                }
+                fail_confirms(confirms, &error);
+                fail_confirms(duplicates.into_iter().map(|(c, _)| c), &error);
                 continue;
             }
             self.next
@@ -255,6 +426,7 @@ impl Writer {
                 topic: Arc::clone(&topic),
                 messages,
                 confirms,
+                duplicates,
             };
             match topic.spec().fsync {
                 Fsync::Never => self.complete(vec![unsynced]).await,
@@ -270,6 +442,47 @@ impl Writer {
         if self.unsynced_bytes >= self.config.fsync_bytes {
             self.sync_all().await;
         }
+    }
+
+    /// Retention by the topics' limits, and work-queue deletion of what every durable
+    /// subscription has acknowledged.
+    fn apply_retention(&self) {
+        let Some(broker) = self.broker.upgrade() else {
+            return;
+        };
+        let now = mycelium_codec::now_ns();
+        for topic in broker.topics() {
+            let spec = topic.spec();
+            if spec.storage != crate::spec::StorageKind::Disk {
+                continue;
+            }
+            let defaults = &self.config.log;
+            let limits = LogConfig {
+                segment_bytes: defaults.segment_bytes,
+                retention_messages: spec.retention_messages.or(defaults.retention_messages),
+                retention_bytes: spec.retention_bytes.or(defaults.retention_bytes),
+                retention_age: spec.retention_age.or(defaults.retention_age),
+            };
+            match self.backend.apply_retention(topic.name(), &limits, now) {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!(topic = topic.name(), messages = n, "retention removed messages"),
+                Err(error) => tracing::warn!(topic = topic.name(), %error, "applying retention failed"),
+            }
+            if spec.retention == crate::spec::Retention::WorkQueue
+                && let Some(floor) = broker.durable_floor(topic.name())
+                && let Err(error) = self.backend.truncate_before(topic.name(), floor)
+            {
+                tracing::warn!(topic = topic.name(), %error, "work-queue retention failed");
+            }
+        }
+    }
+
+    fn load_dedup(&mut self, topic: &str, window: Duration, now_ns: u64) -> Result<(), StorageError> {
+        if !self.dedup.contains_key(topic) {
+            let index = DedupIndex::load(self.backend.as_ref(), topic, window, now_ns)?;
+            self.dedup.insert(topic.into(), index);
+        }
+        Ok(())
     }
 
     fn next_sequence(&mut self, topic: &str) -> Result<u64, StorageError> {
@@ -309,7 +522,7 @@ impl Writer {
                 Ok(()) => ok.push(unsynced),
                 Err(error) => {
                     tracing::error!(topic = name, %error, "fsync failed; publishers get StorageFailed");
-                    fail_confirms(&unsynced.confirms, &error);
+                    fail_confirms(unsynced.confirms, &error);
                 }
             }
         }
@@ -323,18 +536,26 @@ impl Writer {
         };
         let mut publisher = Publisher::internal();
         publisher.begin_batch(&broker);
+        let now_ns = mycelium_codec::now_ns();
         for unsynced in done {
             broker.notify_durable(unsynced.topic.name());
-            for (message, confirm) in unsynced.messages.iter().zip(&unsynced.confirms) {
-                if let Some((outbound, request_id)) = confirm {
-                    let ok = PublishOk {
-                        sequence: message.sequence,
-                        message_id: message.id,
-                        duplicate: false,
-                    };
-                    outbound.append_control(|buf| {
-                        let _ = encode(buf, *request_id, &Frame::PublishOk(ok));
-                    });
+            for (confirm, original) in unsynced.duplicates {
+                confirm.stored(Stored {
+                    sequence: original.sequence,
+                    id: original.id,
+                    duplicate: true,
+                });
+            }
+            for (message, confirm) in unsynced.messages.iter().zip(unsynced.confirms) {
+                confirm.stored(Stored {
+                    sequence: message.sequence,
+                    id: message.id,
+                    duplicate: false,
+                });
+                // Live subscribers see a message now unless it is held back: delayed messages
+                // reach durable subscriptions only, at their time.
+                if message.not_before_ns.is_some_and(|nb| nb > now_ns) {
+                    continue;
                 }
                 broker.route(
                     &mut publisher,
@@ -360,17 +581,13 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-fn fail(requests: &[AppendRequest], error: &StorageError) {
-    let confirms: Vec<_> = requests.iter().map(|r| r.confirm.clone()).collect();
-    fail_confirms(&confirms, error);
+fn fail(requests: Vec<AppendRequest>, error: &StorageError) {
+    fail_confirms(requests.into_iter().map(|r| r.confirm), error);
 }
 
-fn fail_confirms(confirms: &[Option<(Arc<Outbound>, u32)>], error: &StorageError) {
+fn fail_confirms(confirms: impl IntoIterator<Item = Confirm>, error: &StorageError) {
     let text = format!("not stored: {error}");
-    for (outbound, request_id) in confirms.iter().flatten() {
-        outbound.append_control(|buf| {
-            let frame = Frame::Error(ErrorFrame::new(ErrorCode::StorageFailed, &text));
-            let _ = encode(buf, *request_id, &frame);
-        });
+    for confirm in confirms {
+        confirm.failed(&text);
     }
 }

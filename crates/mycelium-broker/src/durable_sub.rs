@@ -1,41 +1,65 @@
 //! Durable subscriptions: a named, persistent position on a `storage = "disk"` topic, shared by
 //! every consumer that subscribes with the same durable name (each message to one of them).
 //!
-//! One dispatcher task per durable subscription drives its [`SubscriptionState`]: it expires ack
-//! deadlines, hands out due retries and new messages (read from the topic's log) to its consumers
-//! round robin, with a DELIVER metadata block (message id, attempt, publish time), and moves
-//! messages that exhausted `max_deliveries` (or got TERM) to `{topic}.dlq`, keeping the original
-//! topic, sequence, id, attempts and reason in headers. The acked-up-to floor is persisted
-//! (write, fsync, rename) whenever it moves, at most every `PERSIST_EVERY`, and when the
-//! subscription stops: after a crash at most the acks of that last interval are redelivered.
-
+//! One dispatcher task per durable subscription drives its [`SubscriptionState`]: it reads the
+//! topic's log ahead and admits messages (with priority, not-before and expiry), expires ack
+//! deadlines and TTLs, hands out due retries and ready messages to its consumers round robin,
+//! with a DELIVER metadata block (message id, attempt, publish time), and moves messages that
+//! exhausted `max_deliveries` (or got TERM, or expired on a topic that dead-letters expired
+//! messages) to `{topic}.dlq`, keeping the original topic, sequence, id, every attempt and the
+//! consumer's last error text in headers.
+//!
+//! The state that must survive a restart ([`Snapshot`]: floor, acknowledged-out-of-order set,
+//! attempt counts) is written (temp file, fsync, rename) when it changed, at most every
+//! `ack_persist_interval`, at once when an ACK asked for a confirmation (ACK_OK is sent after
+//! the write), and when the subscription stops. After a crash, at most the acknowledgements of
+//! the last interval that nobody asked to confirm are redelivered.
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
-use mycelium_protocol::{Deliver, DeliveryMeta, StartPosition, SubscribeOptions, encode_headers};
+use bytes::BytesMut;
+use mycelium_protocol::{Deliver, DeliveryMeta, StartPosition, SubscribeOptions};
 use mycelium_storage::{DiskBackend, StorageBackend, StoredMessage};
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
 use crate::broker::Broker;
-use crate::delivery::{DeadReason, DeliveryPolicy, Outcome, SubscriptionState};
-use crate::durable::AppendRequest;
+use crate::delivery::{Attrs, DeadReason, DeliveryPolicy, Outcome, Snapshot, SubscriptionState};
 use crate::outbound::Outbound;
-use crate::topic::TopicRef;
+use crate::spec::OnExpired;
+use crate::topic::{TopicCounters, TopicRef};
 
-/// Floor writes are spaced at least this far apart.
-const PERSIST_EVERY: Duration = Duration::from_millis(20);
-/// Deliveries handed out per dispatcher pass.
-const PASS_MAX: usize = 256;
+/// Bytes read from the log per admission pass, at most.
+const READ_BYTES: usize = 8 << 20;
 
 #[derive(Debug, Clone)]
 pub(crate) struct Consumer {
     pub(crate) outbound: Arc<Outbound>,
     pub(crate) subscription_id: u32,
     pub(crate) connection_id: u64,
+}
+
+/// One failed attempt, for the dead-letter record.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub(crate) struct AttemptRecord {
+    /// When it failed, ns since the Unix epoch.
+    pub(crate) at_ns: u64,
+    /// `nack`, `ack_timeout`, `consumer_left`, `term` or `expired`.
+    pub(crate) reason: &'static str,
+    /// The consumer's error text, if it gave one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) error: Option<String>,
+}
+
+/// An ACK waiting for the state write that makes it durable.
+#[derive(Debug)]
+struct PendingAckOk {
+    outbound: Arc<Outbound>,
+    request_id: u32,
+    ack: mycelium_protocol::Ack,
 }
 
 /// One durable subscription.
@@ -49,15 +73,27 @@ pub(crate) struct DurableSub {
     cursor: AtomicUsize,
     base: tokio::time::Instant,
     state_file: PathBuf,
-    /// Serialises floor writes (the dispatcher's and the shutdown's share one temp file).
+    settings: Settings,
+    /// Serialises state writes (the dispatcher's and the shutdown's share one temp file).
     persisting: Mutex<()>,
     /// Which consumer (connection, subscription id) each in-flight message went to.
-    assigned: Mutex<std::collections::HashMap<u64, (u64, u32)>>,
+    assigned: Mutex<HashMap<u64, (u64, u32)>>,
+    /// Failed attempts of unfinished messages since the broker started.
+    history: Mutex<HashMap<u64, Vec<AttemptRecord>>>,
+    /// ACKs to confirm once the state is written.
+    ack_confirms: Mutex<Vec<PendingAckOk>>,
     stopped: AtomicBool,
 }
 
+/// Dispatcher settings (from [`crate::DurableConfig`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Settings {
+    pub(crate) persist_every: Duration,
+    pub(crate) pass_max: usize,
+}
+
 /// The policy a SUBSCRIBE's options ask for.
-pub(crate) fn policy_of(options: &SubscribeOptions<'_>) -> DeliveryPolicy {
+pub(crate) fn policy_of(options: &SubscribeOptions<'_>, read_ahead: usize) -> DeliveryPolicy {
     let default = DeliveryPolicy::default();
     DeliveryPolicy {
         ack_wait: options
@@ -81,50 +117,80 @@ pub(crate) fn policy_of(options: &SubscribeOptions<'_>) -> DeliveryPolicy {
             .max_in_flight
             .map_or(default.max_in_flight, |n| (n as usize).max(1)),
         jitter: default.jitter,
+        read_ahead: read_ahead.max(1),
     }
 }
 
 impl DurableSub {
-    /// Opens (resuming a persisted floor) or creates the durable subscription `name` on `topic`.
+    /// Opens (resuming a persisted state) or creates the durable subscription `name` on `topic`.
     pub(crate) fn open(
         topic: TopicRef,
         name: &str,
         options: &SubscribeOptions<'_>,
         backend: &DiskBackend,
-        data_dir: &std::path::Path,
+        config: &crate::DurableConfig,
     ) -> Result<Arc<DurableSub>, mycelium_storage::StorageError> {
-        let state_file = data_dir
+        let state_file = config
+            .data_dir
             .join("subscriptions")
             .join(topic.name())
-            .join(format!("{name}.floor"));
+            .join(format!("{name}.state"));
         let bounds = backend.bounds(topic.name())?;
-        let persisted = std::fs::read_to_string(&state_file)
-            .ok()
-            .and_then(|s| s.trim().parse::<u64>().ok());
-        let start = match persisted {
-            Some(floor) => floor,
-            None => match options.start.unwrap_or_default() {
-                StartPosition::New => bounds.next,
-                StartPosition::Beginning => bounds.first,
-                StartPosition::Sequence(s) => s.max(bounds.first),
-                StartPosition::Time(t) => backend.seek_time(topic.name(), t)?,
+        let policy = policy_of(options, config.read_ahead);
+        let persisted = match std::fs::read(&state_file) {
+            Ok(bytes) => match serde_json::from_slice::<Snapshot>(&bytes) {
+                Ok(snapshot) => Some(snapshot),
+                Err(error) => {
+                    // Written by rename, so never torn; unreadable means edited or damaged.
+                    tracing::error!(file = %state_file.display(), %error, "unreadable subscription state; starting from the subscription's start position");
+                    None
+                }
             },
+            Err(_) => None,
         };
-        let seed = start ^ (name.len() as u64) << 32;
+        let seed = bounds.next ^ (name.len() as u64) << 32;
+        let state = match persisted {
+            Some(snapshot) => {
+                tracing::info!(
+                    topic = topic.name(),
+                    subscription = name,
+                    floor = snapshot.floor,
+                    acked_above_floor = snapshot.finished.len(),
+                    "resuming durable subscription"
+                );
+                SubscriptionState::restore(policy, &snapshot, seed)
+            }
+            None => {
+                let start = match options.start.unwrap_or_default() {
+                    StartPosition::New => bounds.next,
+                    StartPosition::Beginning => bounds.first,
+                    StartPosition::Sequence(s) => s.max(bounds.first),
+                    StartPosition::Time(t) => backend.seek_time(topic.name(), t)?,
+                };
+                SubscriptionState::new(policy, start, seed)
+            }
+        };
+        let snapshot = state.snapshot();
         let sub = Arc::new(DurableSub {
             topic,
             name: name.to_owned(),
-            state: Mutex::new(SubscriptionState::new(policy_of(options), start, seed)),
+            state: Mutex::new(state),
             consumers: Mutex::new(Vec::new()),
             wake: Notify::new(),
             cursor: AtomicUsize::new(0),
             base: tokio::time::Instant::now(),
             state_file,
+            settings: Settings {
+                persist_every: config.ack_persist_interval,
+                pass_max: config.dispatch_batch.max(1),
+            },
             persisting: Mutex::new(()),
-            assigned: Mutex::new(std::collections::HashMap::new()),
+            assigned: Mutex::new(HashMap::new()),
+            history: Mutex::new(HashMap::new()),
+            ack_confirms: Mutex::new(Vec::new()),
             stopped: AtomicBool::new(false),
         });
-        sub.persist_floor(start)?;
+        sub.persist(&snapshot)?;
         Ok(sub)
     }
 
@@ -138,16 +204,17 @@ impl DurableSub {
         self.wake.notify_one();
     }
 
-    /// Writes the current floor now (shutdown: called after [`DurableSub::stop`], so the dispatcher
-    /// no longer writes concurrently).
+    /// Writes the current state now (shutdown: called after [`DurableSub::stop`], so the
+    /// dispatcher no longer writes concurrently).
     pub(crate) fn persist_now(&self) {
-        let floor = self.state.lock().floor();
-        if let Err(error) = self.persist_floor(floor) {
-            tracing::error!(%error, "persisting a subscription's position failed");
+        let snapshot = self.state.lock().snapshot();
+        match self.persist(&snapshot) {
+            Ok(()) => self.confirm_acks(),
+            Err(error) => tracing::error!(%error, "persisting a subscription's state failed"),
         }
     }
 
-    fn persist_floor(&self, floor: u64) -> Result<(), mycelium_storage::StorageError> {
+    fn persist(&self, snapshot: &Snapshot) -> Result<(), mycelium_storage::StorageError> {
         let _one_writer = self.persisting.lock();
         let io = |e| mycelium_storage::StorageError::Io {
             path: self.state_file.display().to_string(),
@@ -157,15 +224,120 @@ impl DurableSub {
             std::fs::create_dir_all(dir).map_err(io)?;
         }
         let tmp = self.state_file.with_extension("tmp");
-        std::fs::write(&tmp, floor.to_string()).map_err(io)?;
+        let bytes = serde_json::to_vec(snapshot).map_err(|e| io(std::io::Error::other(e)))?;
+        std::fs::write(&tmp, bytes).map_err(io)?;
         std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(io)?;
         std::fs::rename(&tmp, &self.state_file).map_err(io)
     }
 
+    /// Sends the ACK_OKs waiting for the state write that just happened.
+    fn confirm_acks(&self) {
+        let pending = std::mem::take(&mut *self.ack_confirms.lock());
+        for PendingAckOk {
+            outbound,
+            request_id,
+            ack,
+        } in pending
+        {
+            outbound.append_control(|buf| {
+                let _ = mycelium_protocol::encode(buf, request_id, &mycelium_protocol::Frame::AckOk(ack));
+            });
+        }
+    }
+
+    /// Applies a consumer's verdict; an ACK with a request id is confirmed (ACK_OK) once durable.
+    pub(crate) fn verdict(
+        &self,
+        broker: &Broker,
+        backend: &DiskBackend,
+        verdict: crate::Verdict<'_>,
+        outbound: &Arc<Outbound>,
+        request_id: u32,
+    ) -> Result<(), String> {
+        use crate::Verdict;
+        let now = self.now_ns();
+        let sequence = match verdict {
+            Verdict::Ack(a) | Verdict::InProgress(a) => a.sequence,
+            Verdict::Nack(n) => n.ack.sequence,
+            Verdict::Term(t) => t.ack.sequence,
+        };
+        let outcome = {
+            let mut state = self.state.lock();
+            match verdict {
+                Verdict::Ack(a) => state.ack(a.sequence),
+                Verdict::Nack(n) => {
+                    let delay = (n.delay_ms > 0).then(|| Duration::from_millis(n.delay_ms.into()));
+                    state.nack(n.ack.sequence, delay, now)
+                }
+                Verdict::InProgress(a) => state.in_progress(a.sequence, now),
+                Verdict::Term(t) => state.term(t.ack.sequence),
+            }
+        }
+        .map_err(|e| e.to_string())?;
+        match verdict {
+            Verdict::Ack(ack) => {
+                self.settled(sequence);
+                self.history.lock().remove(&sequence);
+                TopicCounters::add(&self.topic.counters.acked, 1);
+                if request_id != 0 {
+                    self.ack_confirms.lock().push(PendingAckOk {
+                        outbound: Arc::clone(outbound),
+                        request_id,
+                        ack,
+                    });
+                }
+            }
+            Verdict::Nack(n) => {
+                self.settled(sequence);
+                self.record(sequence, "nack", Some(n.reason));
+            }
+            Verdict::Term(t) => {
+                self.settled(sequence);
+                self.record(sequence, "term", Some(t.reason));
+            }
+            Verdict::InProgress(_) => {}
+        }
+        self.handle_outcome(broker, backend, outcome);
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    fn record(&self, sequence: u64, reason: &'static str, error: Option<&str>) {
+        self.history
+            .lock()
+            .entry(sequence)
+            .or_default()
+            .push(AttemptRecord {
+                at_ns: mycelium_codec::now_ns(),
+                reason,
+                error: error.filter(|e| !e.is_empty()).map(str::to_owned),
+            });
+    }
+
+    /// The state machine's view of a stored message, at monotonic `now` and wall clock `wall`.
+    fn attrs_of(&self, message: &StoredMessage, now: u64, wall: u64) -> Attrs {
+        let to_mono = |at: u64| now.saturating_add(at.saturating_sub(wall));
+        Attrs {
+            priority: if self.topic.spec().priority {
+                message.priority
+            } else {
+                0
+            },
+            not_before_ns: message.not_before_ns.filter(|nb| *nb > wall).map(to_mono),
+            expires_ns: message
+                .expires_at_ns
+                .map(|at| if at <= wall { now } else { to_mono(at) }),
+        }
+    }
+
     /// The dispatcher loop; ends when the subscription is stopped or the broker is gone.
     pub(crate) async fn run(self: Arc<Self>, broker: Weak<Broker>, backend: Arc<DiskBackend>) {
-        let mut persisted = self.state.lock().floor();
+        let mut persisted = self.state.lock().snapshot();
         let mut last_persist = tokio::time::Instant::now();
+        // Messages read during admission and ready to go out: their first delivery needs no
+        // second read.
+        let mut cache: HashMap<u64, StoredMessage> = HashMap::new();
+        let pass_max = self.settings.pass_max;
         loop {
             let wake = self.wake.notified();
             tokio::pin!(wake);
@@ -176,56 +348,112 @@ impl DurableSub {
             let Some(broker) = broker.upgrade() else { break };
             let now = self.now_ns();
             let available = backend.bounds(self.topic.name()).map_or(0, |b| b.next);
+            let mut outcomes = Vec::new();
+            let mut admitted_all = true;
+            let (next, room) = {
+                let state = self.state.lock();
+                (state.next_admit(), state.admit_room())
+            };
+            if room > 0 && next < available {
+                match backend.read(self.topic.name(), next, room.min(pass_max), READ_BYTES) {
+                    Ok(page) => {
+                        admitted_all = page.last().is_none_or(|m| m.sequence + 1 >= available);
+                        let wall = mycelium_codec::now_ns();
+                        let mut state = self.state.lock();
+                        for message in page {
+                            let attrs = self.attrs_of(&message, now, wall);
+                            match state.admit(message.sequence, attrs, now) {
+                                Some(outcome) => outcomes.push(outcome),
+                                None if attrs.not_before_ns.is_none() => {
+                                    cache.insert(message.sequence, message);
+                                }
+                                None => {}
+                            }
+                        }
+                    }
+                    Err(error) => {
+                        tracing::error!(topic = self.topic.name(), %error, "reading a durable topic failed");
+                    }
+                }
+            } else if next < available {
+                admitted_all = false;
+            }
             let has_consumers = !self.consumers.lock().is_empty();
-            let (outcomes, deliveries, wakeup, floor) = {
+            let (deliveries, wakeup, snapshot) = {
                 let mut state = self.state.lock();
-                let outcomes = state.expire(now);
+                outcomes.extend(state.expire(now));
                 let deliveries = if has_consumers {
-                    state.next_deliveries(now, available, PASS_MAX)
+                    state.next_deliveries(now, pass_max)
                 } else {
                     Vec::new()
                 };
-                // Without consumers, due retries cannot go anywhere: wake only for deadlines (a
-                // consumer arriving wakes the dispatcher anyway).
+                // Without consumers, due retries cannot go anywhere: wake only for deadlines and
+                // expiries (a consumer arriving wakes the dispatcher anyway).
                 let wakeup = if has_consumers {
                     state.next_wakeup_ns()
                 } else {
                     state.next_deadline_ns()
                 };
-                (outcomes, deliveries, wakeup, state.floor())
+                (deliveries, wakeup, state.snapshot())
             };
             for outcome in outcomes {
+                if let Outcome::Retry { sequence, .. } = outcome {
+                    self.record(sequence, "ack_timeout", None);
+                } else if let Outcome::DeadLetter {
+                    sequence,
+                    reason: DeadReason::MaxDeliveries,
+                    ..
+                } = outcome
+                {
+                    self.record(sequence, "ack_timeout", None);
+                }
+                if let Outcome::Expired { sequence, .. } | Outcome::DeadLetter { sequence, .. } = outcome {
+                    cache.remove(&sequence);
+                }
                 self.handle_outcome(&broker, &backend, outcome);
             }
             for delivery in &deliveries {
-                match backend.read(self.topic.name(), delivery.sequence, 1, usize::MAX) {
-                    Ok(found) if found.first().is_some_and(|m| m.sequence == delivery.sequence) => {
-                        self.send(&found[0], delivery.attempt);
-                    }
-                    Ok(_) => self.state.lock().skip(delivery.sequence), // removed by retention
-                    Err(error) => {
-                        tracing::error!(topic = self.topic.name(), %error, "reading a durable message failed");
-                        self.state.lock().skip(delivery.sequence);
-                    }
+                let message = match cache.remove(&delivery.sequence) {
+                    Some(message) => Some(message),
+                    None => match backend.read(self.topic.name(), delivery.sequence, 1, usize::MAX) {
+                        Ok(found) => found
+                            .into_iter()
+                            .next()
+                            .filter(|m| m.sequence == delivery.sequence),
+                        Err(error) => {
+                            tracing::error!(topic = self.topic.name(), %error, "reading a durable message failed");
+                            None
+                        }
+                    },
+                };
+                match message {
+                    Some(message) => self.send(&message, delivery.attempt),
+                    None => self.state.lock().skip(delivery.sequence), // removed by retention
                 }
             }
-            if floor != persisted
-                && last_persist.elapsed() >= PERSIST_EVERY
+            let confirms_waiting = !self.ack_confirms.lock().is_empty();
+            if snapshot != persisted
+                && (confirms_waiting || last_persist.elapsed() >= self.settings.persist_every)
                 && !self.stopped.load(Ordering::Acquire)
             {
-                match self.persist_floor(floor) {
+                match self.persist(&snapshot) {
                     Ok(()) => {
-                        persisted = floor;
+                        persisted = snapshot;
                         last_persist = tokio::time::Instant::now();
+                        self.confirm_acks();
                     }
-                    Err(error) => tracing::error!(%error, "persisting a subscription's position failed"),
+                    Err(error) => tracing::error!(%error, "persisting a subscription's state failed"),
                 }
+            } else if confirms_waiting && snapshot == persisted {
+                self.confirm_acks();
             }
             drop(broker);
-            if deliveries.len() == PASS_MAX {
+            if deliveries.len() == pass_max || !admitted_all && self.state.lock().admit_room() > 0 {
+                tokio::task::yield_now().await;
                 continue; // more may be ready
             }
-            let persist_due = (floor != persisted).then(|| last_persist + PERSIST_EVERY);
+            let persist_due = (self.state.lock().snapshot() != persisted)
+                .then(|| last_persist + self.settings.persist_every);
             let timer = wakeup
                 .map(|at| self.base + Duration::from_nanos(at))
                 .into_iter()
@@ -236,8 +464,7 @@ impl DurableSub {
                 () = sleep_until(timer) => {}
             }
         }
-        // Stopped: the broker persists the final floor itself (`Broker::close_storage`).
-        let _ = persisted;
+        // Stopped: the broker persists the final state itself (`Broker::close_storage`).
     }
 
     /// Sends one delivery to the next live consumer.
@@ -271,7 +498,11 @@ impl DurableSub {
         consumer.outbound.append_control(|buf| {
             let _ = deliver.encode_frame(buf);
         });
-        crate::topic::TopicCounters::add(&self.topic.counters.delivered, 1);
+        let counters = &self.topic.counters;
+        TopicCounters::add(&counters.delivered, 1);
+        if attempt > 1 {
+            TopicCounters::add(&counters.redelivered, 1);
+        }
     }
 
     /// A consumer left (disconnect or unsubscribe): what it held unacknowledged is redelivered now
@@ -299,6 +530,7 @@ impl DurableSub {
         for sequence in held {
             let outcome = self.state.lock().nack(sequence, Some(Duration::ZERO), now);
             if let Ok(outcome) = outcome {
+                self.record(sequence, "consumer_left", None);
                 self.handle_outcome(broker, backend, outcome);
             }
         }
@@ -312,38 +544,59 @@ impl DurableSub {
 
     /// Acts on what the state machine decided.
     pub(crate) fn handle_outcome(&self, broker: &Broker, backend: &DiskBackend, outcome: Outcome) {
-        let Outcome::DeadLetter {
-            sequence,
-            attempts,
-            reason,
-        } = outcome
-        else {
-            return;
+        let spec = self.topic.spec();
+        let counters = &self.topic.counters;
+        let (sequence, attempts, reason) = match outcome {
+            Outcome::Done | Outcome::Retry { .. } => return,
+            Outcome::Expired { sequence, attempts } => {
+                TopicCounters::add(&counters.expired, 1);
+                if spec.on_expired != OnExpired::DeadLetter || !spec.dead_letter {
+                    self.history.lock().remove(&sequence);
+                    return;
+                }
+                self.record(sequence, "expired", None);
+                (sequence, attempts, "expired")
+            }
+            Outcome::DeadLetter {
+                sequence,
+                attempts,
+                reason,
+            } => {
+                TopicCounters::add(&counters.dead_lettered, 1);
+                let reason = match reason {
+                    DeadReason::MaxDeliveries => "max_deliveries",
+                    DeadReason::Terminated => "terminated",
+                    DeadReason::Expired => "expired",
+                };
+                if !spec.dead_letter {
+                    tracing::debug!(
+                        topic = self.topic.name(),
+                        sequence,
+                        reason,
+                        "dropped: the topic has no dead-letter queue"
+                    );
+                    self.history.lock().remove(&sequence);
+                    return;
+                }
+                (sequence, attempts, reason)
+            }
         };
+        let history = self.history.lock().remove(&sequence).unwrap_or_default();
         let original = match backend.read(self.topic.name(), sequence, 1, usize::MAX) {
             Ok(found) if found.first().is_some_and(|m| m.sequence == sequence) => found.into_iter().next(),
             _ => None,
         };
         let Some(original) = original else { return };
-        let reason = match reason {
-            DeadReason::MaxDeliveries => "max_deliveries",
-            DeadReason::Terminated => "terminated",
+        let record = crate::dlq::DeadLetter {
+            topic: self.topic.name(),
+            subscription: &self.name,
+            sequence,
+            message_id: original.id,
+            attempts,
+            reason,
+            history: &history,
         };
-        let id = uuid_text(&original.id);
-        let (seq_text, attempts_text) = (sequence.to_string(), attempts.to_string());
-        let mut headers = BytesMut::from(&original.headers[..]);
-        let _ = encode_headers(
-            &mut headers,
-            [
-                ("x-dlq-topic", self.topic.name().as_bytes()),
-                ("x-dlq-subscription", self.name.as_bytes()),
-                ("x-dlq-sequence", seq_text.as_bytes()),
-                ("x-dlq-message-id", id.as_bytes()),
-                ("x-dlq-attempts", attempts_text.as_bytes()),
-                ("x-dlq-reason", reason.as_bytes()),
-            ],
-        );
-        broker.dead_letter(&self.topic, headers.freeze(), original.payload);
+        broker.dead_letter(&self.topic, record.headers(&original.headers), original);
     }
 }
 
@@ -351,19 +604,5 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
-    }
-}
-
-fn uuid_text(id: &[u8; 16]) -> String {
-    uuid::Uuid::from_bytes(*id).to_string()
-}
-
-/// Builds the append request for a dead-lettered message.
-pub(crate) fn dead_letter_request(dlq: TopicRef, headers: Bytes, payload: Bytes) -> AppendRequest {
-    AppendRequest {
-        topic: dlq,
-        headers,
-        payload,
-        confirm: None,
     }
 }

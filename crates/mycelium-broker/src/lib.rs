@@ -8,7 +8,9 @@
 //! - [`spec`]: what a topic is configured to do.
 
 mod broker;
+mod dedup;
 pub mod delivery;
+pub mod dlq;
 mod durable;
 mod durable_sub;
 mod error;
@@ -20,7 +22,7 @@ mod subscription;
 mod topic;
 
 pub use broker::{Broker, BrokerConfig, ConnectionInfo, Verdict};
-pub use durable::DurableConfig;
+pub use durable::{DurableConfig, MessageProps, Stored};
 pub use error::{PublishError, SubscribeError};
 pub use outbound::{Append, Outbound};
 pub use publish::{Published, Publisher};

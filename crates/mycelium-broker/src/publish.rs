@@ -13,10 +13,10 @@ use bytes::BytesMut;
 use mycelium_protocol::{Deliver, ErrorCode, ErrorFrame, Frame, Publish};
 
 use crate::broker::{Broker, ConnectionInfo};
-use crate::durable::AppendRequest;
+use crate::durable::{AppendRequest, Confirm, MessageProps, Stored};
 use crate::error::PublishError;
 use crate::outbound::{Append, Outbound};
-use crate::spec::{Overflow, PayloadCodec, Routing, StorageKind};
+use crate::spec::{Delivery, Overflow, PayloadCodec, Routing, StorageKind};
 use crate::subscription::Subscription;
 use crate::topic::{TopicCounters, TopicRef};
 
@@ -161,6 +161,82 @@ impl Broker {
         })
     }
 
+    /// Publishes one message from inside the process (HTTP, DLQ replay) and waits until it is
+    /// stored (durable topics: under the topic's fsync policy) or routed (in-memory topics, whose
+    /// messages get no id).
+    ///
+    /// # Errors
+    /// As [`Broker::publish`]; `StorageUnavailable` when the store refused it.
+    pub async fn publish_local(
+        &self,
+        topic: &str,
+        headers: bytes::Bytes,
+        payload: bytes::Bytes,
+        props: MessageProps,
+    ) -> Result<(TopicRef, Stored), PublishError> {
+        let mut publisher = Publisher::internal();
+        let topic = publisher.topic(self, topic)?;
+        let key = props.idempotency_key.clone();
+        let message = Publish {
+            topic: topic.name(),
+            headers: &headers,
+            props: mycelium_protocol::Props {
+                priority: (props.priority > 0).then_some(props.priority),
+                ttl_ms: props.ttl.map(|d| d.as_millis() as u64),
+                delay_ms: props.delay.map(|d| d.as_millis() as u64),
+                idempotency_key: key.as_deref(),
+                not_before_ns: props.not_before_ns,
+            },
+            confirm: true,
+            payload: &payload,
+        };
+        if let Err(error) = self.check(&topic, &message) {
+            TopicCounters::add(&topic.counters.rejected, 1);
+            return Err(error);
+        }
+        let counters = &topic.counters;
+        TopicCounters::add(&counters.published, 1);
+        TopicCounters::add(&counters.bytes_in, payload.len() as u64);
+        if topic.spec().storage != StorageKind::Disk {
+            let sequence = topic.next_sequence();
+            publisher.begin_batch(self);
+            self.route(&mut publisher, &topic, sequence, &headers, &payload);
+            self.settle_blocked(&mut publisher).await;
+            publisher.end_batch();
+            let stored = Stored {
+                sequence,
+                id: [0; 16],
+                duplicate: false,
+            };
+            return Ok((topic, stored));
+        }
+        let Some(store) = self.durable() else {
+            return Err(PublishError::StorageUnavailable(
+                "no storage is configured".into(),
+            ));
+        };
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let request = AppendRequest {
+            topic: Arc::clone(&topic),
+            headers,
+            payload,
+            props,
+            confirm: Confirm::Reply(reply),
+        };
+        store
+            .sender
+            .send(request)
+            .await
+            .map_err(|_| PublishError::StorageUnavailable("the storage writer has stopped".into()))?;
+        match answer.await {
+            Ok(Ok(stored)) => Ok((topic, stored)),
+            Ok(Err(text)) => Err(PublishError::StorageUnavailable(text)),
+            Err(_) => Err(PublishError::StorageUnavailable(
+                "the storage writer has stopped".into(),
+            )),
+        }
+    }
+
     fn queue_durable(
         &self,
         publisher: &mut Publisher,
@@ -174,13 +250,14 @@ impl Broker {
             ));
         };
         let confirm = match (&publisher.connection, message.confirm) {
-            (Some(connection), true) => Some((Arc::clone(&connection.outbound), request_id)),
-            _ => None,
+            (Some(connection), true) => Confirm::Frame(Arc::clone(&connection.outbound), request_id),
+            _ => Confirm::None,
         };
         let request = AppendRequest {
             topic: Arc::clone(topic),
             headers: bytes::Bytes::copy_from_slice(message.headers),
             payload: bytes::Bytes::copy_from_slice(message.payload),
+            props: MessageProps::from(&message.props),
             confirm,
         };
         match store.sender.try_send(request) {
@@ -270,10 +347,24 @@ impl Broker {
                 error,
             });
         }
-        if !message.props.is_empty() {
+        if spec.storage != StorageKind::Disk && !message.props.is_empty() {
             return Err(PublishError::Unsupported(format!(
                 "topic `{}` is an in-memory at-most-once topic: message properties (priority, ttl, delay, \
                  idempotency key) need a topic with delivery guarantees",
+                topic.name()
+            )));
+        }
+        if spec.delivery == Delivery::ExactlyOnce
+            && message.props.idempotency_key.is_none_or(<[u8]>::is_empty)
+        {
+            return Err(PublishError::Unsupported(format!(
+                "topic `{}` is exactly_once: every publish needs an idempotency key",
+                topic.name()
+            )));
+        }
+        if message.props.priority.is_some_and(|p| p > 0) && !spec.priority {
+            return Err(PublishError::Unsupported(format!(
+                "topic `{}` does not have priority = true: a message priority would be ignored",
                 topic.name()
             )));
         }
@@ -381,16 +472,8 @@ impl Broker {
                 Some(store) => store.sender.send(request).await.map_err(|e| e.0),
                 None => Err(request),
             };
-            if let Err(request) = sent
-                && let Some((outbound, request_id)) = request.confirm
-            {
-                outbound.append_control(|buf| {
-                    let frame = Frame::Error(ErrorFrame::new(
-                        ErrorCode::StorageFailed,
-                        "the storage writer has stopped",
-                    ));
-                    let _ = mycelium_protocol::encode(buf, request_id, &frame);
-                });
+            if let Err(request) = sent {
+                request.confirm.failed("the storage writer has stopped");
             }
         }
         let blocked = std::mem::take(&mut publisher.blocked);

@@ -114,7 +114,69 @@ pub struct TopicSpec {
     pub storage: StorageKind,
     /// When a `disk` topic's appends are made durable, and so when PUBLISH_OK is sent.
     pub fsync: Fsync,
+    /// The delivery guarantee (`at_least_once` and `exactly_once` need `storage = "disk"`).
+    pub delivery: Delivery,
+    /// Whether message priorities (0-9) reorder delivery within a durable subscription.
+    pub priority: bool,
+    /// Time to live of messages that carry none.
+    pub ttl: Option<Duration>,
+    /// What happens to a message whose TTL passed before it was acknowledged.
+    pub on_expired: OnExpired,
+    /// How long an idempotency key is remembered.
+    pub dedup_window: Duration,
+    /// Whether messages out of attempts (or given up with TERM) go to `{topic}.dlq`; when off
+    /// they are dropped and counted.
+    pub dead_letter: bool,
+    /// When stored messages are deleted.
+    pub retention: Retention,
+    /// Keep at most this many messages (`None`: the `[storage]` default).
+    pub retention_messages: Option<u64>,
+    /// Keep at most this many bytes.
+    pub retention_bytes: Option<u64>,
+    /// Delete messages older than this.
+    pub retention_age: Option<Duration>,
 }
+
+named_enum! {
+    /// The delivery guarantee of a topic.
+    Delivery {
+        /// Routed to the subscribers connected now; nothing is stored or acknowledged.
+        #[default]
+        AtMostOnce = "at_most_once",
+        /// Stored before it is confirmed; durable subscriptions acknowledge, and what is not
+        /// acknowledged is redelivered.
+        AtLeastOnce = "at_least_once",
+        /// As `at_least_once`, plus: every publish carries an idempotency key (duplicates within
+        /// the dedup window are stored once), and an ACK sent with a request id is confirmed only
+        /// once it is durable, so a confirmed ack is never redelivered, even after a crash.
+        ExactlyOnce = "exactly_once",
+    }
+}
+
+named_enum! {
+    /// What happens to an expired message.
+    OnExpired {
+        /// Counted and dropped.
+        #[default]
+        Drop = "drop",
+        /// Counted and moved to `{topic}.dlq` with reason `expired`.
+        DeadLetter = "dead_letter",
+    }
+}
+
+named_enum! {
+    /// When a stored topic's messages are deleted.
+    Retention {
+        /// By the retention limits (count, bytes, age) only.
+        #[default]
+        Limits = "limits",
+        /// Also once every durable subscription has acknowledged them (a work queue).
+        WorkQueue = "work_queue",
+    }
+}
+
+/// Default dedup window: 2 minutes.
+pub const DEFAULT_DEDUP_WINDOW: Duration = Duration::from_secs(120);
 
 named_enum! {
     /// Where a topic's messages are kept.
@@ -160,6 +222,16 @@ impl Default for TopicSpec {
             codec: PayloadCodec::Raw,
             storage: StorageKind::Memory,
             fsync: Fsync::Batch,
+            delivery: Delivery::AtMostOnce,
+            priority: false,
+            ttl: None,
+            on_expired: OnExpired::Drop,
+            dedup_window: DEFAULT_DEDUP_WINDOW,
+            dead_letter: true,
+            retention: Retention::Limits,
+            retention_messages: None,
+            retention_bytes: None,
+            retention_age: None,
         }
     }
 }

@@ -21,6 +21,16 @@ pub struct TopicCounters {
     pub rejected: AtomicU64,
     pub blocked: AtomicU64,
     pub slow_disconnects: AtomicU64,
+    /// Durable publishes recognised as duplicates (idempotency key within the dedup window).
+    pub duplicates: AtomicU64,
+    /// Durable deliveries after the first attempt.
+    pub redelivered: AtomicU64,
+    /// Messages moved to the dead-letter queue (or dropped there when it is off).
+    pub dead_lettered: AtomicU64,
+    /// Messages whose TTL passed before they were acknowledged.
+    pub expired: AtomicU64,
+    /// Acknowledgements of durable deliveries.
+    pub acked: AtomicU64,
 }
 
 impl TopicCounters {

@@ -1,35 +1,52 @@
-//! Model-based test of the durable subscription state: random sequences of deliveries, acks,
-//! nacks, in-progress, terms, skips and passing time, applied to `SubscriptionState` and to a
-//! trivially correct model (one status per sequence, linear scans), which must agree on every
-//! output. Plus the rules a user relies on, checked directly.
+//! Model-based test of the durable subscription state: random sequences of admissions (with
+//! priorities, delays and TTLs), deliveries, acks, nacks, in-progress, terms, skips and passing
+//! time, applied to `SubscriptionState` and to a trivially correct model (one status per
+//! sequence, linear scans), which must agree on every output. Plus the rules a user relies on,
+//! checked directly.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use mycelium_broker::delivery::{AckError, DeadReason, Delivery, DeliveryPolicy, Outcome, SubscriptionState};
+use mycelium_broker::delivery::{
+    AckError, Attrs, DeadReason, Delivery, DeliveryPolicy, Outcome, Snapshot, SubscriptionState,
+};
 use proptest::prelude::*;
 
 const MS: u64 = 1_000_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Status {
-    New,
-    InFlight { deadline: u64, attempt: u32 },
-    Waiting { at: u64, attempts: u32 },
+    /// Ready to go out; `attempts` made so far.
+    Ready {
+        attempts: u32,
+    },
+    InFlight {
+        deadline: u64,
+        attempt: u32,
+    },
+    /// Held until `at` (a retry, or a delayed new message with `attempts` 0).
+    Waiting {
+        at: u64,
+        attempts: u32,
+    },
     Finished,
 }
 
-/// The obviously correct reference.
+/// The obviously correct reference. Sequences not in `status` are not admitted yet.
 struct Model {
     policy: DeliveryPolicy,
     status: BTreeMap<u64, Status>,
+    attrs: BTreeMap<u64, Attrs>,
+    next: u64,
 }
 
 impl Model {
     fn new(policy: DeliveryPolicy) -> Self {
         Model {
             policy,
-            status: (1..=40).map(|s| (s, Status::New)).collect(),
+            status: BTreeMap::new(),
+            attrs: BTreeMap::new(),
+            next: 1,
         }
     }
 
@@ -38,48 +55,73 @@ impl Model {
         b[(attempt as usize - 1).min(b.len() - 1)].as_nanos() as u64
     }
 
-    fn next_deliveries(&mut self, now: u64, available: u64, max: usize) -> Vec<Delivery> {
+    fn admit(&mut self, seq: u64, attrs: Attrs, now: u64) -> Option<Outcome> {
+        self.next = seq + 1;
+        if self.status.get(&seq) == Some(&Status::Finished) {
+            return None;
+        }
+        self.attrs.insert(seq, attrs);
+        if attrs.expires_ns.is_some_and(|e| e <= now) {
+            self.status.insert(seq, Status::Finished);
+            return Some(Outcome::Expired {
+                sequence: seq,
+                attempts: 0,
+            });
+        }
+        let status = match attrs.not_before_ns {
+            Some(at) if at > now => Status::Waiting { at, attempts: 0 },
+            _ => Status::Ready { attempts: 0 },
+        };
+        self.status.insert(seq, status);
+        None
+    }
+
+    fn next_deliveries(&mut self, now: u64, max: usize) -> Vec<Delivery> {
+        for status in self.status.values_mut() {
+            if let Status::Waiting { at, attempts } = *status
+                && at <= now
+            {
+                *status = Status::Ready { attempts };
+            }
+        }
         let in_flight = self
             .status
             .values()
             .filter(|s| matches!(s, Status::InFlight { .. }))
             .count();
         let room = self.policy.max_in_flight.saturating_sub(in_flight).min(max);
+        let mut ready: Vec<(std::cmp::Reverse<u8>, bool, u64, u32)> = self
+            .status
+            .iter()
+            .filter_map(|(seq, s)| match s {
+                Status::Ready { attempts } => Some((
+                    std::cmp::Reverse(self.attrs[seq].priority),
+                    *attempts == 0,
+                    *seq,
+                    *attempts,
+                )),
+                _ => None,
+            })
+            .collect();
+        ready.sort();
         let ack_wait = self.policy.ack_wait.as_nanos() as u64;
-        let mut out = Vec::new();
-        for (seq, status) in self.status.iter_mut() {
-            if out.len() == room {
-                break;
-            }
-            if let Status::Waiting { at, attempts } = *status
-                && at <= now
-            {
-                *status = Status::InFlight {
-                    deadline: now + ack_wait,
+        ready
+            .into_iter()
+            .take(room)
+            .map(|(_, _, seq, attempts)| {
+                self.status.insert(
+                    seq,
+                    Status::InFlight {
+                        deadline: now + ack_wait,
+                        attempt: attempts + 1,
+                    },
+                );
+                Delivery {
+                    sequence: seq,
                     attempt: attempts + 1,
-                };
-                out.push(Delivery {
-                    sequence: *seq,
-                    attempt: attempts + 1,
-                });
-            }
-        }
-        for (seq, status) in self.status.iter_mut() {
-            if out.len() == room || *seq >= available {
-                break;
-            }
-            if *status == Status::New {
-                *status = Status::InFlight {
-                    deadline: now + ack_wait,
-                    attempt: 1,
-                };
-                out.push(Delivery {
-                    sequence: *seq,
-                    attempt: 1,
-                });
-            }
-        }
-        out
+                }
+            })
+            .collect()
     }
 
     fn failed(&mut self, seq: u64, attempt: u32, delay: Option<Duration>, now: u64) -> Outcome {
@@ -106,6 +148,43 @@ impl Model {
         }
     }
 
+    fn expire(&mut self, now: u64) -> Vec<Outcome> {
+        let late: Vec<(u64, u32)> = self
+            .status
+            .iter()
+            .filter_map(|(seq, st)| match st {
+                Status::InFlight { deadline, attempt } if *deadline <= now => Some((*seq, *attempt)),
+                _ => None,
+            })
+            .collect();
+        let mut out: Vec<Outcome> = late
+            .into_iter()
+            .map(|(seq, attempt)| self.failed(seq, attempt, None, now))
+            .collect();
+        let expired: Vec<(u64, u32)> = self
+            .status
+            .iter()
+            .filter_map(|(seq, st)| {
+                let attempts = match st {
+                    Status::Ready { attempts } | Status::Waiting { attempts, .. } => *attempts,
+                    _ => return None,
+                };
+                self.attrs[seq]
+                    .expires_ns
+                    .is_some_and(|e| e <= now)
+                    .then_some((*seq, attempts))
+            })
+            .collect();
+        for (seq, attempts) in expired {
+            self.status.insert(seq, Status::Finished);
+            out.push(Outcome::Expired {
+                sequence: seq,
+                attempts,
+            });
+        }
+        out
+    }
+
     fn in_flight(&self, seq: u64) -> Result<u32, AckError> {
         match self.status.get(&seq) {
             Some(Status::InFlight { attempt, .. }) => Ok(*attempt),
@@ -114,27 +193,37 @@ impl Model {
     }
 
     fn floor(&self) -> u64 {
-        self.status
-            .iter()
-            .find(|(_, s)| **s != Status::Finished)
-            .map_or(41, |(seq, _)| *seq)
+        (1..)
+            .find(|seq| self.status.get(seq) != Some(&Status::Finished))
+            .expect("finite")
     }
 
     fn wakeup(&self) -> Option<u64> {
         self.status
-            .values()
-            .filter_map(|s| match s {
-                Status::InFlight { deadline, .. } => Some(*deadline),
-                Status::Waiting { at, .. } => Some(*at),
-                _ => None,
+            .iter()
+            .flat_map(|(seq, s)| {
+                let expiry = self.attrs.get(seq).and_then(|a| a.expires_ns);
+                match s {
+                    Status::InFlight { deadline, .. } => vec![Some(*deadline)],
+                    Status::Waiting { at, .. } => vec![Some(*at), expiry],
+                    Status::Ready { .. } => vec![expiry],
+                    Status::Finished => vec![],
+                }
             })
+            .flatten()
             .min()
     }
 }
 
 #[derive(Debug, Clone)]
 enum Op {
-    Deliver { max: usize, grow: u64 },
+    Admit {
+        count: u64,
+        priority: u8,
+        delay: Option<u64>,
+        ttl: Option<u64>,
+    },
+    Deliver(usize),
     Ack(u64),
     Nack(u64, Option<u64>),
     InProgress(u64),
@@ -146,7 +235,9 @@ enum Op {
 fn op() -> impl Strategy<Value = Op> {
     let seq = 1u64..=24;
     prop_oneof![
-        3 => (0usize..5, 0u64..4).prop_map(|(max, grow)| Op::Deliver { max, grow }),
+        3 => (0u64..4, 0u8..4, proptest::option::weighted(0.2, 0u64..100), proptest::option::weighted(0.2, 0u64..300))
+            .prop_map(|(count, priority, delay, ttl)| Op::Admit { count, priority, delay, ttl }),
+        3 => (0usize..5).prop_map(Op::Deliver),
         3 => seq.clone().prop_map(Op::Ack),
         2 => (seq.clone(), proptest::option::of(0u64..80)).prop_map(|(s, d)| Op::Nack(s, d)),
         1 => seq.clone().prop_map(Op::InProgress),
@@ -171,18 +262,32 @@ proptest! {
             backoff: vec![Duration::from_millis(10), Duration::from_millis(20), Duration::from_millis(40)],
             jitter: 0.0,
             max_in_flight,
+            read_ahead: 1000,
         };
         let mut real = SubscriptionState::new(policy.clone(), 1, 7);
         let mut model = Model::new(policy);
         let mut now = 0u64;
-        let mut available = 1u64;
         let mut acked = std::collections::HashSet::new();
         for op in ops {
             match op {
-                Op::Deliver { max, grow } => {
-                    available = (available + grow).min(41);
-                    let got = real.next_deliveries(now, available, max);
-                    prop_assert_eq!(&got, &model.next_deliveries(now, available, max));
+                Op::Admit { count, priority, delay, ttl } => {
+                    for _ in 0..count {
+                        let seq = model.next;
+                        if seq > 40 {
+                            break;
+                        }
+                        let attrs = Attrs {
+                            priority,
+                            not_before_ns: delay.map(|d| now + d * MS),
+                            expires_ns: ttl.map(|t| now + t * MS),
+                        };
+                        prop_assert_eq!(real.next_admit(), seq.max(real.floor()));
+                        prop_assert_eq!(real.admit(seq, attrs, now), model.admit(seq, attrs, now));
+                    }
+                }
+                Op::Deliver(max) => {
+                    let got = real.next_deliveries(now, max);
+                    prop_assert_eq!(&got, &model.next_deliveries(now, max));
                     for d in &got {
                         prop_assert!(!acked.contains(&d.sequence), "acked {} was delivered again", d.sequence);
                     }
@@ -220,16 +325,7 @@ proptest! {
                 }
                 Op::Advance(ms) => {
                     now += ms * MS;
-                    let late: Vec<(u64, u32)> = model
-                        .status
-                        .iter()
-                        .filter_map(|(seq, st)| match st {
-                            Status::InFlight { deadline, attempt } if *deadline <= now => Some((*seq, *attempt)),
-                            _ => None,
-                        })
-                        .collect();
-                    let expected: Vec<Outcome> = late.into_iter().map(|(seq, attempt)| model.failed(seq, attempt, None, now)).collect();
-                    prop_assert_eq!(real.expire(now), expected);
+                    prop_assert_eq!(real.expire(now), model.expire(now));
                 }
             }
             prop_assert_eq!(real.floor(), model.floor());
@@ -237,6 +333,9 @@ proptest! {
             let model_in_flight = model.status.values().filter(|s| matches!(s, Status::InFlight { .. })).count();
             prop_assert_eq!(real.in_flight(), model_in_flight);
             prop_assert!(real.in_flight() <= max_in_flight);
+            // A restart from the snapshot never hands out what is finished.
+            let restored = SubscriptionState::restore(DeliveryPolicy::default(), &real.snapshot(), 1);
+            prop_assert_eq!(restored.floor(), real.floor());
         }
     }
 }
@@ -254,7 +353,10 @@ fn default_backoff_is_the_seed_schedule_with_jitter() {
     let mut now = 0;
     let mut delays = Vec::new();
     for _ in 0..6 {
-        let d = state.next_deliveries(now, 2, 10);
+        let d = {
+            admit_to(&mut state, 2, now);
+            state.next_deliveries(now, 10)
+        };
         assert_eq!(d.len(), 1);
         match state.nack(1, None, now).unwrap() {
             Outcome::Retry { at_ns, .. } => {
@@ -286,7 +388,10 @@ fn max_deliveries_dead_letters_after_the_last_attempt() {
     };
     let mut state = SubscriptionState::new(policy, 1, 1);
     assert_eq!(
-        state.next_deliveries(0, 2, 1),
+        {
+            admit_to(&mut state, 2, 0);
+            state.next_deliveries(0, 1)
+        },
         vec![Delivery {
             sequence: 1,
             attempt: 1
@@ -298,7 +403,7 @@ fn max_deliveries_dead_letters_after_the_last_attempt() {
     ));
     let later = 10_000 * MS;
     assert_eq!(
-        state.next_deliveries(later, 2, 1),
+        state.next_deliveries(later, 1),
         vec![Delivery {
             sequence: 1,
             attempt: 2
@@ -316,7 +421,7 @@ fn max_deliveries_dead_letters_after_the_last_attempt() {
     );
     assert_eq!(state.floor(), 2);
     assert!(
-        state.next_deliveries(later * 10, 2, 1).is_empty(),
+        state.next_deliveries(later * 10, 1).is_empty(),
         "a dead-lettered message is never redelivered"
     );
 }
@@ -328,16 +433,13 @@ fn prefetch_stops_delivery_until_acks_make_room() {
         ..DeliveryPolicy::default()
     };
     let mut state = SubscriptionState::new(policy, 10, 1);
-    let first: Vec<u64> = state
-        .next_deliveries(0, 100, 10)
-        .iter()
-        .map(|d| d.sequence)
-        .collect();
+    admit_to(&mut state, 100, 0);
+    let first: Vec<u64> = state.next_deliveries(0, 10).iter().map(|d| d.sequence).collect();
     assert_eq!(first, [10, 11, 12]);
-    assert!(state.next_deliveries(0, 100, 10).is_empty());
+    assert!(state.next_deliveries(0, 10).is_empty());
     state.ack(11).unwrap();
     assert_eq!(
-        state.next_deliveries(0, 100, 10),
+        state.next_deliveries(0, 10),
         vec![Delivery {
             sequence: 13,
             attempt: 1
@@ -360,8 +462,165 @@ fn in_progress_extends_the_deadline() {
         ..DeliveryPolicy::default()
     };
     let mut state = SubscriptionState::new(policy, 1, 1);
-    state.next_deliveries(0, 2, 1);
+    admit_to(&mut state, 2, 0);
+    state.next_deliveries(0, 1);
     state.in_progress(1, 20_000 * MS).unwrap();
     assert!(state.expire(45_000 * MS).is_empty(), "deadline moved to 50 s");
     assert_eq!(state.expire(50_000 * MS).len(), 1);
+}
+
+/// Admits every sequence below `available` with default attributes.
+fn admit_to(state: &mut SubscriptionState, available: u64, now: u64) {
+    while state.next_admit() < available {
+        let seq = state.next_admit();
+        assert_eq!(state.admit(seq, Attrs::default(), now), None);
+    }
+}
+
+#[test]
+fn higher_priority_goes_first_and_fifo_within_a_priority() {
+    let mut state = SubscriptionState::new(DeliveryPolicy::default(), 1, 1);
+    for (seq, priority) in [(1, 0), (2, 5), (3, 9), (4, 5), (5, 0)] {
+        let attrs = Attrs {
+            priority,
+            ..Attrs::default()
+        };
+        assert_eq!(state.admit(seq, attrs, 0), None);
+    }
+    let order: Vec<u64> = state.next_deliveries(0, 10).iter().map(|d| d.sequence).collect();
+    assert_eq!(order, [3, 2, 4, 1, 5]);
+}
+
+#[test]
+fn a_delayed_message_waits_for_its_time() {
+    let mut state = SubscriptionState::new(DeliveryPolicy::default(), 1, 1);
+    let delayed = Attrs {
+        not_before_ns: Some(500 * MS),
+        ..Attrs::default()
+    };
+    state.admit(1, delayed, 0);
+    state.admit(2, Attrs::default(), 0);
+    let first: Vec<u64> = state.next_deliveries(0, 10).iter().map(|d| d.sequence).collect();
+    assert_eq!(first, [2], "1 is held back");
+    assert_eq!(
+        state.next_wakeup_ns(),
+        Some(500 * MS),
+        "wakes for the delay (2's deadline is 30 s)"
+    );
+    assert!(state.next_deliveries(499 * MS, 10).is_empty());
+    assert_eq!(
+        state.next_deliveries(500 * MS, 10),
+        vec![Delivery {
+            sequence: 1,
+            attempt: 1
+        }]
+    );
+}
+
+#[test]
+fn an_expired_message_is_never_delivered() {
+    let mut state = SubscriptionState::new(
+        DeliveryPolicy {
+            max_in_flight: 1,
+            ..DeliveryPolicy::default()
+        },
+        1,
+        1,
+    );
+    let short = Attrs {
+        expires_ns: Some(100 * MS),
+        ..Attrs::default()
+    };
+    state.admit(1, Attrs::default(), 0);
+    state.admit(2, short, 0);
+    assert_eq!(
+        state.next_deliveries(0, 10).len(),
+        1,
+        "prefetch 1: only 1 goes out"
+    );
+    assert_eq!(
+        state.expire(100 * MS),
+        vec![Outcome::Expired {
+            sequence: 2,
+            attempts: 0
+        }]
+    );
+    state.ack(1).unwrap();
+    assert!(state.next_deliveries(200 * MS, 10).is_empty());
+    assert_eq!(state.floor(), 3);
+    // Already expired when admitted: finished at once.
+    assert_eq!(
+        state.admit(3, short, 200 * MS),
+        Some(Outcome::Expired {
+            sequence: 3,
+            attempts: 0
+        })
+    );
+}
+
+#[test]
+fn a_restored_state_keeps_acks_out_of_order_and_attempt_counts() {
+    let policy = DeliveryPolicy {
+        max_deliveries: Some(3),
+        jitter: 0.0,
+        ..DeliveryPolicy::default()
+    };
+    let mut state = SubscriptionState::new(policy.clone(), 1, 1);
+    admit_to(&mut state, 5, 0);
+    assert_eq!(state.next_deliveries(0, 10).len(), 4);
+    state.ack(2).unwrap();
+    state.ack(4).unwrap();
+    state.nack(1, None, 0).unwrap(); // attempt 1 of message 1 failed
+    let snapshot = state.snapshot();
+    assert_eq!(
+        snapshot,
+        Snapshot {
+            floor: 1,
+            finished: vec![2, 4],
+            attempts: vec![(1, 1), (3, 1)],
+        }
+    );
+    let json = serde_json::to_string(&snapshot).unwrap();
+    let snapshot: Snapshot = serde_json::from_str(&json).unwrap();
+
+    let mut restored = SubscriptionState::restore(policy, &snapshot, 1);
+    admit_to(&mut restored, 5, 0);
+    let again = restored.next_deliveries(0, 10);
+    assert_eq!(
+        again,
+        vec![
+            Delivery {
+                sequence: 1,
+                attempt: 2
+            },
+            Delivery {
+                sequence: 3,
+                attempt: 2
+            },
+        ],
+        "unacked messages come back with their attempt counts; 2 and 4 never do"
+    );
+}
+
+#[test]
+fn a_restored_message_out_of_attempts_is_dead_lettered_on_admission() {
+    let policy = DeliveryPolicy {
+        max_deliveries: Some(2),
+        ..DeliveryPolicy::default()
+    };
+    let snapshot = Snapshot {
+        floor: 1,
+        finished: vec![],
+        attempts: vec![(1, 2)],
+    };
+    let mut restored = SubscriptionState::restore(policy, &snapshot, 1);
+    assert_eq!(
+        restored.admit(1, Attrs::default(), 0),
+        Some(Outcome::DeadLetter {
+            sequence: 1,
+            attempts: 2,
+            reason: DeadReason::MaxDeliveries
+        })
+    );
+    assert_eq!(restored.floor(), 2);
 }

@@ -147,6 +147,10 @@ error_codes! {
     StorageFailed = 30,
     /// A message the broker already holds under the same idempotency key (reserved).
     Duplicate = 31,
+    /// An ADMIN request that is not valid JSON for any operation, or names bad arguments.
+    InvalidRequest = 40,
+    /// An ADMIN request names something that does not exist (DLQ, dead letter).
+    NotFound = 41,
     /// An internal fault; details are in the broker's log, keyed by the request id.
     Internal = 99,
 }

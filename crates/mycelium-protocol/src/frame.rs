@@ -84,10 +84,16 @@ kinds! {
     InProgress = 0x42,
     /// Client -> server: give up on a delivery; dead-letter it.
     Term = 0x43,
+    /// Server -> client: an ACK sent with a request id is durable.
+    AckOk = 0x44,
     /// Client -> server: ask for statistics.
     Stats = 0x50,
     /// Server -> client: statistics.
     StatsOk = 0x51,
+    /// Client -> server: an administrative request (JSON body; see docs/PROTOCOL.md).
+    Admin = 0x60,
+    /// Server -> client: the answer to ADMIN (JSON body).
+    AdminOk = 0x61,
 }
 
 /// One decoded frame, borrowing from the bytes it was decoded from.
@@ -111,8 +117,11 @@ pub enum Frame<'a> {
     Nack(Nack<'a>),
     InProgress(Ack),
     Term(Term<'a>),
+    AckOk(Ack),
     Stats,
     StatsOk(StatsSnapshot),
+    Admin(&'a [u8]),
+    AdminOk(&'a [u8]),
 }
 
 impl Frame<'_> {
@@ -136,8 +145,11 @@ impl Frame<'_> {
             Frame::Nack(_) => Kind::Nack,
             Frame::InProgress(_) => Kind::InProgress,
             Frame::Term(_) => Kind::Term,
+            Frame::AckOk(_) => Kind::AckOk,
             Frame::Stats => Kind::Stats,
             Frame::StatsOk(_) => Kind::StatsOk,
+            Frame::Admin(_) => Kind::Admin,
+            Frame::AdminOk(_) => Kind::AdminOk,
         }
     }
 }
@@ -212,6 +224,9 @@ pub fn decode(buf: &[u8], frame_bytes_max: usize) -> Result<Option<(Decoded<'_>,
         Kind::Nack => Frame::Nack(Nack::decode(&mut body)?),
         Kind::InProgress => Frame::InProgress(Ack::decode(&mut body, "IN_PROGRESS")?),
         Kind::Term => Frame::Term(Term::decode(&mut body)?),
+        Kind::AckOk => Frame::AckOk(Ack::decode(&mut body, "ACK_OK")?),
+        Kind::Admin => Frame::Admin(body.rest()),
+        Kind::AdminOk => Frame::AdminOk(body.rest()),
         Kind::Stats => empty(&body, Frame::Stats, "STATS")?,
         Kind::StatsOk => Frame::StatsOk(StatsSnapshot::decode(&mut body)?),
     };
@@ -257,7 +272,8 @@ fn encode_inner(buf: &mut BytesMut, request_id: u32, frame: &Frame<'_>) -> Resul
         Frame::Subscribe(f) => f.encode_body(buf)?,
         Frame::SubscribeOk(f) | Frame::Unsubscribe(f) | Frame::UnsubscribeOk(f) => f.encode_body(buf),
         Frame::Deliver(f) => f.encode_body(buf)?,
-        Frame::Ack(f) | Frame::InProgress(f) => f.encode_body(buf),
+        Frame::Ack(f) | Frame::InProgress(f) | Frame::AckOk(f) => f.encode_body(buf),
+        Frame::Admin(body) | Frame::AdminOk(body) => buf.extend_from_slice(body),
         Frame::Nack(f) => f.encode_body(buf)?,
         Frame::Term(f) => f.encode_body(buf)?,
         Frame::StatsOk(f) => f.encode_body(buf)?,

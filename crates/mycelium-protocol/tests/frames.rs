@@ -158,6 +158,13 @@ fn every_frame_kind_round_trips() {
             },
             reason: "poison",
         }),
+        Frame::AckOk(Ack {
+            subscription_id: 1,
+            sequence: 2,
+        }),
+        Frame::Admin(br#"{"op":"dlq_list","topic":"orders"}"#),
+        Frame::AdminOk(br#"{"entries":[]}"#),
+        Frame::Admin(b""),
         Frame::Stats,
         Frame::StatsOk(StatsSnapshot {
             uptime_ms: 5,
@@ -349,6 +356,8 @@ fn error_codes_are_stable() {
         (ErrorCode::InvalidHeaders, 19),
         (ErrorCode::StorageFailed, 30),
         (ErrorCode::Duplicate, 31),
+        (ErrorCode::InvalidRequest, 40),
+        (ErrorCode::NotFound, 41),
         (ErrorCode::Internal, 99),
     ];
     for (code, value) in expected {

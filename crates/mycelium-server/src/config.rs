@@ -44,6 +44,21 @@ pub struct StorageSection {
     pub segment_size: ByteSize,
     /// Durable publishes queued for the storage writer before publishers wait.
     pub queue_capacity: usize,
+    /// Publishes the storage writer appends in one go, at most.
+    pub write_batch: usize,
+    /// A durable subscription's acks and attempt counts are written at most this often (an ACK
+    /// that asks for a confirmation is written at once).
+    pub ack_persist_interval: HumanDuration,
+    /// Messages a durable subscription reads ahead (the window within which priority reorders).
+    pub read_ahead: usize,
+    /// Deliveries a durable subscription hands out per pass.
+    pub dispatch_batch: usize,
+    /// Default retention of disk topics: keep at most this many messages.
+    pub retention_messages: Option<u64>,
+    /// Default retention of disk topics: keep at most this many bytes.
+    pub retention_bytes: Option<ByteSize>,
+    /// Default retention of disk topics: delete messages older than this.
+    pub retention_age: Option<HumanDuration>,
 }
 
 impl Default for StorageSection {
@@ -54,6 +69,13 @@ impl Default for StorageSection {
             fsync_bytes: ByteSize(1 << 20),
             segment_size: ByteSize(64 << 20),
             queue_capacity: 65_536,
+            write_batch: 4096,
+            ack_persist_interval: HumanDuration(Duration::from_millis(20)),
+            read_ahead: 1000,
+            dispatch_batch: 256,
+            retention_messages: None,
+            retention_bytes: None,
+            retention_age: None,
         }
     }
 }
@@ -140,10 +162,32 @@ pub struct TopicSection {
     pub block_timeout: HumanDuration,
     /// `raw` or `tlv`.
     pub codec: String,
-    /// `memory` (routed only) or `disk` (stored in the segment log before PUBLISH_OK).
+    /// `memory` (routed only) or `disk` (stored in the segment log before PUBLISH_OK). Empty:
+    /// `disk` for `at_least_once` / `exactly_once` topics, else `memory`.
     pub storage: String,
     /// For `disk` topics: `batch` (group commit), `always` or `never`.
     pub fsync: String,
+    /// `at_most_once`, `at_least_once` or `exactly_once`. Empty: `at_least_once` for disk
+    /// topics, else `at_most_once`.
+    pub delivery: String,
+    /// Message priorities (0-9) reorder delivery within durable subscriptions.
+    pub priority: bool,
+    /// Time to live of messages that carry none.
+    pub ttl: Option<HumanDuration>,
+    /// `drop` or `dead_letter`: what happens to an expired message.
+    pub on_expired: String,
+    /// How long idempotency keys are remembered.
+    pub dedup_window: HumanDuration,
+    /// Messages out of attempts go to `{topic}.dlq` (else they are dropped and counted).
+    pub dead_letter: bool,
+    /// `limits` or `work_queue` (also delete what every durable subscription acknowledged).
+    pub retention: String,
+    /// Keep at most this many messages (default: `[storage]`'s).
+    pub retention_messages: Option<u64>,
+    /// Keep at most this many bytes.
+    pub retention_bytes: Option<ByteSize>,
+    /// Delete messages older than this.
+    pub retention_age: Option<HumanDuration>,
 }
 
 impl Default for TopicSection {
@@ -158,8 +202,18 @@ impl Default for TopicSection {
             overflow: spec.overflow.to_string(),
             block_timeout: HumanDuration(spec.block_timeout),
             codec: spec.codec.to_string(),
-            storage: spec.storage.to_string(),
+            storage: String::new(),
             fsync: spec.fsync.to_string(),
+            delivery: String::new(),
+            priority: spec.priority,
+            ttl: None,
+            on_expired: spec.on_expired.to_string(),
+            dedup_window: HumanDuration(spec.dedup_window),
+            dead_letter: spec.dead_letter,
+            retention: spec.retention.to_string(),
+            retention_messages: None,
+            retention_bytes: None,
+            retention_age: None,
         }
     }
 }
@@ -292,10 +346,29 @@ impl Config {
                 message: e.to_string().trim_end().to_owned(),
             })?;
         }
+        config.resolve();
         config
             .validate()
             .map_err(|problems| ConfigError::Invalid { file: name, problems })?;
         Ok(config)
+    }
+
+    /// Fills what is derived: a topic's `storage` from its `delivery` and the reverse.
+    pub fn resolve(&mut self) {
+        for topic in &mut self.topics {
+            let durable_delivery = matches!(topic.delivery.as_str(), "at_least_once" | "exactly_once");
+            if topic.storage.is_empty() {
+                topic.storage = if durable_delivery { "disk" } else { "memory" }.into();
+            }
+            if topic.delivery.is_empty() {
+                topic.delivery = if topic.storage == "disk" {
+                    "at_least_once"
+                } else {
+                    "at_most_once"
+                }
+                .into();
+            }
+        }
     }
 
     /// Every problem with the values, or `Ok`.
@@ -352,8 +425,15 @@ impl Config {
                 format!("{} is out of range (4 KiB to 1 GiB)", st.segment_size),
             );
         }
-        if st.queue_capacity == 0 {
-            bad("storage.queue_capacity".into(), "must be greater than 0".into());
+        for (field, value) in [
+            ("queue_capacity", st.queue_capacity),
+            ("write_batch", st.write_batch),
+            ("read_ahead", st.read_ahead),
+            ("dispatch_batch", st.dispatch_batch),
+        ] {
+            if value == 0 {
+                bad(format!("storage.{field}"), "must be greater than 0".into());
+            }
         }
         if self.performance.worker_threads == 0 {
             bad(
@@ -400,6 +480,23 @@ impl Config {
                     "codec",
                     t.codec.parse::<mycelium_broker::spec::PayloadCodec>().err(),
                 ),
+                (
+                    "storage",
+                    t.storage.parse::<mycelium_broker::spec::StorageKind>().err(),
+                ),
+                ("fsync", t.fsync.parse::<mycelium_broker::spec::Fsync>().err()),
+                (
+                    "delivery",
+                    t.delivery.parse::<mycelium_broker::spec::Delivery>().err(),
+                ),
+                (
+                    "on_expired",
+                    t.on_expired.parse::<mycelium_broker::spec::OnExpired>().err(),
+                ),
+                (
+                    "retention",
+                    t.retention.parse::<mycelium_broker::spec::Retention>().err(),
+                ),
             ] {
                 if let Some(reason) = result {
                     bad(key(field), reason);
@@ -433,6 +530,44 @@ impl Config {
             }
             if t.block_timeout.0.is_zero() {
                 bad(key("block_timeout"), "must be greater than 0".into());
+            }
+            let disk = t.storage == "disk";
+            match (t.delivery.as_str(), disk) {
+                ("at_most_once", true) => bad(
+                    key("delivery"),
+                    "at_most_once topics are not stored: use at_least_once (or exactly_once) with storage = \"disk\"".into(),
+                ),
+                ("at_least_once" | "exactly_once", false) => bad(
+                    key("storage"),
+                    format!("{} needs storage = \"disk\"", t.delivery),
+                ),
+                _ => {}
+            }
+            if !disk {
+                for (field, set) in [
+                    ("priority", t.priority),
+                    ("ttl", t.ttl.is_some()),
+                    ("retention_messages", t.retention_messages.is_some()),
+                    ("retention_bytes", t.retention_bytes.is_some()),
+                    ("retention_age", t.retention_age.is_some()),
+                    ("retention", t.retention == "work_queue"),
+                ] {
+                    if set {
+                        bad(
+                            key(field),
+                            "applies to stored topics only (storage = \"disk\")".into(),
+                        );
+                    }
+                }
+            }
+            if t.ttl.is_some_and(|ttl| ttl.0.is_zero()) {
+                bad(
+                    key("ttl"),
+                    "must be greater than 0 (leave it out for no TTL)".into(),
+                );
+            }
+            if t.dedup_window.0.is_zero() {
+                bad(key("dedup_window"), "must be greater than 0".into());
             }
         }
         if problems.is_empty() {
@@ -468,6 +603,16 @@ impl Config {
                     codec: t.codec.parse().unwrap_or_default(),
                     storage: t.storage.parse().unwrap_or_default(),
                     fsync: t.fsync.parse().unwrap_or_default(),
+                    delivery: t.delivery.parse().unwrap_or_default(),
+                    priority: t.priority,
+                    ttl: t.ttl.map(|d| d.0),
+                    on_expired: t.on_expired.parse().unwrap_or_default(),
+                    dedup_window: t.dedup_window.0,
+                    dead_letter: t.dead_letter,
+                    retention: t.retention.parse().unwrap_or_default(),
+                    retention_messages: t.retention_messages,
+                    retention_bytes: t.retention_bytes.map(|b| b.0),
+                    retention_age: t.retention_age.map(|d| d.0),
                 };
                 (t.name.clone(), spec)
             })
@@ -489,9 +634,15 @@ impl Config {
                 fsync_bytes: self.storage.fsync_bytes.bytes(),
                 log: mycelium_storage::LogConfig {
                     segment_bytes: self.storage.segment_size.0,
-                    ..mycelium_storage::LogConfig::default()
+                    retention_messages: self.storage.retention_messages,
+                    retention_bytes: self.storage.retention_bytes.map(|b| b.0),
+                    retention_age: self.storage.retention_age.map(|d| d.0),
                 },
                 queue_capacity: self.storage.queue_capacity,
+                write_batch: self.storage.write_batch,
+                ack_persist_interval: self.storage.ack_persist_interval.0,
+                read_ahead: self.storage.read_ahead,
+                dispatch_batch: self.storage.dispatch_batch,
             },
         }
     }

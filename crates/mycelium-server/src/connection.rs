@@ -338,6 +338,15 @@ fn handle(
         Frame::Nack(n) => verdict(info, broker, request_id, Verdict::Nack(n)),
         Frame::InProgress(a) => verdict(info, broker, request_id, Verdict::InProgress(a)),
         Frame::Term(t) => verdict(info, broker, request_id, Verdict::Term(t)),
+        Frame::Admin(body) => {
+            let (info, broker, body) = (Arc::clone(info), Arc::clone(broker), body.to_vec());
+            tokio::spawn(async move {
+                match crate::admin::handle(broker, body).await {
+                    Ok(json) => reply(&info, request_id, &Frame::AdminOk(&json)),
+                    Err((code, text)) => send_error(&info, request_id, code, 0, &text),
+                }
+            });
+        }
         other @ (Frame::Hello(_)
         | Frame::Welcome(_)
         | Frame::Error(_)
@@ -345,7 +354,9 @@ fn handle(
         | Frame::SubscribeOk(_)
         | Frame::UnsubscribeOk(_)
         | Frame::Deliver(_)
-        | Frame::StatsOk(_)) => {
+        | Frame::StatsOk(_)
+        | Frame::AckOk(_)
+        | Frame::AdminOk(_)) => {
             let text = format!(
                 "{} is not a frame a client sends (or HELLO twice); closing",
                 other.kind().name()
@@ -358,7 +369,7 @@ fn handle(
 
 /// ACK-family frames: answered only on error (or with PONG-like silence), as NATS does.
 fn verdict(info: &ConnectionInfo, broker: &Broker, request_id: u32, verdict: Verdict<'_>) {
-    if let Err(text) = broker.acknowledge(info, verdict) {
+    if let Err(text) = broker.acknowledge(info, verdict, request_id) {
         send_error(info, request_id, ErrorCode::UnknownSubscription, 0, &text);
     }
 }

@@ -5,6 +5,7 @@
 //! accepting, lets every connection's writer flush what is already queued, and removes the socket
 //! file. The `mycelium` binary is a thin wrapper around [`run`].
 
+mod admin;
 mod config;
 mod connection;
 mod listener;
@@ -83,7 +84,8 @@ impl Server {
     ///
     /// # Errors
     /// Invalid configuration, a socket path in use, an address that cannot be bound.
-    pub async fn bind(config: Config) -> Result<Server, ServerError> {
+    pub async fn bind(mut config: Config) -> Result<Server, ServerError> {
+        config.resolve();
         config.validate().map_err(|problems| ConfigError::Invalid {
             file: "configuration".into(),
             problems,

@@ -229,6 +229,22 @@ impl DiskBackend {
         Ok(log)
     }
 
+    /// Applies `limits` (retention by count, bytes and age) to `topic`'s log at `now_ns`; returns
+    /// how many messages became unreadable. An unknown topic: nothing to do.
+    ///
+    /// # Errors
+    /// I/O errors.
+    pub fn apply_retention(&self, topic: &str, limits: &LogConfig, now_ns: u64) -> Result<u64, StorageError> {
+        match self.existing(topic) {
+            Some(log) => {
+                let mut log = log.lock();
+                log.set_retention(limits);
+                log.apply_retention(now_ns)
+            }
+            None => Ok(0),
+        }
+    }
+
     fn existing(&self, topic: &str) -> Option<std::sync::Arc<Mutex<SegmentLog>>> {
         self.logs.lock().get(topic).cloned()
     }

@@ -224,6 +224,13 @@ impl SegmentLog {
         sync_dir(&self.dir)
     }
 
+    /// Replaces the retention limits (the segment size stays).
+    pub fn set_retention(&mut self, limits: &LogConfig) {
+        self.config.retention_messages = limits.retention_messages;
+        self.config.retention_bytes = limits.retention_bytes;
+        self.config.retention_age = limits.retention_age;
+    }
+
     /// Applies the retention limits at time `now_ns`; returns how many messages became unreadable.
     ///
     /// # Errors
