@@ -604,6 +604,13 @@ impl Broker {
     /// Every counter, for STATS and the metrics exporter.
     pub fn stats(&self) -> StatsSnapshot {
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let backend = self.storage();
+        let stored = |t: &TopicRef| match (&backend, t.spec().storage) {
+            (Some(backend), StorageKind::Disk) => backend
+                .bounds(t.name())
+                .map_or(0, |b| b.next.saturating_sub(b.first)),
+            _ => 0,
+        };
         let topics = self
             .topics()
             .iter()
@@ -621,6 +628,12 @@ impl Broker {
                     blocked: load(&c.blocked),
                     slow_disconnects: load(&c.slow_disconnects),
                     subscribers: t.subscriber_count() as u32,
+                    acked: load(&c.acked),
+                    redelivered: load(&c.redelivered),
+                    dead_lettered: load(&c.dead_lettered),
+                    expired: load(&c.expired),
+                    duplicates: load(&c.duplicates),
+                    stored: stored(t),
                 }
             })
             .collect();

@@ -36,6 +36,35 @@ pub struct DurableOptions {
     pub backoff: Vec<Duration>,
 }
 
+/// Message properties and headers of a confirmed publish ([`Client::publish_with`]). Properties
+/// need a stored topic (`delivery = "at_least_once"` or `"exactly_once"`).
+#[derive(Debug, Clone, Default)]
+pub struct PublishOptions {
+    /// Application headers (`traceparent`, content type, ...).
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// 0-9, higher first, on topics with `priority = true`.
+    pub priority: Option<u8>,
+    /// Time to live: never delivered after it passes.
+    pub ttl: Option<Duration>,
+    /// Held back this long before the first delivery.
+    pub delay: Option<Duration>,
+    /// Held back until this time.
+    pub not_before: Option<std::time::SystemTime>,
+    /// Publishes with the same key within the topic's dedup window are stored once.
+    pub idempotency_key: Option<Vec<u8>>,
+}
+
+/// What the broker answered to a confirmed publish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Confirmed {
+    /// The per-topic sequence.
+    pub sequence: u64,
+    /// The broker-assigned id (UUIDv7 bytes; all zero on memory topics).
+    pub id: [u8; 16],
+    /// The broker recognised the idempotency key: `sequence` and `id` are the original's.
+    pub duplicate: bool,
+}
+
 /// The connection's state, observable through [`Client::state_changes`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConnectionState {
@@ -60,6 +89,8 @@ enum Reply {
     Unsubscribed,
     Published(PublishOk),
     Stats(Box<StatsSnapshot>),
+    Acked,
+    Admin(Vec<u8>),
 }
 
 enum Pending {
@@ -317,6 +348,61 @@ impl Client {
         }
     }
 
+    /// Publishes with headers and message properties, and waits for the broker's PUBLISH_OK.
+    ///
+    /// # Errors
+    /// As [`Client::publish_confirmed`]; `InvalidArgument` for an oversize header or key.
+    pub async fn publish_with(
+        &self,
+        topic: &str,
+        payload: impl AsRef<[u8]>,
+        options: &PublishOptions,
+    ) -> Result<Confirmed, Error> {
+        let invalid = |e: mycelium_protocol::ProtocolError| Error::new(ErrorKind::InvalidArgument, e.to_string());
+        let mut headers = BytesMut::new();
+        mycelium_protocol::encode_headers(
+            &mut headers,
+            options.headers.iter().map(|(k, v)| (k.as_str(), v.as_slice())),
+        )
+        .map_err(invalid)?;
+        let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let props = mycelium_protocol::Props {
+            priority: options.priority,
+            ttl_ms: options.ttl.map(millis),
+            delay_ms: options.delay.map(millis),
+            idempotency_key: options.idempotency_key.as_deref(),
+            not_before_ns: options.not_before.map(|t| {
+                t.duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+            }),
+        };
+        let mut check = BytesMut::new();
+        props.encode(&mut check).map_err(invalid)?;
+        let payload = payload.as_ref();
+        let size = payload.len() + headers.len() + check.len() + topic.len() + 64;
+        let reply = self
+            .shared
+            .request(size, |buf, id| {
+                let message = Publish {
+                    topic,
+                    headers: &headers,
+                    props,
+                    payload,
+                    confirm: true,
+                };
+                encode(buf, id, &Frame::Publish(message))
+            })
+            .await?;
+        match reply {
+            Reply::Published(ok) => Ok(Confirmed {
+                sequence: ok.sequence,
+                id: ok.message_id,
+                duplicate: ok.duplicate,
+            }),
+            _ => Err(Error::new(ErrorKind::Protocol, "unexpected reply to PUBLISH")),
+        }
+    }
+
     /// Publishes many messages in one frame.
     ///
     /// # Errors
@@ -400,6 +486,42 @@ impl Client {
             sequence: message.sequence,
         };
         self.shared.send(32, |buf| encode(buf, 0, &Frame::Ack(ack))).await
+    }
+
+    /// Acknowledges a durable delivery and waits until the broker has made the acknowledgement
+    /// durable (ACK_OK): a message acknowledged this way is never redelivered, even after a
+    /// broker crash.
+    ///
+    /// # Errors
+    /// `Server` (not in flight, unknown subscription), `Disconnected`, `Timeout`.
+    pub async fn ack_confirmed(&self, message: &Message) -> Result<(), Error> {
+        let ack = mycelium_protocol::Ack {
+            subscription_id: message.subscription_id,
+            sequence: message.sequence,
+        };
+        match self
+            .shared
+            .request(32, |buf, id| encode(buf, id, &Frame::Ack(ack)))
+            .await?
+        {
+            Reply::Acked => Ok(()),
+            _ => Err(Error::new(ErrorKind::Protocol, "unexpected reply to ACK")),
+        }
+    }
+
+    /// Sends an ADMIN request (JSON, see docs/PROTOCOL.md) and returns the JSON answer.
+    ///
+    /// # Errors
+    /// `Server` (invalid request, not found), `Disconnected`, `Timeout`.
+    pub async fn admin(&self, request: &[u8]) -> Result<Vec<u8>, Error> {
+        match self
+            .shared
+            .request(request.len() + 16, |buf, id| encode(buf, id, &Frame::Admin(request)))
+            .await?
+        {
+            Reply::Admin(answer) => Ok(answer),
+            _ => Err(Error::new(ErrorKind::Protocol, "unexpected reply to ADMIN")),
+        }
     }
 
     /// Refuses a durable delivery: redelivered after `delay` (or the subscription's backoff).

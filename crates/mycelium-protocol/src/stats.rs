@@ -29,6 +29,18 @@ pub struct TopicStats {
     /// Subscribers disconnected for being slow.
     pub slow_disconnects: u64,
     pub subscribers: u32,
+    /// Stored topics: acknowledged durable deliveries.
+    pub acked: u64,
+    /// Stored topics: deliveries after the first attempt.
+    pub redelivered: u64,
+    /// Stored topics: messages given up (max deliveries, TERM, expired on `dead_letter` topics).
+    pub dead_lettered: u64,
+    /// Stored topics: messages whose TTL passed before they were acknowledged.
+    pub expired: u64,
+    /// Stored topics: publishes recognised as duplicates by their idempotency key.
+    pub duplicates: u64,
+    /// Stored topics: messages stored (log next sequence minus first).
+    pub stored: u64,
 }
 
 /// Counters of one subscription.
@@ -101,6 +113,12 @@ impl StatsSnapshot {
                 blocked: body.u64("blocked")?,
                 slow_disconnects: body.u64("slow_disconnects")?,
                 subscribers: body.u32("subscribers")?,
+                acked: body.u64("acked")?,
+                redelivered: body.u64("redelivered")?,
+                dead_lettered: body.u64("dead_lettered")?,
+                expired: body.u64("expired")?,
+                duplicates: body.u64("duplicates")?,
+                stored: body.u64("stored")?,
             });
         }
         let n = count(body, "subscription_count")?;
@@ -157,6 +175,9 @@ impl StatsSnapshot {
             }
             buf.put_u64_le(t.slow_disconnects);
             buf.put_u32_le(t.subscribers);
+            for v in [t.acked, t.redelivered, t.dead_lettered, t.expired, t.duplicates, t.stored] {
+                buf.put_u64_le(v);
+            }
         }
         buf.put_u32_le(self.subscriptions.len() as u32);
         for s in &self.subscriptions {

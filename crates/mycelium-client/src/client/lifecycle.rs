@@ -367,6 +367,8 @@ impl Shared {
             Frame::PublishOk(ok) => answer(Ok(Reply::Published(ok))),
             Frame::Pong => answer(Ok(Reply::Pong)),
             Frame::StatsOk(stats) => answer(Ok(Reply::Stats(Box::new(stats)))),
+            Frame::AckOk(_) => answer(Ok(Reply::Acked)),
+            Frame::AdminOk(json) => answer(Ok(Reply::Admin(json.to_vec()))),
             Frame::Ping => {
                 let mut out = self.out.lock();
                 let _ = encode(&mut out.buf, request_id, &Frame::Pong);

@@ -1,0 +1,349 @@
+//! Durable topics in the broker core under paused tokio time: priority order, TTL, delayed
+//! delivery, ack deadlines with backoff, dead letters with their story, DLQ replay and purge, and
+//! idempotency keys (also across a restart of the core on the same data directory).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use mycelium_broker::dlq::DlqFilter;
+use mycelium_broker::spec::{Delivery, Fsync, OnExpired, StorageKind, TopicSpec};
+use mycelium_broker::{Broker, BrokerConfig, ConnectionInfo, DurableConfig, MessageProps, Verdict};
+use mycelium_protocol::{Ack, DeliveryMeta, Frame, Nack, StartPosition, SubscribeOptions, decode};
+
+fn stored_spec(adjust: impl FnOnce(&mut TopicSpec)) -> TopicSpec {
+    let mut spec = TopicSpec {
+        storage: StorageKind::Disk,
+        delivery: Delivery::AtLeastOnce,
+        fsync: Fsync::Never,
+        ..TopicSpec::default()
+    };
+    adjust(&mut spec);
+    spec
+}
+
+fn broker(dir: &std::path::Path, topics: Vec<(&str, TopicSpec)>) -> Arc<Broker> {
+    Broker::new(BrokerConfig {
+        topics: topics.into_iter().map(|(n, s)| (n.to_owned(), s)).collect(),
+        durable: DurableConfig {
+            data_dir: dir.to_path_buf(),
+            ..DurableConfig::default()
+        },
+        ..BrokerConfig::default()
+    })
+    .unwrap()
+}
+
+/// (sequence, attempt, payload) of every DELIVER waiting for `conn`.
+fn deliveries(conn: &ConnectionInfo) -> Vec<(u64, u32, String)> {
+    let mut buf = BytesMut::new();
+    let n = conn.outbound.take(&mut buf);
+    conn.outbound.written(n);
+    let mut out = Vec::new();
+    let mut rest = &buf[..];
+    while let Some((decoded, used)) = decode(rest, usize::MAX).unwrap() {
+        if let Frame::Deliver(d) = decoded.frame {
+            let meta = DeliveryMeta::decode(d.meta).unwrap();
+            out.push((d.sequence, meta.attempt, String::from_utf8_lossy(d.payload).into_owned()));
+        }
+        rest = &rest[used..];
+    }
+    out
+}
+
+async fn publish(broker: &Broker, topic: &str, payload: &str, props: MessageProps) -> u64 {
+    let (_, stored) = broker
+        .publish_local(topic, Bytes::new(), Bytes::from(payload.to_owned()), props)
+        .await
+        .unwrap();
+    stored.sequence
+}
+
+fn subscribe(broker: &Arc<Broker>, conn: &ConnectionInfo, name: &str, max_in_flight: u32, backoff_ms: Vec<u32>) {
+    let options = SubscribeOptions {
+        durable: Some(name),
+        start: Some(StartPosition::Beginning),
+        ack_wait_ms: Some(30_000),
+        max_deliveries: Some(3),
+        max_in_flight: Some(max_in_flight),
+        backoff_ms,
+    };
+    broker.subscribe_durable(conn, 1, "jobs", &options, 1).unwrap();
+}
+
+/// Lets the dispatcher run at the current (paused) time.
+async fn settle() {
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+}
+
+fn ack(broker: &Broker, conn: &ConnectionInfo, sequence: u64) {
+    let ack = Ack {
+        subscription_id: 1,
+        sequence,
+    };
+    broker.acknowledge(conn, Verdict::Ack(ack), 0).unwrap();
+}
+
+/// Polls (real time) for the storage writer thread, which runs outside the paused runtime.
+fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    for _ in 0..500 {
+        if done() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn priority_ttl_and_delay_decide_what_goes_out_and_when() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = stored_spec(|s| {
+        s.priority = true;
+        s.on_expired = OnExpired::DeadLetter;
+    });
+    let broker = broker(dir.path(), vec![("jobs", spec)]);
+    let secs = |s| Some(Duration::from_secs(s));
+    let props = |priority, ttl, delay| MessageProps {
+        priority,
+        ttl,
+        delay,
+        ..MessageProps::default()
+    };
+    publish(&broker, "jobs", "delayed", props(0, None, secs(10))).await; // 1
+    publish(&broker, "jobs", "short-lived", props(0, secs(5), None)).await; // 2
+    publish(&broker, "jobs", "urgent", props(9, None, None)).await; // 3
+    publish(&broker, "jobs", "soon", props(1, None, None)).await; // 4
+    publish(&broker, "jobs", "plain", props(0, None, None)).await; // 5
+
+    let conn = broker.connect("consumer".into());
+    subscribe(&broker, &conn, "workers", 2, vec![1000]);
+    settle().await;
+    let first = deliveries(&conn);
+    assert_eq!(
+        first.iter().map(|d| d.2.as_str()).collect::<Vec<_>>(),
+        ["urgent", "soon"],
+        "highest priority first; prefetch 2 holds the rest back"
+    );
+
+    // 6 s later the short-lived message's TTL has passed while it waited: never delivered.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    settle().await;
+    ack(&broker, &conn, 3);
+    ack(&broker, &conn, 4);
+    settle().await;
+    assert_eq!(
+        deliveries(&conn).iter().map(|d| d.2.as_str()).collect::<Vec<_>>(),
+        ["plain"],
+        "expired `short-lived` is skipped, `delayed` is not due yet"
+    );
+    ack(&broker, &conn, 5);
+
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    settle().await;
+    assert_eq!(
+        deliveries(&conn).iter().map(|d| d.2.as_str()).collect::<Vec<_>>(),
+        ["delayed"],
+        "the delayed message goes out at its time"
+    );
+    let expired = broker
+        .stats()
+        .topics
+        .iter()
+        .find(|t| t.name == "jobs")
+        .map(|t| t.expired);
+    assert_eq!(expired, Some(1));
+    wait_for("the expired message in the DLQ", || {
+        broker.dlq_list("jobs", &DlqFilter::default(), 0, 10).is_ok_and(|p| p.entries.len() == 1)
+    });
+    let page = broker.dlq_list("jobs", &DlqFilter::default(), 0, 10).unwrap();
+    assert_eq!(page.entries[0].reason, "expired");
+    assert_eq!(page.entries[0].original_sequence, 2);
+    broker.close_storage();
+}
+
+#[tokio::test(start_paused = true)]
+async fn deadlines_and_nacks_retry_with_backoff_then_dead_letter_with_the_story() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = broker(dir.path(), vec![("jobs", stored_spec(|_| {}))]);
+    publish(&broker, "jobs", "poison", MessageProps::default()).await;
+    let conn = broker.connect("consumer".into());
+    subscribe(&broker, &conn, "workers", 10, vec![2_000, 4_000]);
+    settle().await;
+    assert_eq!(deliveries(&conn), [(1, 1, "poison".into())]);
+
+    // Attempt 1 fails by NACK: retried after the 2 s backoff (+-20% jitter), not before.
+    let nack = Nack {
+        ack: Ack {
+            subscription_id: 1,
+            sequence: 1,
+        },
+        delay_ms: 0,
+        reason: "cannot parse",
+    };
+    broker.acknowledge(&conn, Verdict::Nack(nack), 0).unwrap();
+    tokio::time::sleep(Duration::from_millis(1_590)).await;
+    settle().await;
+    assert!(deliveries(&conn).is_empty(), "no retry before the backoff");
+    tokio::time::sleep(Duration::from_millis(820)).await;
+    settle().await;
+    assert_eq!(deliveries(&conn), [(1, 2, "poison".into())]);
+
+    // Attempt 2 misses its 30 s deadline: retried 4 s (+-20%) after it, attempt 3.
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    settle().await;
+    assert!(deliveries(&conn).is_empty());
+    tokio::time::sleep(Duration::from_millis(3_190)).await;
+    settle().await;
+    assert!(deliveries(&conn).is_empty(), "no retry before the backoff");
+    tokio::time::sleep(Duration::from_millis(1_620)).await;
+    settle().await;
+    assert_eq!(deliveries(&conn), [(1, 3, "poison".into())]);
+
+    // Attempt 3 of 3 fails: dead-lettered with every attempt and the last error.
+    let nack = Nack {
+        reason: "still cannot parse",
+        ..nack
+    };
+    broker.acknowledge(&conn, Verdict::Nack(nack), 0).unwrap();
+    wait_for("the dead letter", || {
+        broker.dlq_depth("jobs").is_ok_and(|d| d == 1)
+    });
+    let entry = broker.dlq_get("jobs", 1).unwrap();
+    assert_eq!(entry.reason, "max_deliveries");
+    assert_eq!(entry.attempts, 3);
+    assert_eq!(entry.error.as_deref(), Some("still cannot parse"));
+    assert_eq!(entry.subscription, "workers");
+    let reasons: Vec<&str> = entry
+        .history
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["reason"].as_str().unwrap())
+        .collect();
+    assert_eq!(reasons, ["nack", "ack_timeout", "nack"]);
+    assert_eq!(&entry.payload[..], b"poison");
+
+    // Replay to the original topic: a new message there, gone from the DLQ.
+    let report = broker
+        .dlq_replay("jobs", &DlqFilter::default(), None, None)
+        .await
+        .unwrap();
+    assert_eq!((report.replayed, report.failed.len()), (1, 0));
+    assert_eq!(broker.dlq_depth("jobs").unwrap(), 0);
+    settle().await;
+    assert_eq!(deliveries(&conn), [(2, 1, "poison".into())]);
+    broker.close_storage();
+}
+
+#[tokio::test]
+async fn dlq_filters_paging_and_purge() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = broker(dir.path(), vec![("jobs", stored_spec(|_| {}))]);
+    for i in 0..5 {
+        publish(&broker, "jobs", &format!("m{i}"), MessageProps::default()).await;
+    }
+    let conn = broker.connect("consumer".into());
+    subscribe(&broker, &conn, "workers", 10, vec![]);
+    let mut got = Vec::new();
+    for _ in 0..100 {
+        got.extend(deliveries(&conn));
+        if got.len() == 5 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(got.len(), 5);
+    for (sequence, _, _) in &got {
+        let term = mycelium_protocol::Term {
+            ack: Ack {
+                subscription_id: 1,
+                sequence: *sequence,
+            },
+            reason: if sequence % 2 == 0 { "even" } else { "odd" },
+        };
+        broker.acknowledge(&conn, Verdict::Term(term), 0).unwrap();
+    }
+    wait_for("five dead letters", || broker.dlq_depth("jobs").is_ok_and(|d| d == 5));
+    let first = broker.dlq_list("jobs", &DlqFilter::default(), 0, 2).unwrap();
+    assert_eq!(first.entries.len(), 2);
+    let after = first.next_after.expect("more pages");
+    let rest = broker.dlq_list("jobs", &DlqFilter::default(), after, 10).unwrap();
+    assert_eq!(rest.entries.len(), 3);
+    assert_eq!(rest.next_after, None);
+    assert!(rest.entries.iter().all(|e| e.reason == "terminated"));
+
+    let odd: Vec<u64> = first
+        .entries
+        .iter()
+        .chain(&rest.entries)
+        .filter(|e| e.error.as_deref() == Some("odd"))
+        .map(|e| e.sequence)
+        .collect();
+    let selection = DlqFilter {
+        sequences: odd.clone(),
+        ..DlqFilter::default()
+    };
+    assert_eq!(broker.dlq_purge("jobs", &selection).unwrap(), 3);
+    assert_eq!(broker.dlq_depth("jobs").unwrap(), 2);
+    assert!(matches!(
+        broker.dlq_get("jobs", odd[0]),
+        Err(mycelium_broker::dlq::DlqError::NotFound { .. })
+    ));
+    assert_eq!(broker.dlq_purge("jobs", &DlqFilter::default()).unwrap(), 2);
+    assert_eq!(broker.dlq_depth("jobs").unwrap(), 0);
+    assert!(matches!(
+        broker.dlq_list("nothing", &DlqFilter::default(), 0, 10),
+        Err(mycelium_broker::dlq::DlqError::Unknown(_))
+    ));
+    broker.close_storage();
+}
+
+#[tokio::test]
+async fn idempotency_keys_store_once_within_the_window_and_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = stored_spec(|s| s.delivery = Delivery::ExactlyOnce);
+    let keyed = |key: &str| MessageProps {
+        idempotency_key: Some(Bytes::from(key.to_owned())),
+        ..MessageProps::default()
+    };
+    let first = {
+        let broker = broker(dir.path(), vec![("jobs", spec.clone())]);
+        let (_, a) = broker
+            .publish_local("jobs", Bytes::new(), Bytes::from_static(b"a"), keyed("order-1"))
+            .await
+            .unwrap();
+        let (_, again) = broker
+            .publish_local("jobs", Bytes::new(), Bytes::from_static(b"a"), keyed("order-1"))
+            .await
+            .unwrap();
+        assert!(!a.duplicate);
+        assert!(again.duplicate);
+        assert_eq!((again.sequence, again.id), (a.sequence, a.id));
+        let (_, b) = broker
+            .publish_local("jobs", Bytes::new(), Bytes::from_static(b"b"), keyed("order-2"))
+            .await
+            .unwrap();
+        assert_eq!(b.sequence, a.sequence + 1, "a duplicate takes no sequence");
+        let refused = broker
+            .publish_local("jobs", Bytes::new(), Bytes::from_static(b"c"), MessageProps::default())
+            .await;
+        assert!(
+            refused.unwrap_err().to_string().contains("idempotency key"),
+            "exactly_once topics need a key"
+        );
+        broker.close_storage();
+        a
+    };
+    let broker = broker(dir.path(), vec![("jobs", spec)]);
+    let (_, after_restart) = broker
+        .publish_local("jobs", Bytes::new(), Bytes::from_static(b"a"), keyed("order-1"))
+        .await
+        .unwrap();
+    assert!(after_restart.duplicate, "the window is rebuilt from the log");
+    assert_eq!(after_restart.id, first.id);
+    assert_eq!(broker.storage().unwrap().bounds("jobs").unwrap().next, 3);
+    broker.close_storage();
+}
