@@ -206,8 +206,8 @@ fn confirmed_messages_survive_sigkill() {
 }
 
 /// Killed during consumption: after a restart no acknowledged message comes back and every
-/// unacknowledged one does. (An ACK is persisted within 20 ms of the broker processing it; the
-/// test flushes its ACKs and waits past that before the kill.)
+/// unacknowledged one does, with its attempt count kept. Acks are random (out of order) and
+/// confirmed (ACK_OK: durable), and the kill comes right after the last confirmation.
 #[test]
 fn sigkill_during_consumption_keeps_acks_and_redelivers_the_rest() {
     let seed = crash_seed();
@@ -233,9 +233,10 @@ fn sigkill_during_consumption_keeps_acks_and_redelivers_the_rest() {
         .build()
         .unwrap();
     let mut broker = Guard(start(&config, &socket));
+    const TOTAL: u64 = 300;
     runtime.block_on(async {
         let client = Client::connect(&url).await.unwrap();
-        for i in 0..300u32 {
+        for i in 0..TOTAL {
             client
                 .publish_confirmed("work", format!("job {i}"))
                 .await
@@ -243,10 +244,10 @@ fn sigkill_during_consumption_keeps_acks_and_redelivers_the_rest() {
         }
         client.close().await;
     });
-    let mut acked_up_to = 0u64; // every sequence <= this is acknowledged
-    for round in 0..3 {
-        let ack_count = 20 + next(&mut rng) % 60;
-        println!("round {round}: ack {ack_count} more, then SIGKILL");
+    let mut acked = std::collections::BTreeSet::new();
+    // Sequences handed out before and not acknowledged: they must come back with attempt >= 2.
+    let mut handed_out = std::collections::BTreeSet::new();
+    for round in 0..4 {
         runtime.block_on(async {
             let client = Client::connect(&url).await.unwrap();
             let options = mycelium_client::DurableOptions {
@@ -266,18 +267,30 @@ fn sigkill_during_consumption_keeps_acks_and_redelivers_the_rest() {
                     .unwrap();
                 received.push(message);
             }
-            // Nothing acknowledged ever comes back, and nothing unacknowledged is skipped.
-            assert_eq!(
-                received[0].sequence,
-                acked_up_to + 1,
-                "round {round} (seed {seed})"
-            );
-            for message in received.iter().take(ack_count as usize) {
-                client.ack(message).await.unwrap();
+            // Exactly the 50 lowest unacknowledged sequences, in order; none acknowledged.
+            let expected: Vec<u64> = (1..=TOTAL).filter(|s| !acked.contains(s)).take(50).collect();
+            let got: Vec<u64> = received.iter().map(|m| m.sequence).collect();
+            assert_eq!(got, expected, "round {round} (seed {seed})");
+            for message in &received {
+                if handed_out.contains(&message.sequence) {
+                    assert!(
+                        message.attempt() >= Some(2),
+                        "round {round}: {} redelivered as attempt {:?} (seed {seed})",
+                        message.sequence,
+                        message.attempt()
+                    );
+                }
+                handed_out.insert(message.sequence);
             }
-            client.flush().await.unwrap();
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            acked_up_to += ack_count.min(50);
+            let mut count = 0;
+            for message in &received {
+                if next(&mut rng) % 3 != 0 {
+                    client.ack_confirmed(message).await.unwrap();
+                    acked.insert(message.sequence);
+                    count += 1;
+                }
+            }
+            println!("round {round}: acked {count} of 50 out of order, then SIGKILL");
         });
         Command::new("kill")
             .args(["-9", &broker.0.id().to_string()])
@@ -286,21 +299,89 @@ fn sigkill_during_consumption_keeps_acks_and_redelivers_the_rest() {
         let _ = broker.0.wait();
         broker = Guard(start(&config, &socket));
     }
+    drop(broker);
+}
+
+/// Idempotency keys and delayed messages survive SIGKILL: the key is still known (a retried
+/// publish is a duplicate of the original), and a delayed message is still held to its time.
+#[test]
+fn sigkill_keeps_the_dedup_window_and_delays() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("d.sock");
+    let config = dir.path().join("d.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nsocket_path = \"{}\"\ntcp = \"\"\n[storage]\ndata_dir = \"{}\"\n\
+             [[topics]]\nname = \"payments\"\ndelivery = \"exactly_once\"\n",
+            socket.display(),
+            dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let url = format!("unix://{}", socket.display());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let broker = Guard(start(&config, &socket));
+    let keyed = |key: &str, delay: Option<Duration>| mycelium_client::PublishOptions {
+        idempotency_key: Some(key.as_bytes().to_vec()),
+        delay,
+        ..Default::default()
+    };
+    let (original, not_before) = runtime.block_on(async {
+        let client = Client::connect(&url).await.unwrap();
+        let original = client
+            .publish_with("payments", "pay 10", &keyed("payment-1", None))
+            .await
+            .unwrap();
+        let not_before = std::time::SystemTime::now() + Duration::from_secs(3);
+        client
+            .publish_with("payments", "pay later", &keyed("payment-2", Some(Duration::from_secs(3))))
+            .await
+            .unwrap();
+        (original, not_before)
+    });
+    Command::new("kill")
+        .args(["-9", &broker.0.id().to_string()])
+        .status()
+        .unwrap();
+    drop(broker);
+    let broker = Guard(start(&config, &socket));
     runtime.block_on(async {
         let client = Client::connect(&url).await.unwrap();
+        let retried = client
+            .publish_with("payments", "pay 10", &keyed("payment-1", None))
+            .await
+            .unwrap();
+        assert!(retried.duplicate, "the key outlived the crash");
+        assert_eq!((retried.sequence, retried.id), (original.sequence, original.id));
+        let options = mycelium_client::DurableOptions {
+            start: mycelium_client::StartPosition::Beginning,
+            ..Default::default()
+        };
         let mut sub = client
-            .subscribe_durable("work", "workers", mycelium_client::DurableOptions::default())
+            .subscribe_durable("payments", "ledger", options)
             .await
             .unwrap();
-        let first = tokio::time::timeout(Duration::from_secs(10), sub.next())
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(
-            first.sequence,
-            acked_up_to + 1,
-            "after the last restart (seed {seed})"
-        );
+        let mut payloads = Vec::new();
+        for _ in 0..2 {
+            let message = tokio::time::timeout(Duration::from_secs(10), sub.next())
+                .await
+                .unwrap()
+                .unwrap();
+            if message.payload == "pay later" {
+                assert!(
+                    std::time::SystemTime::now() >= not_before,
+                    "the delayed message came before its time after the restart"
+                );
+            }
+            client.ack_confirmed(&message).await.unwrap();
+            payloads.push(String::from_utf8(message.payload.to_vec()).unwrap());
+        }
+        assert_eq!(payloads, ["pay 10", "pay later"]);
         client.close().await;
     });
     drop(broker);
