@@ -44,7 +44,11 @@ fn deliveries(conn: &ConnectionInfo) -> Vec<(u64, u32, String)> {
     while let Some((decoded, used)) = decode(rest, usize::MAX).unwrap() {
         if let Frame::Deliver(d) = decoded.frame {
             let meta = DeliveryMeta::decode(d.meta).unwrap();
-            out.push((d.sequence, meta.attempt, String::from_utf8_lossy(d.payload).into_owned()));
+            out.push((
+                d.sequence,
+                meta.attempt,
+                String::from_utf8_lossy(d.payload).into_owned(),
+            ));
         }
         rest = &rest[used..];
     }
@@ -59,7 +63,13 @@ async fn publish(broker: &Broker, topic: &str, payload: &str, props: MessageProp
     stored.sequence
 }
 
-fn subscribe(broker: &Arc<Broker>, conn: &ConnectionInfo, name: &str, max_in_flight: u32, backoff_ms: Vec<u32>) {
+fn subscribe(
+    broker: &Arc<Broker>,
+    conn: &ConnectionInfo,
+    name: &str,
+    max_in_flight: u32,
+    backoff_ms: Vec<u32>,
+) {
     let options = SubscribeOptions {
         durable: Some(name),
         start: Some(StartPosition::Beginning),
@@ -156,7 +166,9 @@ async fn priority_ttl_and_delay_decide_what_goes_out_and_when() {
         .map(|t| t.expired);
     assert_eq!(expired, Some(1));
     wait_for("the expired message in the DLQ", || {
-        broker.dlq_list("jobs", &DlqFilter::default(), 0, 10).is_ok_and(|p| p.entries.len() == 1)
+        broker
+            .dlq_list("jobs", &DlqFilter::default(), 0, 10)
+            .is_ok_and(|p| p.entries.len() == 1)
     });
     let page = broker.dlq_list("jobs", &DlqFilter::default(), 0, 10).unwrap();
     assert_eq!(page.entries[0].reason, "expired");
@@ -266,7 +278,9 @@ async fn dlq_filters_paging_and_purge() {
         };
         broker.acknowledge(&conn, Verdict::Term(term), 0).unwrap();
     }
-    wait_for("five dead letters", || broker.dlq_depth("jobs").is_ok_and(|d| d == 5));
+    wait_for("five dead letters", || {
+        broker.dlq_depth("jobs").is_ok_and(|d| d == 5)
+    });
     let first = broker.dlq_list("jobs", &DlqFilter::default(), 0, 2).unwrap();
     assert_eq!(first.entries.len(), 2);
     let after = first.next_after.expect("more pages");
@@ -328,7 +342,12 @@ async fn idempotency_keys_store_once_within_the_window_and_across_a_restart() {
             .unwrap();
         assert_eq!(b.sequence, a.sequence + 1, "a duplicate takes no sequence");
         let refused = broker
-            .publish_local("jobs", Bytes::new(), Bytes::from_static(b"c"), MessageProps::default())
+            .publish_local(
+                "jobs",
+                Bytes::new(),
+                Bytes::from_static(b"c"),
+                MessageProps::default(),
+            )
             .await;
         assert!(
             refused.unwrap_err().to_string().contains("idempotency key"),
@@ -345,5 +364,85 @@ async fn idempotency_keys_store_once_within_the_window_and_across_a_restart() {
     assert!(after_restart.duplicate, "the window is rebuilt from the log");
     assert_eq!(after_restart.id, first.id);
     assert_eq!(broker.storage().unwrap().bounds("jobs").unwrap().next, 3);
+    broker.close_storage();
+}
+
+#[tokio::test]
+async fn retention_by_count_and_work_queue_deletion() {
+    let dir = tempfile::tempdir().unwrap();
+    let small_segments = |broker_dir: &std::path::Path, topics| {
+        Broker::new(BrokerConfig {
+            topics,
+            durable: DurableConfig {
+                data_dir: broker_dir.to_path_buf(),
+                log: mycelium_storage::LogConfig {
+                    segment_bytes: 4096,
+                    ..mycelium_storage::LogConfig::default()
+                },
+                ..DurableConfig::default()
+            },
+            ..BrokerConfig::default()
+        })
+        .unwrap()
+    };
+    let broker = small_segments(
+        dir.path(),
+        vec![
+            (
+                "capped".to_owned(),
+                stored_spec(|s| s.retention_messages = Some(100)),
+            ),
+            (
+                "jobs".to_owned(),
+                stored_spec(|s| s.retention = mycelium_broker::spec::Retention::WorkQueue),
+            ),
+        ],
+    );
+    let payload = "x".repeat(500);
+    for _ in 0..300 {
+        publish(&broker, "capped", &payload, MessageProps::default()).await;
+        publish(&broker, "jobs", &payload, MessageProps::default()).await;
+    }
+    let storage = broker.storage().unwrap();
+    // Retention drops whole segments: the count is kept, give or take one segment.
+    let mut first = 0;
+    for _ in 0..300 {
+        first = storage.bounds("capped").unwrap().first;
+        if first > 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let bounds = storage.bounds("capped").unwrap();
+    assert!(first > 1, "retention never ran");
+    assert!(
+        bounds.next - bounds.first >= 100,
+        "keeps at least the limit: {bounds:?}"
+    );
+    assert!(bounds.next - bounds.first < 120, "drops the rest: {bounds:?}");
+
+    // Work queue: nothing goes while a subscription still needs it; acked messages do.
+    let conn = broker.connect("consumer".into());
+    subscribe(&broker, &conn, "workers", 1000, vec![]);
+    let mut got = Vec::new();
+    while got.len() < 300 {
+        got.extend(deliveries(&conn));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(storage.bounds("jobs").unwrap().first, 1);
+    for (sequence, _, _) in got.iter().take(200) {
+        ack(&broker, &conn, *sequence);
+    }
+    for _ in 0..300 {
+        if storage.bounds("jobs").unwrap().first > 150 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let first = storage.bounds("jobs").unwrap().first;
+    assert!(
+        (150..=201).contains(&first),
+        "acked segments deleted, unacked kept: first = {first}"
+    );
     broker.close_storage();
 }

@@ -4,11 +4,14 @@ use std::io::{IsTerminal, Read, Write};
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
-use mycelium_client::{Client, ClientOptions, DurableOptions, Message, StartPosition};
+use mycelium_client::{Client, ClientOptions, DurableOptions, Message, PublishOptions, StartPosition};
 use mycelium_server::Config;
 use tokio_util::sync::CancellationToken;
 
-use crate::{Cli, Command, ConfigCommand, Format, LogFormat, PubArgs, ServeArgs, SubArgs, tlv};
+use crate::{
+    Cli, Command, ConfigCommand, DlqCommand, DlqFilterArgs, Format, LogFormat, PubArgs, ServeArgs, SubArgs,
+    tlv,
+};
 
 /// The embedded broker's socket.
 const DEFAULT_URL: &str = "unix:///tmp/mycelium.sock";
@@ -133,6 +136,7 @@ async fn client_command(url: &str, command: Command) -> anyhow::Result<ExitCode>
         Command::Sub(args) => subscribe(url, args).await,
         Command::Stats { json } => stats(url, json).await,
         Command::Topics { json } => topics(url, json).await,
+        Command::Dlq { command } => dlq(url, command).await,
         Command::Serve(_) | Command::Config { .. } | Command::Bench(_) => {
             unreachable!("handled without a client")
         }
@@ -161,6 +165,29 @@ async fn publish(url: &str, args: PubArgs) -> anyhow::Result<ExitCode> {
         .map(|h| h.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
         .collect::<Option<_>>()
         .context("headers are key=value")?;
+    let duration = |flag: &str, text: &Option<String>| -> anyhow::Result<Option<std::time::Duration>> {
+        text.as_ref()
+            .map(|t| {
+                humantime::parse_duration(t)
+                    .with_context(|| format!("{flag} `{t}`: expected a duration like 30s"))
+            })
+            .transpose()
+    };
+    let options = PublishOptions {
+        headers: headers
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone().into_bytes()))
+            .collect(),
+        priority: args.priority,
+        ttl: duration("--ttl", &args.ttl)?,
+        delay: duration("--delay", &args.delay)?,
+        not_before: None,
+        idempotency_key: args.key.clone().map(String::into_bytes),
+    };
+    let has_props = options.priority.is_some()
+        || options.ttl.is_some()
+        || options.delay.is_some()
+        || options.idempotency_key.is_some();
     let client = connect(url).await?;
     let mut refused = 0u64;
     let stdout = std::io::stdout();
@@ -170,13 +197,17 @@ async fn publish(url: &str, args: PubArgs) -> anyhow::Result<ExitCode> {
             (None, Some(spec)) => tlv::build(spec, i + 1)?,
             (None, None) => unreachable!("one source is always set"),
         };
-        if args.confirm {
-            if !headers.is_empty() {
-                bail!("--confirm with --header is not supported yet; drop one of them");
-            }
-            match client.publish_confirmed_id(&args.topic, &payload).await {
-                Ok((sequence, id)) if id == [0; 16] => writeln!(stdout.lock(), "{sequence}")?,
-                Ok((sequence, id)) => writeln!(stdout.lock(), "{sequence} {}", uuid_text(&id))?,
+        if args.confirm || has_props {
+            match client.publish_with(&args.topic, &payload, &options).await {
+                Ok(_) if !args.confirm => {}
+                Ok(c) if c.id == [0; 16] => writeln!(stdout.lock(), "{}", c.sequence)?,
+                Ok(c) => writeln!(
+                    stdout.lock(),
+                    "{} {}{}",
+                    c.sequence,
+                    uuid_text(&c.id),
+                    if c.duplicate { " duplicate" } else { "" }
+                )?,
                 Err(error) => {
                     eprintln!("refused: {error}");
                     refused += 1;
@@ -259,7 +290,8 @@ async fn subscribe(url: &str, args: SubArgs) -> anyhow::Result<ExitCode> {
                     .nack(&message, None, "refused by mycelium sub --nack")
                     .await?;
             } else if !args.no_ack {
-                client.ack(&message).await?;
+                // Confirmed: once the next message prints, this one can never come back.
+                client.ack_confirmed(&message).await?;
             }
         }
         seen += 1;
@@ -328,7 +360,9 @@ async fn stats(url: &str, json: bool) -> anyhow::Result<ExitCode> {
                 serde_json::json!({"name": t.name, "routing": t.routing, "published": t.published,
                 "delivered": t.delivered, "dropped": t.dropped, "bytes_in": t.bytes_in, "bytes_out": t.bytes_out,
                 "rejected": t.rejected, "blocked": t.blocked, "slow_disconnects": t.slow_disconnects,
-                "subscribers": t.subscribers})
+                "subscribers": t.subscribers, "stored": t.stored, "acked": t.acked,
+                "redelivered": t.redelivered, "dead_lettered": t.dead_lettered, "expired": t.expired,
+                "duplicates": t.duplicates})
             })
             .collect();
         let subscriptions: Vec<_> = stats
@@ -370,6 +404,23 @@ async fn stats(url: &str, json: bool) -> anyhow::Result<ExitCode> {
             t.slow_disconnects,
             t.subscribers
         );
+    }
+    let stored: Vec<_> = stats
+        .topics
+        .iter()
+        .filter(|t| t.stored + t.acked + t.dead_lettered + t.expired + t.duplicates > 0)
+        .collect();
+    if !stored.is_empty() {
+        println!(
+            "\n{:<28} {:>11} {:>11} {:>11} {:>8} {:>8} {:>10}",
+            "STORED TOPIC", "STORED", "ACKED", "REDELIVERED", "DEAD", "EXPIRED", "DUPLICATES"
+        );
+        for t in stored {
+            println!(
+                "{:<28} {:>11} {:>11} {:>11} {:>8} {:>8} {:>10}",
+                t.name, t.stored, t.acked, t.redelivered, t.dead_lettered, t.expired, t.duplicates
+            );
+        }
     }
     println!(
         "\n{:<6} {:<4} {:<28} {:<12} {:>11} {:>8} {:>7}",
@@ -415,6 +466,179 @@ async fn topics(url: &str, json: bool) -> anyhow::Result<ExitCode> {
                 "{:<32} {:<7} {:>5} {:>11}",
                 t.name, t.routing, t.subscribers, t.published
             );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn dlq_filter(args: &DlqFilterArgs) -> serde_json::Value {
+    serde_json::json!({
+        "sequences": args.sequences,
+        "reason": args.reason,
+        "subscription": args.subscription,
+    })
+}
+
+fn has_filter(args: &DlqFilterArgs) -> bool {
+    !args.sequences.is_empty() || args.reason.is_some() || args.subscription.is_some()
+}
+
+async fn admin(client: &Client, request: serde_json::Value) -> anyhow::Result<serde_json::Value> {
+    let answer = client.admin(request.to_string().as_bytes()).await?;
+    serde_json::from_slice(&answer).context("the broker's answer is not JSON")
+}
+
+fn ns_text(ns: u64) -> String {
+    if ns == 0 {
+        return "-".into();
+    }
+    humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + std::time::Duration::from_nanos(ns)).to_string()
+}
+
+async fn dlq(url: &str, command: DlqCommand) -> anyhow::Result<ExitCode> {
+    let client = connect(url).await?;
+    let result = dlq_inner(&client, command).await;
+    client.close().await;
+    result
+}
+
+async fn dlq_inner(client: &Client, command: DlqCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        DlqCommand::List {
+            topic,
+            filter,
+            after,
+            limit,
+            json,
+        } => {
+            let page = admin(
+                client,
+                serde_json::json!({"op": "dlq_list", "topic": topic, "filter": dlq_filter(&filter),
+                    "after": after, "limit": limit}),
+            )
+            .await?;
+            if json {
+                println!("{page}");
+                return Ok(ExitCode::SUCCESS);
+            }
+            println!(
+                "{} dead letters in {}",
+                page["depth"],
+                page["dlq"].as_str().unwrap_or("")
+            );
+            println!(
+                "{:>6}  {:<24}  {:<16}  {:<14}  {:>8}  {:>8}  ERROR",
+                "SEQ", "DEAD-LETTERED", "SUBSCRIPTION", "REASON", "ORIG", "ATTEMPTS"
+            );
+            for e in page["entries"].as_array().into_iter().flatten() {
+                println!(
+                    "{:>6}  {:<24}  {:<16}  {:<14}  {:>8}  {:>8}  {}",
+                    e["sequence"],
+                    ns_text(e["dead_lettered_ns"].as_u64().unwrap_or(0)),
+                    e["subscription"].as_str().unwrap_or(""),
+                    e["reason"].as_str().unwrap_or(""),
+                    e["original_sequence"],
+                    e["attempts"],
+                    e["error"].as_str().unwrap_or("")
+                );
+            }
+            if let Some(next) = page["next_after"].as_u64() {
+                println!("more: --after {next}");
+            }
+        }
+        DlqCommand::Show {
+            topic,
+            sequence,
+            json,
+        } => {
+            let entry = admin(
+                client,
+                serde_json::json!({"op": "dlq_get", "topic": topic, "sequence": sequence}),
+            )
+            .await?;
+            if json {
+                println!("{entry}");
+                return Ok(ExitCode::SUCCESS);
+            }
+            let text = |k: &str| entry[k].as_str().unwrap_or("").to_owned();
+            println!("dead letter {sequence} ({})", text("id"));
+            println!(
+                "  topic         {} #{} ({})",
+                text("topic"),
+                entry["original_sequence"],
+                text("original_id")
+            );
+            println!("  subscription  {}", text("subscription"));
+            println!(
+                "  reason        {} after {} attempts",
+                text("reason"),
+                entry["attempts"]
+            );
+            if let Some(error) = entry["error"].as_str() {
+                println!("  last error    {error}");
+            }
+            println!(
+                "  published     {}",
+                ns_text(entry["published_ns"].as_u64().unwrap_or(0))
+            );
+            println!(
+                "  dead-lettered {}",
+                ns_text(entry["dead_lettered_ns"].as_u64().unwrap_or(0))
+            );
+            for attempt in entry["history"].as_array().into_iter().flatten() {
+                println!(
+                    "  attempt failed {} {}{}",
+                    ns_text(attempt["at_ns"].as_u64().unwrap_or(0)),
+                    attempt["reason"].as_str().unwrap_or(""),
+                    attempt["error"]
+                        .as_str()
+                        .map(|e| format!(": {e}"))
+                        .unwrap_or_default()
+                );
+            }
+            for (key, value) in entry["headers"].as_object().into_iter().flatten() {
+                println!("  header        {key}: {}", value.as_str().unwrap_or(""));
+            }
+            println!("  payload       {}", text("payload"));
+        }
+        DlqCommand::Replay {
+            topic,
+            filter,
+            all,
+            to,
+            rate,
+        } => {
+            if !all && !has_filter(&filter) {
+                bail!("say which dead letters: --seq N, --reason, --subscription, or --all");
+            }
+            let report = admin(
+                client,
+                serde_json::json!({"op": "dlq_replay", "topic": topic, "filter": dlq_filter(&filter),
+                    "target": to, "rate": rate}),
+            )
+            .await?;
+            let failed = report["failed"].as_array().map_or(0, Vec::len);
+            println!(
+                "replayed {}, already replayed {}, failed {failed}",
+                report["replayed"], report["duplicates"]
+            );
+            for f in report["failed"].as_array().into_iter().flatten() {
+                eprintln!("  {}: {}", f[0], f[1].as_str().unwrap_or(""));
+            }
+            if failed > 0 {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        DlqCommand::Purge { topic, filter, all } => {
+            if !all && !has_filter(&filter) {
+                bail!("say which dead letters: --seq N, --reason, --subscription, or --all");
+            }
+            let answer = admin(
+                client,
+                serde_json::json!({"op": "dlq_purge", "topic": topic, "filter": dlq_filter(&filter)}),
+            )
+            .await?;
+            println!("purged {}", answer["purged"]);
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -44,6 +44,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Browse, replay and purge a topic's dead-letter queue (`{topic}.dlq`).
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
     /// Measure throughput, latency and connection scaling, side by side with NATS and Redis.
     Bench(mycelium_bench::BenchArgs),
     /// Configuration tools.
@@ -93,9 +98,92 @@ struct PubArgs {
     /// Header key=value (repeatable).
     #[arg(long = "header", short = 'H')]
     headers: Vec<String>,
-    /// Wait for the broker to confirm each message; print `<sequence>` per message.
+    /// Wait for the broker to confirm each message; print `<sequence> <id>` per message
+    /// (` duplicate` when the idempotency key was known); exit non-zero if any was refused.
     #[arg(long)]
     confirm: bool,
+    /// Priority 0-9 (topics with priority = true).
+    #[arg(long, value_parser = clap::value_parser!(u8).range(0..=9))]
+    priority: Option<u8>,
+    /// Time to live, e.g. 30s or 5m.
+    #[arg(long)]
+    ttl: Option<String>,
+    /// Hold back the first delivery this long, e.g. 10s.
+    #[arg(long)]
+    delay: Option<String>,
+    /// Idempotency key: publishes with the same key within the topic's dedup window are stored
+    /// once.
+    #[arg(long)]
+    key: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum DlqCommand {
+    /// List dead letters (oldest first).
+    List {
+        /// The topic (or its DLQ, `orders.dlq`).
+        topic: String,
+        #[command(flatten)]
+        filter: DlqFilterArgs,
+        /// Start after this DLQ sequence (paging).
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one dead letter: its story, headers and payload.
+    Show {
+        /// The topic.
+        topic: String,
+        /// The DLQ sequence (from `list`).
+        sequence: u64,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Publish dead letters again and remove them from the DLQ.
+    Replay {
+        /// The topic.
+        topic: String,
+        #[command(flatten)]
+        filter: DlqFilterArgs,
+        /// Every dead letter (required when no filter is given).
+        #[arg(long)]
+        all: bool,
+        /// Publish to this topic instead of each message's original topic.
+        #[arg(long)]
+        to: Option<String>,
+        /// At most this many messages per second.
+        #[arg(long)]
+        rate: Option<u32>,
+    },
+    /// Remove dead letters for good.
+    Purge {
+        /// The topic.
+        topic: String,
+        #[command(flatten)]
+        filter: DlqFilterArgs,
+        /// Every dead letter (required when no filter is given).
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+#[derive(Debug, Clone, clap::Args)]
+struct DlqFilterArgs {
+    /// Only these DLQ sequences (repeatable).
+    #[arg(long = "seq")]
+    sequences: Vec<u64>,
+    /// Only this reason: max_deliveries, terminated, expired.
+    #[arg(long)]
+    reason: Option<String>,
+    /// Only from this durable subscription.
+    #[arg(long)]
+    subscription: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]

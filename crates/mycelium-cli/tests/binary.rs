@@ -386,3 +386,137 @@ fn durable_topics_through_the_cli() {
         "[jobs #3 attempt 2] job\n[jobs #2 attempt 2] job\n"
     );
 }
+
+#[test]
+fn idempotency_keys_and_the_dead_letter_queue_through_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("q.sock");
+    let config = dir.path().join("q.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nsocket_path = \"{}\"\ntcp = \"\"\n[storage]\ndata_dir = \"{}\"\n\
+             [[topics]]\nname = \"jobs\"\ndelivery = \"at_least_once\"\n",
+            socket.display(),
+            dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let child = Command::new(BIN)
+        .args(["serve", "--config", &config.display().to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let broker = Broker {
+        child,
+        socket: socket.clone(),
+    };
+    broker.wait_ready();
+    let url = broker.url();
+    let text = |out: &Output| String::from_utf8_lossy(&out.stdout).into_owned();
+
+    // The same key twice: stored once, the second confirm names the original.
+    let first = cli(
+        &url,
+        &["pub", "jobs", "--confirm", "--key", "job-1", "resize img-1"],
+    );
+    let second = cli(
+        &url,
+        &["pub", "jobs", "--confirm", "--key", "job-1", "resize img-1"],
+    );
+    assert!(second.status.success());
+    assert_eq!(text(&second), format!("{} duplicate\n", text(&first).trim_end()));
+
+    // One attempt allowed, refused: straight to the DLQ with the consumer's error text.
+    let out = cli(
+        &url,
+        &[
+            "sub",
+            "jobs",
+            "--durable",
+            "w",
+            "--from-beginning",
+            "--count",
+            "1",
+            "--nack",
+            "--max-deliveries",
+            "1",
+        ],
+    );
+    assert_eq!(text(&out), "[jobs #1] resize img-1\n");
+    let mut listed = String::new();
+    for _ in 0..100 {
+        let out = cli(&url, &["dlq", "list", "jobs"]);
+        listed = text(&out);
+        if listed.starts_with("1 dead letters") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(listed.starts_with("1 dead letters in jobs.dlq"), "{listed}");
+    assert!(listed.contains("max_deliveries"), "{listed}");
+    assert!(listed.contains("refused by mycelium sub --nack"), "{listed}");
+    let shown = text(&cli(&url, &["dlq", "show", "jobs", "1"]));
+    assert!(
+        shown.contains("reason        max_deliveries after 1 attempts"),
+        "{shown}"
+    );
+    assert!(shown.contains("attempt failed"), "{shown}");
+    assert!(shown.contains("payload       resize img-1"), "{shown}");
+    let json: serde_json::Value =
+        serde_json::from_str(&text(&cli(&url, &["dlq", "list", "jobs", "--json"]))).unwrap();
+    assert_eq!(json["entries"][0]["original_sequence"], 1);
+
+    // Replay and purge need a selection; a missing dead letter is a clear error.
+    let out = cli(&url, &["dlq", "replay", "jobs"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--all"));
+    let out = cli(&url, &["dlq", "show", "jobs", "99"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no dead letter 99"));
+
+    // Replayed to its topic: a new message there, which a fresh subscription sees.
+    let out = cli(&url, &["dlq", "replay", "jobs", "--all", "--rate", "100"]);
+    assert_eq!(text(&out), "replayed 1, already replayed 0, failed 0\n");
+    assert!(text(&cli(&url, &["dlq", "list", "jobs"])).starts_with("0 dead letters"));
+    let out = cli(
+        &url,
+        &[
+            "sub",
+            "jobs",
+            "--durable",
+            "audit",
+            "--from-seq",
+            "2",
+            "--count",
+            "1",
+        ],
+    );
+    assert_eq!(text(&out), "[jobs #2] resize img-1\n");
+
+    // Dead-letter it again (NACK with one attempt allowed), then purge everything.
+    let out = cli(
+        &url,
+        &[
+            "sub",
+            "jobs",
+            "--durable",
+            "w",
+            "--count",
+            "1",
+            "--nack",
+            "--max-deliveries",
+            "1",
+        ],
+    );
+    assert_eq!(text(&out), "[jobs #2] resize img-1\n");
+    for _ in 0..100 {
+        if text(&cli(&url, &["dlq", "list", "jobs"])).starts_with("1 dead letters") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(text(&cli(&url, &["dlq", "purge", "jobs", "--all"])), "purged 1\n");
+    assert!(text(&cli(&url, &["dlq", "list", "jobs"])).starts_with("0 dead letters"));
+}

@@ -284,7 +284,7 @@ fn sigkill_during_consumption_keeps_acks_and_redelivers_the_rest() {
             }
             let mut count = 0;
             for message in &received {
-                if next(&mut rng) % 3 != 0 {
+                if !next(&mut rng).is_multiple_of(3) {
                     client.ack_confirmed(message).await.unwrap();
                     acked.insert(message.sequence);
                     count += 1;
@@ -339,7 +339,11 @@ fn sigkill_keeps_the_dedup_window_and_delays() {
             .unwrap();
         let not_before = std::time::SystemTime::now() + Duration::from_secs(3);
         client
-            .publish_with("payments", "pay later", &keyed("payment-2", Some(Duration::from_secs(3))))
+            .publish_with(
+                "payments",
+                "pay later",
+                &keyed("payment-2", Some(Duration::from_secs(3))),
+            )
             .await
             .unwrap();
         (original, not_before)

@@ -358,7 +358,8 @@ impl Client {
         payload: impl AsRef<[u8]>,
         options: &PublishOptions,
     ) -> Result<Confirmed, Error> {
-        let invalid = |e: mycelium_protocol::ProtocolError| Error::new(ErrorKind::InvalidArgument, e.to_string());
+        let invalid =
+            |e: mycelium_protocol::ProtocolError| Error::new(ErrorKind::InvalidArgument, e.to_string());
         let mut headers = BytesMut::new();
         mycelium_protocol::encode_headers(
             &mut headers,
@@ -516,7 +517,9 @@ impl Client {
     pub async fn admin(&self, request: &[u8]) -> Result<Vec<u8>, Error> {
         match self
             .shared
-            .request(request.len() + 16, |buf, id| encode(buf, id, &Frame::Admin(request)))
+            .request(request.len() + 16, |buf, id| {
+                encode(buf, id, &Frame::Admin(request))
+            })
             .await?
         {
             Reply::Admin(answer) => Ok(answer),

@@ -175,7 +175,14 @@ impl StatsSnapshot {
             }
             buf.put_u64_le(t.slow_disconnects);
             buf.put_u32_le(t.subscribers);
-            for v in [t.acked, t.redelivered, t.dead_lettered, t.expired, t.duplicates, t.stored] {
+            for v in [
+                t.acked,
+                t.redelivered,
+                t.dead_lettered,
+                t.expired,
+                t.duplicates,
+                t.stored,
+            ] {
                 buf.put_u64_le(v);
             }
         }

@@ -139,3 +139,65 @@ fn syntax_errors_unknown_keys_and_wrong_types_name_the_spot() {
         "{text}"
     );
 }
+
+#[test]
+fn delivery_guarantees_and_retention_per_topic() {
+    use mycelium_broker::spec::{Delivery, Retention, StorageKind};
+    let file = write(
+        "[storage]\nack_persist_interval = \"50ms\"\nretention_age = \"7d\"\n\
+         [[topics]]\nname = \"payments\"\ndelivery = \"exactly_once\"\ndedup_window = \"10m\"\n\
+         [[topics]]\nname = \"jobs\"\nstorage = \"disk\"\npriority = true\nttl = \"1h\"\n\
+         retention = \"work_queue\"\nretention_messages = 1000\non_expired = \"dead_letter\"\n\
+         [[topics]]\nname = \"ticks\"\n",
+    );
+    let config = Config::load(Some(file.path()), no_env()).unwrap();
+    let broker = config.broker_config();
+    let spec = |name: &str| broker.topics.iter().find(|(n, _)| n == name).unwrap().1.clone();
+    let payments = spec("payments");
+    assert_eq!(
+        (payments.storage, payments.delivery),
+        (StorageKind::Disk, Delivery::ExactlyOnce)
+    );
+    assert_eq!(payments.dedup_window, Duration::from_secs(600));
+    let jobs = spec("jobs");
+    assert_eq!(
+        jobs.delivery,
+        Delivery::AtLeastOnce,
+        "disk topics default to at_least_once"
+    );
+    assert!(jobs.priority);
+    assert_eq!(jobs.ttl, Some(Duration::from_secs(3600)));
+    assert_eq!(jobs.retention, Retention::WorkQueue);
+    assert_eq!(jobs.retention_messages, Some(1000));
+    let ticks = spec("ticks");
+    assert_eq!(
+        (ticks.storage, ticks.delivery),
+        (StorageKind::Memory, Delivery::AtMostOnce)
+    );
+    assert_eq!(broker.durable.ack_persist_interval, Duration::from_millis(50));
+    assert_eq!(
+        broker.durable.log.retention_age,
+        Some(Duration::from_secs(7 * 86_400))
+    );
+}
+
+#[test]
+fn contradictory_delivery_settings_are_reported_by_key() {
+    let file = write(
+        "[[topics]]\nname = \"a\"\ndelivery = \"at_most_once\"\nstorage = \"disk\"\n\
+         [[topics]]\nname = \"b\"\ndelivery = \"at_least_once\"\nstorage = \"memory\"\n\
+         [[topics]]\nname = \"c\"\npriority = true\nttl = \"5s\"\n\
+         [[topics]]\nname = \"d\"\ndelivery = \"twice\"\nfsync = \"sometimes\"\n",
+    );
+    let error = Config::load(Some(file.path()), no_env()).unwrap_err().to_string();
+    for expected in [
+        "topics[0].delivery: at_most_once topics are not stored",
+        "topics[1].storage: at_least_once needs storage = \"disk\"",
+        "topics[2].priority: applies to stored topics only",
+        "topics[2].ttl: applies to stored topics only",
+        "topics[3].delivery: `twice` is not one of: at_most_once, at_least_once, exactly_once",
+        "topics[3].fsync: `sometimes` is not one of: batch, always, never",
+    ] {
+        assert!(error.contains(expected), "missing `{expected}` in:\n{error}");
+    }
+}
