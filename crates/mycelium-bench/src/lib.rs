@@ -3,6 +3,7 @@
 
 mod connections;
 mod curves;
+mod durable;
 mod latency;
 mod payload;
 mod system;
@@ -93,6 +94,26 @@ enum Mode {
         /// Payload bytes.
         #[arg(long, default_value_t = 128)]
         size: usize,
+    },
+    /// Stored messages: publishes confirmed once stored (Mycelium disk topic, NATS JetStream file
+    /// storage, Redis Streams), and with --consume the end to end at-least-once path (publish +
+    /// consume + ack). Compare with --compare nats=...,redis=....
+    Durable {
+        /// Messages published.
+        #[arg(long, short = 'n', default_value_t = 200_000)]
+        count: u64,
+        /// Payload bytes (at least 8).
+        #[arg(long, default_value_t = 128)]
+        size: usize,
+        /// Publishes in flight (awaiting their confirmation) at once.
+        #[arg(long, default_value_t = 256)]
+        window: usize,
+        /// Mycelium topic's fsync policy: batch (group commit) or always.
+        #[arg(long, default_value = "batch")]
+        fsync: String,
+        /// Also consume and acknowledge every message; delivered/s is then the end-to-end rate.
+        #[arg(long)]
+        consume: bool,
     },
     /// Cost curves: deliveries/s as subscribers (1..256) and payload size (16 B..64 KiB) grow; writes
     /// a Markdown table to stdout and PNG charts to --out.
@@ -186,8 +207,27 @@ fn spawn_broker(binary: Option<PathBuf>) -> anyhow::Result<Spawned> {
     let socket = dir.path().join("bench.sock");
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let tcp = format!("127.0.0.1:{port}");
+    // Stored topics for `bench durable`, with their log on the data disk like any deployment.
+    let config = dir.path().join("bench.toml");
+    let data = dir.path().join("data");
+    let mut text = format!("[storage]\ndata_dir = \"{}\"\n", data.display());
+    for fsync in ["batch", "always"] {
+        text.push_str(&format!(
+            "[[topics]]\nname = \"{}\"\ndelivery = \"at_least_once\"\nfsync = \"{fsync}\"\nretention = \"work_queue\"\n",
+            durable::topic(fsync)
+        ));
+    }
+    std::fs::write(&config, text)?;
     let child = Command::new(&binary)
-        .args(["serve", "--socket", &socket.display().to_string(), "--tcp", &tcp])
+        .args([
+            "serve",
+            "--config",
+            &config.display().to_string(),
+            "--socket",
+            &socket.display().to_string(),
+            "--tcp",
+            &tcp,
+        ])
         .env("MYCELIUM_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
@@ -358,6 +398,23 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
             };
             ("connections", serde_json::to_value(&w)?)
         }
+        Mode::Durable {
+            count,
+            size,
+            window,
+            fsync,
+            consume,
+        } => {
+            let w = durable::Workload {
+                count: *count,
+                size: (*size).max(8),
+                window: *window,
+                fsync: fsync.clone(),
+                consume: *consume,
+            };
+            durable::check(&w)?;
+            ("durable", serde_json::to_value(&w)?)
+        }
         Mode::Curves { .. } => unreachable!("handled above"),
     };
     if matches!(
@@ -398,6 +455,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
                 Mode::Connections { .. } => {
                     let w: connections::Workload = serde_json_to(&workload_json)?;
                     connections::run(system, &w, &progress).await
+                }
+                Mode::Durable { .. } => {
+                    let w: durable::Workload = serde_json_to(&workload_json)?;
+                    durable::run(system, &w, &progress).await
                 }
                 Mode::Curves { .. } => unreachable!("handled above"),
             };
@@ -618,4 +679,11 @@ fn print_table(mode: &str, rows: &[ResultRow]) {
             println!("(ratio columns: Mycelium over unix / over tcp divided by this row; higher is better)");
         }
     }
+}
+
+/// Nanoseconds since the Unix epoch (unique names per run).
+pub(crate) fn now_nanos() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
 }

@@ -181,3 +181,23 @@ fn an_unreachable_peer_is_reported_not_fatal() {
     assert!(report["notes"].to_string().contains("not reachable"), "{report}");
     assert_eq!(systems(&report), vec![("mycelium".to_owned(), "unix".to_owned())]);
 }
+
+#[test]
+fn durable_publish_and_consume_run_against_jetstream_and_redis_streams() {
+    for fsync in ["batch", "always"] {
+        let report = bench(&["durable", "-n", "500", "--fsync", fsync, "--consume"]);
+        assert_eq!(report["mode"], "durable");
+        assert_eq!(report["workload"]["fsync"], fsync);
+        let got = systems(&report);
+        for expected in [("mycelium", "unix"), ("nats", "tcp"), ("redis", "tcp")] {
+            assert!(
+                got.contains(&(expected.0.into(), expected.1.into())),
+                "{expected:?} missing: {report}"
+            );
+        }
+        for row in report["results"].as_array().unwrap() {
+            assert_eq!(row["lost"], 0, "every message consumed and acked: {row}");
+            assert!(row["publish_msgs_per_s"].as_f64().unwrap() > 0.0);
+        }
+    }
+}
