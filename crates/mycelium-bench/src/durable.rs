@@ -29,7 +29,7 @@ pub struct Workload {
     pub size: usize,
     /// Publishes in flight per publisher.
     pub window: usize,
-    /// `batch` or `always`: the Mycelium topic's fsync policy.
+    /// `batch`, `always` or `never`: the Mycelium topic's fsync policy.
     pub fsync: String,
     /// Also consume and ack every message (end to end).
     pub consume: bool,
@@ -390,8 +390,8 @@ pub fn check(w: &Workload) -> anyhow::Result<()> {
     if w.count == 0 || w.window == 0 {
         bail!("durable needs --count and --window above 0");
     }
-    if w.fsync != "batch" && w.fsync != "always" {
-        bail!("--fsync is batch or always");
+    if !["batch", "always", "never"].contains(&w.fsync.as_str()) {
+        bail!("--fsync is batch, always or never");
     }
     Ok(())
 }

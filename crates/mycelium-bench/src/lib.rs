@@ -108,7 +108,8 @@ enum Mode {
         /// Publishes in flight (awaiting their confirmation) at once.
         #[arg(long, default_value_t = 256)]
         window: usize,
-        /// Mycelium topic's fsync policy: batch (group commit) or always.
+        /// Mycelium topic's fsync policy: batch (group commit), always, or never (confirmed after
+        /// the write, like JetStream's default file storage, which syncs every 2 minutes).
         #[arg(long, default_value = "batch")]
         fsync: String,
         /// Also consume and acknowledge every message; delivered/s is then the end-to-end rate.
@@ -211,7 +212,7 @@ fn spawn_broker(binary: Option<PathBuf>) -> anyhow::Result<Spawned> {
     let config = dir.path().join("bench.toml");
     let data = dir.path().join("data");
     let mut text = format!("[storage]\ndata_dir = \"{}\"\n", data.display());
-    for fsync in ["batch", "always"] {
+    for fsync in ["batch", "always", "never"] {
         text.push_str(&format!(
             "[[topics]]\nname = \"{}\"\ndelivery = \"at_least_once\"\nfsync = \"{fsync}\"\nretention = \"work_queue\"\n",
             durable::topic(fsync)

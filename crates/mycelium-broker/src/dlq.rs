@@ -33,6 +33,7 @@ pub(crate) struct DeadLetter<'a> {
     pub(crate) subscription: &'a str,
     pub(crate) sequence: u64,
     pub(crate) message_id: [u8; 16],
+    pub(crate) published_ns: u64,
     pub(crate) attempts: u32,
     pub(crate) reason: &'static str,
     pub(crate) history: &'a [AttemptRecord],
@@ -44,6 +45,7 @@ impl DeadLetter<'_> {
         let id = uuid::Uuid::from_bytes(self.message_id).to_string();
         let (sequence, attempts) = (self.sequence.to_string(), self.attempts.to_string());
         let at = mycelium_codec::now_ns().to_string();
+        let published = self.published_ns.to_string();
         let error = self
             .history
             .iter()
@@ -60,6 +62,7 @@ impl DeadLetter<'_> {
             ("x-dlq-attempts", attempts.as_bytes()),
             ("x-dlq-reason", self.reason.as_bytes()),
             ("x-dlq-at", at.as_bytes()),
+            ("x-dlq-published", published.as_bytes()),
         ];
         if !error.is_empty() {
             entries.push(("x-dlq-error", error.as_bytes()));
@@ -112,7 +115,7 @@ pub struct DlqEntry {
     pub error: Option<String>,
     /// When it was dead-lettered, ns since the Unix epoch.
     pub dead_lettered_ns: u64,
-    /// When it was first published, ns since the Unix epoch.
+    /// When it was published to its original topic, ns since the Unix epoch.
     pub published_ns: u64,
     /// Every failed attempt since the broker started (`at_ns`, `reason`, `error`).
     pub history: serde_json::Value,
@@ -179,7 +182,10 @@ impl DlqEntry {
             reason: text("reason"),
             error: dlq.get("error").cloned(),
             dead_lettered_ns: number("at"),
-            published_ns: message.publish_ns,
+            published_ns: dlq
+                .get("published")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(message.publish_ns),
             history: dlq
                 .get("history")
                 .and_then(|h| serde_json::from_str(h).ok())

@@ -592,6 +592,7 @@ impl DurableSub {
             subscription: &self.name,
             sequence,
             message_id: original.id,
+            published_ns: original.publish_ns,
             attempts,
             reason,
             history: &history,

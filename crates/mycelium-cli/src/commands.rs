@@ -531,14 +531,15 @@ async fn dlq_inner(client: &Client, command: DlqCommand) -> anyhow::Result<ExitC
                 "SEQ", "DEAD-LETTERED", "SUBSCRIPTION", "REASON", "ORIG", "ATTEMPTS"
             );
             for e in page["entries"].as_array().into_iter().flatten() {
+                let number = |k: &str| e[k].as_u64().unwrap_or(0);
                 println!(
                     "{:>6}  {:<24}  {:<16}  {:<14}  {:>8}  {:>8}  {}",
-                    e["sequence"],
-                    ns_text(e["dead_lettered_ns"].as_u64().unwrap_or(0)),
+                    number("sequence"),
+                    ns_text(number("dead_lettered_ns")),
                     e["subscription"].as_str().unwrap_or(""),
                     e["reason"].as_str().unwrap_or(""),
-                    e["original_sequence"],
-                    e["attempts"],
+                    number("original_sequence"),
+                    number("attempts"),
                     e["error"].as_str().unwrap_or("")
                 );
             }

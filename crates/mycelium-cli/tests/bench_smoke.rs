@@ -7,7 +7,18 @@ use std::process::Command;
 const BIN: &str = env!("CARGO_BIN_EXE_mycelium");
 const PEERS: &str = "nats=nats://127.0.0.1:4222,redis=redis://127.0.0.1:6379";
 
+/// One bench at a time: they share the peers (and the 2 cores), and a peer overloaded by a
+/// parallel bench drops pub/sub messages, which the tool rightly reports as a failure.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 fn bench(args: &[&str]) -> serde_json::Value {
+    let _serial = serial();
     let out = Command::new(BIN)
         .arg("bench")
         .args(args)
@@ -129,6 +140,7 @@ fn connections_reports_broker_memory() {
 
 #[test]
 fn curves_write_charts() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let out = Command::new(BIN)
         .args([
