@@ -228,6 +228,8 @@ fn spawn_broker(binary: Option<PathBuf>) -> anyhow::Result<Spawned> {
             &socket.display().to_string(),
             "--tcp",
             &tcp,
+            "--http",
+            "",
         ])
         .env("MYCELIUM_LOG", "warn")
         .stdout(Stdio::null())

@@ -110,9 +110,9 @@ pub struct Broker {
     started: Instant,
     durable: std::sync::OnceLock<DurableStore>,
     /// Durable subscriptions by (topic, durable name).
-    durable_subs: Mutex<HashMap<(String, String), Arc<DurableSub>>>,
+    pub(crate) durable_subs: Mutex<HashMap<(String, String), Arc<DurableSub>>>,
     /// Which durable subscription a (connection, subscription id) consumes.
-    durable_consumers: Mutex<HashMap<(u64, u32), Arc<DurableSub>>>,
+    pub(crate) durable_consumers: Mutex<HashMap<(u64, u32), Arc<DurableSub>>>,
     /// Removal marks of dead-letter queues, by DLQ topic (loaded on first use).
     pub(crate) dlq_marks: Mutex<HashMap<String, crate::dlq::Marks>>,
 }

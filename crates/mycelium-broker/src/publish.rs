@@ -41,6 +41,19 @@ pub struct Publisher {
     last_topic: Option<TopicRef>,
 }
 
+/// A message published from inside the process ([`Broker::publish_local_many`]).
+#[derive(Debug, Clone)]
+pub struct LocalMessage {
+    /// Its topic.
+    pub topic: String,
+    /// Header block.
+    pub headers: bytes::Bytes,
+    /// Payload.
+    pub payload: bytes::Bytes,
+    /// Properties.
+    pub props: MessageProps,
+}
+
 /// A message the broker accepted.
 #[derive(Debug, Clone)]
 pub struct Published {
@@ -174,67 +187,118 @@ impl Broker {
         payload: bytes::Bytes,
         props: MessageProps,
     ) -> Result<(TopicRef, Stored), PublishError> {
-        let mut publisher = Publisher::internal();
-        let topic = publisher.topic(self, topic)?;
-        let key = props.idempotency_key.clone();
-        let message = Publish {
-            topic: topic.name(),
-            headers: &headers,
-            props: mycelium_protocol::Props {
-                priority: (props.priority > 0).then_some(props.priority),
-                ttl_ms: props.ttl.map(|d| d.as_millis() as u64),
-                delay_ms: props.delay.map(|d| d.as_millis() as u64),
-                idempotency_key: key.as_deref(),
-                not_before_ns: props.not_before_ns,
-            },
-            confirm: true,
-            payload: &payload,
-        };
-        if let Err(error) = self.check(&topic, &message) {
-            TopicCounters::add(&topic.counters.rejected, 1);
-            return Err(error);
-        }
-        let counters = &topic.counters;
-        TopicCounters::add(&counters.published, 1);
-        TopicCounters::add(&counters.bytes_in, payload.len() as u64);
-        if topic.spec().storage != StorageKind::Disk {
-            let sequence = topic.next_sequence();
-            publisher.begin_batch(self);
-            self.route(&mut publisher, &topic, sequence, &headers, &payload);
-            self.settle_blocked(&mut publisher).await;
-            publisher.end_batch();
-            let stored = Stored {
-                sequence,
-                id: [0; 16],
-                duplicate: false,
-            };
-            return Ok((topic, stored));
-        }
-        let Some(store) = self.durable() else {
-            return Err(PublishError::StorageUnavailable(
-                "no storage is configured".into(),
-            ));
-        };
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        let request = AppendRequest {
-            topic: Arc::clone(&topic),
+        let message = LocalMessage {
+            topic: topic.to_owned(),
             headers,
             payload,
             props,
-            confirm: Confirm::Reply(reply),
         };
-        store
-            .sender
-            .send(request)
+        self.publish_local_many(vec![message])
             .await
-            .map_err(|_| PublishError::StorageUnavailable("the storage writer has stopped".into()))?;
-        match answer.await {
-            Ok(Ok(stored)) => Ok((topic, stored)),
-            Ok(Err(text)) => Err(PublishError::StorageUnavailable(text)),
-            Err(_) => Err(PublishError::StorageUnavailable(
-                "the storage writer has stopped".into(),
-            )),
+            .pop()
+            .unwrap_or_else(|| Err(PublishError::StorageUnavailable("nothing was published".into())))
+    }
+
+    /// Publishes messages in order from inside the process; stored ones are handed to the storage
+    /// writer all together (one group commit can cover them) and the results come back in order.
+    /// A message refused by validation does not stop the others.
+    pub async fn publish_local_many(
+        &self,
+        messages: Vec<LocalMessage>,
+    ) -> Vec<Result<(TopicRef, Stored), PublishError>> {
+        enum Step {
+            Done(Result<(TopicRef, Stored), PublishError>),
+            Waiting(TopicRef, tokio::sync::oneshot::Receiver<Result<Stored, String>>),
         }
+        let mut publisher = Publisher::internal();
+        publisher.begin_batch(self);
+        let mut steps = Vec::with_capacity(messages.len());
+        for LocalMessage {
+            topic,
+            headers,
+            payload,
+            props,
+        } in messages
+        {
+            let topic = match publisher.topic(self, &topic) {
+                Ok(topic) => topic,
+                Err(error) => {
+                    steps.push(Step::Done(Err(error)));
+                    continue;
+                }
+            };
+            let key = props.idempotency_key.clone();
+            let message = Publish {
+                topic: topic.name(),
+                headers: &headers,
+                props: mycelium_protocol::Props {
+                    priority: (props.priority > 0).then_some(props.priority),
+                    ttl_ms: props.ttl.map(|d| d.as_millis() as u64),
+                    delay_ms: props.delay.map(|d| d.as_millis() as u64),
+                    idempotency_key: key.as_deref(),
+                    not_before_ns: props.not_before_ns,
+                },
+                confirm: true,
+                payload: &payload,
+            };
+            if let Err(error) = self.check(&topic, &message) {
+                TopicCounters::add(&topic.counters.rejected, 1);
+                steps.push(Step::Done(Err(error)));
+                continue;
+            }
+            let counters = &topic.counters;
+            TopicCounters::add(&counters.published, 1);
+            TopicCounters::add(&counters.bytes_in, payload.len() as u64);
+            if topic.spec().storage != StorageKind::Disk {
+                let sequence = topic.next_sequence();
+                self.route(&mut publisher, &topic, sequence, &headers, &payload);
+                if publisher.has_blocked() {
+                    self.settle_blocked(&mut publisher).await;
+                    publisher.begin_batch(self);
+                }
+                let stored = Stored {
+                    sequence,
+                    id: [0; 16],
+                    duplicate: false,
+                };
+                steps.push(Step::Done(Ok((topic, stored))));
+                continue;
+            }
+            let Some(store) = self.durable() else {
+                let error = PublishError::StorageUnavailable("no storage is configured".into());
+                steps.push(Step::Done(Err(error)));
+                continue;
+            };
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            let request = AppendRequest {
+                topic: Arc::clone(&topic),
+                headers,
+                payload,
+                props,
+                confirm: Confirm::Reply(reply),
+            };
+            match store.sender.send(request).await {
+                Ok(()) => steps.push(Step::Waiting(topic, answer)),
+                Err(_) => steps.push(Step::Done(Err(PublishError::StorageUnavailable(
+                    "the storage writer has stopped".into(),
+                )))),
+            }
+        }
+        publisher.end_batch();
+        let mut results = Vec::with_capacity(steps.len());
+        for step in steps {
+            results.push(match step {
+                Step::Done(result) => result,
+                Step::Waiting(topic, answer) => match answer.await {
+                    Ok(Ok(stored)) => Ok((topic, stored)),
+                    Ok(Err(text)) => Err(PublishError::StorageUnavailable(text)),
+                    Err(_) => Err(PublishError::StorageUnavailable(
+                        "the storage writer has stopped".into(),
+                    )),
+                },
+            });
+        }
+        results
     }
 
     fn queue_durable(

@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     Cli, Command, ConfigCommand, DlqCommand, DlqFilterArgs, Format, LogFormat, PubArgs, ServeArgs, SubArgs,
-    tlv,
+    TokenCommand, tlv,
 };
 
 /// The embedded broker's socket.
@@ -45,6 +45,40 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::Token {
+            command:
+                TokenCommand::Issue {
+                    roles,
+                    ttl,
+                    publish,
+                    subscribe,
+                    subject,
+                    config,
+                },
+        } => {
+            let config = Config::load(config.as_deref(), std::env::vars())?;
+            let jwt = config
+                .jwt_config()
+                .map_err(|e| anyhow::anyhow!(e))?
+                .context("http.auth is \"none\": there is no key to sign tokens with")?;
+            let roles = roles
+                .iter()
+                .map(|r| r.parse::<mycelium_http::Role>().map_err(|e| anyhow::anyhow!(e)))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let ttl = humantime::parse_duration(&ttl).with_context(|| format!("--ttl `{ttl}`"))?;
+            let request = mycelium_http::TokenRequest {
+                subject,
+                roles,
+                ttl,
+                publish: (!publish.is_empty()).then_some(publish),
+                consume: (!subscribe.is_empty()).then_some(subscribe),
+            };
+            println!(
+                "{}",
+                mycelium_http::issue(&jwt, &request).map_err(|e| anyhow::anyhow!(e))?
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Config {
             command: ConfigCommand::Show { file },
         } => {
@@ -69,6 +103,12 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     if let Some(tcp) = args.tcp {
         config.server.tcp = tcp;
+    }
+    if let Some(http) = args.http {
+        config.http.enabled = !http.is_empty();
+        if !http.is_empty() {
+            config.http.listen = http;
+        }
     }
     config
         .validate()
@@ -137,7 +177,7 @@ async fn client_command(url: &str, command: Command) -> anyhow::Result<ExitCode>
         Command::Stats { json } => stats(url, json).await,
         Command::Topics { json } => topics(url, json).await,
         Command::Dlq { command } => dlq(url, command).await,
-        Command::Serve(_) | Command::Config { .. } | Command::Bench(_) => {
+        Command::Serve(_) | Command::Config { .. } | Command::Bench(_) | Command::Token { .. } => {
             unreachable!("handled without a client")
         }
     }

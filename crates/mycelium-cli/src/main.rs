@@ -51,6 +51,11 @@ enum Command {
     },
     /// Measure throughput, latency and connection scaling, side by side with NATS and Redis.
     Bench(mycelium_bench::BenchArgs),
+    /// HTTP API tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
     /// Configuration tools.
     Config {
         #[command(subcommand)]
@@ -69,6 +74,10 @@ struct ServeArgs {
     /// TCP listen address (overrides the file and the environment; "" disables).
     #[arg(long)]
     tcp: Option<String>,
+    /// HTTP API listen address (overrides the file and the environment; "" disables the HTTP
+    /// API).
+    #[arg(long)]
+    http: Option<String>,
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -235,6 +244,31 @@ struct SubArgs {
     /// With --durable: attempts before the dead-letter queue (0: unlimited).
     #[arg(long, requires = "durable")]
     max_deliveries: Option<u32>,
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Mint a JWT for the HTTP API from the configured key (development and tests).
+    Issue {
+        /// Role: producer, consumer or admin (repeatable).
+        #[arg(long = "role", required = true)]
+        roles: Vec<String>,
+        /// Lifetime, e.g. 1h or 30m.
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+        /// Topics it may publish to (patterns; repeatable; default: any).
+        #[arg(long = "pub")]
+        publish: Vec<String>,
+        /// Topics it may consume from (patterns; repeatable; default: any).
+        #[arg(long = "subscribe")]
+        subscribe: Vec<String>,
+        /// Subject (`sub` claim).
+        #[arg(long, default_value = "mycelium-cli")]
+        subject: String,
+        /// The broker's configuration file (for the key; default: embedded defaults).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

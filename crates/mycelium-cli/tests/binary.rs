@@ -18,7 +18,15 @@ impl Broker {
     /// Starts `mycelium serve` with no config file, on `socket`, TCP off.
     fn start(socket: &Path) -> Broker {
         let child = Command::new(BIN)
-            .args(["serve", "--socket", &socket.display().to_string(), "--tcp", ""])
+            .args([
+                "serve",
+                "--socket",
+                &socket.display().to_string(),
+                "--tcp",
+                "",
+                "--http",
+                "",
+            ])
             .env("MYCELIUM_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -249,7 +257,15 @@ fn a_second_broker_on_a_live_socket_is_refused() {
     let socket = dir.path().join("l.sock");
     let _broker = Broker::start(&socket);
     let out = Command::new(BIN)
-        .args(["serve", "--socket", &socket.display().to_string(), "--tcp", ""])
+        .args([
+            "serve",
+            "--socket",
+            &socket.display().to_string(),
+            "--tcp",
+            "",
+            "--http",
+            "",
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success());
@@ -291,7 +307,7 @@ fn config_check_reports_every_problem_and_fails() {
 
     // A broker with a bad file does not start.
     let out = Command::new(BIN)
-        .args(["serve", "--config", &file.display().to_string()])
+        .args(["serve", "--config", &file.display().to_string(), "--http", ""])
         .output()
         .unwrap();
     assert!(!out.status.success());
@@ -312,7 +328,7 @@ fn durable_topics_through_the_cli() {
     )
     .unwrap();
     let child = Command::new(BIN)
-        .args(["serve", "--config", &config.display().to_string()])
+        .args(["serve", "--config", &config.display().to_string(), "--http", ""])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -403,7 +419,7 @@ fn idempotency_keys_and_the_dead_letter_queue_through_the_cli() {
     )
     .unwrap();
     let child = Command::new(BIN)
-        .args(["serve", "--config", &config.display().to_string()])
+        .args(["serve", "--config", &config.display().to_string(), "--http", ""])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

@@ -16,7 +16,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_mycelium");
 
 fn start(config: &Path, socket: &Path) -> Child {
     let mut child = Command::new(BIN)
-        .args(["serve", "--config", &config.display().to_string()])
+        .args(["serve", "--config", &config.display().to_string(), "--http", ""])
         .env("MYCELIUM_LOG", "warn")
         .stdout(Stdio::null())
         .spawn()

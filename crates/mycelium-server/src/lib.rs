@@ -25,7 +25,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use config::{
-    Config, ConfigError, DomainsSection, ENV_PREFIX, PerformanceSection, Problem, ServerSection, TopicSection,
+    Config, ConfigError, DomainsSection, ENV_PREFIX, HttpSection, PerformanceSection, Problem, QuotaSection,
+    RateLimitSection, ServerSection, TopicQuotaSection, TopicSection,
 };
 
 /// A `[[topics]]` entry named `name` with defaults, adjusted by `adjust` (for tests and tools).
@@ -49,6 +50,9 @@ pub enum ServerError {
     /// A configured topic is invalid.
     #[error("configuration: {0}")]
     Broker(#[from] mycelium_broker::PublishError),
+    /// The HTTP API could not start (key file, address).
+    #[error("http: {0}")]
+    Http(String),
     /// The socket path is in use or is not ours to replace.
     #[error("cannot use socket path {}: {reason}", path.display())]
     SocketPathTaken {
@@ -76,6 +80,9 @@ pub struct Server {
     unix: Option<(UnixListener, PathBuf)>,
     tcp: Option<TcpListener>,
     tcp_addr: Option<SocketAddr>,
+    http: Option<mycelium_http::HttpServer>,
+    http_addr: Option<SocketAddr>,
+    shutdown_timeout: std::time::Duration,
     shutdown: CancellationToken,
 }
 
@@ -100,6 +107,23 @@ impl Server {
             None => None,
         };
         let tcp_addr = tcp.as_ref().and_then(|l| l.local_addr().ok());
+        let http = match config.http_config().map_err(ServerError::Http)? {
+            Some(http) => {
+                if matches!(http.auth, mycelium_http::AuthConfig::None) {
+                    tracing::warn!(
+                        "HTTP API AUTHENTICATION IS OFF (http.auth = \"none\"): every caller is an admin; \
+                         keep http.listen on loopback or turn auth on"
+                    );
+                }
+                Some(
+                    mycelium_http::bind(Arc::clone(&broker), http)
+                        .await
+                        .map_err(ServerError::Http)?,
+                )
+            }
+            None => None,
+        };
+        let http_addr = http.as_ref().and_then(mycelium_http::HttpServer::local_addr);
         let settings = Arc::new(Settings {
             server_name: format!("{} {}", config.server.name, env!("CARGO_PKG_VERSION")),
             frame_bytes_max: config.server.max_frame_size.bytes(),
@@ -116,6 +140,9 @@ impl Server {
             unix,
             tcp,
             tcp_addr,
+            http,
+            http_addr,
+            shutdown_timeout: config.server.shutdown_timeout.0,
             shutdown: CancellationToken::new(),
         })
     }
@@ -135,6 +162,11 @@ impl Server {
         self.tcp_addr
     }
 
+    /// The bound HTTP address, if the HTTP API listens on TCP.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
+    }
+
     /// The token that stops [`Server::run`].
     pub fn shutdown_token(&self) -> CancellationToken {
         self.shutdown.clone()
@@ -148,9 +180,12 @@ impl Server {
             max_connections,
             unix,
             tcp,
+            http,
+            shutdown_timeout,
             shutdown,
             ..
         } = self;
+        let http_task = http.map(|http| tokio::spawn(http.run(shutdown.clone(), shutdown_timeout)));
         let tracker = TaskTracker::new();
         let active = Arc::new(AtomicUsize::new(0));
         let socket_path = unix.as_ref().map(|(_, p)| p.clone());
@@ -208,6 +243,9 @@ impl Server {
         };
         tokio::join!(unix_loop, tcp_loop);
         tracing::info!("shutting down: flushing connections");
+        if let Some(task) = http_task {
+            let _ = task.await;
+        }
         tracker.close();
         tracker.wait().await;
         // Every connection is gone: store, sync and confirm what is still queued, then stop.

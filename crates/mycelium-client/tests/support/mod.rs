@@ -15,6 +15,8 @@ pub struct TestServer {
 impl TestServer {
     pub async fn start_at(socket: &Path, adjust: impl FnOnce(&mut Config)) -> TestServer {
         let mut config = Config::default();
+        // The HTTP API has its own tests; these need no port of their own.
+        config.http.enabled = false;
         config.server.socket_path = socket.display().to_string();
         config.server.tcp = String::new();
         adjust(&mut config);

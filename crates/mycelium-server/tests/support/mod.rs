@@ -28,6 +28,8 @@ impl TestServer {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("broker.sock");
         let mut config = Config::default();
+        // The HTTP API has its own tests; these need no port of their own.
+        config.http.enabled = false;
         config.server.socket_path = socket.display().to_string();
         config.server.tcp = "127.0.0.1:0".into();
         config.server.shutdown_timeout = mycelium_server::units::HumanDuration(Duration::from_secs(2));

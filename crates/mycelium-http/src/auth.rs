@@ -1,0 +1,380 @@
+//! Who is calling: JWT bearer tokens (HS256 with a shared secret, RS256 / ES256 with a public key
+//! file), roles from a configurable claim, and optional topic patterns in the token (`pub`,
+//! `sub`) that restrict further. `auth = "none"` makes every caller an admin (loopback only by
+//! default, loudly logged at start-up).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use axum::http::HeaderMap;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use mycelium_broker::name::Pattern;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{ApiError, Kind};
+
+/// A role, from least to most allowed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// May publish.
+    Producer,
+    /// May consume, ack, nack.
+    Consumer,
+    /// May do everything: topics, subscriptions, DLQ.
+    Admin,
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "producer" => Ok(Role::Producer),
+            "consumer" => Ok(Role::Consumer),
+            "admin" => Ok(Role::Admin),
+            other => Err(format!("`{other}` is not a role (producer, consumer, admin)")),
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Role::Producer => "producer",
+            Role::Consumer => "consumer",
+            Role::Admin => "admin",
+        })
+    }
+}
+
+/// How tokens are checked.
+#[derive(Debug, Clone)]
+pub enum AuthConfig {
+    /// Everyone is an admin.
+    None,
+    /// JWT bearer tokens.
+    Jwt(JwtConfig),
+}
+
+/// The key tokens are signed with.
+#[derive(Debug, Clone)]
+pub enum JwtKey {
+    /// HS256 with a shared secret.
+    Hs256(Vec<u8>),
+    /// RS256: verify with the PEM public key; sign (token issue) with the private key if given.
+    Rs256 {
+        /// PEM public key file.
+        public_key: PathBuf,
+        /// PEM private key file (only for `mycelium token issue`).
+        private_key: Option<PathBuf>,
+    },
+    /// ES256 (P-256).
+    Es256 {
+        /// PEM public key file.
+        public_key: PathBuf,
+        /// PEM private key file (only for `mycelium token issue`).
+        private_key: Option<PathBuf>,
+    },
+}
+
+/// JWT settings.
+#[derive(Debug, Clone)]
+pub struct JwtConfig {
+    /// The key.
+    pub key: JwtKey,
+    /// The claim holding the role(s): a string or an array of strings.
+    pub role_claim: String,
+    /// Clock skew allowed on `exp` / `nbf`.
+    pub leeway: Duration,
+    /// Required `iss`, if set.
+    pub issuer: Option<String>,
+    /// Required `aud`, if set.
+    pub audience: Option<String>,
+}
+
+/// A checked caller.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    /// `sub` of the token (`anonymous` without auth).
+    pub subject: String,
+    /// Roles granted.
+    pub roles: Vec<Role>,
+    /// Topics it may publish to (`None`: any its role allows).
+    pub publish: Option<Vec<Pattern>>,
+    /// Topics it may consume from.
+    pub consume: Option<Vec<Pattern>>,
+}
+
+impl Principal {
+    /// The caller when authentication is off.
+    pub fn anonymous_admin() -> Principal {
+        Principal {
+            subject: "anonymous".into(),
+            roles: vec![Role::Admin],
+            publish: None,
+            consume: None,
+        }
+    }
+
+    /// Whether it has `role` (admin has every role).
+    pub fn has(&self, role: Role) -> bool {
+        self.roles.iter().any(|r| *r == role || *r == Role::Admin)
+    }
+
+    /// The strongest role (for rate limits).
+    pub fn top_role(&self) -> Role {
+        self.roles.iter().copied().max().unwrap_or(Role::Producer)
+    }
+
+    /// Refuses with 403 unless it has `role`.
+    ///
+    /// # Errors
+    /// 403.
+    pub fn require(&self, role: Role) -> Result<(), ApiError> {
+        if self.has(role) {
+            Ok(())
+        } else {
+            Err(ApiError::new(
+                Kind::Forbidden,
+                format!("this needs the `{role}` role; the token has {:?}", self.roles),
+            ))
+        }
+    }
+
+    /// Refuses with 403 unless it may publish to `topic`.
+    ///
+    /// # Errors
+    /// 403.
+    pub fn may_publish(&self, topic: &str) -> Result<(), ApiError> {
+        self.require(Role::Producer)?;
+        check_topics(self.publish.as_deref(), topic, "publish to")
+    }
+
+    /// Refuses with 403 unless it may consume from `topic`.
+    ///
+    /// # Errors
+    /// 403.
+    pub fn may_consume(&self, topic: &str) -> Result<(), ApiError> {
+        self.require(Role::Consumer)?;
+        check_topics(self.consume.as_deref(), topic, "consume from")
+    }
+}
+
+fn check_topics(allowed: Option<&[Pattern]>, topic: &str, what: &str) -> Result<(), ApiError> {
+    match allowed {
+        Some(patterns) if !patterns.iter().any(|p| p.matches(topic)) => Err(ApiError::new(
+            Kind::Forbidden,
+            format!("the token may not {what} `{topic}`"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// The claims of a Mycelium token.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Claims {
+    /// Subject.
+    pub sub: String,
+    /// Expiry (seconds since the Unix epoch).
+    pub exp: u64,
+    /// Not before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<u64>,
+    /// Issued at.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iat: Option<u64>,
+    /// Topics it may publish to.
+    #[serde(default, rename = "pub", skip_serializing_if = "Option::is_none")]
+    pub publish: Option<Vec<String>>,
+    /// Topics it may consume from.
+    #[serde(default, rename = "subscribe", skip_serializing_if = "Option::is_none")]
+    pub consume: Option<Vec<String>>,
+    /// Everything else, including the role claim.
+    #[serde(flatten)]
+    pub other: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Checks bearer tokens.
+pub struct Verifier {
+    config: JwtConfig,
+    key: DecodingKey,
+    validation: Validation,
+}
+
+impl std::fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Verifier")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Verifier {
+    /// Loads the key.
+    ///
+    /// # Errors
+    /// An unreadable or invalid key file.
+    pub fn new(config: JwtConfig) -> Result<Verifier, String> {
+        let read = |path: &PathBuf| std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()));
+        let (key, algorithm) = match &config.key {
+            JwtKey::Hs256(secret) => {
+                if secret.len() < 32 {
+                    return Err("the HS256 secret must be at least 32 bytes".into());
+                }
+                (DecodingKey::from_secret(secret), Algorithm::HS256)
+            }
+            JwtKey::Rs256 { public_key, .. } => (
+                DecodingKey::from_rsa_pem(&read(public_key)?)
+                    .map_err(|e| format!("{}: {e}", public_key.display()))?,
+                Algorithm::RS256,
+            ),
+            JwtKey::Es256 { public_key, .. } => (
+                DecodingKey::from_ec_pem(&read(public_key)?)
+                    .map_err(|e| format!("{}: {e}", public_key.display()))?,
+                Algorithm::ES256,
+            ),
+        };
+        let mut validation = Validation::new(algorithm);
+        validation.leeway = config.leeway.as_secs();
+        validation.validate_nbf = true;
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        if let Some(issuer) = &config.issuer {
+            validation.set_issuer(&[issuer]);
+        }
+        match &config.audience {
+            Some(audience) => validation.set_audience(&[audience]),
+            None => validation.validate_aud = false,
+        }
+        Ok(Verifier {
+            config,
+            key,
+            validation,
+        })
+    }
+
+    /// The caller named by the `Authorization: Bearer` header.
+    ///
+    /// # Errors
+    /// 401: missing, malformed, badly signed, expired or not yet valid token; no known role.
+    pub fn principal(&self, headers: &HeaderMap) -> Result<Principal, ApiError> {
+        let unauthorized = |detail: String| ApiError::new(Kind::Unauthorized, detail);
+        let value = headers
+            .get(axum::http::header::AUTHORIZATION)
+            .ok_or_else(|| unauthorized("no token: send `Authorization: Bearer <jwt>`".into()))?;
+        let token = value
+            .to_str()
+            .ok()
+            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            .ok_or_else(|| unauthorized("the Authorization header is not `Bearer <jwt>`".into()))?;
+        let data =
+            jsonwebtoken::decode::<Claims>(token.trim(), &self.key, &self.validation).map_err(|e| {
+                use jsonwebtoken::errors::ErrorKind as E;
+                unauthorized(match e.kind() {
+                    E::ExpiredSignature => "the token has expired".into(),
+                    E::ImmatureSignature => "the token is not valid yet (nbf)".into(),
+                    E::InvalidSignature => "the token's signature is invalid".into(),
+                    E::InvalidAlgorithm => "the token is signed with another algorithm".into(),
+                    other => format!("the token is invalid: {other:?}"),
+                })
+            })?;
+        let claims = data.claims;
+        let roles: Vec<Role> = match claims.other.get(&self.config.role_claim) {
+            Some(serde_json::Value::String(role)) => role.parse().ok().into_iter().collect(),
+            Some(serde_json::Value::Array(items)) => items
+                .iter()
+                .filter_map(|v| v.as_str().and_then(|r| r.parse().ok()))
+                .collect(),
+            _ => Vec::new(),
+        };
+        if roles.is_empty() {
+            return Err(ApiError::new(
+                Kind::Forbidden,
+                format!(
+                    "the token's `{}` claim names no known role",
+                    self.config.role_claim
+                ),
+            ));
+        }
+        let patterns = |list: Option<Vec<String>>, claim: &str| -> Result<Option<Vec<Pattern>>, ApiError> {
+            list.map(|items| {
+                items
+                    .iter()
+                    .map(|p| Pattern::parse(p))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| unauthorized(format!("the token's `{claim}` claim: {e}")))
+            })
+            .transpose()
+        };
+        Ok(Principal {
+            subject: claims.sub,
+            roles,
+            publish: patterns(claims.publish, "pub")?,
+            consume: patterns(claims.consume, "subscribe")?,
+        })
+    }
+}
+
+/// What `mycelium token issue` asks for.
+#[derive(Debug, Clone)]
+pub struct TokenRequest {
+    /// `sub`.
+    pub subject: String,
+    /// Roles.
+    pub roles: Vec<Role>,
+    /// Lifetime.
+    pub ttl: Duration,
+    /// Topics it may publish to.
+    pub publish: Option<Vec<String>>,
+    /// Topics it may consume from.
+    pub consume: Option<Vec<String>>,
+}
+
+/// Signs a token with the configured key (HS256 secret, or the private key file for RS256/ES256).
+///
+/// # Errors
+/// No signing key, an unreadable key, a bad topic pattern.
+pub fn issue(config: &JwtConfig, request: &TokenRequest) -> Result<String, String> {
+    for pattern in request.publish.iter().chain(&request.consume).flatten() {
+        Pattern::parse(pattern).map_err(|e| format!("topic pattern `{pattern}`: {e}"))?;
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut other = serde_json::Map::new();
+    let roles: Vec<String> = request.roles.iter().map(ToString::to_string).collect();
+    other.insert(config.role_claim.clone(), serde_json::json!(roles));
+    if let Some(issuer) = &config.issuer {
+        other.insert("iss".into(), serde_json::json!(issuer));
+    }
+    if let Some(audience) = &config.audience {
+        other.insert("aud".into(), serde_json::json!(audience));
+    }
+    let claims = Claims {
+        sub: request.subject.clone(),
+        exp: now + request.ttl.as_secs().max(1),
+        nbf: Some(now),
+        iat: Some(now),
+        publish: request.publish.clone(),
+        consume: request.consume.clone(),
+        other,
+    };
+    let private = |path: &Option<PathBuf>| -> Result<Vec<u8>, String> {
+        let path = path
+            .as_ref()
+            .ok_or("issuing RS256/ES256 tokens needs the private key file (http.jwt_private_key)")?;
+        std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))
+    };
+    let (key, algorithm) = match &config.key {
+        JwtKey::Hs256(secret) => (EncodingKey::from_secret(secret), Algorithm::HS256),
+        JwtKey::Rs256 { private_key, .. } => (
+            EncodingKey::from_rsa_pem(&private(private_key)?).map_err(|e| e.to_string())?,
+            Algorithm::RS256,
+        ),
+        JwtKey::Es256 { private_key, .. } => (
+            EncodingKey::from_ec_pem(&private(private_key)?).map_err(|e| e.to_string())?,
+            Algorithm::ES256,
+        ),
+    };
+    jsonwebtoken::encode(&Header::new(algorithm), &claims, &key).map_err(|e| e.to_string())
+}

@@ -1,0 +1,192 @@
+//! Mycelium's HTTP door: the REST API (`/api/v1`) over the same broker core the native protocol
+//! reaches. A message published over HTTP reaches native subscribers and the reverse; topics,
+//! durable subscriptions, acknowledgements and dead-letter queues are the core's.
+//!
+//! - `routes/`: the endpoints (messages, topics, subscriptions, DLQ, health) and their JSON shapes.
+//! - `auth.rs`: JWT bearer tokens, roles, topic patterns in the token.
+//! - `limits.rs`: token-bucket rate limits per principal, per client IP, per topic.
+//! - `consume.rs`: pull consumers, the way HTTP clients consume durable subscriptions.
+//! - `error.rs`: RFC 9457 problem documents.
+//! - `openapi.rs`: the OpenAPI 3.1 document, generated from the handlers' annotations.
+//! - `serve.rs`: the listener loop (hyper, header read timeout, graceful shutdown).
+//!
+//! This is the only crate that knows axum.
+
+pub mod auth;
+mod consume;
+pub mod error;
+mod extract;
+pub mod limits;
+mod openapi;
+mod routes;
+mod serve;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderName, HeaderValue};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use mycelium_broker::Broker;
+
+pub use auth::{AuthConfig, JwtConfig, JwtKey, Principal, Role, TokenRequest, issue};
+pub use limits::{Quota, RateLimits};
+pub use serve::{HttpServer, bind};
+
+use crate::auth::Verifier;
+use crate::consume::PullConsumers;
+use crate::error::{ApiError, REQUEST_ID};
+use crate::limits::Limiter;
+
+/// Settings of the HTTP door.
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    /// TCP address (`None`: no TCP listener).
+    pub listen: Option<SocketAddr>,
+    /// Unix socket path (`None`: none).
+    pub unix_socket: Option<PathBuf>,
+    /// Authentication.
+    pub auth: AuthConfig,
+    /// Rate limits.
+    pub limits: RateLimits,
+    /// Largest request body.
+    pub body_limit_bytes: usize,
+    /// Time to receive a request's headers (slow-loris protection).
+    pub header_timeout: Duration,
+    /// Time to serve a request, body included (long polls are capped below it).
+    pub request_timeout: Duration,
+    /// Pull consumers idle this long are detached (their unacked messages go back).
+    pub consumer_idle_timeout: Duration,
+    /// Whether the native listeners are up (for `/health/ready`); set by the server.
+    pub native_listeners_up: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: Some(SocketAddr::from(([127, 0, 0, 1], 7421))),
+            unix_socket: None,
+            auth: AuthConfig::None,
+            limits: RateLimits::default(),
+            body_limit_bytes: 16 << 20,
+            header_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(60),
+            consumer_idle_timeout: Duration::from_secs(300),
+            native_listeners_up: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+        }
+    }
+}
+
+/// What every handler shares.
+#[derive(Debug)]
+pub(crate) struct AppState {
+    pub(crate) broker: Arc<Broker>,
+    pub(crate) config: HttpConfig,
+    pub(crate) verifier: Option<Verifier>,
+    pub(crate) limiter: Limiter,
+    pub(crate) consumers: PullConsumers,
+    pub(crate) rates: routes::topics::Rates,
+}
+
+pub(crate) type SharedState = Arc<AppState>;
+
+/// The address of the client, per connection.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ClientAddr(pub(crate) Option<IpAddr>);
+
+/// Builds the router over `broker` (without the listener's timeouts; for tests through
+/// `oneshot`, and used by [`bind`]).
+///
+/// # Errors
+/// An unusable key file or rate limit.
+pub fn router(broker: Arc<Broker>, config: HttpConfig) -> Result<Router, String> {
+    build(broker, config).map(|(router, _)| router)
+}
+
+/// The OpenAPI document as JSON text.
+pub fn openapi_json() -> String {
+    openapi::json()
+}
+
+pub(crate) fn build(broker: Arc<Broker>, config: HttpConfig) -> Result<(Router, SharedState), String> {
+    let verifier = match &config.auth {
+        AuthConfig::None => None,
+        AuthConfig::Jwt(jwt) => Some(Verifier::new(jwt.clone())?),
+    };
+    let limiter = Limiter::new(&config.limits)?;
+    let state = Arc::new(AppState {
+        broker,
+        verifier,
+        limiter,
+        consumers: PullConsumers::default(),
+        rates: routes::topics::Rates::default(),
+        config,
+    });
+    let body_limit = state.config.body_limit_bytes;
+    let api =
+        routes::api_routes().route_layer(middleware::from_fn_with_state(Arc::clone(&state), authenticate));
+    let open = routes::open_routes();
+    let router = Router::new()
+        .nest("/api/v1", api.merge(open))
+        .fallback(routes::not_found)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(middleware::from_fn(request_id))
+        .with_state(Arc::clone(&state));
+    Ok((router, state))
+}
+
+/// Starts the background work of the HTTP door (rate sampling, idle consumer reaping) for the
+/// state behind `router`; ends when `shutdown` is cancelled.
+pub(crate) async fn background(state: SharedState, shutdown: tokio_util::sync::CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {
+                state.rates.sample(&state.broker);
+                state.consumers.reap(&state.broker, state.config.consumer_idle_timeout);
+            }
+        }
+    }
+}
+
+static REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Gives every request an id (the client's `x-request-id` if sane), visible to error bodies and
+/// logs, and echoed in the response.
+async fn request_id(request: Request, next: Next) -> Response {
+    let id = request
+        .headers()
+        .get(&REQUEST_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map_or_else(|| uuid::Uuid::now_v7().to_string(), str::to_owned);
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let mut response = REQUEST_ID.scope(id.clone(), next.run(request)).await;
+    tracing::debug!(request_id = %id, %method, %path, status = response.status().as_u16(), "http request");
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert(REQUEST_ID_HEADER.clone(), value);
+    }
+    response
+}
+
+/// Checks the token (when auth is on) and the rate limits, and hands the principal on.
+async fn authenticate(
+    State(state): State<SharedState>,
+    mut request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let principal = match &state.verifier {
+        None => Principal::anonymous_admin(),
+        Some(verifier) => verifier.principal(request.headers())?,
+    };
+    let ip = request.extensions().get::<ClientAddr>().and_then(|c| c.0);
+    state.limiter.request(&principal, ip)?;
+    request.extensions_mut().insert(principal);
+    Ok(next.run(request).await)
+}

@@ -1,0 +1,142 @@
+//! Rate limits: token buckets (governor) per principal (quota by role), per client IP, and per
+//! topic for publishes (messages, not requests). Over a limit: 429 with `Retry-After`, counted.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota as GovernorQuota, RateLimiter};
+use mycelium_broker::name::Pattern;
+
+use crate::auth::{Principal, Role};
+use crate::error::{ApiError, Kind};
+
+/// A token bucket: `per_second` sustained, `burst` at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quota {
+    /// Sustained rate.
+    pub per_second: u32,
+    /// Bucket size.
+    pub burst: u32,
+}
+
+/// Every limit (none set: unlimited).
+#[derive(Debug, Clone, Default)]
+pub struct RateLimits {
+    /// Requests per principal, by its strongest role.
+    pub per_role: HashMap<Role, Quota>,
+    /// Requests per client IP.
+    pub per_ip: Option<Quota>,
+    /// Published messages per topic, by topic pattern (the first matching pattern applies).
+    pub per_topic: Vec<(String, Quota)>,
+}
+
+/// The live buckets.
+pub struct Limiter {
+    per_role: HashMap<Role, DefaultKeyedRateLimiter<String>>,
+    per_ip: Option<DefaultKeyedRateLimiter<IpAddr>>,
+    per_topic: Vec<(Pattern, DefaultKeyedRateLimiter<String>)>,
+    clock: DefaultClock,
+    /// Requests refused with 429.
+    pub rejected: AtomicU64,
+}
+
+impl std::fmt::Debug for Limiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Limiter")
+            .field("rejected", &self.rejected)
+            .finish_non_exhaustive()
+    }
+}
+
+fn quota(q: Quota) -> Result<GovernorQuota, String> {
+    let per_second = NonZeroU32::new(q.per_second).ok_or("a rate limit's per_second must be above 0")?;
+    let burst = NonZeroU32::new(q.burst.max(1)).ok_or("burst must be above 0")?;
+    Ok(GovernorQuota::per_second(per_second).allow_burst(burst))
+}
+
+impl Limiter {
+    /// Builds the buckets.
+    ///
+    /// # Errors
+    /// A zero rate or a bad topic pattern.
+    pub fn new(limits: &RateLimits) -> Result<Limiter, String> {
+        let per_role = limits
+            .per_role
+            .iter()
+            .map(|(role, q)| Ok((*role, RateLimiter::keyed(quota(*q)?))))
+            .collect::<Result<_, String>>()?;
+        let per_ip = limits.per_ip.map(quota).transpose()?.map(RateLimiter::keyed);
+        let per_topic = limits
+            .per_topic
+            .iter()
+            .map(|(pattern, q)| {
+                let pattern =
+                    Pattern::parse(pattern).map_err(|e| format!("rate limit topic `{pattern}`: {e}"))?;
+                Ok((pattern, RateLimiter::keyed(quota(*q)?)))
+            })
+            .collect::<Result<_, String>>()?;
+        Ok(Limiter {
+            per_role,
+            per_ip,
+            per_topic,
+            clock: DefaultClock::default(),
+            rejected: AtomicU64::new(0),
+        })
+    }
+
+    fn refuse(&self, what: &str, wait: std::time::Duration) -> ApiError {
+        self.rejected.fetch_add(1, Ordering::Relaxed);
+        let mut error = ApiError::new(
+            Kind::RateLimited,
+            format!(
+                "{what} rate limit reached; retry in {} ms",
+                wait.as_millis().max(1)
+            ),
+        );
+        error.retry_after = Some(wait.as_secs_f64().ceil() as u64);
+        error
+    }
+
+    /// Takes one request from the caller's and the client IP's buckets.
+    ///
+    /// # Errors
+    /// 429 with `Retry-After`.
+    pub fn request(&self, principal: &Principal, ip: Option<IpAddr>) -> Result<(), ApiError> {
+        if let (Some(limiter), Some(ip)) = (&self.per_ip, ip)
+            && let Err(not_until) = limiter.check_key(&ip)
+        {
+            return Err(self.refuse("per-IP", not_until.wait_time_from(self.clock.now())));
+        }
+        if let Some(limiter) = self.per_role.get(&principal.top_role())
+            && let Err(not_until) = limiter.check_key(&principal.subject)
+        {
+            return Err(self.refuse("per-principal", not_until.wait_time_from(self.clock.now())));
+        }
+        Ok(())
+    }
+
+    /// Takes `messages` from `topic`'s bucket.
+    ///
+    /// # Errors
+    /// 429 with `Retry-After` (also when the batch is larger than the bucket can ever hold).
+    pub fn publish(&self, topic: &str, messages: u32) -> Result<(), ApiError> {
+        let Some((_, limiter)) = self.per_topic.iter().find(|(p, _)| p.matches(topic)) else {
+            return Ok(());
+        };
+        let n = NonZeroU32::new(messages.max(1)).unwrap_or(NonZeroU32::MIN);
+        match limiter.check_key_n(&topic.to_owned(), n) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(not_until)) => Err(self.refuse(
+                &format!("topic `{topic}`"),
+                not_until.wait_time_from(self.clock.now()),
+            )),
+            Err(_) => Err(self.refuse(
+                &format!("topic `{topic}` (the batch is larger than its burst)"),
+                std::time::Duration::from_secs(1),
+            )),
+        }
+    }
+}

@@ -1,0 +1,96 @@
+//! Liveness and readiness.
+
+use std::sync::atomic::Ordering;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::SharedState;
+
+/// A probe's answer.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub(crate) struct Health {
+    /// `live`, `ready` or `unready`.
+    status: &'static str,
+    /// Each check and whether it passed, with the reason when not.
+    checks: Vec<Check>,
+}
+
+/// One readiness check.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub(crate) struct Check {
+    name: &'static str,
+    ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    detail: Option<String>,
+}
+
+/// The process answers.
+#[utoipa::path(
+    get, path = "/api/v1/health/live", tag = "health",
+    responses((status = 200, description = "Live", body = Health))
+)]
+pub(crate) async fn live() -> axum::Json<Health> {
+    axum::Json(Health {
+        status: "live",
+        checks: Vec::new(),
+    })
+}
+
+/// Ready to serve: the listeners are up and the data directory is writable.
+#[utoipa::path(
+    get, path = "/api/v1/health/ready", tag = "health",
+    responses(
+        (status = 200, description = "Ready", body = Health),
+        (status = 503, description = "Not ready", body = Health),
+    )
+)]
+pub(crate) async fn ready(State(state): State<SharedState>) -> (StatusCode, axum::Json<Health>) {
+    let listeners = state.config.native_listeners_up.load(Ordering::Acquire);
+    let data_dir = state.broker.config().durable.data_dir.clone();
+    let uses_storage = state.broker.storage().is_some();
+    let storage = if uses_storage {
+        tokio::task::spawn_blocking(move || writable(&data_dir))
+            .await
+            .unwrap_or_else(|e| Err(e.to_string()))
+    } else {
+        Ok(())
+    };
+    let checks = vec![
+        Check {
+            name: "listeners",
+            ok: listeners,
+            detail: (!listeners).then(|| "the native listeners are not up".to_owned()),
+        },
+        Check {
+            name: "storage",
+            ok: storage.is_ok(),
+            detail: storage.err(),
+        },
+    ];
+    let ok = checks.iter().all(|c| c.ok);
+    let status = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        axum::Json(Health {
+            status: if ok { "ready" } else { "unready" },
+            checks,
+        }),
+    )
+}
+
+/// Writes, syncs and removes a probe file in the data directory.
+fn writable(dir: &std::path::Path) -> Result<(), String> {
+    let probe = dir.join(".ready-probe");
+    let result = std::fs::write(&probe, b"ok")
+        .and_then(|()| std::fs::File::open(&probe)?.sync_all())
+        .map_err(|e| format!("{}: {e}", dir.display()));
+    let _ = std::fs::remove_file(&probe);
+    result
+}

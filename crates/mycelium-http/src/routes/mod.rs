@@ -1,0 +1,186 @@
+//! The endpoints, under `/api/v1`.
+
+pub(crate) mod dlq;
+pub(crate) mod health;
+pub(crate) mod messages;
+pub(crate) mod subscriptions;
+pub(crate) mod topics;
+
+use std::collections::BTreeMap;
+
+use axum::Router;
+use axum::routing::{get, post};
+use base64::Engine;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::SharedState;
+use crate::error::{ApiError, FieldError, Kind};
+
+/// Endpoints that need a principal.
+pub(crate) fn api_routes() -> Router<SharedState> {
+    Router::new()
+        .route("/messages/publish", post(messages::publish))
+        .route("/messages/consume/{topic}", get(messages::consume))
+        .route("/messages/{id}", get(messages::get_message))
+        .route("/messages/{id}/ack", post(messages::ack))
+        .route("/messages/{id}/nack", post(messages::nack))
+        .route("/messages/{id}/term", post(messages::term))
+        .route("/messages/{id}/in-progress", post(messages::in_progress))
+        .route("/topics", get(topics::list).post(topics::create))
+        .route(
+            "/topics/{name}",
+            get(topics::get_topic).put(topics::update).delete(topics::delete),
+        )
+        .route("/topics/{name}/metrics", get(topics::metrics))
+        .route(
+            "/subscriptions",
+            get(subscriptions::list).post(subscriptions::create),
+        )
+        .route(
+            "/subscriptions/{topic}/{name}",
+            get(subscriptions::get_subscription).delete(subscriptions::delete),
+        )
+        .route("/dlq/{topic}", get(dlq::list))
+        .route("/dlq/{topic}/messages/{sequence}", get(dlq::get_entry))
+        .route("/dlq/{topic}/replay", post(dlq::replay))
+        .route("/dlq/{topic}/purge", post(dlq::purge))
+}
+
+/// Endpoints open to everyone (probes, the API description).
+pub(crate) fn open_routes() -> Router<SharedState> {
+    Router::new()
+        .route("/health/live", get(health::live))
+        .route("/health/ready", get(health::ready))
+        .route("/openapi.json", get(crate::openapi::document))
+}
+
+/// Unknown paths: a problem document, not an empty 404.
+pub(crate) async fn not_found(uri: axum::http::Uri) -> ApiError {
+    ApiError::not_found(format!(
+        "no endpoint at {} (the API is under /api/v1; see /api/v1/openapi.json)",
+        uri.path()
+    ))
+}
+
+/// A payload as JSON carries it: a JSON value (content type `application/json`), or bytes as
+/// base64 with their content type.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, ToSchema)]
+pub(crate) struct PayloadFields {
+    /// The payload as a JSON value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) payload: Option<serde_json::Value>,
+    /// The payload as base64 bytes (instead of `payload`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) payload_base64: Option<String>,
+    /// Content type of a base64 payload (default `application/octet-stream`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) content_type: Option<String>,
+}
+
+/// The content type header key.
+pub(crate) const CONTENT_TYPE: &str = "content-type";
+
+impl PayloadFields {
+    /// The payload bytes and their content type, or the field errors (`at` prefixes the names).
+    pub(crate) fn bytes(&self, at: &str, errors: &mut Vec<FieldError>) -> (Bytes, String) {
+        match (&self.payload, &self.payload_base64) {
+            (Some(_), Some(_)) => {
+                errors.push(FieldError {
+                    field: format!("{at}payload"),
+                    message: "give `payload` or `payload_base64`, not both".into(),
+                });
+                (Bytes::new(), String::new())
+            }
+            (Some(value), None) => (
+                Bytes::from(serde_json::to_vec(value).unwrap_or_default()),
+                self.content_type
+                    .clone()
+                    .unwrap_or_else(|| "application/json".into()),
+            ),
+            (None, Some(b64)) => match base64::engine::general_purpose::STANDARD.decode(b64) {
+                Ok(bytes) => (
+                    Bytes::from(bytes),
+                    self.content_type
+                        .clone()
+                        .unwrap_or_else(|| "application/octet-stream".into()),
+                ),
+                Err(e) => {
+                    errors.push(FieldError {
+                        field: format!("{at}payload_base64"),
+                        message: format!("not base64: {e}"),
+                    });
+                    (Bytes::new(), String::new())
+                }
+            },
+            (None, None) => {
+                errors.push(FieldError {
+                    field: format!("{at}payload"),
+                    message: "missing: give `payload` (JSON) or `payload_base64`".into(),
+                });
+                (Bytes::new(), String::new())
+            }
+        }
+    }
+
+    /// How a stored payload is shown: JSON when it is JSON, base64 otherwise.
+    pub(crate) fn show(payload: &[u8], content_type: Option<&str>) -> PayloadFields {
+        let json_type =
+            content_type.is_none_or(|t| t.starts_with("application/json") || t.ends_with("+json"));
+        if json_type && let Ok(value) = serde_json::from_slice::<serde_json::Value>(payload) {
+            return PayloadFields {
+                payload: Some(value),
+                payload_base64: None,
+                content_type: Some(content_type.unwrap_or("application/json").to_owned()),
+            };
+        }
+        PayloadFields {
+            payload: None,
+            payload_base64: Some(base64::engine::general_purpose::STANDARD.encode(payload)),
+            content_type: Some(content_type.unwrap_or("application/octet-stream").to_owned()),
+        }
+    }
+}
+
+/// Headers as JSON shows them (values as UTF-8, lossy), without the content type.
+pub(crate) fn show_headers<'a>(
+    headers: impl Iterator<Item = (&'a str, &'a [u8])>,
+) -> (BTreeMap<String, String>, Option<String>) {
+    let mut out = BTreeMap::new();
+    let mut content_type = None;
+    for (key, value) in headers {
+        let value = String::from_utf8_lossy(value).into_owned();
+        if key.eq_ignore_ascii_case(CONTENT_TYPE) {
+            content_type = Some(value);
+        } else {
+            out.insert(key.to_owned(), value);
+        }
+    }
+    (out, content_type)
+}
+
+/// RFC 3339 text of ns since the Unix epoch.
+pub(crate) fn rfc3339(ns: u64) -> String {
+    humantime::format_rfc3339_nanos(std::time::UNIX_EPOCH + std::time::Duration::from_nanos(ns)).to_string()
+}
+
+/// A UUID path segment.
+pub(crate) fn parse_id(text: &str) -> Result<[u8; 16], ApiError> {
+    uuid::Uuid::parse_str(text).map(|u| *u.as_bytes()).map_err(|e| {
+        ApiError::new(
+            Kind::BadRequest,
+            format!("`{text}` is not a message id (a UUID): {e}"),
+        )
+    })
+}
+
+/// A topic name from a path or body, checked.
+pub(crate) fn check_topic(name: &str, field: &str, errors: &mut Vec<FieldError>) {
+    if let Err(e) = mycelium_broker::name::validate_topic(name) {
+        errors.push(FieldError {
+            field: field.to_owned(),
+            message: e.to_string(),
+        });
+    }
+}

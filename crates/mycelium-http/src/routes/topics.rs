@@ -1,0 +1,649 @@
+//! Topics: list, create, get, update, delete, metrics; and the decoded view of TLV payloads.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use axum::Extension;
+use axum::extract::State;
+use axum::http::StatusCode;
+use mycelium_broker::Broker;
+use mycelium_broker::spec::{Delivery, StorageKind, TopicSpec};
+use mycelium_codec::Fixed8;
+use mycelium_codec::records::Record;
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use super::check_topic;
+use crate::SharedState;
+use crate::auth::{Principal, Role};
+use crate::error::{ApiError, ApiResult, FieldError, Kind, Problem};
+use crate::extract::{ApiJson, ApiPath, ApiQuery};
+
+/// A topic's settings, as given when creating or replacing it. Every field is optional; the
+/// defaults are those of `[[topics]]` in the configuration.
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TopicSettings {
+    /// `fanout`, `queue` or `direct`.
+    #[serde(default)]
+    pub(crate) routing: Option<String>,
+    /// `round_robin` or `least_loaded`.
+    #[serde(default)]
+    pub(crate) balance: Option<String>,
+    /// `at_most_once`, `at_least_once` or `exactly_once`.
+    #[serde(default)]
+    pub(crate) delivery: Option<String>,
+    /// `batch`, `always` or `never` (stored topics).
+    #[serde(default)]
+    pub(crate) fsync: Option<String>,
+    /// `raw` or `tlv`.
+    #[serde(default)]
+    pub(crate) codec: Option<String>,
+    /// `block`, `drop_oldest` or `disconnect`.
+    #[serde(default)]
+    pub(crate) overflow: Option<String>,
+    /// Largest payload in bytes.
+    #[serde(default)]
+    pub(crate) max_message_size: Option<usize>,
+    /// Priorities reorder delivery (stored topics).
+    #[serde(default)]
+    pub(crate) priority: Option<bool>,
+    /// Default TTL in milliseconds (stored topics).
+    #[serde(default)]
+    pub(crate) ttl_ms: Option<u64>,
+    /// Idempotency keys are remembered this long, in milliseconds.
+    #[serde(default)]
+    pub(crate) dedup_window_ms: Option<u64>,
+    /// Dead-letter messages out of attempts.
+    #[serde(default)]
+    pub(crate) dead_letter: Option<bool>,
+    /// `limits` or `work_queue`.
+    #[serde(default)]
+    pub(crate) retention: Option<String>,
+    /// Keep at most this many messages.
+    #[serde(default)]
+    pub(crate) retention_messages: Option<u64>,
+}
+
+/// `POST /topics`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CreateTopic {
+    /// The topic's name.
+    pub(crate) name: String,
+    /// Its settings.
+    #[serde(flatten)]
+    pub(crate) settings: TopicSettings,
+}
+
+fn parse<T: std::str::FromStr<Err = String>>(
+    value: &Option<String>,
+    field: &str,
+    errors: &mut Vec<FieldError>,
+) -> Option<T> {
+    value.as_ref().and_then(|v| match v.parse() {
+        Ok(parsed) => Some(parsed),
+        Err(message) => {
+            errors.push(FieldError {
+                field: field.to_owned(),
+                message,
+            });
+            None
+        }
+    })
+}
+
+impl TopicSettings {
+    /// The spec these settings make, or every problem.
+    pub(crate) fn spec(&self) -> Result<TopicSpec, ApiError> {
+        let mut errors = Vec::new();
+        let mut spec = TopicSpec::default();
+        if let Some(v) = parse(&self.routing, "routing", &mut errors) {
+            spec.routing = v;
+        }
+        if let Some(v) = parse(&self.balance, "balance", &mut errors) {
+            spec.balance = v;
+        }
+        if let Some(v) = parse(&self.fsync, "fsync", &mut errors) {
+            spec.fsync = v;
+        }
+        if let Some(v) = parse(&self.codec, "codec", &mut errors) {
+            spec.codec = v;
+        }
+        if let Some(v) = parse(&self.overflow, "overflow", &mut errors) {
+            spec.overflow = v;
+        }
+        if let Some(v) = parse(&self.retention, "retention", &mut errors) {
+            spec.retention = v;
+        }
+        if let Some(delivery) = parse::<Delivery>(&self.delivery, "delivery", &mut errors) {
+            spec.delivery = delivery;
+            if delivery != Delivery::AtMostOnce {
+                spec.storage = StorageKind::Disk;
+            }
+        }
+        let stored = spec.storage == StorageKind::Disk;
+        if let Some(size) = self.max_message_size {
+            if size == 0 || size > spec.buffer_bytes {
+                errors.push(FieldError {
+                    field: "max_message_size".into(),
+                    message: format!("must be 1 to {} bytes", spec.buffer_bytes),
+                });
+            } else {
+                spec.message_bytes_max = size;
+            }
+        }
+        spec.priority = self.priority.unwrap_or(false);
+        spec.ttl = self.ttl_ms.map(Duration::from_millis);
+        if self.ttl_ms == Some(0) {
+            errors.push(FieldError {
+                field: "ttl_ms".into(),
+                message: "must be above 0 (leave it out for no TTL)".into(),
+            });
+        }
+        if let Some(ms) = self.dedup_window_ms {
+            if ms == 0 {
+                errors.push(FieldError {
+                    field: "dedup_window_ms".into(),
+                    message: "must be above 0".into(),
+                });
+            }
+            spec.dedup_window = Duration::from_millis(ms);
+        }
+        spec.dead_letter = self.dead_letter.unwrap_or(true);
+        spec.retention_messages = self.retention_messages;
+        if !stored {
+            for (field, set) in [
+                ("priority", spec.priority),
+                ("ttl_ms", spec.ttl.is_some()),
+                ("retention_messages", spec.retention_messages.is_some()),
+                ("retention", self.retention.is_some()),
+                ("fsync", self.fsync.is_some()),
+            ] {
+                if set {
+                    errors.push(FieldError {
+                        field: field.into(),
+                        message: "applies to stored topics only (delivery at_least_once or exactly_once)"
+                            .into(),
+                    });
+                }
+            }
+        }
+        if errors.is_empty() {
+            Ok(spec)
+        } else {
+            Err(ApiError::invalid(errors))
+        }
+    }
+}
+
+/// A topic's counters.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub(crate) struct TopicCounts {
+    published: u64,
+    delivered: u64,
+    dropped: u64,
+    rejected: u64,
+    acked: u64,
+    redelivered: u64,
+    dead_lettered: u64,
+    expired: u64,
+    duplicates: u64,
+    stored: u64,
+}
+
+/// A topic.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub(crate) struct TopicView {
+    name: String,
+    routing: String,
+    balance: String,
+    delivery: String,
+    storage: String,
+    fsync: String,
+    codec: String,
+    overflow: String,
+    max_message_size: usize,
+    priority: bool,
+    ttl_ms: Option<u64>,
+    dedup_window_ms: u64,
+    dead_letter: bool,
+    retention: String,
+    retention_messages: Option<u64>,
+    subscribers: u32,
+    counts: TopicCounts,
+}
+
+fn view(broker: &Broker, name: &str) -> Option<TopicView> {
+    let topic = broker.topic(name)?;
+    let stats = broker.stats();
+    let t = stats.topics.iter().find(|t| t.name == name)?;
+    let spec = topic.spec();
+    let delivery = if spec.storage == StorageKind::Disk && spec.delivery == Delivery::AtMostOnce {
+        Delivery::AtLeastOnce
+    } else {
+        spec.delivery
+    };
+    Some(TopicView {
+        name: name.to_owned(),
+        routing: spec.routing.to_string(),
+        balance: spec.balance.to_string(),
+        delivery: delivery.to_string(),
+        storage: spec.storage.to_string(),
+        fsync: spec.fsync.to_string(),
+        codec: spec.codec.to_string(),
+        overflow: spec.overflow.to_string(),
+        max_message_size: spec.message_bytes_max,
+        priority: spec.priority,
+        ttl_ms: spec.ttl.map(|d| d.as_millis() as u64),
+        dedup_window_ms: spec.dedup_window.as_millis() as u64,
+        dead_letter: spec.dead_letter,
+        retention: spec.retention.to_string(),
+        retention_messages: spec.retention_messages,
+        subscribers: t.subscribers,
+        counts: TopicCounts {
+            published: t.published,
+            delivered: t.delivered,
+            dropped: t.dropped,
+            rejected: t.rejected,
+            acked: t.acked,
+            redelivered: t.redelivered,
+            dead_lettered: t.dead_lettered,
+            expired: t.expired,
+            duplicates: t.duplicates,
+            stored: t.stored,
+        },
+    })
+}
+
+/// Topics.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub(crate) struct TopicList {
+    topics: Vec<TopicView>,
+}
+
+/// List topics.
+#[utoipa::path(
+    get, path = "/api/v1/topics", tag = "topics",
+    responses(
+        (status = 200, description = "Every topic", body = TopicList),
+        (status = 401, description = "No or bad token", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn list(State(state): State<SharedState>) -> axum::Json<TopicList> {
+    let topics = state
+        .broker
+        .topics()
+        .iter()
+        .filter_map(|t| view(&state.broker, t.name()))
+        .collect();
+    axum::Json(TopicList { topics })
+}
+
+/// Create a topic (admin).
+#[utoipa::path(
+    post, path = "/api/v1/topics", tag = "topics",
+    request_body = CreateTopic,
+    responses(
+        (status = 201, description = "Created", body = TopicView),
+        (status = 401, description = "No or bad token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Exists", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn create(
+    State(state): State<SharedState>,
+    Extension(principal): Extension<Principal>,
+    ApiJson(request): ApiJson<CreateTopic>,
+) -> ApiResult<(StatusCode, axum::Json<TopicView>)> {
+    principal.require(Role::Admin)?;
+    let mut errors = Vec::new();
+    check_topic(&request.name, "name", &mut errors);
+    let spec = request.settings.spec();
+    match (errors.is_empty(), spec) {
+        (true, Ok(spec)) => {
+            if state.broker.topic(&request.name).is_some() {
+                return Err(ApiError::new(
+                    Kind::Conflict,
+                    format!("topic `{}` exists; PUT replaces it", request.name),
+                ));
+            }
+            state.broker.create_topic(&request.name, spec)?;
+            let view = view(&state.broker, &request.name)
+                .ok_or_else(|| ApiError::internal("created topic vanished"))?;
+            Ok((StatusCode::CREATED, axum::Json(view)))
+        }
+        (_, Err(mut api)) => {
+            errors.append(&mut api.errors);
+            Err(ApiError::invalid(errors))
+        }
+        (false, Ok(_)) => Err(ApiError::invalid(errors)),
+    }
+}
+
+/// Get a topic.
+#[utoipa::path(
+    get, path = "/api/v1/topics/{name}", tag = "topics",
+    params(("name" = String, Path, description = "Topic name")),
+    responses(
+        (status = 200, description = "The topic", body = TopicView),
+        (status = 401, description = "No or bad token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such topic", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn get_topic(
+    State(state): State<SharedState>,
+    ApiPath(name): ApiPath<String>,
+) -> ApiResult<axum::Json<TopicView>> {
+    view(&state.broker, &name)
+        .map(axum::Json)
+        .ok_or_else(|| ApiError::not_found(format!("no topic `{name}`")))
+}
+
+/// Replace a topic's settings (admin). Refused (409) while it has durable subscriptions.
+#[utoipa::path(
+    put, path = "/api/v1/topics/{name}", tag = "topics",
+    params(("name" = String, Path, description = "Topic name")),
+    request_body = TopicSettings,
+    responses(
+        (status = 200, description = "Replaced (or created)", body = TopicView),
+        (status = 401, description = "No or bad token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Has durable subscriptions", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn update(
+    State(state): State<SharedState>,
+    Extension(principal): Extension<Principal>,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(settings): ApiJson<TopicSettings>,
+) -> ApiResult<axum::Json<TopicView>> {
+    principal.require(Role::Admin)?;
+    let mut errors = Vec::new();
+    check_topic(&name, "name", &mut errors);
+    if !errors.is_empty() {
+        return Err(ApiError::invalid(errors));
+    }
+    let spec = settings.spec()?;
+    if state.broker.has_durable_subscriptions(&name) {
+        return Err(ApiError::new(
+            Kind::Conflict,
+            format!("topic `{name}` has durable subscriptions; delete them before changing its settings"),
+        ));
+    }
+    state.broker.delete_topic(&name);
+    state.broker.create_topic(&name, spec)?;
+    view(&state.broker, &name)
+        .map(axum::Json)
+        .ok_or_else(|| ApiError::internal("replaced topic vanished"))
+}
+
+/// `DELETE /topics/{name}` options.
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct DeleteQuery {
+    /// Delete even with durable subscriptions (they are deleted too).
+    #[serde(default)]
+    force: Option<bool>,
+}
+
+/// Delete a topic (admin). Refused (409) while it has durable subscriptions unless `force`.
+/// Stored messages stay on disk.
+#[utoipa::path(
+    delete, path = "/api/v1/topics/{name}", tag = "topics",
+    params(("name" = String, Path, description = "Topic name"), DeleteQuery),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 401, description = "No or bad token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such topic", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Has durable subscriptions", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn delete(
+    State(state): State<SharedState>,
+    Extension(principal): Extension<Principal>,
+    ApiPath(name): ApiPath<String>,
+    ApiQuery(query): ApiQuery<DeleteQuery>,
+) -> ApiResult<StatusCode> {
+    principal.require(Role::Admin)?;
+    if state.broker.topic(&name).is_none() {
+        return Err(ApiError::not_found(format!("no topic `{name}`")));
+    }
+    if state.broker.has_durable_subscriptions(&name) {
+        if !query.force.unwrap_or(false) {
+            return Err(ApiError::new(
+                Kind::Conflict,
+                format!("topic `{name}` has durable subscriptions; add ?force=true to delete them with it"),
+            ));
+        }
+        let subs: Vec<String> = state
+            .broker
+            .durable_subscriptions()
+            .into_iter()
+            .filter(|s| s.topic == name)
+            .map(|s| s.name)
+            .collect();
+        for sub in subs {
+            state.consumers.forget(&state.broker, &name, &sub);
+            state
+                .broker
+                .delete_durable(&name, &sub)
+                .map_err(|e| ApiError::new(Kind::Storage, e.to_string()))?;
+        }
+        remove_persisted_subscriptions(&state.broker, &name)?;
+    }
+    state.broker.delete_topic(&name);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+fn remove_persisted_subscriptions(broker: &Broker, topic: &str) -> ApiResult<()> {
+    let dir = broker.config().durable.data_dir.join("subscriptions").join(topic);
+    match std::fs::remove_dir_all(&dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(ApiError::new(Kind::Storage, format!("{}: {e}", dir.display()))),
+    }
+}
+
+/// A counter sample: when, published, delivered.
+type Sample = (Instant, u64, u64);
+
+/// Per-topic rates over the last minute, from counter samples every 5 s.
+#[derive(Debug, Default)]
+pub(crate) struct Rates {
+    samples: Mutex<HashMap<String, Vec<Sample>>>,
+}
+
+impl Rates {
+    /// Records the counters now.
+    pub(crate) fn sample(&self, broker: &Broker) {
+        let now = Instant::now();
+        let stats = broker.stats();
+        let mut samples = self.samples.lock();
+        for t in stats.topics {
+            let series = samples.entry(t.name).or_default();
+            series.push((now, t.published, t.delivered));
+            series.retain(|(at, _, _)| now.duration_since(*at) <= Duration::from_secs(65));
+        }
+    }
+
+    /// (published/s, delivered/s) over the samples kept.
+    fn of(&self, topic: &str) -> (f64, f64) {
+        let samples = self.samples.lock();
+        let Some(series) = samples.get(topic) else {
+            return (0.0, 0.0);
+        };
+        match (series.first(), series.last()) {
+            (Some(first), Some(last)) if last.0 > first.0 => {
+                let secs = last.0.duration_since(first.0).as_secs_f64();
+                (
+                    (last.1.saturating_sub(first.1)) as f64 / secs,
+                    (last.2.saturating_sub(first.2)) as f64 / secs,
+                )
+            }
+            _ => (0.0, 0.0),
+        }
+    }
+}
+
+/// A durable subscription's position.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub(crate) struct SubscriptionLag {
+    name: String,
+    lag: u64,
+    in_flight: usize,
+    waiting: usize,
+    oldest_unacked_age_ms: u64,
+}
+
+/// A topic's metrics.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub(crate) struct TopicMetrics {
+    name: String,
+    /// Published per second over the last minute.
+    publish_rate: f64,
+    /// Delivered per second over the last minute.
+    deliver_rate: f64,
+    counts: TopicCounts,
+    /// Stored messages (0 for in-memory topics).
+    depth: u64,
+    /// Durable subscriptions and their lag.
+    subscriptions: Vec<SubscriptionLag>,
+    /// Age of the oldest unacknowledged message across its subscriptions, ms.
+    oldest_unacked_age_ms: u64,
+    /// Dead letters waiting in `{topic}.dlq`.
+    dlq_depth: u64,
+}
+
+/// A topic's rates, depth, consumer lag, oldest unacked age and DLQ size.
+#[utoipa::path(
+    get, path = "/api/v1/topics/{name}/metrics", tag = "topics",
+    params(("name" = String, Path, description = "Topic name")),
+    responses(
+        (status = 200, description = "Metrics", body = TopicMetrics),
+        (status = 401, description = "No or bad token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such topic", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn metrics(
+    State(state): State<SharedState>,
+    ApiPath(name): ApiPath<String>,
+) -> ApiResult<axum::Json<TopicMetrics>> {
+    let topic =
+        view(&state.broker, &name).ok_or_else(|| ApiError::not_found(format!("no topic `{name}`")))?;
+    let broker = std::sync::Arc::clone(&state.broker);
+    let lookup = name.clone();
+    let depth = tokio::task::spawn_blocking(move || broker.topic_depth(&lookup))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let (publish_rate, deliver_rate) = state.rates.of(&name);
+    let (stored, subscriptions, dlq_depth) = match depth {
+        Some(d) => (
+            d.stored,
+            d.subscriptions
+                .into_iter()
+                .map(|s| SubscriptionLag {
+                    name: s.name,
+                    lag: s.lag,
+                    in_flight: s.in_flight,
+                    waiting: s.waiting,
+                    oldest_unacked_age_ms: s.oldest_unacked_age_ms,
+                })
+                .collect::<Vec<_>>(),
+            d.dlq_depth,
+        ),
+        None => (0, Vec::new(), 0),
+    };
+    Ok(axum::Json(TopicMetrics {
+        name,
+        publish_rate,
+        deliver_rate,
+        counts: topic.counts,
+        depth: stored,
+        oldest_unacked_age_ms: subscriptions
+            .iter()
+            .map(|s| s.oldest_unacked_age_ms)
+            .max()
+            .unwrap_or(0),
+        subscriptions,
+        dlq_depth,
+    }))
+}
+
+/// A decoded view of a Torq TLV message: header fields and records (known types with their
+/// fields; prices and quantities as decimal strings).
+pub(crate) fn tlv_view(payload: &[u8]) -> serde_json::Value {
+    use mycelium_codec::records::{
+        ArbitrageSignal, Fill, OrderCancel, OrderNew, Quote, SignalIdentity, Trade,
+    };
+    use serde_json::json;
+    let message = match mycelium_codec::validate(payload) {
+        Ok(m) => m,
+        Err(e) => return json!({ "error": format!("not a valid TLV message: {e}") }),
+    };
+    let fx = |v: zerocopy::little_endian::I64| Fixed8(v.get()).to_string();
+    let records: Vec<serde_json::Value> = message
+        .tlvs()
+        .map_while(Result::ok)
+        .map(|tlv| {
+            let fields = match tlv.tlv_type {
+                t if t == Trade::TLV_TYPE as u8 => tlv.record::<Trade>().ok().map(|r| json!({
+                    "instrument_id": r.instrument_id.get(), "price": fx(r.price), "volume": fx(r.volume),
+                    "timestamp_ns": r.timestamp_ns.get(), "side": r.side })),
+                t if t == Quote::TLV_TYPE as u8 => tlv.record::<Quote>().ok().map(|r| json!({
+                    "instrument_id": r.instrument_id.get(), "bid_price": fx(r.bid_price), "bid_size": fx(r.bid_size),
+                    "ask_price": fx(r.ask_price), "ask_size": fx(r.ask_size), "timestamp_ns": r.timestamp_ns.get() })),
+                t if t == SignalIdentity::TLV_TYPE as u8 => tlv.record::<SignalIdentity>().ok().map(|r| json!({
+                    "strategy_id": r.strategy_id.get(), "signal_id": r.signal_id.get(), "confidence": r.confidence,
+                    "timestamp_ns": r.timestamp_ns.get() })),
+                t if t == ArbitrageSignal::TLV_TYPE as u8 => tlv.record::<ArbitrageSignal>().ok().map(|r| json!({
+                    "source_venue": r.source_venue.get(), "target_venue": r.target_venue.get(),
+                    "instrument_id": r.instrument_id.get(), "buy_price": fx(r.buy_price), "sell_price": fx(r.sell_price),
+                    "max_volume": fx(r.max_volume), "expected_profit": fx(r.expected_profit),
+                    "valid_until_ns": r.valid_until_ns.get() })),
+                t if t == OrderNew::TLV_TYPE as u8 => tlv.record::<OrderNew>().ok().map(|r| json!({
+                    "order_id": r.order_id.get(), "instrument_id": r.instrument_id.get(), "price": fx(r.price),
+                    "quantity": fx(r.quantity), "side": r.side, "order_type": r.order_type,
+                    "time_in_force": r.time_in_force, "strategy_id": r.strategy_id.get(),
+                    "timestamp_ns": r.timestamp_ns.get() })),
+                t if t == OrderCancel::TLV_TYPE as u8 => tlv.record::<OrderCancel>().ok().map(|r| json!({
+                    "order_id": r.order_id.get(), "instrument_id": r.instrument_id.get(), "reason": r.reason,
+                    "timestamp_ns": r.timestamp_ns.get() })),
+                t if t == Fill::TLV_TYPE as u8 => tlv.record::<Fill>().ok().map(|r| json!({
+                    "order_id": r.order_id.get(), "fill_id": r.fill_id.get(), "instrument_id": r.instrument_id.get(),
+                    "price": fx(r.price), "quantity": fx(r.quantity), "fee": fx(r.fee), "side": r.side,
+                    "liquidity": r.liquidity, "timestamp_ns": r.timestamp_ns.get() })),
+                _ => None,
+            };
+            let name = mycelium_codec::TlvType::try_from(tlv.tlv_type).map(|t| t.to_string()).ok();
+            json!({ "type": tlv.tlv_type, "name": name, "length": tlv.value.len(), "fields": fields,
+                    "value_hex": if fields.is_none() { Some(hex(tlv.value)) } else { None } })
+        })
+        .collect();
+    json!({
+        "relay_domain": message.relay_domain().map(|d| d.to_string()).ok(),
+        "source": message.source(),
+        "sequence": message.sequence(),
+        "timestamp_ns": message.timestamp_ns(),
+        "flags": message.flags(),
+        "records": records,
+    })
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,168 @@
+//! The listeners: TCP and Unix socket, HTTP/1.1 with keep-alive, a header read timeout
+//! (slow-loris), a per-request timeout, and graceful shutdown with the broker.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use mycelium_broker::Broker;
+use tokio::net::{TcpListener, UnixListener};
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
+
+use crate::{ClientAddr, HttpConfig};
+
+/// The bound HTTP door, ready to run.
+#[derive(Debug)]
+pub struct HttpServer {
+    router: Router,
+    state: crate::SharedState,
+    tcp: Option<TcpListener>,
+    unix: Option<(UnixListener, PathBuf)>,
+    header_timeout: Duration,
+    request_timeout: Duration,
+}
+
+/// Builds the router and binds the configured listeners.
+///
+/// # Errors
+/// A bad key or limit, an address or socket path that cannot be bound.
+pub async fn bind(broker: Arc<Broker>, config: HttpConfig) -> Result<HttpServer, String> {
+    let (router, state) = crate::build(broker, config.clone())?;
+    let tcp = match config.listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|e| format!("http.listen {addr}: {e}"))?,
+        ),
+        None => None,
+    };
+    let unix = match &config.unix_socket {
+        Some(path) => {
+            if path.exists() && std::os::unix::net::UnixStream::connect(path).is_err() {
+                let _ = std::fs::remove_file(path);
+            }
+            let listener =
+                UnixListener::bind(path).map_err(|e| format!("http.unix_socket {}: {e}", path.display()))?;
+            Some((listener, path.clone()))
+        }
+        None => None,
+    };
+    Ok(HttpServer {
+        router,
+        state,
+        tcp,
+        unix,
+        header_timeout: config.header_timeout,
+        request_timeout: config.request_timeout,
+    })
+}
+
+impl HttpServer {
+    /// The bound TCP address.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.tcp.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// Serves until `shutdown`, then lets requests in progress finish (up to `grace`).
+    pub async fn run(self, shutdown: CancellationToken, grace: Duration) {
+        let HttpServer {
+            router,
+            state,
+            tcp,
+            unix,
+            header_timeout,
+            request_timeout,
+        } = self;
+        if let Some(addr) = tcp.as_ref().and_then(|l| l.local_addr().ok()) {
+            tracing::info!(%addr, "http listening on tcp");
+        }
+        if let Some((_, path)) = &unix {
+            tracing::info!(path = %path.display(), "http listening on unix socket");
+        }
+        let background = tokio::spawn(crate::background(Arc::clone(&state), shutdown.clone()));
+        let graceful = GracefulShutdown::new();
+        let router = router.layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            axum::http::StatusCode::REQUEST_TIMEOUT,
+            request_timeout,
+        ));
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                accepted = accept_tcp(tcp.as_ref()) => match accepted {
+                    Ok((stream, peer)) => {
+                        let _ = stream.set_nodelay(true);
+                        spawn_connection(&router, &graceful, TokioIo::new(stream), Some(peer.ip()), header_timeout);
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "http accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+                accepted = accept_unix(unix.as_ref().map(|(l, _)| l)) => match accepted {
+                    Ok(stream) => spawn_connection(&router, &graceful, TokioIo::new(stream), None, header_timeout),
+                    Err(error) => {
+                        tracing::warn!(%error, "http accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+            }
+        }
+        drop(tcp);
+        if let Some((listener, path)) = unix {
+            drop(listener);
+            let _ = std::fs::remove_file(path);
+        }
+        if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+            tracing::warn!("http requests still running at shutdown were cut off");
+        }
+        let _ = background.await;
+    }
+}
+
+/// Serves one connection: HTTP/1.1 with keep-alive and a header read timeout, watched for
+/// graceful shutdown.
+fn spawn_connection<I>(
+    router: &Router,
+    graceful: &GracefulShutdown,
+    io: TokioIo<I>,
+    ip: Option<std::net::IpAddr>,
+    header_timeout: Duration,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = router
+        .clone()
+        .layer(axum::Extension(ClientAddr(ip)))
+        .map_request(|r: hyper::Request<hyper::body::Incoming>| r.map(axum::body::Body::new));
+    let connection = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .keep_alive(true)
+        .serve_connection(io, TowerToHyperService::new(service));
+    let watched = graceful.watch(connection);
+    tokio::spawn(async move {
+        if let Err(error) = watched.await {
+            tracing::debug!(%error, "http connection ended with an error");
+        }
+    });
+}
+
+async fn accept_tcp(listener: Option<&TcpListener>) -> std::io::Result<(tokio::net::TcpStream, SocketAddr)> {
+    match listener {
+        Some(l) => l.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn accept_unix(listener: Option<&UnixListener>) -> std::io::Result<tokio::net::UnixStream> {
+    match listener {
+        Some(l) => l.accept().await.map(|(s, _)| s),
+        None => std::future::pending().await,
+    }
+}
