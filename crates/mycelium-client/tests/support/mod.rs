@@ -8,6 +8,8 @@ use tokio_util::sync::CancellationToken;
 
 pub struct TestServer {
     pub socket: PathBuf,
+    /// The HTTP API's address, when the test turned it on.
+    pub http: Option<std::net::SocketAddr>,
     shutdown: CancellationToken,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -21,10 +23,12 @@ impl TestServer {
         config.server.tcp = String::new();
         adjust(&mut config);
         let server = Server::bind(config).await.unwrap();
+        let http = server.http_addr();
         let shutdown = server.shutdown_token();
         let task = tokio::spawn(server.run());
         TestServer {
             socket: socket.to_owned(),
+            http,
             shutdown,
             task: Some(task),
         }

@@ -1,0 +1,196 @@
+//! One broker, two doors, through real sockets: a message published over HTTP reaches native
+//! subscribers, one published natively is consumed and acknowledged over HTTP, and a DLQ filled
+//! natively is replayed over HTTP. A real HTTP client (reqwest) against the served API.
+
+mod support;
+
+use std::time::Duration;
+
+use mycelium_client::{Client, DurableOptions, StartPosition};
+use serde_json::{Value, json};
+use support::TestServer;
+
+const SECRET: &str = "a-shared-secret-of-at-least-32-bytes!";
+
+async fn server(dir: &tempfile::TempDir) -> TestServer {
+    let data = dir.path().join("data");
+    TestServer::start_at(&dir.path().join("b.sock"), move |c| {
+        c.storage.data_dir = data.display().to_string();
+        c.http.enabled = true;
+        c.http.listen = "127.0.0.1:0".into();
+        c.http.jwt_secret = SECRET.into();
+        c.topics.push(mycelium_server::config_topic("orders", |t| {
+            t.delivery = "at_least_once".into();
+        }));
+        c.topics.push(mycelium_server::config_topic("prices", |_| {}));
+    })
+    .await
+}
+
+fn token(roles: &[&str]) -> String {
+    let jwt = mycelium_http::JwtConfig {
+        key: mycelium_http::JwtKey::Hs256(SECRET.as_bytes().to_vec()),
+        role_claim: "roles".into(),
+        leeway: Duration::from_secs(5),
+        issuer: None,
+        audience: None,
+    };
+    let request = mycelium_http::TokenRequest {
+        subject: "test".into(),
+        roles: roles.iter().map(|r| r.parse().unwrap()).collect(),
+        ttl: Duration::from_secs(600),
+        publish: None,
+        consume: None,
+    };
+    mycelium_http::issue(&jwt, &request).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_publish_reaches_native_subscribers_and_native_publish_is_consumed_over_http() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server(&dir).await;
+    let base = format!("http://{}/api/v1", server.http.expect("http listening"));
+    let http = reqwest::Client::new();
+    let admin = token(&["admin"]);
+    let native = Client::connect(&server.url()).await.unwrap();
+
+    // HTTP -> native, on an in-memory topic and on a stored one.
+    let mut prices = native.subscribe("prices").await.unwrap();
+    native.flush().await.unwrap();
+    let response = http
+        .post(format!("{base}/messages/publish"))
+        .bearer_auth(&admin)
+        .json(&json!({"topic": "prices", "payload": {"px": 101.5}, "headers": {"traceparent": "00-1-2-01"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let message = tokio::time::timeout(Duration::from_secs(5), prices.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&message.payload[..], br#"{"px":101.5}"#);
+    let headers: Vec<(String, Vec<u8>)> = message
+        .headers()
+        .map(|(k, v)| (k.to_owned(), v.to_vec()))
+        .collect();
+    assert!(
+        headers.contains(&("traceparent".into(), b"00-1-2-01".to_vec())),
+        "{headers:?}"
+    );
+
+    // native -> HTTP consume and ack.
+    let confirmed = native
+        .publish_confirmed_id("orders", r#"{"order":7}"#)
+        .await
+        .unwrap();
+    let body: Value = http
+        .get(format!(
+            "{base}/messages/consume/orders?subscription=http-workers&start=beginning&wait_ms=3000"
+        ))
+        .bearer_auth(token(&["consumer"]))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let consumed = &body["messages"][0];
+    assert_eq!(consumed["payload"], json!({"order": 7}), "{body}");
+    assert_eq!(consumed["id"], uuid::Uuid::from_bytes(confirmed.1).to_string());
+    let status = http
+        .post(format!(
+            "{base}/messages/{}/ack",
+            consumed["id"].as_str().unwrap()
+        ))
+        .bearer_auth(token(&["consumer"]))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 204);
+
+    // A message dead-lettered by a native consumer, replayed over HTTP, reaches it again.
+    let options = DurableOptions {
+        start: StartPosition::New,
+        max_deliveries: Some(1),
+        ..DurableOptions::default()
+    };
+    let mut workers = native
+        .subscribe_durable("orders", "native-workers", options)
+        .await
+        .unwrap();
+    native.publish_confirmed("orders", "poison").await.unwrap();
+    let poison = tokio::time::timeout(Duration::from_secs(5), workers.next())
+        .await
+        .unwrap()
+        .unwrap();
+    native.term(&poison, "cannot parse").await.unwrap();
+    let mut listed = Value::Null;
+    for _ in 0..200 {
+        listed = http
+            .get(format!("{base}/dlq/orders"))
+            .bearer_auth(&admin)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if listed["depth"] == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(listed["entries"][0]["error"], "cannot parse", "{listed}");
+    assert_eq!(listed["entries"][0]["subscription"], "native-workers");
+    let report: Value = http
+        .post(format!("{base}/dlq/orders/replay"))
+        .bearer_auth(&admin)
+        .json(&json!({"all": true}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(report["replayed"], 1, "{report}");
+    let again = tokio::time::timeout(Duration::from_secs(5), workers.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&again.payload[..], b"poison");
+    native.ack(&again).await.unwrap();
+    native.close().await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_loris_headers_are_cut_off_and_other_clients_are_served() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = TestServer::start_at(&dir.path().join("b.sock"), move |c| {
+        c.storage.data_dir = data.display().to_string();
+        c.http.enabled = true;
+        c.http.listen = "127.0.0.1:0".into();
+        c.http.auth = "none".into();
+        c.http.header_timeout = mycelium_server::units::HumanDuration(Duration::from_millis(300));
+    })
+    .await;
+    let addr = server.http.unwrap();
+    // A client that never finishes its headers is disconnected after the header timeout.
+    let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+    slow.write_all(b"GET /api/v1/health/live HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    // Meanwhile a normal client is served.
+    let live = reqwest::get(format!("http://{addr}/api/v1/health/live"))
+        .await
+        .unwrap();
+    assert_eq!(live.status(), 200);
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), slow.read_to_end(&mut rest)).await;
+    assert!(read.is_ok(), "the slow client was cut off");
+    server.stop().await;
+}

@@ -1,0 +1,835 @@
+//! Every endpoint through axum's `oneshot`: the auth matrix, publish (one, batch, properties,
+//! errors), consume / ack / nack / term over HTTP, topics, subscriptions, DLQ, health, rate
+//! limits and the OpenAPI document.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode};
+use mycelium_broker::spec::{Delivery, StorageKind, TopicSpec};
+use mycelium_broker::{Broker, BrokerConfig, DurableConfig};
+use mycelium_http::{AuthConfig, HttpConfig, JwtConfig, JwtKey, Quota, RateLimits, Role, TokenRequest};
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef-test-secret";
+
+fn jwt() -> JwtConfig {
+    JwtConfig {
+        key: JwtKey::Hs256(SECRET.to_vec()),
+        role_claim: "roles".into(),
+        leeway: Duration::from_secs(0),
+        issuer: None,
+        audience: None,
+    }
+}
+
+fn token(roles: &[Role], publish: Option<&[&str]>, consume: Option<&[&str]>) -> String {
+    let request = TokenRequest {
+        subject: format!("tester-{roles:?}"),
+        roles: roles.to_vec(),
+        ttl: Duration::from_secs(3600),
+        publish: publish.map(|p| p.iter().map(|s| (*s).to_owned()).collect()),
+        consume: consume.map(|p| p.iter().map(|s| (*s).to_owned()).collect()),
+    };
+    mycelium_http::issue(&jwt(), &request).unwrap()
+}
+
+fn admin() -> String {
+    token(&[Role::Admin], None, None)
+}
+
+struct Api {
+    router: Router,
+    broker: Arc<Broker>,
+    _dir: tempfile::TempDir,
+}
+
+fn stored() -> TopicSpec {
+    TopicSpec {
+        storage: StorageKind::Disk,
+        delivery: Delivery::AtLeastOnce,
+        ..TopicSpec::default()
+    }
+}
+
+fn api_with(limits: RateLimits) -> Api {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::new(BrokerConfig {
+        auto_create_topics: false,
+        topics: vec![
+            ("jobs".into(), stored()),
+            ("ticks".into(), TopicSpec::default()),
+            (
+                "payments".into(),
+                TopicSpec {
+                    delivery: Delivery::ExactlyOnce,
+                    ..stored()
+                },
+            ),
+        ],
+        durable: DurableConfig {
+            data_dir: dir.path().to_path_buf(),
+            ..DurableConfig::default()
+        },
+        ..BrokerConfig::default()
+    })
+    .unwrap();
+    let config = HttpConfig {
+        auth: AuthConfig::Jwt(jwt()),
+        limits,
+        body_limit_bytes: 64 * 1024,
+        ..HttpConfig::default()
+    };
+    let router = mycelium_http::router(Arc::clone(&broker), config).unwrap();
+    Api {
+        router,
+        broker,
+        _dir: dir,
+    }
+}
+
+fn api() -> Api {
+    api_with(RateLimits::default())
+}
+
+impl Api {
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut request = Request::builder().method(method).uri(path);
+        if let Some(token) = token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        let body = match body {
+            Some(json) => {
+                request = request.header("content-type", "application/json");
+                Body::from(json.to_string())
+            }
+            None => Body::empty(),
+        };
+        let response = self
+            .router
+            .clone()
+            .oneshot(request.body(body).unwrap())
+            .await
+            .unwrap();
+        let status = response.status();
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        let value = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()))
+        };
+        (status, value)
+    }
+
+    async fn raw(&self, request: Request<Body>) -> (StatusCode, axum::http::HeaderMap, Value) {
+        let response = self.router.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        (
+            status,
+            headers,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
+    }
+
+    async fn publish(&self, token: &str, body: Value) -> (StatusCode, Value) {
+        self.call(Method::POST, "/api/v1/messages/publish", Some(token), Some(body))
+            .await
+    }
+}
+
+fn problem_type(body: &Value) -> &str {
+    body["type"].as_str().unwrap_or("")
+}
+
+#[tokio::test]
+async fn the_auth_matrix() {
+    let api = api();
+    let publish = json!({"topic": "jobs", "payload": {"n": 1}});
+    // No token, a token signed with another key, an expired token: 401.
+    let (status, body) = api
+        .call(
+            Method::POST,
+            "/api/v1/messages/publish",
+            None,
+            Some(publish.clone()),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(problem_type(&body), "/problems/unauthorized");
+    let forged = {
+        let other = JwtConfig {
+            key: JwtKey::Hs256(b"another-secret-another-secret-another-secret".to_vec()),
+            ..jwt()
+        };
+        let request = TokenRequest {
+            subject: "x".into(),
+            roles: vec![Role::Admin],
+            ttl: Duration::from_secs(60),
+            publish: None,
+            consume: None,
+        };
+        mycelium_http::issue(&other, &request).unwrap()
+    };
+    let (status, body) = api.publish(&forged, publish.clone()).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(body["detail"].as_str().unwrap().contains("signature"), "{body}");
+    let expired = {
+        let claims = json!({"sub": "x", "exp": 1_000_000_000u64, "roles": ["admin"]});
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::default(),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(SECRET),
+        )
+        .unwrap()
+    };
+    let (status, body) = api.publish(&expired, publish.clone()).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(body["detail"].as_str().unwrap().contains("expired"), "{body}");
+    let (status, _) = api.publish("not-a-jwt", publish.clone()).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    // Wrong role, wrong topic: 403.
+    let consumer = token(&[Role::Consumer], None, None);
+    let (status, body) = api.publish(&consumer, publish.clone()).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(body["detail"].as_str().unwrap().contains("producer"), "{body}");
+    let narrow = token(&[Role::Producer], Some(&["market_data.>"]), None);
+    let (status, body) = api.publish(&narrow, publish.clone()).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("may not publish to `jobs`"),
+        "{body}"
+    );
+    let producer = token(&[Role::Producer], None, None);
+    let (status, _) = api
+        .call(Method::GET, "/api/v1/dlq/jobs", Some(&producer), None)
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "the DLQ is for admins");
+    let (status, _) = api
+        .call(
+            Method::GET,
+            "/api/v1/messages/consume/jobs?subscription=w",
+            Some(&producer),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "producers do not consume");
+    let narrow_consumer = token(&[Role::Consumer], None, Some(&["other"]));
+    let (status, _) = api
+        .call(
+            Method::GET,
+            "/api/v1/messages/consume/jobs?subscription=w",
+            Some(&narrow_consumer),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+
+    // Each role allowed to do its job.
+    let (status, _) = api.publish(&producer, publish.clone()).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = api.publish(&admin(), publish).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = api
+        .call(
+            Method::GET,
+            "/api/v1/messages/consume/jobs?subscription=w",
+            Some(&consumer),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = api
+        .call(Method::GET, "/api/v1/dlq/jobs", Some(&admin()), None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "admin gets through; no DLQ yet");
+    // Probes and the API description need no token.
+    let (status, _) = api.call(Method::GET, "/api/v1/health/live", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = api.call(Method::GET, "/api/v1/openapi.json", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn publish_one_and_batches_with_properties_and_clear_errors() {
+    let api = api();
+    let t = admin();
+    let (status, body) = api
+        .publish(
+            &t,
+            json!({"topic": "jobs", "payload": {"n": 1}, "headers": {"traceparent": "00-abc-def-01"}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["results"][0]["sequence"], 1);
+    assert_eq!(body["results"][0]["id"].as_str().unwrap().len(), 36);
+    // Batches keep order; in-memory topics keep no ids.
+    let (status, body) = api
+        .publish(
+            &t,
+            json!({"messages": [
+                {"topic": "jobs", "payload_base64": "AAEC", "content_type": "application/octet-stream"},
+                {"topic": "ticks", "payload": [1, 2, 3]},
+                {"topic": "jobs", "payload": "x", "ttl_ms": 60000, "delay_ms": 10},
+            ]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let results = body["results"].as_array().unwrap();
+    assert_eq!(results.len(), 3);
+    assert_eq!(results[0]["sequence"], 2);
+    assert!(results[1]["id"].is_null());
+    assert_eq!(results[2]["sequence"], 3);
+    // Idempotency keys: the second is a duplicate of the first.
+    let keyed = json!({"topic": "payments", "payload": {"amount": 10}, "idempotency_key": "pay-1"});
+    let (_, first) = api.publish(&t, keyed.clone()).await;
+    let (_, again) = api.publish(&t, keyed).await;
+    assert_eq!(again["results"][0]["duplicate"], true);
+    assert_eq!(again["results"][0]["id"], first["results"][0]["id"]);
+    // exactly_once without a key: 422; unknown topic: 404; both payload forms: 422 listing all.
+    let (status, body) = api.publish(&t, json!({"topic": "payments", "payload": 1})).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        body["detail"].as_str().unwrap().contains("idempotency key"),
+        "{body}"
+    );
+    let (status, _) = api.publish(&t, json!({"topic": "nope", "payload": 1})).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, body) = api
+        .publish(
+            &t,
+            json!({"messages": [
+                {"topic": "jobs", "payload": 1, "payload_base64": "AA=="},
+                {"topic": "bad topic", "payload_base64": "%%%", "priority": 10},
+            ]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    let fields: Vec<&str> = body["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        fields,
+        [
+            "messages[0].payload",
+            "messages[1].topic",
+            "messages[1].payload_base64",
+            "messages[1].priority"
+        ]
+    );
+    // Wrong types name the field; bad JSON is 400; not JSON is 415; too large is 413.
+    let (status, body) = api
+        .publish(&t, json!({"topic": "jobs", "payload": 1, "ttl_ms": "soon"}))
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    let request = |content_type: &str, body: String| {
+        Request::post("/api/v1/messages/publish")
+            .header("authorization", format!("Bearer {t}"))
+            .header("content-type", content_type)
+            .body(Body::from(body))
+            .unwrap()
+    };
+    let (status, headers, body) = api.raw(request("application/json", "{\"topic\":".into())).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(headers["content-type"], "application/problem+json");
+    assert!(body["request_id"].is_string());
+    let (status, _, _) = api.raw(request("text/plain", "hello".into())).await;
+    assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let big = json!({"topic": "jobs", "payload": "x".repeat(100_000)}).to_string();
+    let (status, _, body) = api.raw(request("application/json", big)).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+    // The broker saw exactly what was accepted.
+    let stats = api.broker.stats();
+    let jobs = stats.topics.iter().find(|t| t.name == "jobs").unwrap();
+    assert_eq!(jobs.stored, 3);
+}
+
+#[tokio::test]
+async fn consume_ack_nack_term_over_http() {
+    let api = api();
+    let t = admin();
+    for n in 0..3 {
+        api.publish(&t, json!({"topic": "jobs", "payload": {"n": n}}))
+            .await;
+    }
+    let consume = "/api/v1/messages/consume/jobs?subscription=workers&start=beginning&max=10&wait_ms=2000";
+    let (status, body) = api.call(Method::GET, consume, Some(&t), None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let messages = body["messages"].as_array().unwrap().clone();
+    assert_eq!(messages.len(), 3);
+    assert_eq!(messages[0]["payload"], json!({"n": 0}));
+    assert_eq!(messages[0]["attempt"], 1);
+    let id = |i: usize| messages[i]["id"].as_str().unwrap().to_owned();
+    // ACK is durable before 204; a second ACK is a conflict.
+    let (status, _) = api
+        .call(
+            Method::POST,
+            &format!("/api/v1/messages/{}/ack", id(0)),
+            Some(&t),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, body) = api
+        .call(
+            Method::POST,
+            &format!("/api/v1/messages/{}/ack", id(0)),
+            Some(&t),
+            None,
+        )
+        .await;
+    assert!(
+        status == StatusCode::NOT_FOUND || status == StatusCode::CONFLICT,
+        "{status} {body}"
+    );
+    // IN_PROGRESS then NACK with a delay: it comes back as attempt 2.
+    let (status, _) = api
+        .call(
+            Method::POST,
+            &format!("/api/v1/messages/{}/in-progress", id(1)),
+            Some(&t),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _) = api
+        .call(
+            Method::POST,
+            &format!("/api/v1/messages/{}/nack", id(1)),
+            Some(&t),
+            Some(json!({"delay_ms": 10, "error": "busy"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    // TERM: straight to the DLQ with the error text.
+    let (status, _) = api
+        .call(
+            Method::POST,
+            &format!("/api/v1/messages/{}/term", id(2)),
+            Some(&t),
+            Some(json!({"error": "poison"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (_, body) = api.call(Method::GET, consume, Some(&t), None).await;
+    let again = body["messages"].as_array().unwrap();
+    assert_eq!(again.len(), 1, "{body}");
+    assert_eq!(again[0]["id"], messages[1]["id"]);
+    assert_eq!(again[0]["attempt"], 2);
+    // Nothing more within a short wait.
+    let (_, body) = api
+        .call(
+            Method::GET,
+            "/api/v1/messages/consume/jobs?subscription=workers&wait_ms=100",
+            Some(&t),
+            None,
+        )
+        .await;
+    assert_eq!(body["messages"], json!([]));
+    // Bad ids and queries.
+    let (status, _) = api
+        .call(Method::POST, "/api/v1/messages/not-a-uuid/ack", Some(&t), None)
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _) = api
+        .call(
+            Method::GET,
+            "/api/v1/messages/consume/jobs?subscription=w&max=0",
+            Some(&t),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    let (status, _) = api
+        .call(Method::GET, "/api/v1/messages/consume/jobs", Some(&t), None)
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "subscription is required"
+    );
+    let (status, body) = api
+        .call(
+            Method::GET,
+            "/api/v1/messages/consume/ticks?subscription=w",
+            Some(&t),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    // GET a stored message by id.
+    let (status, body) = api
+        .call(
+            Method::GET,
+            &format!("/api/v1/messages/{}", id(0)),
+            Some(&t),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["topic"], "jobs");
+    assert_eq!(body["payload"], json!({"n": 0}));
+    let (status, _) = api
+        .call(
+            Method::GET,
+            "/api/v1/messages/01a20790-0000-7000-8000-000000000000",
+            Some(&t),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    // The DLQ has the terminated one; replay it over HTTP; it is consumed again.
+    let mut depth = 0;
+    for _ in 0..200 {
+        let (_, body) = api.call(Method::GET, "/api/v1/dlq/jobs", Some(&t), None).await;
+        depth = body["depth"].as_u64().unwrap_or(0);
+        if depth == 1 {
+            assert_eq!(body["entries"][0]["error"], "poison");
+            assert_eq!(body["entries"][0]["reason"], "terminated");
+            assert_eq!(body["entries"][0]["payload"], json!({"n": 2}));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(depth, 1);
+    let (status, body) = api
+        .call(Method::POST, "/api/v1/dlq/jobs/replay", Some(&t), Some(json!({})))
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "a selection is required: {body}"
+    );
+    let (status, body) = api
+        .call(
+            Method::POST,
+            "/api/v1/dlq/jobs/replay",
+            Some(&t),
+            Some(json!({"all": true, "rate": 100})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["replayed"], 1);
+    let (_, body) = api.call(Method::GET, consume, Some(&t), None).await;
+    assert_eq!(body["messages"][0]["payload"], json!({"n": 2}));
+    assert_eq!(body["messages"][0]["sequence"], 4, "replayed as a new message");
+    let (status, body) = api
+        .call(
+            Method::POST,
+            "/api/v1/dlq/jobs/purge",
+            Some(&t),
+            Some(json!({"all": true})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["purged"], 0);
+    api.broker.close_storage();
+}
+
+#[tokio::test]
+async fn topics_and_subscriptions() {
+    let api = api();
+    let t = admin();
+    let (status, body) = api
+        .call(
+            Method::POST,
+            "/api/v1/topics",
+            Some(&t),
+            Some(json!({"name": "orders", "delivery": "at_least_once", "priority": true, "ttl_ms": 60000})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["storage"], "disk");
+    assert_eq!(body["priority"], true);
+    let (status, _) = api
+        .call(
+            Method::POST,
+            "/api/v1/topics",
+            Some(&t),
+            Some(json!({"name": "orders"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    let (status, body) = api
+        .call(
+            Method::POST,
+            "/api/v1/topics",
+            Some(&t),
+            Some(json!({"name": "bad name", "routing": "sideways", "priority": true})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(body["errors"].as_array().unwrap().len(), 3, "{body}");
+    let producer = token(&[Role::Producer], None, None);
+    let (status, _) = api
+        .call(
+            Method::POST,
+            "/api/v1/topics",
+            Some(&producer),
+            Some(json!({"name": "x"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (_, body) = api
+        .call(Method::GET, "/api/v1/topics", Some(&producer), None)
+        .await;
+    let names: Vec<&str> = body["topics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert!(names.contains(&"orders") && names.contains(&"jobs"), "{names:?}");
+    let (status, body) = api
+        .call(Method::GET, "/api/v1/topics/orders", Some(&t), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["ttl_ms"], 60000);
+    let (status, _) = api.call(Method::GET, "/api/v1/topics/nope", Some(&t), None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    // A subscription, its lag, and what it does to topic changes.
+    api.publish(&t, json!({"topic": "orders", "payload": 1})).await;
+    let (status, body) = api
+        .call(
+            Method::POST,
+            "/api/v1/subscriptions",
+            Some(&t),
+            Some(json!({"topic": "orders", "name": "billing", "start": "beginning", "max_in_flight": 1})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, _) = api
+        .call(
+            Method::POST,
+            "/api/v1/subscriptions",
+            Some(&t),
+            Some(json!({"topic": "orders", "name": "billing"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    let (status, body) = api
+        .call(
+            Method::POST,
+            "/api/v1/subscriptions",
+            Some(&t),
+            Some(json!({"topic": "orders", "name": "x", "start": "yesterday", "ack_wait_ms": 0})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(body["errors"].as_array().unwrap().len(), 2, "{body}");
+    let (status, body) = api
+        .call(
+            Method::GET,
+            "/api/v1/subscriptions/orders/billing",
+            Some(&t),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["lag"], 1);
+    let (_, body) = api
+        .call(Method::GET, "/api/v1/topics/orders/metrics", Some(&t), None)
+        .await;
+    assert_eq!(body["depth"], 1);
+    assert_eq!(body["subscriptions"][0]["name"], "billing");
+    let (status, _) = api
+        .call(
+            Method::PUT,
+            "/api/v1/topics/orders",
+            Some(&t),
+            Some(json!({"delivery": "at_least_once"})),
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::CONFLICT,
+        "settings stay while subscriptions depend on them"
+    );
+    let (status, _) = api
+        .call(Method::DELETE, "/api/v1/topics/orders", Some(&t), None)
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    let (status, _) = api
+        .call(
+            Method::DELETE,
+            "/api/v1/subscriptions/orders/billing",
+            Some(&t),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _) = api
+        .call(
+            Method::DELETE,
+            "/api/v1/subscriptions/orders/billing",
+            Some(&t),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, body) = api
+        .call(
+            Method::PUT,
+            "/api/v1/topics/orders",
+            Some(&t),
+            Some(json!({"routing": "queue"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["routing"], "queue");
+    assert_eq!(body["storage"], "memory", "PUT replaces every setting");
+    let (status, _) = api
+        .call(Method::DELETE, "/api/v1/topics/orders", Some(&t), None)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _) = api
+        .call(Method::GET, "/api/v1/topics/orders", Some(&t), None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    // force deletes a topic with its durable subscriptions.
+    let (status, _) = api
+        .call(
+            Method::GET,
+            "/api/v1/messages/consume/jobs?subscription=w",
+            Some(&t),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = api
+        .call(Method::DELETE, "/api/v1/topics/jobs?force=true", Some(&t), None)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (_, body) = api
+        .call(Method::GET, "/api/v1/subscriptions", Some(&t), None)
+        .await;
+    assert_eq!(body["subscriptions"], json!([]));
+    api.broker.close_storage();
+}
+
+#[tokio::test]
+async fn rate_limits_answer_429_with_retry_after_and_recover() {
+    let limits = RateLimits {
+        per_role: [(
+            Role::Producer,
+            Quota {
+                per_second: 20,
+                burst: 2,
+            },
+        )]
+        .into_iter()
+        .collect(),
+        per_ip: None,
+        per_topic: vec![(
+            "ticks".into(),
+            Quota {
+                per_second: 1000,
+                burst: 3,
+            },
+        )],
+    };
+    let api = api_with(limits);
+    let producer = token(&[Role::Producer], None, None);
+    let body = json!({"topic": "jobs", "payload": 1});
+    assert_eq!(api.publish(&producer, body.clone()).await.0, StatusCode::OK);
+    assert_eq!(api.publish(&producer, body.clone()).await.0, StatusCode::OK);
+    let request = Request::post("/api/v1/messages/publish")
+        .header("authorization", format!("Bearer {producer}"))
+        .header("content-type", "application/json")
+        .body(Body::from(body.to_string()))
+        .unwrap();
+    let (status, headers, problem) = api.raw(request).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(problem["type"], "/problems/rate-limited");
+    assert!(headers.contains_key("retry-after"));
+    // Recovers once the bucket refills (20/s: one token per 50 ms).
+    let mut recovered = false;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        if api.publish(&producer, body.clone()).await.0 == StatusCode::OK {
+            recovered = true;
+            break;
+        }
+    }
+    assert!(recovered, "the limit lifts once tokens refill");
+    // Admins have no limit here; a batch over a topic's burst is refused whole.
+    let batch = json!({"messages": [
+        {"topic": "ticks", "payload": 1}, {"topic": "ticks", "payload": 2},
+        {"topic": "ticks", "payload": 3}, {"topic": "ticks", "payload": 4},
+    ]});
+    let (status, body) = api.publish(&admin(), batch).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert_eq!(
+        api.broker
+            .stats()
+            .topics
+            .iter()
+            .find(|t| t.name == "ticks")
+            .unwrap()
+            .published,
+        0
+    );
+}
+
+#[tokio::test]
+async fn health_and_the_openapi_document() {
+    let api = api();
+    let (status, body) = api.call(Method::GET, "/api/v1/health/ready", None, None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["status"], "ready");
+    let (status, body) = api.call(Method::GET, "/api/v1/openapi.json", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["openapi"], "3.1.0");
+    let paths = body["paths"].as_object().unwrap();
+    for path in [
+        "/api/v1/messages/publish",
+        "/api/v1/messages/consume/{topic}",
+        "/api/v1/messages/{id}",
+        "/api/v1/messages/{id}/ack",
+        "/api/v1/messages/{id}/nack",
+        "/api/v1/messages/{id}/in-progress",
+        "/api/v1/topics",
+        "/api/v1/topics/{name}",
+        "/api/v1/topics/{name}/metrics",
+        "/api/v1/subscriptions",
+        "/api/v1/subscriptions/{topic}/{name}",
+        "/api/v1/dlq/{topic}",
+        "/api/v1/dlq/{topic}/replay",
+        "/api/v1/dlq/{topic}/purge",
+        "/api/v1/health/live",
+        "/api/v1/health/ready",
+    ] {
+        assert!(
+            paths.contains_key(path),
+            "{path} missing from the OpenAPI document"
+        );
+    }
+    assert!(body["components"]["schemas"]["Problem"].is_object());
+    assert!(body["components"]["securitySchemes"]["bearer"].is_object());
+    // Unknown paths are problem documents too.
+    let (status, body) = api.call(Method::GET, "/nowhere", None, None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(problem_type(&body), "/problems/not-found");
+}
