@@ -4,6 +4,7 @@
 mod connections;
 mod curves;
 mod durable;
+mod http;
 mod latency;
 mod payload;
 mod system;
@@ -116,6 +117,31 @@ enum Mode {
         #[arg(long)]
         consume: bool,
     },
+    /// Publishes over the HTTP API (keep-alive, a JWT on every request): one message per POST, or
+    /// `--batch` messages per POST; `--rate` for latency at a fixed request rate.
+    Http {
+        /// Keep-alive connections.
+        #[arg(long, short = 'c', default_value_t = 32)]
+        connections: usize,
+        /// Seconds to publish for.
+        #[arg(long, default_value_t = 5.0)]
+        duration: f64,
+        /// Payload bytes per message.
+        #[arg(long, default_value_t = 100)]
+        size: usize,
+        /// Messages per POST.
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
+        /// Requests per second in total (default: as fast as possible).
+        #[arg(long)]
+        rate: Option<u64>,
+        /// The HTTP API to measure (default: the spawned broker's).
+        #[arg(long)]
+        http_url: Option<String>,
+        /// Bearer token for --http-url.
+        #[arg(long)]
+        token: Option<String>,
+    },
     /// Cost curves: deliveries/s as subscribers (1..256) and payload size (16 B..64 KiB) grow; writes
     /// a Markdown table to stdout and PNG charts to --out.
     Curves {
@@ -190,7 +216,11 @@ struct Spawned {
     _dir: tempfile::TempDir,
     socket: PathBuf,
     tcp: String,
+    http: String,
 }
+
+/// The spawned broker's HTTP API secret (a bench-only broker on loopback).
+const BENCH_JWT_SECRET: &str = "mycelium-bench-only-secret-0123456789abcdef";
 
 impl Drop for Spawned {
     fn drop(&mut self) {
@@ -208,10 +238,15 @@ fn spawn_broker(binary: Option<PathBuf>) -> anyhow::Result<Spawned> {
     let socket = dir.path().join("bench.sock");
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let tcp = format!("127.0.0.1:{port}");
+    let http_port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let http = format!("127.0.0.1:{http_port}");
     // Stored topics for `bench durable`, with their log on the data disk like any deployment.
     let config = dir.path().join("bench.toml");
     let data = dir.path().join("data");
-    let mut text = format!("[storage]\ndata_dir = \"{}\"\n", data.display());
+    let mut text = format!(
+        "[storage]\ndata_dir = \"{}\"\n[http]\njwt_secret = \"{BENCH_JWT_SECRET}\"\n",
+        data.display()
+    );
     for fsync in ["batch", "always", "never"] {
         text.push_str(&format!(
             "[[topics]]\nname = \"{}\"\ndelivery = \"at_least_once\"\nfsync = \"{fsync}\"\nretention = \"work_queue\"\n",
@@ -229,7 +264,7 @@ fn spawn_broker(binary: Option<PathBuf>) -> anyhow::Result<Spawned> {
             "--tcp",
             &tcp,
             "--http",
-            "",
+            &http,
         ])
         .env("MYCELIUM_LOG", "warn")
         .stdout(Stdio::null())
@@ -241,6 +276,7 @@ fn spawn_broker(binary: Option<PathBuf>) -> anyhow::Result<Spawned> {
         _dir: dir,
         socket,
         tcp,
+        http,
     };
     for _ in 0..500 {
         if std::os::unix::net::UnixStream::connect(&spawned.socket).is_ok() {
@@ -350,6 +386,33 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
             }
         }
     }
+    if let Mode::Http {
+        connections,
+        duration,
+        size,
+        batch,
+        rate,
+        http_url,
+        token,
+    } = &args.mode
+    {
+        let (base, token) = match (http_url, &spawned) {
+            (Some(url), _) => (
+                url.trim_end_matches('/').to_owned(),
+                token.clone().unwrap_or_default(),
+            ),
+            (None, Some(s)) => (format!("http://{}", s.http), bench_token()?),
+            (None, None) => bail!("bench http against --url needs --http-url (and --token)"),
+        };
+        let w = http::Workload {
+            connections: *connections,
+            duration_s: *duration,
+            size: (*size).max(2),
+            batch: *batch,
+            rate: *rate,
+        };
+        return run_http(&base, &token, &w, args.runs, args.json).await;
+    }
     if let Mode::Curves { out, scale } = &args.mode {
         return run_curves(&systems, out, *scale, args.json).await;
     }
@@ -418,7 +481,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
             durable::check(&w)?;
             ("durable", serde_json::to_value(&w)?)
         }
-        Mode::Curves { .. } => unreachable!("handled above"),
+        Mode::Curves { .. } | Mode::Http { .. } => unreachable!("handled above"),
     };
     if matches!(
         args.mode,
@@ -463,7 +526,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
                     let w: durable::Workload = serde_json_to(&workload_json)?;
                     durable::run(system, &w, &progress).await
                 }
-                Mode::Curves { .. } => unreachable!("handled above"),
+                Mode::Curves { .. } | Mode::Http { .. } => unreachable!("handled above"),
             };
             progress.finish_and_clear();
             let mut result = result.with_context(|| format!("{} over {}", system.kind, system.transport))?;
@@ -510,6 +573,77 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
         }
     }
     Ok(all_delivered)
+}
+
+/// A token for the spawned broker's HTTP API.
+fn bench_token() -> anyhow::Result<String> {
+    let jwt = mycelium_http::JwtConfig {
+        key: mycelium_http::JwtKey::Hs256(BENCH_JWT_SECRET.as_bytes().to_vec()),
+        role_claim: "roles".into(),
+        leeway: Duration::from_secs(30),
+        issuer: None,
+        audience: None,
+    };
+    let request = mycelium_http::TokenRequest {
+        subject: "mycelium-bench".into(),
+        roles: vec![mycelium_http::Role::Producer],
+        ttl: Duration::from_secs(3600),
+        publish: None,
+        consume: None,
+    };
+    mycelium_http::issue(&jwt, &request).map_err(|e| anyhow::anyhow!(e))
+}
+
+async fn run_http(
+    base: &str,
+    token: &str,
+    w: &http::Workload,
+    runs: usize,
+    json: bool,
+) -> anyhow::Result<bool> {
+    if !json {
+        eprintln!("http: {}", serde_json::to_value(w)?);
+    }
+    let mut results = Vec::new();
+    for round in 0..runs {
+        let progress = progress_bar(json);
+        progress.set_prefix(format!("mycelium http run {}", round + 1));
+        let result = http::run(base, token, w, &progress).await;
+        progress.finish_and_clear();
+        results.push(result?);
+    }
+    let row = ResultRow {
+        system: Kind::Mycelium,
+        transport: "http",
+        runs: results.iter().map(|r| r.delivered_msgs_per_s).collect(),
+        median: median(results),
+    };
+    if json {
+        let report =
+            serde_json::json!({"mode": "http", "workload": w, "runs": runs, "results": [row], "notes": []});
+        println!("{report}");
+    } else {
+        let m = &row.median;
+        let f = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.0}"));
+        println!();
+        println!(
+            "{:<9} {:<9} {:>12} {:>9} {:>9} {:>9} {:>9} {:>9}",
+            "system", "transport", "messages/s", "p50 us", "p90 us", "p99 us", "p99.9 us", "max us"
+        );
+        println!(
+            "{:<9} {:<9} {:>12} {:>9} {:>9} {:>9} {:>9} {:>9}",
+            "mycelium",
+            "http",
+            human(m.publish_msgs_per_s),
+            f(m.p50_us),
+            f(m.p90_us),
+            f(m.p99_us),
+            f(m.p999_us),
+            f(m.max_us)
+        );
+        println!("(latency: per request, from its scheduled send time with --rate)");
+    }
+    Ok(true)
 }
 
 async fn run_curves(

@@ -557,7 +557,7 @@ async fn topics_and_subscriptions() {
             Method::POST,
             "/api/v1/topics",
             Some(&t),
-            Some(json!({"name": "orders", "delivery": "at_least_once", "priority": true, "ttl_ms": 60000})),
+            Some(json!({"name": "orders", "settings": {"delivery": "at_least_once", "priority": true, "ttl_ms": 60000}})),
         )
         .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
@@ -577,7 +577,7 @@ async fn topics_and_subscriptions() {
             Method::POST,
             "/api/v1/topics",
             Some(&t),
-            Some(json!({"name": "bad name", "routing": "sideways", "priority": true})),
+            Some(json!({"name": "bad name", "settings": {"routing": "sideways", "priority": true}})),
         )
         .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);

@@ -26,9 +26,16 @@ use crate::extract::{ApiJson, ApiPath, ApiQuery};
 pub(crate) struct PublishMessage {
     /// The topic.
     pub(crate) topic: String,
-    /// The payload and its content type.
-    #[serde(flatten)]
-    pub(crate) body: PayloadFields,
+    /// The payload as a JSON value.
+    #[serde(default)]
+    pub(crate) payload: Option<serde_json::Value>,
+    /// The payload as base64 bytes (instead of `payload`).
+    #[serde(default)]
+    pub(crate) payload_base64: Option<String>,
+    /// Content type (default `application/json` for `payload`, `application/octet-stream` for
+    /// `payload_base64`).
+    #[serde(default)]
+    pub(crate) content_type: Option<String>,
     /// Application headers (e.g. `traceparent`).
     #[serde(default)]
     pub(crate) headers: BTreeMap<String, String>,
@@ -81,7 +88,12 @@ pub(crate) struct PublishResponse {
 
 fn to_local(message: PublishMessage, at: &str, errors: &mut Vec<FieldError>) -> LocalMessage {
     check_topic(&message.topic, &format!("{at}topic"), errors);
-    let (payload, content_type) = message.body.bytes(at, errors);
+    let body = PayloadFields {
+        payload: message.payload,
+        payload_base64: message.payload_base64,
+        content_type: message.content_type,
+    };
+    let (payload, content_type) = body.bytes(at, errors);
     if message.priority.is_some_and(|p| p > 9) {
         errors.push(FieldError {
             field: format!("{at}priority"),
@@ -158,6 +170,7 @@ fn to_local(message: PublishMessage, at: &str, errors: &mut Vec<FieldError>) -> 
         (status = 422, description = "Invalid", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "Rate limited", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Not stored", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Bad request", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -417,6 +430,8 @@ pub(crate) struct StoredView {
         (status = 401, description = "No or bad token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Role or topic not allowed", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such message", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -484,6 +499,10 @@ async fn verdict(
         (status = 403, description = "Role not allowed", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Not delivered over HTTP", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "No longer in flight", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Too large", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -508,6 +527,9 @@ pub(crate) async fn ack(
         (status = 404, description = "Not delivered over HTTP", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "No longer in flight", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Too large", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -537,6 +559,10 @@ pub(crate) async fn nack(
         (status = 403, description = "Role not allowed", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Not delivered over HTTP", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "No longer in flight", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Too large", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -564,6 +590,10 @@ pub(crate) async fn term(
         (status = 403, description = "Role not allowed", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Not delivered over HTTP", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "No longer in flight", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Too large", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]

@@ -72,8 +72,8 @@ pub(crate) struct TopicSettings {
 pub(crate) struct CreateTopic {
     /// The topic's name.
     pub(crate) name: String,
-    /// Its settings.
-    #[serde(flatten)]
+    /// Its settings (default: an in-memory fanout topic).
+    #[serde(default)]
     pub(crate) settings: TopicSettings,
 }
 
@@ -270,6 +270,8 @@ pub(crate) struct TopicList {
         (status = 200, description = "Every topic", body = TopicList),
         (status = 401, description = "No or bad token", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "Rate limited", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Bad request", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -294,6 +296,9 @@ pub(crate) async fn list(State(state): State<SharedState>) -> axum::Json<TopicLi
         (status = 409, description = "Exists", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Bad request", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Too large", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -335,6 +340,9 @@ pub(crate) async fn create(
         (status = 200, description = "The topic", body = TopicView),
         (status = 401, description = "No or bad token", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such topic", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Bad request", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -359,6 +367,9 @@ pub(crate) async fn get_topic(
         (status = 409, description = "Has durable subscriptions", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Bad request", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Too large", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -409,6 +420,9 @@ pub(crate) struct DeleteQuery {
         (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such topic", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Has durable subscriptions", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Bad request", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -536,6 +550,9 @@ pub(crate) struct TopicMetrics {
         (status = 200, description = "Metrics", body = TopicMetrics),
         (status = 401, description = "No or bad token", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such topic", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Bad request", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
