@@ -213,3 +213,31 @@ fn durable_publish_and_consume_run_against_jetstream_and_redis_streams() {
         }
     }
 }
+
+#[test]
+fn http_publish_bench_runs_single_and_batched() {
+    let _serial = serial();
+    for extra in [
+        &["--batch", "1"][..],
+        &["--batch", "50", "-c", "2"][..],
+        &["--rate", "200"][..],
+    ] {
+        let out = Command::new(BIN)
+            .args(["bench", "http", "--duration", "0.3", "--runs", "1", "--json"])
+            .args(extra)
+            .output()
+            .expect("run mycelium bench http");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let report: serde_json::Value = serde_json::from_str(&stdout).expect("one JSON object");
+        assert_eq!(report["mode"], "http");
+        let row = &report["results"][0];
+        assert_eq!(row["transport"], "http");
+        assert!(row["publish_msgs_per_s"].as_f64().unwrap() > 0.0, "{row}");
+        assert!(row["p99_us"].as_f64().unwrap() > 0.0, "{row}");
+    }
+}

@@ -536,3 +536,75 @@ fn idempotency_keys_and_the_dead_letter_queue_through_the_cli() {
     assert_eq!(text(&cli(&url, &["dlq", "purge", "jobs", "--all"])), "purged 1\n");
     assert!(text(&cli(&url, &["dlq", "list", "jobs"])).starts_with("0 dead letters"));
 }
+
+#[test]
+fn serve_with_no_config_serves_the_http_api_with_a_generated_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("h.sock");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let http = format!("127.0.0.1:{port}");
+    let child = Command::new(BIN)
+        .current_dir(dir.path())
+        .args([
+            "serve",
+            "--socket",
+            &socket.display().to_string(),
+            "--tcp",
+            "",
+            "--http",
+            &http,
+        ])
+        .env("MYCELIUM_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let broker = Broker { child, socket };
+    broker.wait_ready();
+    // Tried as a new user would: mint a token next to the broker, publish over HTTP, read it natively.
+    let token = Command::new(BIN)
+        .current_dir(dir.path())
+        .args(["token", "issue", "--role", "admin"])
+        .output()
+        .unwrap();
+    assert!(
+        token.status.success(),
+        "{}",
+        String::from_utf8_lossy(&token.stderr)
+    );
+    let token = String::from_utf8(token.stdout).unwrap().trim().to_owned();
+    assert!(dir.path().join("mycelium-data/http-jwt.secret").exists());
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let client = Client::connect(&broker.url()).await.unwrap();
+        let mut sub = client.subscribe("greetings").await.unwrap();
+        client.flush().await.unwrap();
+        let url = format!("http://{http}/api/v1/messages/publish");
+        let http = reqwest::Client::new();
+        let without = http
+            .post(&url)
+            .json(&serde_json::json!({"topic": "greetings", "payload": "hi"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(without.status(), 401, "auth is on by default");
+        let with = http
+            .post(&url)
+            .bearer_auth(&token)
+            .json(&serde_json::json!({"topic": "greetings", "payload": "hi"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(with.status(), 200);
+        let message = tokio::time::timeout(Duration::from_secs(5), sub.next())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&message.payload[..], b"\"hi\"");
+        client.close().await;
+    });
+}
