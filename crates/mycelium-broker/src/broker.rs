@@ -207,6 +207,9 @@ impl Broker {
         options: &mycelium_protocol::SubscribeOptions<'_>,
         request_id: u32,
     ) -> Result<(), SubscribeError> {
+        if let Some(filter) = options.filter {
+            crate::filter::Filter::parse(filter)?;
+        }
         let Some(name) = options.durable else {
             return Err(SubscribeError::Unsupported(
                 "subscription options need a durable name (start position, ack settings and prefetch apply to durable subscriptions)".into(),
@@ -498,7 +501,7 @@ impl Broker {
         pattern: &str,
         group: Option<&str>,
     ) -> Result<Arc<Subscription>, SubscribeError> {
-        self.subscribe_inner(connection, id, pattern, group, || {})
+        self.subscribe_inner(connection, id, pattern, group, None, || {})
     }
 
     /// Like [`Broker::subscribe`], and queues SUBSCRIBE_OK (answering `request_id`) on the
@@ -515,7 +518,29 @@ impl Broker {
         group: Option<&str>,
         request_id: u32,
     ) -> Result<Arc<Subscription>, SubscribeError> {
-        self.subscribe_inner(connection, id, pattern, group, || {
+        self.subscribe_filtered(connection, id, pattern, group, None, request_id)
+    }
+
+    /// As [`Broker::subscribe_with_reply`], delivering only messages that match `filter` (the
+    /// filter language of [`crate::filter`]); a group member's filter decides which messages it
+    /// can be picked for.
+    ///
+    /// # Errors
+    /// As [`Broker::subscribe`], and `InvalidFilter` naming the position.
+    pub fn subscribe_filtered(
+        &self,
+        connection: &ConnectionInfo,
+        id: u32,
+        pattern: &str,
+        group: Option<&str>,
+        filter: Option<&str>,
+        request_id: u32,
+    ) -> Result<Arc<Subscription>, SubscribeError> {
+        let filter = filter
+            .map(crate::filter::Filter::parse)
+            .transpose()?
+            .map(Arc::new);
+        self.subscribe_inner(connection, id, pattern, group, filter, || {
             connection.outbound.append_control(|buf| {
                 let ok = mycelium_protocol::Frame::SubscribeOk(mycelium_protocol::SubscriptionRef {
                     subscription_id: id,
@@ -531,6 +556,7 @@ impl Broker {
         id: u32,
         pattern: &str,
         group: Option<&str>,
+        filter: Option<Arc<crate::filter::Filter>>,
         before_routable: impl FnOnce(),
     ) -> Result<Arc<Subscription>, SubscribeError> {
         let pattern = Pattern::parse(pattern)?;
@@ -554,6 +580,7 @@ impl Broker {
             pattern,
             group.map(Into::into),
             Arc::clone(&connection.outbound),
+            filter,
         ));
         let mut registry = self.registry.lock();
         before_routable();
@@ -634,6 +661,7 @@ impl Broker {
                     expired: load(&c.expired),
                     duplicates: load(&c.duplicates),
                     stored: stored(t),
+                    filtered: load(&c.filtered),
                 }
             })
             .collect();

@@ -67,6 +67,8 @@ pub enum DeadReason {
     Terminated,
     /// The message's time to live passed before it was acknowledged.
     Expired,
+    /// The subscription's filter refused it (on topics with `unmatched = "dead_letter"`).
+    Unmatched,
 }
 
 /// What the dispatcher must do after an event.
@@ -146,6 +148,9 @@ pub struct Snapshot {
     /// `(sequence, attempts made)` of messages in flight or waiting for a retry.
     #[serde(default)]
     pub attempts: Vec<(u64, u32)>,
+    /// The subscription's filter, if it has one (kept with its position).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -251,6 +256,7 @@ impl SubscriptionState {
             floor: self.floor,
             finished: self.finished.iter().copied().collect(),
             attempts,
+            filter: None,
         }
     }
 

@@ -74,6 +74,8 @@ pub(crate) struct DurableSub {
     base: tokio::time::Instant,
     state_file: PathBuf,
     settings: Settings,
+    /// Only messages matching it are delivered.
+    pub(crate) filter: Option<Arc<crate::filter::Filter>>,
     /// Serialises state writes (the dispatcher's and the shutdown's share one temp file).
     persisting: Mutex<()>,
     /// Which consumer (connection, subscription id) each in-flight message went to.
@@ -149,6 +151,30 @@ impl DurableSub {
             Err(_) => None,
         };
         let seed = bounds.next ^ (name.len() as u64) << 32;
+        let filter_text = match (&persisted, options.filter) {
+            (Some(snapshot), Some(asked)) if snapshot.filter.as_deref() != Some(asked) => {
+                return Err(mycelium_storage::StorageError::Malformed {
+                    reason: format!(
+                        "durable subscription `{name}` exists with filter {:?}; delete it to change the filter",
+                        snapshot.filter.as_deref().unwrap_or("(none)")
+                    ),
+                });
+            }
+            (Some(snapshot), _) => snapshot.filter.clone(),
+            (None, asked) => asked.map(str::to_owned),
+        };
+        let filter = match filter_text
+            .as_deref()
+            .map(crate::filter::Filter::parse)
+            .transpose()
+        {
+            Ok(filter) => filter.map(Arc::new),
+            Err(error) => {
+                return Err(mycelium_storage::StorageError::Malformed {
+                    reason: error.to_string(),
+                });
+            }
+        };
         let state = match persisted {
             Some(snapshot) => {
                 tracing::info!(
@@ -180,6 +206,7 @@ impl DurableSub {
             cursor: AtomicUsize::new(0),
             base: tokio::time::Instant::now(),
             state_file,
+            filter,
             settings: Settings {
                 persist_every: config.ack_persist_interval,
                 pass_max: config.dispatch_batch.max(1),
@@ -224,7 +251,11 @@ impl DurableSub {
             std::fs::create_dir_all(dir).map_err(io)?;
         }
         let tmp = self.state_file.with_extension("tmp");
-        let bytes = serde_json::to_vec(snapshot).map_err(|e| io(std::io::Error::other(e)))?;
+        let snapshot = Snapshot {
+            filter: self.filter.as_ref().map(|f| f.text().to_owned()),
+            ..snapshot.clone()
+        };
+        let bytes = serde_json::to_vec(&snapshot).map_err(|e| io(std::io::Error::other(e)))?;
         std::fs::write(&tmp, bytes).map_err(io)?;
         std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(io)?;
         std::fs::rename(&tmp, &self.state_file).map_err(io)
@@ -361,6 +392,23 @@ impl DurableSub {
                         let wall = mycelium_codec::now_ns();
                         let mut state = self.state.lock();
                         for message in page {
+                            if let Some(filter) = &self.filter
+                                && message.sequence >= state.next_admit()
+                                && !filter.matches(&message.headers, &message.payload)
+                            {
+                                state.skip(message.sequence);
+                                let _ = state.admit(message.sequence, Attrs::default(), now);
+                                if self.topic.spec().unmatched == crate::spec::Unmatched::DeadLetter {
+                                    outcomes.push(Outcome::DeadLetter {
+                                        sequence: message.sequence,
+                                        attempts: 0,
+                                        reason: DeadReason::Unmatched,
+                                    });
+                                } else {
+                                    TopicCounters::add(&self.topic.counters.filtered, 1);
+                                }
+                                continue;
+                            }
                             let attrs = self.attrs_of(&message, now, wall);
                             match state.admit(message.sequence, attrs, now) {
                                 Some(outcome) => outcomes.push(outcome),
@@ -567,6 +615,7 @@ impl DurableSub {
                     DeadReason::MaxDeliveries => "max_deliveries",
                     DeadReason::Terminated => "terminated",
                     DeadReason::Expired => "expired",
+                    DeadReason::Unmatched => "unmatched",
                 };
                 if !spec.dead_letter {
                     tracing::debug!(

@@ -80,6 +80,9 @@ pub enum SubscribeError {
     /// Options this broker does not support.
     #[error("{0}")]
     Unsupported(String),
+    /// The filter does not parse.
+    #[error(transparent)]
+    InvalidFilter(#[from] crate::filter::FilterError),
     /// The connection is closing.
     #[error("connection is closing")]
     Closing,
@@ -91,6 +94,7 @@ impl SubscribeError {
         match self {
             SubscribeError::InvalidPattern(_) | SubscribeError::InvalidGroup(_) => ErrorCode::InvalidPattern,
             SubscribeError::Unsupported(_) => ErrorCode::InvalidHeaders,
+            SubscribeError::InvalidFilter(_) => ErrorCode::InvalidFilter,
             SubscribeError::Closing => ErrorCode::ShuttingDown,
         }
     }

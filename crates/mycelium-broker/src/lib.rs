@@ -14,6 +14,7 @@ pub mod dlq;
 mod durable;
 mod durable_sub;
 mod error;
+pub mod filter;
 pub mod inspect;
 pub mod name;
 mod outbound;

@@ -363,19 +363,25 @@ impl Broker {
         let limit = spec.buffer_bytes;
         let route = topic.route.load();
         let has_room = |s: &Subscription| s.outbound.has_room(frame_len, limit);
+        let accepts = |s: &Subscription| s.accepts(headers, payload);
         match spec.routing {
             Routing::Fanout | Routing::Queue => {
                 for sub in &route.each {
-                    self.offer(publisher, topic, sub, deliver, frame_len);
+                    if sub.filter.is_none() || accepts(sub) {
+                        self.offer(publisher, topic, sub, deliver, frame_len);
+                    } else {
+                        TopicCounters::add(&counters.filtered, 1);
+                    }
                 }
                 for group in &route.groups {
-                    if let Some(sub) = group.pick(spec.balance, has_room) {
-                        self.offer(publisher, topic, sub, deliver, frame_len);
+                    match group.pick(spec.balance, has_room, accepts) {
+                        Some(sub) => self.offer(publisher, topic, sub, deliver, frame_len),
+                        None => TopicCounters::add(&counters.filtered, 1),
                     }
                 }
             }
             Routing::Direct => {
-                let live = route.ordered.iter().filter(|s| s.is_live());
+                let live = route.ordered.iter().filter(|s| s.is_live() && accepts(s));
                 match live.clone().find(|s| has_room(s)).or_else(|| live.clone().next()) {
                     Some(sub) => self.offer(publisher, topic, sub, deliver, frame_len),
                     None => TopicCounters::add(&counters.dropped, 1),

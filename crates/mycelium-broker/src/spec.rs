@@ -135,6 +135,19 @@ pub struct TopicSpec {
     pub retention_bytes: Option<u64>,
     /// Delete messages older than this.
     pub retention_age: Option<Duration>,
+    /// Stored topics: what happens to a message a durable subscription's filter refuses.
+    pub unmatched: Unmatched,
+}
+
+named_enum! {
+    /// What happens to a message a durable subscription's filter refuses.
+    Unmatched {
+        /// Skipped (counted as filtered).
+        #[default]
+        Skip = "skip",
+        /// Moved to `{topic}.dlq` with reason `unmatched`.
+        DeadLetter = "dead_letter",
+    }
 }
 
 named_enum! {
@@ -232,6 +245,7 @@ impl Default for TopicSpec {
             retention_messages: None,
             retention_bytes: None,
             retention_age: None,
+            unmatched: Unmatched::Skip,
         }
     }
 }

@@ -20,6 +20,8 @@ pub struct Subscription {
     pub group: Option<Box<str>>,
     /// Where its deliveries go.
     pub outbound: Arc<Outbound>,
+    /// Only messages matching it are delivered.
+    pub filter: Option<Arc<crate::filter::Filter>>,
     pub(crate) delivered: AtomicU64,
     pub(crate) dropped: AtomicU64,
     pub(crate) blocked: AtomicU64,
@@ -32,6 +34,7 @@ impl Subscription {
         pattern: Pattern,
         group: Option<Box<str>>,
         outbound: Arc<Outbound>,
+        filter: Option<Arc<crate::filter::Filter>>,
     ) -> Self {
         Subscription {
             id,
@@ -39,6 +42,7 @@ impl Subscription {
             pattern,
             group,
             outbound,
+            filter,
             delivered: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             blocked: AtomicU64::new(0),
@@ -53,6 +57,12 @@ impl Subscription {
     /// The connection it belongs to.
     pub fn connection_id(&self) -> u64 {
         self.outbound.connection_id()
+    }
+
+    /// Whether a message passes this subscription's filter (no filter: every message).
+    #[inline]
+    pub fn accepts(&self, headers: &[u8], payload: &[u8]) -> bool {
+        self.filter.as_ref().is_none_or(|f| f.matches(headers, payload))
     }
 }
 
@@ -76,10 +86,11 @@ impl Group {
         &self,
         balance: Balance,
         has_room: impl Fn(&Subscription) -> bool,
+        accepts: impl Fn(&Subscription) -> bool,
     ) -> Option<&Arc<Subscription>> {
         let start = self.cursor.fetch_add(1, Ordering::Relaxed);
         let load = |s: &Arc<Subscription>| s.outbound.pending_bytes();
-        let live = |s: &Arc<Subscription>| s.is_live();
+        let live = |s: &Arc<Subscription>| s.is_live() && accepts(s);
         pick(
             &self.members,
             balance,

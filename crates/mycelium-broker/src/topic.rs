@@ -31,6 +31,9 @@ pub struct TopicCounters {
     pub expired: AtomicU64,
     /// Acknowledgements of durable deliveries.
     pub acked: AtomicU64,
+    /// Deliveries not made because a subscription's filter (or every member of a group) refused
+    /// the message.
+    pub filtered: AtomicU64,
 }
 
 impl TopicCounters {

@@ -478,3 +478,54 @@ fn order_is_kept_per_publisher_per_topic() {
         assert_eq!(got, (0..1000).collect::<Vec<_>>());
     }
 }
+
+#[test]
+fn filtered_subscriptions_and_groups_get_only_what_they_accept() {
+    let broker = broker_with(vec![("orders", spec(Routing::Fanout))], false);
+    let (eu, us, any) = (
+        broker.connect("eu".into()),
+        broker.connect("us".into()),
+        broker.connect("any".into()),
+    );
+    broker
+        .subscribe_filtered(&eu, 1, "orders", None, Some(r#"$.region == "eu""#), 0)
+        .unwrap();
+    // A queue group whose members split the work by size.
+    broker
+        .subscribe_filtered(&us, 2, "orders", Some("workers"), Some("$.qty > 10"), 0)
+        .unwrap();
+    broker
+        .subscribe_filtered(&any, 3, "orders", Some("workers"), Some("$.qty <= 10"), 0)
+        .unwrap();
+    let bad = broker.subscribe_filtered(&any, 4, "orders", None, Some("$.qty >"), 0);
+    match bad {
+        Err(mycelium_broker::SubscribeError::InvalidFilter(e)) => assert_eq!(e.position, 7),
+        other => panic!("{other:?}"),
+    }
+    for c in [&eu, &us, &any] {
+        // Discard the SUBSCRIBE_OK frames.
+        let mut buf = BytesMut::new();
+        let n = c.outbound.take(&mut buf);
+        c.outbound.written(n);
+    }
+    let mut p = Publisher::new(Arc::clone(&eu));
+    publish(&broker, &mut p, "orders", br#"{"region": "eu", "qty": 50}"#).unwrap();
+    publish(&broker, &mut p, "orders", br#"{"region": "us", "qty": 5}"#).unwrap();
+    publish(&broker, &mut p, "orders", b"not json").unwrap();
+    let got = |c: &ConnectionInfo| -> Vec<Vec<u8>> {
+        drain(c)
+            .into_iter()
+            .filter_map(|g| match g {
+                Got::Msg(_, _, payload) => Some(payload),
+                Got::Err(_) => None,
+            })
+            .collect()
+    };
+    assert_eq!(got(&eu), [br#"{"region": "eu", "qty": 50}"#.to_vec()]);
+    assert_eq!(got(&us), [br#"{"region": "eu", "qty": 50}"#.to_vec()]);
+    assert_eq!(got(&any), [br#"{"region": "us", "qty": 5}"#.to_vec()]);
+    let stats = broker.stats();
+    let orders = stats.topics.iter().find(|t| t.name == "orders").unwrap();
+    // eu refused 2 messages; the group had no taker for "not json".
+    assert_eq!(orders.filtered, 3);
+}

@@ -77,6 +77,7 @@ fn subscribe(
         max_deliveries: Some(3),
         max_in_flight: Some(max_in_flight),
         backoff_ms,
+        filter: None,
     };
     broker.subscribe_durable(conn, 1, "jobs", &options, 1).unwrap();
 }
@@ -443,6 +444,85 @@ async fn retention_by_count_and_work_queue_deletion() {
     assert!(
         (150..=201).contains(&first),
         "acked segments deleted, unacked kept: first = {first}"
+    );
+    broker.close_storage();
+}
+
+#[tokio::test]
+async fn a_durable_filter_skips_or_dead_letters_and_outlives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = stored_spec(|s| s.unmatched = mycelium_broker::spec::Unmatched::DeadLetter);
+    let options = |filter: Option<&'static str>| SubscribeOptions {
+        durable: Some("a-only"),
+        start: Some(StartPosition::Beginning),
+        filter,
+        ..SubscribeOptions::default()
+    };
+    {
+        let broker = broker(dir.path(), vec![("jobs", spec.clone())]);
+        for kind in ["a", "b", "a"] {
+            publish(
+                &broker,
+                "jobs",
+                &format!(r#"{{"kind": "{kind}"}}"#),
+                MessageProps::default(),
+            )
+            .await;
+        }
+        let conn = broker.connect("consumer".into());
+        broker
+            .subscribe_durable(&conn, 1, "jobs", &options(Some(r#"$.kind == "a""#)), 1)
+            .unwrap();
+        let mut got = Vec::new();
+        for _ in 0..200 {
+            got.extend(deliveries(&conn));
+            if got.len() == 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(got.iter().map(|d| d.0).collect::<Vec<_>>(), [1, 3]);
+        for (sequence, _, _) in &got {
+            ack(&broker, &conn, *sequence);
+        }
+        wait_for("the unmatched message in the DLQ", || {
+            broker.dlq_depth("jobs").is_ok_and(|d| d == 1)
+        });
+        assert_eq!(broker.dlq_get("jobs", 1).unwrap().reason, "unmatched");
+        // A bad filter is refused with its position.
+        let other = broker.connect("other".into());
+        let bad = SubscribeOptions {
+            durable: Some("bad"),
+            filter: Some("$.kind =="),
+            ..SubscribeOptions::default()
+        };
+        match broker.subscribe_durable(&other, 1, "jobs", &bad, 1) {
+            Err(mycelium_broker::SubscribeError::InvalidFilter(e)) => assert_eq!(e.position, 9),
+            other => panic!("{other:?}"),
+        }
+        broker.close_storage();
+    }
+    // After a restart the subscription keeps its filter; asking for another one is refused.
+    let broker = broker(dir.path(), vec![("jobs", spec)]);
+    publish(&broker, "jobs", r#"{"kind": "b"}"#, MessageProps::default()).await;
+    publish(&broker, "jobs", r#"{"kind": "a"}"#, MessageProps::default()).await;
+    let conn = broker.connect("consumer".into());
+    let refused = broker.subscribe_durable(&conn, 2, "jobs", &options(Some(r#"$.kind == "b""#)), 1);
+    assert!(refused.unwrap_err().to_string().contains("exists with filter"));
+    broker
+        .subscribe_durable(&conn, 1, "jobs", &options(None), 1)
+        .unwrap();
+    let mut got = Vec::new();
+    for _ in 0..200 {
+        got.extend(deliveries(&conn));
+        if !got.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(
+        got.iter().map(|d| d.2.as_str()).collect::<Vec<_>>(),
+        [r#"{"kind": "a"}"#]
     );
     broker.close_storage();
 }

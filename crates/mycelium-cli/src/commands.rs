@@ -306,9 +306,16 @@ async fn subscribe(url: &str, args: SubArgs) -> anyhow::Result<ExitCode> {
                 ack_wait,
                 max_deliveries: args.max_deliveries,
                 max_in_flight,
+                filter: args.filter.clone(),
                 ..DurableOptions::default()
             };
             client.subscribe_durable(&args.pattern, name, options).await?
+        }
+        (None, group) if args.filter.is_some() => {
+            let filter = args.filter.as_deref().unwrap_or_default();
+            client
+                .subscribe_filtered(&args.pattern, group.as_deref(), filter)
+                .await?
         }
         (None, Some(group)) => client.queue_subscribe(&args.pattern, group).await?,
         (None, None) => client.subscribe(&args.pattern).await?,

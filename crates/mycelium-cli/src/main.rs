@@ -216,6 +216,9 @@ struct SubArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     format: Format,
+    /// Only messages matching this filter (docs/FILTERS.md), e.g. `$.side == "buy"`.
+    #[arg(long)]
+    filter: Option<String>,
     /// Durable subscription name (the topic must have storage = "disk"): progress survives
     /// restarts; each message is acknowledged after it is printed.
     #[arg(long, conflicts_with = "group")]

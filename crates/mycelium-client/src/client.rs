@@ -34,6 +34,8 @@ pub struct DurableOptions {
     pub max_in_flight: Option<u32>,
     /// Retry delays (default 2 s, 4 s, 8 s, 16 s, 32 s, with jitter).
     pub backoff: Vec<Duration>,
+    /// Content filter (docs/FILTERS.md), fixed when the subscription is created.
+    pub filter: Option<String>,
 }
 
 /// Message properties and headers of a confirmed publish ([`Client::publish_with`]). Properties
@@ -442,6 +444,27 @@ impl Client {
         self.shared.subscribe(pattern, None).await
     }
 
+    /// Subscribes with a content filter (docs/FILTERS.md): only matching messages are delivered.
+    /// In a queue group (`group`), each message goes to one member whose filter accepts it.
+    ///
+    /// # Errors
+    /// As [`Client::subscribe`]; `Server` with `InvalidFilter` naming the position of the fault.
+    pub async fn subscribe_filtered(
+        &self,
+        pattern: &str,
+        group: Option<&str>,
+        filter: &str,
+    ) -> Result<Subscription, Error> {
+        let wire = mycelium_protocol::SubscribeOptions {
+            filter: Some(filter),
+            ..mycelium_protocol::SubscribeOptions::default()
+        };
+        let mut block = BytesMut::new();
+        wire.encode(&mut block)
+            .map_err(|e| Error::new(ErrorKind::InvalidArgument, e.to_string()))?;
+        self.shared.subscribe_with(pattern, group, block.freeze()).await
+    }
+
     /// Subscribes as a member of queue group `group`: each message goes to one member.
     ///
     /// # Errors
@@ -470,6 +493,7 @@ impl Client {
             max_deliveries: options.max_deliveries,
             max_in_flight: options.max_in_flight,
             backoff_ms: options.backoff.iter().copied().map(ms).collect(),
+            filter: options.filter.as_deref(),
         };
         let mut block = BytesMut::new();
         wire.encode(&mut block)

@@ -298,3 +298,35 @@ async fn bad_urls_and_unreachable_brokers_are_clear_errors() {
     assert_eq!(error.kind(), ErrorKind::Connect);
     assert!(error.to_string().contains("/nonexistent/dir/x.sock"), "{error}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn filtered_subscriptions_over_the_native_protocol() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_at(&dir.path().join("f.sock"), |_| {}).await;
+    let client = Client::connect(&server.url()).await.unwrap();
+    let mut eu = client
+        .subscribe_filtered("orders.>", None, r#"header.region == "eu""#)
+        .await
+        .unwrap();
+    let error = client
+        .subscribe_filtered("orders.>", None, "header.region ==")
+        .await
+        .unwrap_err();
+    assert_eq!(error.server_code(), Some(ErrorCode::InvalidFilter), "{error}");
+    assert!(error.to_string().contains("position 16"), "{error}");
+    client
+        .publish_with_headers("orders.new", &[("region", b"us")], "us order")
+        .await
+        .unwrap();
+    client
+        .publish_with_headers("orders.new", &[("region", b"eu")], "eu order")
+        .await
+        .unwrap();
+    let message = tokio::time::timeout(std::time::Duration::from_secs(5), eu.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&message.payload[..], b"eu order");
+    client.close().await;
+    server.stop().await;
+}

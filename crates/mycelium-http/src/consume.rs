@@ -119,11 +119,15 @@ impl PullConsumers {
         };
         if let Err(error) = broker.subscribe_durable(&conn, 1, topic, &options, 0) {
             broker.disconnect(conn.id);
-            let kind = match error {
-                mycelium_broker::SubscribeError::Unsupported(_) => Kind::Invalid,
-                _ => Kind::Invalid,
-            };
-            return Err(ApiError::new(kind, error.to_string()));
+            return Err(match error {
+                mycelium_broker::SubscribeError::InvalidFilter(e) => {
+                    ApiError::invalid(vec![crate::error::FieldError {
+                        field: "filter".into(),
+                        message: e.to_string(),
+                    }])
+                }
+                other => ApiError::new(Kind::Invalid, other.to_string()),
+            });
         }
         let consumer = Arc::new(PullConsumer {
             topic: topic.to_owned(),

@@ -833,3 +833,58 @@ async fn health_and_the_openapi_document() {
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(problem_type(&body), "/problems/not-found");
 }
+
+#[tokio::test]
+async fn filtered_consumers_and_malformed_filters() {
+    let api = api();
+    let t = admin();
+    for (side, price) in [("buy", 90), ("buy", 120), ("sell", 130)] {
+        api.publish(
+            &t,
+            json!({"topic": "jobs", "payload": {"side": side, "price": price}}),
+        )
+        .await;
+    }
+    let (status, body) = api
+        .call(
+            Method::POST,
+            "/api/v1/subscriptions",
+            Some(&t),
+            Some(json!({"topic": "jobs", "name": "big-buys", "start": "beginning", "filter": "$.side == \"buy\" and $.price > 100"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (_, body) = api
+        .call(
+            Method::GET,
+            "/api/v1/messages/consume/jobs?subscription=big-buys&wait_ms=2000",
+            Some(&t),
+            None,
+        )
+        .await;
+    let payloads: Vec<&Value> = body["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| &m["payload"])
+        .collect();
+    assert_eq!(payloads, [&json!({"side": "buy", "price": 120})]);
+    let (status, body) = api
+        .call(
+            Method::POST,
+            "/api/v1/subscriptions",
+            Some(&t),
+            Some(json!({"topic": "jobs", "name": "broken", "filter": "$.price >"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(body["errors"][0]["field"], "filter");
+    assert!(
+        body["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("position 9"),
+        "{body}"
+    );
+    api.broker.close_storage();
+}

@@ -143,6 +143,8 @@ error_codes! {
     NotPermitted = 18,
     /// A header or property that breaks the rules (unknown property id, bad value).
     InvalidHeaders = 19,
+    /// A subscription filter that does not parse; the message names the position.
+    InvalidFilter = 20,
     /// The broker could not store the message (disk full, I/O error); nothing was stored.
     StorageFailed = 30,
     /// A message the broker already holds under the same idempotency key (reserved).

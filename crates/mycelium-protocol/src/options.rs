@@ -36,6 +36,8 @@ pub struct SubscribeOptions<'a> {
     pub max_in_flight: Option<u32>,
     /// Retry delays in milliseconds (the last repeats).
     pub backoff_ms: Vec<u32>,
+    /// Content filter (the broker's filter language); only matching messages are delivered.
+    pub filter: Option<&'a str>,
 }
 
 mod id {
@@ -45,6 +47,7 @@ mod id {
     pub const MAX_DELIVERIES: u8 = 4;
     pub const MAX_IN_FLIGHT: u8 = 5;
     pub const BACKOFF: u8 = 6;
+    pub const FILTER: u8 = 7;
 }
 
 fn u32_of(value: &[u8], field: &'static str) -> Result<u32, ProtocolError> {
@@ -112,6 +115,11 @@ impl<'a> SubscribeOptions<'a> {
                         .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
                         .collect();
                 }
+                id::FILTER => {
+                    let filter = std::str::from_utf8(value)
+                        .map_err(|_| ProtocolError::InvalidUtf8 { field: "filter" })?;
+                    options.filter = Some(filter);
+                }
                 other => {
                     return Err(ProtocolError::InvalidValue {
                         field: "subscribe option id",
@@ -163,6 +171,9 @@ impl<'a> SubscribeOptions<'a> {
         if !self.backoff_ms.is_empty() {
             let v: Vec<u8> = self.backoff_ms.iter().flat_map(|d| d.to_le_bytes()).collect();
             put(id::BACKOFF, &v)?;
+        }
+        if let Some(filter) = self.filter {
+            put(id::FILTER, filter.as_bytes())?;
         }
         Ok(())
     }

@@ -41,6 +41,8 @@ pub struct TopicStats {
     pub duplicates: u64,
     /// Stored topics: messages stored (log next sequence minus first).
     pub stored: u64,
+    /// Deliveries not made because a filter refused the message.
+    pub filtered: u64,
 }
 
 /// Counters of one subscription.
@@ -119,6 +121,7 @@ impl StatsSnapshot {
                 expired: body.u64("expired")?,
                 duplicates: body.u64("duplicates")?,
                 stored: body.u64("stored")?,
+                filtered: body.u64("filtered")?,
             });
         }
         let n = count(body, "subscription_count")?;
@@ -182,6 +185,7 @@ impl StatsSnapshot {
                 t.expired,
                 t.duplicates,
                 t.stored,
+                t.filtered,
             ] {
                 buf.put_u64_le(v);
             }

@@ -354,6 +354,7 @@ fn error_codes_are_stable() {
         (ErrorCode::NoRoute, 17),
         (ErrorCode::NotPermitted, 18),
         (ErrorCode::InvalidHeaders, 19),
+        (ErrorCode::InvalidFilter, 20),
         (ErrorCode::StorageFailed, 30),
         (ErrorCode::Duplicate, 31),
         (ErrorCode::InvalidRequest, 40),
@@ -413,6 +414,7 @@ fn subscribe_options_and_delivery_meta_round_trip() {
         max_deliveries: Some(5),
         max_in_flight: Some(100),
         backoff_ms: vec![2000, 4000, 8000],
+        filter: Some(r#"$.side == "buy" and header.region prefix "eu""#),
     };
     let mut block = BytesMut::new();
     options.encode(&mut block).unwrap();

@@ -295,6 +295,8 @@ pub struct TopicSection {
     pub retention_bytes: Option<ByteSize>,
     /// Delete messages older than this.
     pub retention_age: Option<HumanDuration>,
+    /// `skip` or `dead_letter`: a message a durable subscription's filter refuses.
+    pub unmatched: String,
 }
 
 impl Default for TopicSection {
@@ -321,6 +323,7 @@ impl Default for TopicSection {
             retention_messages: None,
             retention_bytes: None,
             retention_age: None,
+            unmatched: spec.unmatched.to_string(),
         }
     }
 }
@@ -685,6 +688,10 @@ impl Config {
                     "retention",
                     t.retention.parse::<mycelium_broker::spec::Retention>().err(),
                 ),
+                (
+                    "unmatched",
+                    t.unmatched.parse::<mycelium_broker::spec::Unmatched>().err(),
+                ),
             ] {
                 if let Some(reason) = result {
                     bad(key(field), reason);
@@ -739,6 +746,7 @@ impl Config {
                     ("retention_bytes", t.retention_bytes.is_some()),
                     ("retention_age", t.retention_age.is_some()),
                     ("retention", t.retention == "work_queue"),
+                    ("unmatched", t.unmatched == "dead_letter"),
                 ] {
                     if set {
                         bad(
@@ -801,6 +809,7 @@ impl Config {
                     retention_messages: t.retention_messages,
                     retention_bytes: t.retention_bytes.map(|b| b.0),
                     retention_age: t.retention_age.map(|d| d.0),
+                    unmatched: t.unmatched.parse().unwrap_or_default(),
                 };
                 (t.name.clone(), spec)
             })

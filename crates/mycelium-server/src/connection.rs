@@ -301,9 +301,27 @@ fn handle(
                 let result = SubscribeOptions::decode(subscribe.options)
                     .map_err(|e| (ErrorCode::InvalidHeaders, format!("subscription options: {e}")))
                     .and_then(|options| {
-                        broker
-                            .subscribe_durable(info, id, subscribe.pattern, &options, request_id)
-                            .map_err(|e| (e.code(), e.to_string()))
+                        let only_filter = options.durable.is_none()
+                            && options.filter.is_some()
+                            && SubscribeOptions {
+                                filter: None,
+                                ..options.clone()
+                            } == SubscribeOptions::default();
+                        if only_filter {
+                            broker
+                                .subscribe_filtered(
+                                    info,
+                                    id,
+                                    subscribe.pattern,
+                                    subscribe.group,
+                                    options.filter,
+                                    request_id,
+                                )
+                                .map(|_| ())
+                        } else {
+                            broker.subscribe_durable(info, id, subscribe.pattern, &options, request_id)
+                        }
+                        .map_err(|e| (e.code(), e.to_string()))
                     });
                 match result {
                     Ok(()) => *next_subscription = next_subscription.wrapping_add(1).max(1),

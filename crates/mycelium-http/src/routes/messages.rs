@@ -259,6 +259,9 @@ pub(crate) struct ConsumeQuery {
     /// `tlv`: add a decoded view of Torq TLV payloads.
     #[serde(default)]
     pub(crate) decode: Option<String>,
+    /// For a new subscription: a content filter (docs/FILTERS.md).
+    #[serde(default)]
+    pub(crate) filter: Option<String>,
 }
 
 /// A delivered message.
@@ -378,6 +381,7 @@ pub(crate) async fn consume(
     let options = SubscribeOptions {
         durable: Some(&query.subscription),
         start: Some(start),
+        filter: query.filter.as_deref(),
         ..SubscribeOptions::default()
     };
     let consumer = state

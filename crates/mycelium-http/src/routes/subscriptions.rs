@@ -36,6 +36,9 @@ pub(crate) struct CreateSubscription {
     /// Retry delays in milliseconds; the last repeats (default 2 s, 4 s, 8 s, 16 s, 32 s).
     #[serde(default)]
     backoff_ms: Vec<u32>,
+    /// Content filter (docs/FILTERS.md): only matching messages are delivered.
+    #[serde(default)]
+    filter: Option<String>,
 }
 
 /// A durable subscription.
@@ -166,6 +169,7 @@ pub(crate) async fn create(
         max_deliveries: request.max_deliveries,
         max_in_flight: request.max_in_flight,
         backoff_ms: request.backoff_ms.clone(),
+        filter: request.filter.as_deref(),
     };
     state
         .consumers

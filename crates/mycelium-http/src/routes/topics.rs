@@ -64,6 +64,9 @@ pub(crate) struct TopicSettings {
     /// Keep at most this many messages.
     #[serde(default)]
     pub(crate) retention_messages: Option<u64>,
+    /// `skip` or `dead_letter`: messages a durable subscription's filter refuses.
+    #[serde(default)]
+    pub(crate) unmatched: Option<String>,
 }
 
 /// `POST /topics`.
@@ -116,6 +119,9 @@ impl TopicSettings {
         }
         if let Some(v) = parse(&self.retention, "retention", &mut errors) {
             spec.retention = v;
+        }
+        if let Some(v) = parse(&self.unmatched, "unmatched", &mut errors) {
+            spec.unmatched = v;
         }
         if let Some(delivery) = parse::<Delivery>(&self.delivery, "delivery", &mut errors) {
             spec.delivery = delivery;
