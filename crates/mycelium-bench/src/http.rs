@@ -56,12 +56,45 @@ pub async fn run(base: &str, token: &str, w: &Workload, progress: &ProgressBar) 
     progress.set_length((w.duration_s * 10.0) as u64);
     progress.set_position(0);
     let started = Instant::now();
-    // Fixed rate: request i of connection c is due at start + (i * connections + c) / rate.
-    let interval = w
-        .rate
-        .map(|r| Duration::from_secs_f64(w.connections as f64 / r.max(1) as f64));
+    // Fixed rate: a pacer thread (sleeping with 1 ns timer slack, not tokio's 1 ms timer wheel)
+    // hands each request's scheduled time to the connections in turn; latency counts from the
+    // scheduled time, so a backlog shows (no coordinated omission).
+    let mut receivers = Vec::new();
+    let pacer = match w.rate {
+        Some(rate) => {
+            let mut senders = Vec::new();
+            for _ in 0..w.connections {
+                let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Instant>();
+                senders.push(tx);
+                receivers.push(rx);
+            }
+            let interval = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
+            let pacer = std::thread::spawn(move || {
+                let _ = rustix::thread::set_current_timer_slack(std::num::NonZeroU64::new(1));
+                let mut n = 0u32;
+                loop {
+                    let due = started + interval * n;
+                    if due.duration_since(started) >= duration {
+                        break;
+                    }
+                    let now = Instant::now();
+                    if due > now {
+                        std::thread::sleep(due - now);
+                    }
+                    // Round robin over the connections.
+                    if senders[n as usize % senders.len()].send(due).is_err() {
+                        break;
+                    }
+                    n += 1;
+                }
+            });
+            Some(pacer)
+        }
+        None => None,
+    };
+    let mut receivers = receivers.into_iter();
     let mut tasks = Vec::with_capacity(w.connections);
-    for connection in 0..w.connections {
+    for _ in 0..w.connections {
         let client = reqwest::Client::builder()
             .pool_max_idle_per_host(1)
             .tcp_nodelay(true)
@@ -72,19 +105,17 @@ pub async fn run(base: &str, token: &str, w: &Workload, progress: &ProgressBar) 
             Arc::clone(&auth),
             Arc::clone(&requests),
         );
-        let offset = interval.map(|i| i.mul_f64(connection as f64 / w.connections as f64));
+        let mut tickets = receivers.next();
         tasks.push(tokio::spawn(async move {
             let mut histogram =
                 Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("valid bounds");
-            let mut sent = 0u64;
             loop {
-                let scheduled = match (interval, offset) {
-                    (Some(interval), Some(offset)) => {
-                        let due = started + offset + interval.mul_f64(sent as f64);
-                        tokio::time::sleep_until(due.into()).await;
-                        due
-                    }
-                    _ => Instant::now(),
+                let scheduled = match &mut tickets {
+                    Some(tickets) => match tickets.recv().await {
+                        Some(due) => due,
+                        None => break,
+                    },
+                    None => Instant::now(),
                 };
                 if scheduled.duration_since(started) >= duration {
                     break;
@@ -106,7 +137,6 @@ pub async fn run(base: &str, token: &str, w: &Workload, progress: &ProgressBar) 
                     );
                 }
                 let _ = histogram.record(scheduled.elapsed().as_nanos().max(1) as u64);
-                sent += 1;
                 requests.fetch_add(1, Ordering::Relaxed);
             }
             Ok::<_, anyhow::Error>(histogram)
@@ -127,6 +157,9 @@ pub async fn run(base: &str, token: &str, w: &Workload, progress: &ProgressBar) 
         histogram.add(task.await??)?;
     }
     ticker.abort();
+    if let Some(pacer) = pacer {
+        let _ = tokio::task::spawn_blocking(move || pacer.join()).await;
+    }
     let elapsed = started.elapsed().as_secs_f64();
     let requests = requests.load(Ordering::Relaxed);
     let messages = requests * w.batch as u64;
