@@ -51,6 +51,8 @@ pub struct BrokerConfig {
     pub domain_topics: Vec<(RelayDomain, String)>,
     /// Storage of `storage = "disk"` topics (opened only if such a topic is configured).
     pub durable: DurableConfig,
+    /// Topic labels on metrics, at most; topics past it share `topic="_other"`.
+    pub metrics_topics_max: usize,
 }
 
 impl Default for BrokerConfig {
@@ -66,6 +68,7 @@ impl Default for BrokerConfig {
                 (RelayDomain::System, "system".into()),
             ],
             durable: DurableConfig::default(),
+            metrics_topics_max: 1000,
         }
     }
 }
@@ -115,6 +118,8 @@ pub struct Broker {
     pub(crate) durable_consumers: Mutex<HashMap<(u64, u32), Arc<DurableSub>>>,
     /// Removal marks of dead-letter queues, by DLQ topic (loaded on first use).
     pub(crate) dlq_marks: Mutex<HashMap<String, crate::dlq::Marks>>,
+    /// Latency histograms.
+    pub metrics: crate::metrics::BrokerMetrics,
 }
 
 impl Broker {
@@ -139,6 +144,7 @@ impl Broker {
             .iter()
             .any(|(_, spec)| spec.storage == StorageKind::Disk);
         let durable_config = config.durable.clone();
+        let metrics_topics_max = config.metrics_topics_max;
         let broker = Arc::new(Broker {
             config,
             topics: RwLock::new(topics),
@@ -152,6 +158,7 @@ impl Broker {
             durable_subs: Mutex::new(HashMap::new()),
             durable_consumers: Mutex::new(HashMap::new()),
             dlq_marks: Mutex::new(HashMap::new()),
+            metrics: crate::metrics::BrokerMetrics::new(metrics_topics_max),
         });
         if needs_storage {
             let store = DurableStore::start(durable_config, Arc::downgrade(&broker))
@@ -358,6 +365,7 @@ impl Broker {
             payload: original.payload,
             props: crate::durable::MessageProps::default(),
             confirm: crate::durable::Confirm::None,
+            received_ns: mycelium_codec::now_ns(),
         };
         match store.sender.try_send(request) {
             Ok(()) => {}

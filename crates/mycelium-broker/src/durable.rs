@@ -131,6 +131,8 @@ pub(crate) struct AppendRequest {
     pub(crate) props: MessageProps,
     /// Where to send PUBLISH_OK or the ERROR, and the request id to answer.
     pub(crate) confirm: Confirm,
+    /// When the broker received it, ns since the Unix epoch (for the publish-duration histogram).
+    pub(crate) received_ns: u64,
 }
 
 /// The writer's handle, held by the broker.
@@ -275,6 +277,8 @@ struct Unsynced {
     topic: TopicRef,
     messages: Vec<StoredMessage>,
     confirms: Vec<Confirm>,
+    /// When each message was received (ns since the Unix epoch).
+    received: Vec<u64>,
     /// Publishes recognised as duplicates: confirmed (with the original's id and sequence) with
     /// the batch, since the original may itself still wait for this sync.
     duplicates: Vec<(Confirm, Original)>,
@@ -417,6 +421,7 @@ impl Writer {
             }
             let mut messages = Vec::with_capacity(requests.len());
             let mut confirms = Vec::with_capacity(requests.len());
+            let mut received = Vec::with_capacity(requests.len());
             let mut duplicates = Vec::new();
             let mut keys = Vec::new();
             for request in requests {
@@ -451,6 +456,7 @@ impl Writer {
                 }
                 messages.push(message);
                 confirms.push(request.confirm);
+                received.push(request.received_ns);
             }
             if let Err(error) = self.backend.append(topic.name(), &messages) {
                 tracing::error!(topic = topic.name(), %error, "append failed; publishers get StorageFailed");
@@ -471,6 +477,7 @@ impl Writer {
                 topic: Arc::clone(&topic),
                 messages,
                 confirms,
+                received,
                 duplicates,
             };
             match topic.spec().fsync {
@@ -590,6 +597,10 @@ impl Writer {
                     id: original.id,
                     duplicate: true,
                 });
+            }
+            for received in &unsynced.received {
+                let seconds = now_ns.saturating_sub(*received) as f64 / 1e9;
+                broker.metrics.observe_publish(unsynced.topic.name(), seconds);
             }
             for (message, confirm) in unsynced.messages.iter().zip(unsynced.confirms) {
                 confirm.stored(Stored {

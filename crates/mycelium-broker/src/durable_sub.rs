@@ -54,6 +54,13 @@ pub(crate) struct AttemptRecord {
     pub(crate) error: Option<String>,
 }
 
+/// Who holds an in-flight message, and when it was published.
+#[derive(Debug, Clone, Copy)]
+struct Assigned {
+    consumer: (u64, u32),
+    publish_ns: u64,
+}
+
 /// An ACK waiting for the state write that makes it durable.
 #[derive(Debug)]
 struct PendingAckOk {
@@ -79,7 +86,7 @@ pub(crate) struct DurableSub {
     /// Serialises state writes (the dispatcher's and the shutdown's share one temp file).
     persisting: Mutex<()>,
     /// Which consumer (connection, subscription id) each in-flight message went to.
-    assigned: Mutex<HashMap<u64, (u64, u32)>>,
+    assigned: Mutex<HashMap<u64, Assigned>>,
     /// Failed attempts of unfinished messages since the broker started.
     history: Mutex<HashMap<u64, Vec<AttemptRecord>>>,
     /// ACKs to confirm once the state is written.
@@ -307,6 +314,10 @@ impl DurableSub {
         .map_err(|e| e.to_string())?;
         match verdict {
             Verdict::Ack(ack) => {
+                if let Some(assigned) = self.assigned.lock().get(&sequence) {
+                    let seconds = mycelium_codec::now_ns().saturating_sub(assigned.publish_ns) as f64 / 1e9;
+                    broker.metrics.observe_delivery(self.topic.name(), seconds);
+                }
                 self.settled(sequence);
                 self.history.lock().remove(&sequence);
                 TopicCounters::add(&self.topic.counters.acked, 1);
@@ -525,7 +536,10 @@ impl DurableSub {
         let consumer = live[self.cursor.fetch_add(1, Ordering::Relaxed) % live.len()];
         self.assigned.lock().insert(
             message.sequence,
-            (consumer.connection_id, consumer.subscription_id),
+            Assigned {
+                consumer: (consumer.connection_id, consumer.subscription_id),
+                publish_ns: message.publish_ns,
+            },
         );
         let mut meta = BytesMut::with_capacity(DeliveryMeta::LEN);
         DeliveryMeta {
@@ -566,7 +580,7 @@ impl DurableSub {
             let mut assigned = self.assigned.lock();
             let held: Vec<u64> = assigned
                 .iter()
-                .filter(|(_, c)| **c == (connection_id, subscription_id))
+                .filter(|(_, a)| a.consumer == (connection_id, subscription_id))
                 .map(|(s, _)| *s)
                 .collect();
             for sequence in &held {
@@ -603,6 +617,8 @@ impl DurableSub {
                     return;
                 }
                 self.record(sequence, "expired", None);
+                TopicCounters::add(&counters.dead_lettered, 1);
+                TopicCounters::add(&counters.dead_by_reason[2], 1);
                 (sequence, attempts, "expired")
             }
             Outcome::DeadLetter {
@@ -611,12 +627,14 @@ impl DurableSub {
                 reason,
             } => {
                 TopicCounters::add(&counters.dead_lettered, 1);
-                let reason = match reason {
-                    DeadReason::MaxDeliveries => "max_deliveries",
-                    DeadReason::Terminated => "terminated",
-                    DeadReason::Expired => "expired",
-                    DeadReason::Unmatched => "unmatched",
+                let index = match reason {
+                    DeadReason::MaxDeliveries => 0,
+                    DeadReason::Terminated => 1,
+                    DeadReason::Expired => 2,
+                    DeadReason::Unmatched => 3,
                 };
+                TopicCounters::add(&counters.dead_by_reason[index], 1);
+                let reason = crate::topic::DEAD_REASONS[index];
                 if !spec.dead_letter {
                     tracing::debug!(
                         topic = self.topic.name(),

@@ -276,6 +276,7 @@ impl Broker {
                 payload,
                 props,
                 confirm: Confirm::Reply(reply),
+                received_ns: mycelium_codec::now_ns(),
             };
             match store.sender.send(request).await {
                 Ok(()) => steps.push(Step::Waiting(topic, answer)),
@@ -323,6 +324,7 @@ impl Broker {
             payload: bytes::Bytes::copy_from_slice(message.payload),
             props: MessageProps::from(&message.props),
             confirm,
+            received_ns: mycelium_codec::now_ns(),
         };
         match store.sender.try_send(request) {
             Ok(()) => {}

@@ -31,10 +31,15 @@ pub struct TopicCounters {
     pub expired: AtomicU64,
     /// Acknowledgements of durable deliveries.
     pub acked: AtomicU64,
+    /// Dead letters by reason, in [`DEAD_REASONS`] order.
+    pub dead_by_reason: [AtomicU64; 4],
     /// Deliveries not made because a subscription's filter (or every member of a group) refused
     /// the message.
     pub filtered: AtomicU64,
 }
+
+/// The reasons of [`TopicCounters::dead_by_reason`], in order.
+pub const DEAD_REASONS: [&str; 4] = ["max_deliveries", "terminated", "expired", "unmatched"];
 
 impl TopicCounters {
     pub(crate) fn add(counter: &AtomicU64, n: u64) {

@@ -17,6 +17,7 @@ mod consume;
 pub mod error;
 mod extract;
 pub mod limits;
+mod metrics;
 mod openapi;
 mod routes;
 mod serve;
@@ -30,7 +31,7 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderName, HeaderValue};
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use mycelium_broker::Broker;
 
 pub use auth::{AuthConfig, JwtConfig, JwtKey, Principal, Role, TokenRequest, issue};
@@ -63,6 +64,8 @@ pub struct HttpConfig {
     pub consumer_idle_timeout: Duration,
     /// Whether the native listeners are up (for `/health/ready`); set by the server.
     pub native_listeners_up: Arc<std::sync::atomic::AtomicBool>,
+    /// Serve only `/metrics` and the health probes (the HTTP API is off).
+    pub metrics_only: bool,
 }
 
 impl Default for HttpConfig {
@@ -77,6 +80,7 @@ impl Default for HttpConfig {
             request_timeout: Duration::from_secs(60),
             consumer_idle_timeout: Duration::from_secs(300),
             native_listeners_up: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+            metrics_only: false,
         }
     }
 }
@@ -130,8 +134,14 @@ pub(crate) fn build(broker: Arc<Broker>, config: HttpConfig) -> Result<(Router, 
     let api =
         routes::api_routes().route_layer(middleware::from_fn_with_state(Arc::clone(&state), authenticate));
     let open = routes::open_routes();
+    let api = if state.config.metrics_only {
+        open
+    } else {
+        api.merge(open)
+    };
     let router = Router::new()
-        .nest("/api/v1", api.merge(open))
+        .nest("/api/v1", api)
+        .route("/metrics", axum::routing::get(metrics_endpoint))
         .fallback(routes::not_found)
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(middleware::from_fn(request_id))
@@ -152,6 +162,25 @@ pub(crate) async fn background(state: SharedState, shutdown: tokio_util::sync::C
             }
         }
     }
+}
+
+/// `GET /metrics` (no token: scrapers are configured on the network side, and the default
+/// listener is loopback only).
+async fn metrics_endpoint(State(state): State<SharedState>) -> Response {
+    let broker = Arc::clone(&state.broker);
+    let limited = state.limiter.rejected.load(std::sync::atomic::Ordering::Relaxed);
+    let ready = routes::health::is_ready(&state).await;
+    let text = tokio::task::spawn_blocking(move || metrics::render(&broker, limited, ready))
+        .await
+        .unwrap_or_default();
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
 }
 
 static REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");

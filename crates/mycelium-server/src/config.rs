@@ -30,6 +30,28 @@ pub struct Config {
     pub storage: StorageSection,
     /// The HTTP API.
     pub http: HttpSection,
+    /// Prometheus metrics.
+    pub metrics: MetricsSection,
+}
+
+/// `[metrics]`.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsSection {
+    /// Topics labelled individually on metrics; the rest are summed under `topic="_other"`.
+    pub topics_max: usize,
+    /// An address serving only `/metrics` and the health probes, for when `[http]` is off ("":
+    /// none; with `[http]` on, `/metrics` is on the HTTP listener).
+    pub listen: String,
+}
+
+impl Default for MetricsSection {
+    fn default() -> Self {
+        MetricsSection {
+            topics_max: 1000,
+            listen: String::new(),
+        }
+    }
 }
 
 /// `[http]`.
@@ -545,6 +567,15 @@ impl Config {
                 bad(format!("storage.{field}"), "must be greater than 0".into());
             }
         }
+        if !self.metrics.listen.is_empty() && self.metrics.listen.parse::<SocketAddr>().is_err() {
+            bad(
+                "metrics.listen".into(),
+                format!(
+                    "`{}` is not an address like \"127.0.0.1:9421\"",
+                    self.metrics.listen
+                ),
+            );
+        }
         let h = &self.http;
         if h.enabled {
             if !h.listen.is_empty() && h.listen.parse::<SocketAddr>().is_err() {
@@ -816,6 +847,7 @@ impl Config {
             .collect();
         let d = &self.domains;
         BrokerConfig {
+            metrics_topics_max: self.metrics.topics_max,
             auto_create_topics: self.server.auto_create_topics,
             default_spec: TopicSpec::default(),
             topics,
@@ -884,7 +916,16 @@ impl Config {
     pub fn http_config(&self) -> Result<Option<mycelium_http::HttpConfig>, String> {
         let h = &self.http;
         if !h.enabled {
-            return Ok(None);
+            return Ok(self
+                .metrics
+                .listen
+                .parse()
+                .ok()
+                .map(|addr| mycelium_http::HttpConfig {
+                    listen: Some(addr),
+                    metrics_only: true,
+                    ..mycelium_http::HttpConfig::default()
+                }));
         }
         let auth = match self.jwt_config()? {
             Some(jwt) => mycelium_http::AuthConfig::Jwt(jwt),

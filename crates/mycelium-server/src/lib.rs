@@ -109,7 +109,7 @@ impl Server {
         let tcp_addr = tcp.as_ref().and_then(|l| l.local_addr().ok());
         let http = match config.http_config().map_err(ServerError::Http)? {
             Some(http) => {
-                if matches!(http.auth, mycelium_http::AuthConfig::None) {
+                if matches!(http.auth, mycelium_http::AuthConfig::None) && !http.metrics_only {
                     tracing::warn!(
                         "HTTP API AUTHENTICATION IS OFF (http.auth = \"none\"): every caller is an admin; \
                          keep http.listen on loopback or turn auth on"

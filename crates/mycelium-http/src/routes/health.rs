@@ -48,6 +48,27 @@ pub(crate) async fn live() -> axum::Json<Health> {
     )
 )]
 pub(crate) async fn ready(State(state): State<SharedState>) -> (StatusCode, axum::Json<Health>) {
+    let (ok, checks) = readiness(&state).await;
+    let status = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        axum::Json(Health {
+            status: if ok { "ready" } else { "unready" },
+            checks,
+        }),
+    )
+}
+
+/// Whether the broker is ready now (for the `mycelium_ready` metric).
+pub(crate) async fn is_ready(state: &SharedState) -> bool {
+    readiness(state).await.0
+}
+
+async fn readiness(state: &SharedState) -> (bool, Vec<Check>) {
     let listeners = state.config.native_listeners_up.load(Ordering::Acquire);
     let data_dir = state.broker.config().durable.data_dir.clone();
     let uses_storage = state.broker.storage().is_some();
@@ -70,19 +91,7 @@ pub(crate) async fn ready(State(state): State<SharedState>) -> (StatusCode, axum
             detail: storage.err(),
         },
     ];
-    let ok = checks.iter().all(|c| c.ok);
-    let status = if ok {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (
-        status,
-        axum::Json(Health {
-            status: if ok { "ready" } else { "unready" },
-            checks,
-        }),
-    )
+    (checks.iter().all(|c| c.ok), checks)
 }
 
 /// Writes, syncs and removes a probe file in the data directory.

@@ -1,0 +1,78 @@
+//! Latency histograms the broker records as messages pass (the counters are the topics' and
+//! subscriptions' own atomics, read at scrape time): publish duration (receipt to durable, stored
+//! topics) and delivery duration (publish to acknowledgement, durable subscriptions). Labelled by
+//! topic, with the number of topic labels capped: topics beyond the cap share `topic="_other"`.
+
+use std::collections::HashSet;
+
+use parking_lot::Mutex;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+
+/// A topic label.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TopicLabel {
+    /// The topic (or `_other` past the cap).
+    pub topic: String,
+}
+
+/// The label used for topics past the cap.
+pub const OTHER_TOPICS: &str = "_other";
+
+fn histogram() -> Histogram {
+    // 50 us .. ~13 s, doubling.
+    Histogram::new(exponential_buckets(0.000_05, 2.0, 19))
+}
+
+/// The broker's histograms.
+#[derive(Debug)]
+pub struct BrokerMetrics {
+    /// Receipt to durable (stored topics), seconds.
+    pub publish_duration: Family<TopicLabel, Histogram>,
+    /// Publish to acknowledgement (durable subscriptions), seconds.
+    pub delivery_duration: Family<TopicLabel, Histogram>,
+    topics_max: usize,
+    labelled: Mutex<HashSet<String>>,
+}
+
+impl BrokerMetrics {
+    /// Histograms with at most `topics_max` topic labels.
+    pub fn new(topics_max: usize) -> BrokerMetrics {
+        BrokerMetrics {
+            publish_duration: Family::new_with_constructor(histogram),
+            delivery_duration: Family::new_with_constructor(histogram),
+            topics_max,
+            labelled: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// The label for `topic`: itself while under the cap, else `_other`.
+    pub fn label(&self, topic: &str) -> String {
+        let mut labelled = self.labelled.lock();
+        if labelled.contains(topic) {
+            return topic.to_owned();
+        }
+        if labelled.len() < self.topics_max {
+            labelled.insert(topic.to_owned());
+            return topic.to_owned();
+        }
+        OTHER_TOPICS.to_owned()
+    }
+
+    /// Records a publish that took `seconds` from receipt to durable.
+    pub fn observe_publish(&self, topic: &str, seconds: f64) {
+        let label = TopicLabel {
+            topic: self.label(topic),
+        };
+        self.publish_duration.get_or_create(&label).observe(seconds);
+    }
+
+    /// Records a message acknowledged `seconds` after it was published.
+    pub fn observe_delivery(&self, topic: &str, seconds: f64) {
+        let label = TopicLabel {
+            topic: self.label(topic),
+        };
+        self.delivery_duration.get_or_create(&label).observe(seconds);
+    }
+}
