@@ -600,7 +600,7 @@ impl Writer {
             }
             for received in &unsynced.received {
                 let seconds = now_ns.saturating_sub(*received) as f64 / 1e9;
-                broker.metrics.observe_publish(unsynced.topic.name(), seconds);
+                broker.metrics.observe_publish(&unsynced.topic, seconds);
             }
             for (message, confirm) in unsynced.messages.iter().zip(unsynced.confirms) {
                 confirm.stored(Stored {

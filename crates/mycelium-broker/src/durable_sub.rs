@@ -316,7 +316,7 @@ impl DurableSub {
             Verdict::Ack(ack) => {
                 if let Some(assigned) = self.assigned.lock().get(&sequence) {
                     let seconds = mycelium_codec::now_ns().saturating_sub(assigned.publish_ns) as f64 / 1e9;
-                    broker.metrics.observe_delivery(self.topic.name(), seconds);
+                    broker.metrics.observe_delivery(&self.topic, seconds);
                 }
                 self.settled(sequence);
                 self.history.lock().remove(&sequence);

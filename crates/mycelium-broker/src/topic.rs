@@ -56,6 +56,7 @@ pub struct Topic {
     pub(crate) counters: TopicCounters,
     pub(crate) route: ArcSwap<Route>,
     deleted: AtomicBool,
+    pub(crate) histograms: crate::metrics::TopicHistograms,
 }
 
 impl Topic {
@@ -67,6 +68,7 @@ impl Topic {
             counters: TopicCounters::default(),
             route: ArcSwap::from_pointee(route),
             deleted: AtomicBool::new(false),
+            histograms: crate::metrics::TopicHistograms::default(),
         }
     }
 
