@@ -120,6 +120,7 @@ pub struct Broker {
     pub(crate) dlq_marks: Mutex<HashMap<String, crate::dlq::Marks>>,
     /// Latency histograms.
     pub metrics: crate::metrics::BrokerMetrics,
+    health: std::sync::OnceLock<Arc<crate::health::Health>>,
 }
 
 impl Broker {
@@ -159,6 +160,7 @@ impl Broker {
             durable_consumers: Mutex::new(HashMap::new()),
             dlq_marks: Mutex::new(HashMap::new()),
             metrics: crate::metrics::BrokerMetrics::new(metrics_topics_max),
+            health: std::sync::OnceLock::new(),
         });
         if needs_storage {
             let store = DurableStore::start(durable_config, Arc::downgrade(&broker))
@@ -397,6 +399,16 @@ impl Broker {
                 sub.release(self, store.backend(), connection_id, subscription_id);
             }
         }
+    }
+
+    /// Attaches the health monitor (once; the server does it at start-up).
+    pub fn set_health(&self, health: Arc<crate::health::Health>) {
+        let _ = self.health.set(health);
+    }
+
+    /// The health monitor, if one runs.
+    pub fn health(&self) -> Option<&Arc<crate::health::Health>> {
+        self.health.get()
     }
 
     /// The broker's settings.

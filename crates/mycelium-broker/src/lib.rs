@@ -15,6 +15,7 @@ mod durable;
 mod durable_sub;
 mod error;
 pub mod filter;
+pub mod health;
 pub mod inspect;
 pub mod metrics;
 pub mod name;

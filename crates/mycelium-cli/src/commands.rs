@@ -176,6 +176,7 @@ async fn client_command(url: &str, command: Command) -> anyhow::Result<ExitCode>
         Command::Sub(args) => subscribe(url, args).await,
         Command::Stats { json } => stats(url, json).await,
         Command::Topics { json } => topics(url, json).await,
+        Command::Health { json } => health(url, json).await,
         Command::Dlq { command } => dlq(url, command).await,
         Command::Serve(_) | Command::Config { .. } | Command::Bench(_) | Command::Token { .. } => {
             unreachable!("handled without a client")
@@ -690,4 +691,63 @@ async fn dlq_inner(client: &Client, command: DlqCommand) -> anyhow::Result<ExitC
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+async fn health(url: &str, json: bool) -> anyhow::Result<ExitCode> {
+    let client = connect(url).await?;
+    let node = admin(&client, serde_json::json!({"op": "health"})).await;
+    client.close().await;
+    let node = node?;
+    if json {
+        println!("{node}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let text = |k: &str| node[k].as_str().unwrap_or("").to_owned();
+    println!(
+        "node      {} ({}) version {}",
+        text("name"),
+        text("node_id"),
+        text("version")
+    );
+    println!("uptime    {:.0} s", node["uptime_s"].as_f64().unwrap_or(0.0));
+    println!(
+        "heartbeat {}",
+        ns_text(node["heartbeat_ns"].as_u64().unwrap_or(0))
+    );
+    for listener in node["listeners"].as_array().into_iter().flatten() {
+        println!("listens   {}", listener.as_str().unwrap_or(""));
+    }
+    let h = &node["health"];
+    println!("consumers {}", h["active_consumers"]);
+    println!(
+        "memory    {} bytes, CPU {:.2} cores",
+        h["memory_bytes"],
+        h["cpu_cores"].as_f64().unwrap_or(0.0)
+    );
+    if let Some(free) = h["free_disk_bytes"].as_u64() {
+        println!(
+            "disk      {free} bytes free, probe write {:.2} ms",
+            h["write_latency_ms"].as_f64().unwrap_or(0.0)
+        );
+    }
+    println!(
+        "loop lag  {:.2} ms",
+        h["event_loop_lag_ms"].as_f64().unwrap_or(0.0)
+    );
+    let mut failing = false;
+    for check in h["checks"].as_array().into_iter().flatten() {
+        let ok = check["ok"].as_bool().unwrap_or(false);
+        failing |= !ok;
+        println!(
+            "{} {:<15} {}",
+            if ok { "ok  " } else { "FAIL" },
+            check["check"].as_str().unwrap_or(""),
+            check["detail"].as_str().unwrap_or("")
+        );
+    }
+    Ok(if failing {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }

@@ -38,6 +38,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Show the node record and the health monitor's last report.
+    Health {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// List topics.
     Topics {
         /// Print JSON instead of a table.

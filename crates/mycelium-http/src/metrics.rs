@@ -229,6 +229,43 @@ pub(crate) fn render(broker: &Broker, rate_limited: u64, ready: bool) -> String 
         "1 when the broker is ready (listeners up, data directory writable), else 0",
         &single(if ready { 1.0 } else { 0.0 }),
     );
+    if let Some(health) = broker.health() {
+        let node = health.node();
+        let failing: BTreeMap<Labels, f64> = node
+            .health
+            .checks
+            .iter()
+            .map(|c| (labels(&[("check", c.check)]), if c.ok { 0.0 } else { 1.0 }))
+            .collect();
+        gauge_family(
+            &mut registry,
+            "health_check_failing",
+            "1 while a health threshold is crossed (last monitor run)",
+            &failing,
+        );
+        if let Some(free) = node.health.free_disk_bytes {
+            gauge_family(
+                &mut registry,
+                "storage_free_bytes",
+                "Free space for the data directory",
+                &single(free as f64),
+            );
+        }
+        if let Some(ms) = node.health.write_latency_ms {
+            gauge_family(
+                &mut registry,
+                "storage_write_latency_seconds",
+                "Probe write + fsync in the data directory (last monitor run)",
+                &single(ms / 1e3),
+            );
+        }
+        gauge_family(
+            &mut registry,
+            "event_loop_lag_seconds",
+            "How late a 10 ms timer fired (last monitor run)",
+            &single(node.health.event_loop_lag_ms / 1e3),
+        );
+    }
     gauge_family(
         &mut registry,
         "uptime_seconds",

@@ -21,7 +21,7 @@ use crate::routes::{dlq, health, messages, subscriptions, topics};
         topics::list, topics::create, topics::get_topic, topics::update, topics::delete, topics::metrics,
         subscriptions::create, subscriptions::list, subscriptions::get_subscription, subscriptions::delete,
         dlq::list, dlq::get_entry, dlq::replay, dlq::purge,
-        health::live, health::ready,
+        health::live, health::ready, health::node,
     ),
     components(schemas(Problem, FieldError)),
     modifiers(&BearerAuth),

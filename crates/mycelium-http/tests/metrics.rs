@@ -190,3 +190,88 @@ async fn counters_follow_a_scripted_sequence_and_the_dashboards_query_real_metri
     let (_, text) = call(&router, "GET", "/metrics", None).await;
     assert_eq!(sample(&text, "mycelium_ready", &[]), 0.0);
 }
+
+#[tokio::test]
+async fn the_health_monitor_reports_thresholds_and_an_exhausted_disk_turns_unready() {
+    use mycelium_broker::health::{Health, HealthConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::new(BrokerConfig {
+        topics: vec![("jobs".into(), stored())],
+        durable: DurableConfig {
+            data_dir: dir.path().to_path_buf(),
+            ..DurableConfig::default()
+        },
+        ..BrokerConfig::default()
+    })
+    .unwrap();
+    let config = HealthConfig {
+        interval: Duration::from_secs(3600),
+        max_queue_depth: Some(1),
+        // More free space than any disk has: the disk counts as exhausted.
+        min_free_disk_bytes: Some(u64::MAX),
+        ..HealthConfig::default()
+    };
+    let health = Arc::new(Health::new(config, "node-a", dir.path()));
+    health.set_listeners(vec!["tcp:127.0.0.1:1".into()]);
+    broker.set_health(Arc::clone(&health));
+    let router = mycelium_http::router(Arc::clone(&broker), HttpConfig::default()).unwrap();
+    for n in 0..2 {
+        call(
+            &router,
+            "POST",
+            "/api/v1/messages/publish",
+            Some(json!({"topic": "jobs", "payload": n})),
+        )
+        .await;
+    }
+    let stop = tokio_util::sync::CancellationToken::new();
+    let monitor = tokio::spawn(Arc::clone(&health).run(Arc::downgrade(&broker), {
+        let stop = stop.clone();
+        async move { stop.cancelled().await }
+    }));
+    for _ in 0..500 {
+        if health.node().heartbeat_ns > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let node = health.node();
+    assert_eq!(node.name, "node-a");
+    assert_eq!(node.listeners, ["tcp:127.0.0.1:1"]);
+    assert_eq!(node.health.queue_depth, [("jobs".to_owned(), 2)]);
+    let failing: Vec<&str> = node
+        .health
+        .checks
+        .iter()
+        .filter(|c| !c.ok)
+        .map(|c| c.check)
+        .collect();
+    assert_eq!(failing, ["queue_depth", "free_disk"]);
+    assert!(node.health.write_latency_ms.is_some());
+    assert!(health.disk_exhausted());
+    let (status, body) = call(&router, "GET", "/api/v1/health/ready", None).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(body.contains("min_free_disk"), "{body}");
+    let (status, body) = call(&router, "GET", "/api/v1/nodes/self", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.contains("\"node_id\""), "{body}");
+    let (_, text) = call(&router, "GET", "/metrics", None).await;
+    assert_eq!(
+        sample(&text, "mycelium_health_check_failing", &[("check", "free_disk")]),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "mycelium_health_check_failing",
+            &[("check", "event_loop_lag")]
+        ),
+        0.0
+    );
+    // The node id is kept in the data directory.
+    let again = Health::new(HealthConfig::default(), "node-a", dir.path());
+    assert_eq!(again.node().node_id, node.node_id);
+    stop.cancel();
+    monitor.await.unwrap();
+    broker.close_storage();
+}

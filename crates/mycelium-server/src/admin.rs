@@ -42,6 +42,8 @@ enum AdminRequest {
         #[serde(default)]
         filter: DlqFilter,
     },
+    /// The node record and its last health report.
+    Health,
 }
 
 fn default_limit() -> usize {
@@ -80,6 +82,15 @@ pub(crate) async fn handle(broker: Arc<Broker>, body: Vec<u8>) -> Result<Vec<u8>
         AdminRequest::DlqPurge { topic, filter } => serde_json::to_vec(&serde_json::json!({
             "purged": broker.dlq_purge(&topic, &filter).map_err(dlq_error)?
         })),
+        AdminRequest::Health => match broker.health() {
+            Some(health) => serde_json::to_vec(&health.node()),
+            None => {
+                return Err((
+                    ErrorCode::NotFound,
+                    "no health monitor runs in this broker".into(),
+                ));
+            }
+        },
     };
     json.map_err(|e| (ErrorCode::Internal, format!("encoding the answer: {e}")))
 }

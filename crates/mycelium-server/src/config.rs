@@ -32,6 +32,40 @@ pub struct Config {
     pub http: HttpSection,
     /// Prometheus metrics.
     pub metrics: MetricsSection,
+    /// The health monitor's interval and thresholds.
+    pub health: HealthSection,
+}
+
+/// `[health]`: the monitor's interval and thresholds (leave a threshold out to not check it).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct HealthSection {
+    /// How often the monitor measures.
+    pub interval: HumanDuration,
+    /// Warn when a stored topic holds more messages.
+    pub max_queue_depth: Option<u64>,
+    /// Warn, and turn `/health/ready` unready, below this much free space for the data directory.
+    pub min_free_disk: Option<ByteSize>,
+    /// Warn when a probe write + fsync in the data directory takes longer.
+    pub max_write_latency: Option<HumanDuration>,
+    /// Warn when the broker's resident memory is larger.
+    pub max_memory: Option<ByteSize>,
+    /// Warn when a 10 ms timer fires later than this.
+    pub max_event_loop_lag: Option<HumanDuration>,
+}
+
+impl Default for HealthSection {
+    fn default() -> Self {
+        let d = mycelium_broker::health::HealthConfig::default();
+        HealthSection {
+            interval: HumanDuration(d.interval),
+            max_queue_depth: d.max_queue_depth,
+            min_free_disk: d.min_free_disk_bytes.map(ByteSize),
+            max_write_latency: d.max_write_latency.map(HumanDuration),
+            max_memory: d.max_memory_bytes.map(ByteSize),
+            max_event_loop_lag: d.max_event_loop_lag.map(HumanDuration),
+        }
+    }
 }
 
 /// `[metrics]`.
@@ -567,6 +601,9 @@ impl Config {
                 bad(format!("storage.{field}"), "must be greater than 0".into());
             }
         }
+        if self.health.interval.0 < Duration::from_millis(100) {
+            bad("health.interval".into(), "must be at least 100ms".into());
+        }
         if !self.metrics.listen.is_empty() && self.metrics.listen.parse::<SocketAddr>().is_err() {
             bad(
                 "metrics.listen".into(),
@@ -971,6 +1008,19 @@ impl Config {
             consumer_idle_timeout: h.consumer_idle_timeout.0,
             ..mycelium_http::HttpConfig::default()
         }))
+    }
+
+    /// The health monitor's settings.
+    pub fn health_config(&self) -> mycelium_broker::health::HealthConfig {
+        let h = &self.health;
+        mycelium_broker::health::HealthConfig {
+            interval: h.interval.0,
+            max_queue_depth: h.max_queue_depth,
+            min_free_disk_bytes: h.min_free_disk.map(|b| b.0),
+            max_write_latency: h.max_write_latency.map(|d| d.0),
+            max_memory_bytes: h.max_memory.map(|b| b.0),
+            max_event_loop_lag: h.max_event_loop_lag.map(|d| d.0),
+        }
     }
 
     /// The Unix socket mode as a number.

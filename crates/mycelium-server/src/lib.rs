@@ -124,6 +124,23 @@ impl Server {
             None => None,
         };
         let http_addr = http.as_ref().and_then(mycelium_http::HttpServer::local_addr);
+        let health = Arc::new(mycelium_broker::health::Health::new(
+            config.health_config(),
+            &config.server.name,
+            std::path::Path::new(&config.storage.data_dir),
+        ));
+        let mut listeners = Vec::new();
+        if let Some((_, path)) = &unix {
+            listeners.push(format!("unix:{}", path.display()));
+        }
+        if let Some(addr) = tcp_addr {
+            listeners.push(format!("tcp:{addr}"));
+        }
+        if let Some(addr) = http_addr {
+            listeners.push(format!("http:{addr}"));
+        }
+        health.set_listeners(listeners);
+        broker.set_health(Arc::clone(&health));
         let settings = Arc::new(Settings {
             server_name: format!("{} {}", config.server.name, env!("CARGO_PKG_VERSION")),
             frame_bytes_max: config.server.max_frame_size.bytes(),
@@ -186,6 +203,12 @@ impl Server {
             ..
         } = self;
         let http_task = http.map(|http| tokio::spawn(http.run(shutdown.clone(), shutdown_timeout)));
+        let monitor = broker.health().map(|health| {
+            let stop = shutdown.clone();
+            tokio::spawn(
+                Arc::clone(health).run(Arc::downgrade(&broker), async move { stop.cancelled().await }),
+            )
+        });
         let tracker = TaskTracker::new();
         let active = Arc::new(AtomicUsize::new(0));
         let socket_path = unix.as_ref().map(|(_, p)| p.clone());
@@ -244,6 +267,9 @@ impl Server {
         tokio::join!(unix_loop, tcp_loop);
         tracing::info!("shutting down: flushing connections");
         if let Some(task) = http_task {
+            let _ = task.await;
+        }
+        if let Some(task) = monitor {
             let _ = task.await;
         }
         tracker.close();

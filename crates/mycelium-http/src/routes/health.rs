@@ -79,7 +79,13 @@ async fn readiness(state: &SharedState) -> (bool, Vec<Check>) {
     } else {
         Ok(())
     };
+    let disk_full = state.broker.health().is_some_and(|h| h.disk_exhausted());
     let checks = vec![
+        Check {
+            name: "disk",
+            ok: !disk_full,
+            detail: disk_full.then(|| "free space is below [health] min_free_disk".to_owned()),
+        },
         Check {
             name: "listeners",
             ok: listeners,
@@ -92,6 +98,29 @@ async fn readiness(state: &SharedState) -> (bool, Vec<Check>) {
         },
     ];
     (checks.iter().all(|c| c.ok), checks)
+}
+
+/// The node: id, version, uptime, listeners, heartbeat and the health monitor's last report.
+#[utoipa::path(
+    get, path = "/api/v1/nodes/self", tag = "health",
+    responses(
+        (status = 200, description = "This node", body = Object),
+        (status = 401, description = "No or bad token", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No health monitor", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited", body = crate::error::Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn node(
+    State(state): State<SharedState>,
+) -> Result<axum::Json<serde_json::Value>, crate::error::ApiError> {
+    let health = state
+        .broker
+        .health()
+        .ok_or_else(|| crate::error::ApiError::not_found("no health monitor runs in this broker"))?;
+    serde_json::to_value(health.node())
+        .map(axum::Json)
+        .map_err(|e| crate::error::ApiError::internal(e.to_string()))
 }
 
 /// Writes, syncs and removes a probe file in the data directory.

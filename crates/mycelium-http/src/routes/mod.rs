@@ -46,6 +46,7 @@ pub(crate) fn api_routes() -> Router<SharedState> {
         .route("/dlq/{topic}/messages/{sequence}", get(dlq::get_entry))
         .route("/dlq/{topic}/replay", post(dlq::replay))
         .route("/dlq/{topic}/purge", post(dlq::purge))
+        .route("/nodes/self", get(health::node))
 }
 
 /// Endpoints open to everyone (probes, the API description).
