@@ -279,6 +279,8 @@ struct Unsynced {
     confirms: Vec<Confirm>,
     /// When each message was received (ns since the Unix epoch).
     received: Vec<u64>,
+    /// Store spans of traced messages, ended once the message is durable.
+    spans: Vec<tracing::Span>,
     /// Publishes recognised as duplicates: confirmed (with the original's id and sequence) with
     /// the batch, since the original may itself still wait for this sync.
     duplicates: Vec<(Confirm, Original)>,
@@ -458,6 +460,15 @@ impl Writer {
                 confirms.push(request.confirm);
                 received.push(request.received_ns);
             }
+            let spans: Vec<tracing::Span> = if mycelium_trace::enabled() {
+                messages
+                    .iter()
+                    .filter(|m| mycelium_trace::has_context(&m.headers))
+                    .map(|m| mycelium_trace::span("mycelium.store", topic.name(), &m.headers))
+                    .collect()
+            } else {
+                Vec::new()
+            };
             if let Err(error) = self.backend.append(topic.name(), &messages) {
                 tracing::error!(topic = topic.name(), %error, "append failed; publishers get StorageFailed");
                 TopicCounters::add(&topic.counters.rejected, messages.len() as u64);
@@ -478,6 +489,7 @@ impl Writer {
                 messages,
                 confirms,
                 received,
+                spans,
                 duplicates,
             };
             match topic.spec().fsync {
@@ -590,6 +602,9 @@ impl Writer {
         publisher.begin_batch(&broker);
         let now_ns = mycelium_codec::now_ns();
         for unsynced in done {
+            // The store spans of traced messages end once their messages are durable and
+            // confirmed (when this iteration ends).
+            let _stored = unsynced.spans;
             broker.notify_durable(unsynced.topic.name());
             for (confirm, original) in unsynced.duplicates {
                 confirm.stored(Stored {

@@ -55,10 +55,12 @@ pub(crate) struct AttemptRecord {
 }
 
 /// Who holds an in-flight message, and when it was published.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Assigned {
     consumer: (u64, u32),
     publish_ns: u64,
+    /// The trace context handed to the consumer (tracing on and the message traced).
+    trace: Option<mycelium_trace::Context>,
 }
 
 /// An ACK waiting for the state write that makes it durable.
@@ -314,6 +316,7 @@ impl DurableSub {
         .map_err(|e| e.to_string())?;
         match verdict {
             Verdict::Ack(ack) => {
+                self.trace_verdict(sequence, "mycelium.ack");
                 if let Some(assigned) = self.assigned.lock().get(&sequence) {
                     let seconds = mycelium_codec::now_ns().saturating_sub(assigned.publish_ns) as f64 / 1e9;
                     broker.metrics.observe_delivery(&self.topic, seconds);
@@ -330,6 +333,7 @@ impl DurableSub {
                 }
             }
             Verdict::Nack(n) => {
+                self.trace_verdict(sequence, "mycelium.nack");
                 self.settled(sequence);
                 self.record(sequence, "nack", Some(n.reason));
             }
@@ -342,6 +346,18 @@ impl DurableSub {
         self.handle_outcome(broker, backend, outcome);
         self.wake.notify_one();
         Ok(())
+    }
+
+    /// An ack / nack span, child of the deliver span of a traced message.
+    fn trace_verdict(&self, sequence: u64, name: &'static str) {
+        if !mycelium_trace::enabled() {
+            return;
+        }
+        let trace = self.assigned.lock().get(&sequence).and_then(|a| a.trace.clone());
+        if let Some(cx) = trace {
+            let span = mycelium_trace::span(name, self.topic.name(), &[]);
+            let _ = tracing_opentelemetry::OpenTelemetrySpanExt::set_parent(&span, cx);
+        }
     }
 
     fn record(&self, sequence: u64, reason: &'static str, error: Option<&str>) {
@@ -534,11 +550,24 @@ impl DurableSub {
             return; // stays in flight; its deadline brings it back
         }
         let consumer = live[self.cursor.fetch_add(1, Ordering::Relaxed) % live.len()];
+        // A traced message: a deliver span continuing the stored context, handed on in the
+        // delivered headers (kept for the ack / nack span).
+        let traced =
+            (mycelium_trace::enabled() && mycelium_trace::has_context(&message.headers)).then(|| {
+                let span = mycelium_trace::span("mycelium.deliver", self.topic.name(), &message.headers);
+                let cx = mycelium_trace::context_of(&span);
+                (mycelium_trace::with_context(&message.headers, &cx), cx)
+            });
+        let (headers, trace) = match traced {
+            Some((headers, cx)) => (headers, Some(cx)),
+            None => (message.headers.clone(), None),
+        };
         self.assigned.lock().insert(
             message.sequence,
             Assigned {
                 consumer: (consumer.connection_id, consumer.subscription_id),
                 publish_ns: message.publish_ns,
+                trace,
             },
         );
         let mut meta = BytesMut::with_capacity(DeliveryMeta::LEN);
@@ -552,7 +581,7 @@ impl DurableSub {
             subscription_id: consumer.subscription_id,
             sequence: message.sequence,
             topic: self.topic.name(),
-            headers: &message.headers,
+            headers: &headers,
             meta: &meta,
             payload: &message.payload,
         };
@@ -654,6 +683,8 @@ impl DurableSub {
             _ => None,
         };
         let Some(original) = original else { return };
+        let _span = (mycelium_trace::enabled() && mycelium_trace::has_context(&original.headers))
+            .then(|| mycelium_trace::span("mycelium.dead_letter", self.topic.name(), &original.headers));
         let record = crate::dlq::DeadLetter {
             topic: self.topic.name(),
             subscription: &self.name,

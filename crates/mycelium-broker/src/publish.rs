@@ -162,14 +162,36 @@ impl Broker {
         if let Some(connection) = &publisher.connection {
             connection.published.fetch_add(1, Ordering::Relaxed);
         }
+        // Tracing (off: one relaxed load): a message carrying a trace context gets a publish span
+        // continuing it, and goes on with the broker's context in its headers.
+        if mycelium_trace::enabled() && mycelium_trace::has_context(message.headers) {
+            let span = mycelium_trace::span("mycelium.publish", topic.name(), message.headers);
+            let _entered = span.enter();
+            let headers = mycelium_trace::with_context(message.headers, &mycelium_trace::context_of(&span));
+            let traced = Publish {
+                headers: &headers,
+                ..*message
+            };
+            return self.publish_checked(publisher, &topic, &traced, request_id);
+        }
+        self.publish_checked(publisher, &topic, message, request_id)
+    }
+
+    fn publish_checked(
+        &self,
+        publisher: &mut Publisher,
+        topic: &TopicRef,
+        message: &Publish<'_>,
+        request_id: u32,
+    ) -> Result<Published, PublishError> {
         if topic.spec().storage == StorageKind::Disk {
-            return self.queue_durable(publisher, &topic, message, request_id);
+            return self.queue_durable(publisher, topic, message, request_id);
         }
         let sequence = topic.next_sequence();
-        self.route(publisher, &topic, sequence, message.headers, message.payload);
+        self.route(publisher, topic, sequence, message.headers, message.payload);
         Ok(Published {
             sequence,
-            topic: Arc::clone(&topic),
+            topic: Arc::clone(topic),
             queued: false,
         })
     }
@@ -249,6 +271,13 @@ impl Broker {
             let counters = &topic.counters;
             TopicCounters::add(&counters.published, 1);
             TopicCounters::add(&counters.bytes_in, payload.len() as u64);
+            let span = (mycelium_trace::enabled() && mycelium_trace::has_context(&headers))
+                .then(|| mycelium_trace::span("mycelium.publish", topic.name(), &headers));
+            let _entered = span.as_ref().map(tracing::Span::enter);
+            let headers = match &span {
+                Some(span) => mycelium_trace::with_context(&headers, &mycelium_trace::context_of(span)),
+                None => headers,
+            };
             if topic.spec().storage != StorageKind::Disk {
                 let sequence = topic.next_sequence();
                 self.route(&mut publisher, &topic, sequence, &headers, &payload);

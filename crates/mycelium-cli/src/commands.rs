@@ -116,12 +116,23 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             file: "command line".into(),
             problems,
         })?;
-    install_tracing(args.log_format);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(config.performance.worker_threads)
         .thread_name("mycelium")
         .enable_all()
         .build()?;
+    // The OTLP exporter needs the runtime; it flushes when dropped, after the server stops.
+    let trace_config = config.trace_config();
+    let exporter = runtime
+        .block_on(async { mycelium_trace::install(&trace_config) })
+        .map_err(|e| anyhow::anyhow!(e))?;
+    install_tracing(
+        args.log_format,
+        exporter.as_ref().map(mycelium_trace::Exporter::tracer),
+    );
+    if exporter.is_some() {
+        tracing::info!(endpoint = %trace_config.otlp_endpoint, protocol = %trace_config.protocol, "exporting traces over OTLP");
+    }
     runtime.block_on(async move {
         let shutdown = CancellationToken::new();
         let signal = shutdown.clone();
@@ -132,6 +143,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         });
         mycelium_server::run(config, shutdown).await
     })?;
+    drop(exporter);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -150,16 +162,28 @@ async fn wait_for_signal() {
     }
 }
 
-fn install_tracing(format: LogFormat) {
+/// Logs (human-readable or JSON, filtered by `MYCELIUM_LOG`) and, when an exporter is set up,
+/// the broker's spans to OpenTelemetry.
+fn install_tracing(format: LogFormat, tracer: Option<opentelemetry_sdk::trace::Tracer>) {
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_from_env("MYCELIUM_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
+    let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let logs = match format {
+        LogFormat::Text => logs.boxed(),
+        LogFormat::Json => logs.json().with_current_span(true).with_span_list(false).boxed(),
+    };
+    let spans = tracer.map(|tracer| {
+        tracing_opentelemetry::layer()
+            .with_tracer(tracer)
+            .with_filter(tracing_subscriber::filter::LevelFilter::INFO)
+    });
+    tracing_subscriber::registry()
+        .with(logs.with_filter(filter))
+        .with(spans)
+        .init();
 }
 
 async fn connect(url: &str) -> anyhow::Result<Client> {

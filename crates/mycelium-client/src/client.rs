@@ -56,6 +56,27 @@ pub struct PublishOptions {
     pub idempotency_key: Option<Vec<u8>>,
 }
 
+impl PublishOptions {
+    /// Adds the W3C trace context of `cx` (`traceparent`, `tracestate`) to the headers, so the
+    /// broker's spans and the consumer's continue the publisher's trace.
+    #[must_use]
+    pub fn with_trace_context(mut self, cx: &mycelium_trace::Context) -> Self {
+        self.headers
+            .retain(|(k, _)| !k.eq_ignore_ascii_case("traceparent") && !k.eq_ignore_ascii_case("tracestate"));
+        for (key, value) in mycelium_trace::inject(cx) {
+            self.headers.push((key, value.into_bytes()));
+        }
+        self
+    }
+
+    /// [`PublishOptions::with_trace_context`] with the current `tracing` span's context.
+    #[must_use]
+    pub fn with_current_trace(self) -> Self {
+        let cx = mycelium_trace::context_of(&tracing::Span::current());
+        self.with_trace_context(&cx)
+    }
+}
+
 /// What the broker answered to a confirmed publish.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Confirmed {

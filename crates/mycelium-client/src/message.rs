@@ -37,6 +37,12 @@ impl Message {
         HeaderIter::new(&self.headers).map_while(Result::ok)
     }
 
+    /// The W3C trace context the message carries (`traceparent`): continue it in the consumer's
+    /// span with `tracing_opentelemetry::OpenTelemetrySpanExt::set_parent`.
+    pub fn trace_context(&self) -> Option<mycelium_trace::Context> {
+        mycelium_trace::extract(&self.headers)
+    }
+
     /// Which delivery attempt this is (1 for the first); `None` outside durable subscriptions.
     pub fn attempt(&self) -> Option<u32> {
         self.meta.map(|m| m.attempt)

@@ -34,6 +34,34 @@ pub struct Config {
     pub metrics: MetricsSection,
     /// The health monitor's interval and thresholds.
     pub health: HealthSection,
+    /// OpenTelemetry traces.
+    pub tracing: TracingSection,
+}
+
+/// `[tracing]`: OpenTelemetry spans through the broker, exported over OTLP (off by default).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TracingSection {
+    /// OTLP endpoint: `http://127.0.0.1:4317` (grpc) or `http://127.0.0.1:4318/v1/traces` (http);
+    /// empty: no tracing, and no cost on the message path.
+    pub otlp_endpoint: String,
+    /// `grpc` or `http`.
+    pub protocol: String,
+    /// Fraction of new traces sampled (0-1); a sampled parent is always followed.
+    pub sampling_ratio: f64,
+    /// `service.name` of the broker's spans.
+    pub service_name: String,
+}
+
+impl Default for TracingSection {
+    fn default() -> Self {
+        TracingSection {
+            otlp_endpoint: String::new(),
+            protocol: "grpc".into(),
+            sampling_ratio: 1.0,
+            service_name: "mycelium".into(),
+        }
+    }
 }
 
 /// `[health]`: the monitor's interval and thresholds (leave a threshold out to not check it).
@@ -601,6 +629,15 @@ impl Config {
                 bad(format!("storage.{field}"), "must be greater than 0".into());
             }
         }
+        if !["grpc", "http"].contains(&self.tracing.protocol.as_str()) {
+            bad(
+                "tracing.protocol".into(),
+                format!("`{}` is not one of: grpc, http", self.tracing.protocol),
+            );
+        }
+        if !(0.0..=1.0).contains(&self.tracing.sampling_ratio) {
+            bad("tracing.sampling_ratio".into(), "must be between 0 and 1".into());
+        }
         if self.health.interval.0 < Duration::from_millis(100) {
             bad("health.interval".into(), "must be at least 100ms".into());
         }
@@ -1008,6 +1045,16 @@ impl Config {
             consumer_idle_timeout: h.consumer_idle_timeout.0,
             ..mycelium_http::HttpConfig::default()
         }))
+    }
+
+    /// The trace exporter's settings.
+    pub fn trace_config(&self) -> mycelium_trace::TraceConfig {
+        mycelium_trace::TraceConfig {
+            otlp_endpoint: self.tracing.otlp_endpoint.clone(),
+            protocol: self.tracing.protocol.clone(),
+            sampling_ratio: self.tracing.sampling_ratio,
+            service_name: self.tracing.service_name.clone(),
+        }
     }
 
     /// The health monitor's settings.
