@@ -196,7 +196,15 @@ async fn request_id(request: Request, next: Next) -> Response {
         .map_or_else(|| uuid::Uuid::now_v7().to_string(), str::to_owned);
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
-    let mut response = REQUEST_ID.scope(id.clone(), next.run(request)).await;
+    // Log lines of the request (JSON logs show the current span) carry its id.
+    let span =
+        tracing::info_span!("http.request", request_id = %id, http.method = %method, http.path = %path);
+    let mut response = REQUEST_ID
+        .scope(
+            id.clone(),
+            tracing::Instrument::instrument(next.run(request), span),
+        )
+        .await;
     tracing::debug!(request_id = %id, %method, %path, status = response.status().as_u16(), "http request");
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert(REQUEST_ID_HEADER.clone(), value);

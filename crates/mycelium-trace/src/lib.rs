@@ -104,29 +104,32 @@ pub fn with_context(headers: &[u8], cx: &Context) -> Bytes {
 pub fn span(name: &'static str, topic: &str, headers: &[u8]) -> tracing::Span {
     let span = match name {
         "mycelium.publish" => {
-            tracing::info_span!("mycelium.publish", messaging.system = "mycelium", messaging.destination.name = %topic, messaging.operation = "publish")
+            tracing::info_span!("mycelium.publish", messaging.system = "mycelium", trace_id = tracing::field::Empty, messaging.destination.name = %topic, messaging.operation = "publish")
         }
         "mycelium.store" => {
-            tracing::info_span!("mycelium.store", messaging.system = "mycelium", messaging.destination.name = %topic)
+            tracing::info_span!("mycelium.store", messaging.system = "mycelium", trace_id = tracing::field::Empty, messaging.destination.name = %topic)
         }
         "mycelium.route" => {
-            tracing::info_span!("mycelium.route", messaging.system = "mycelium", messaging.destination.name = %topic)
+            tracing::info_span!("mycelium.route", messaging.system = "mycelium", trace_id = tracing::field::Empty, messaging.destination.name = %topic)
         }
         "mycelium.deliver" => {
-            tracing::info_span!("mycelium.deliver", messaging.system = "mycelium", messaging.destination.name = %topic, messaging.operation = "deliver")
+            tracing::info_span!("mycelium.deliver", messaging.system = "mycelium", trace_id = tracing::field::Empty, messaging.destination.name = %topic, messaging.operation = "deliver")
         }
         "mycelium.ack" => {
-            tracing::info_span!("mycelium.ack", messaging.system = "mycelium", messaging.destination.name = %topic, messaging.operation = "settle")
+            tracing::info_span!("mycelium.ack", messaging.system = "mycelium", trace_id = tracing::field::Empty, messaging.destination.name = %topic, messaging.operation = "settle")
         }
         "mycelium.nack" => {
-            tracing::info_span!("mycelium.nack", messaging.system = "mycelium", messaging.destination.name = %topic, messaging.operation = "settle")
+            tracing::info_span!("mycelium.nack", messaging.system = "mycelium", trace_id = tracing::field::Empty, messaging.destination.name = %topic, messaging.operation = "settle")
         }
         _ => {
-            tracing::info_span!("mycelium.dead_letter", messaging.system = "mycelium", messaging.destination.name = %topic)
+            tracing::info_span!("mycelium.dead_letter", messaging.system = "mycelium", trace_id = tracing::field::Empty, messaging.destination.name = %topic)
         }
     };
     if let Some(parent) = extract(headers) {
+        let trace_id = parent.span().span_context().trace_id().to_string();
         let _ = span.set_parent(parent);
+        // Log lines inside the span (JSON logs show the current span) carry the trace id.
+        span.record("trace_id", trace_id.as_str());
     }
     span
 }
