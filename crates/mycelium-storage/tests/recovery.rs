@@ -220,3 +220,46 @@ fn a_full_disk_gives_a_clear_error_and_corrupts_nothing() {
         next - 1
     );
 }
+
+/// The active segment reserves disk space ahead of its records without growing the file (an
+/// fdatasync after an append then only flushes data); a sealed segment gives the rest back.
+#[test]
+fn the_active_segment_reserves_space_ahead_and_a_sealed_one_gives_it_back() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let config = LogConfig {
+        segment_bytes: 2048,
+        ..LogConfig::default()
+    };
+    let (mut log, _) = SegmentLog::open(dir.path(), config.clone()).unwrap();
+    log.append(&batch(1, 10)).unwrap();
+    log.sync().unwrap();
+    let first = log.segment_paths()[0].clone();
+    let meta = std::fs::metadata(&first).unwrap();
+    assert!(meta.len() < 4096, "records only: {} bytes", meta.len());
+    assert!(
+        meta.blocks() * 512 >= 4 << 20,
+        "reserved ahead: {} bytes allocated",
+        meta.blocks() * 512
+    );
+    // Roll over to a second segment: the first is sealed.
+    for from in (11..=50).step_by(10) {
+        log.append(&batch(from, 10)).unwrap();
+    }
+    assert!(log.segment_paths().len() >= 2);
+    let meta = std::fs::metadata(&first).unwrap();
+    assert!(
+        meta.blocks() * 512 < 64 << 10,
+        "a sealed segment keeps only its records: {} bytes allocated",
+        meta.blocks() * 512
+    );
+    // Reopening sees exactly the records, nothing of the reservation.
+    drop(log);
+    let (log, report) = SegmentLog::open(dir.path(), config).unwrap();
+    assert_eq!(
+        (report.truncated_bytes, report.corrupt_regions),
+        (0, 0),
+        "{report:?}"
+    );
+    assert_eq!(log.read(1, usize::MAX, usize::MAX).unwrap().len(), 50);
+}
