@@ -57,17 +57,13 @@ pub async fn run(base: &str, token: &str, w: &Workload, progress: &ProgressBar) 
     progress.set_position(0);
     let started = Instant::now();
     // Fixed rate: a pacer thread (sleeping with 1 ns timer slack, not tokio's 1 ms timer wheel)
-    // hands each request's scheduled time to the connections in turn; latency counts from the
-    // scheduled time, so a backlog shows (no coordinated omission).
-    let mut receivers = Vec::new();
-    let pacer = match w.rate {
+    // puts each request's scheduled time on one queue that every connection takes from when it is
+    // idle, as a client's connection pool would; latency counts from the scheduled time, so a
+    // backlog shows (no coordinated omission). (Dealing the tickets to the connections in turn
+    // made a ticket wait behind a slow request while other connections sat idle.)
+    let (tickets, pacer) = match w.rate {
         Some(rate) => {
-            let mut senders = Vec::new();
-            for _ in 0..w.connections {
-                let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Instant>();
-                senders.push(tx);
-                receivers.push(rx);
-            }
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Instant>();
             let interval = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
             let pacer = std::thread::spawn(move || {
                 let _ = rustix::thread::set_current_timer_slack(std::num::NonZeroU64::new(1));
@@ -81,18 +77,16 @@ pub async fn run(base: &str, token: &str, w: &Workload, progress: &ProgressBar) 
                     if due > now {
                         std::thread::sleep(due - now);
                     }
-                    // Round robin over the connections.
-                    if senders[n as usize % senders.len()].send(due).is_err() {
+                    if tx.send(due).is_err() {
                         break;
                     }
                     n += 1;
                 }
             });
-            Some(pacer)
+            (Some(Arc::new(tokio::sync::Mutex::new(rx))), Some(pacer))
         }
-        None => None,
+        None => (None, None),
     };
-    let mut receivers = receivers.into_iter();
     let mut tasks = Vec::with_capacity(w.connections);
     for _ in 0..w.connections {
         let client = reqwest::Client::builder()
@@ -105,13 +99,15 @@ pub async fn run(base: &str, token: &str, w: &Workload, progress: &ProgressBar) 
             Arc::clone(&auth),
             Arc::clone(&requests),
         );
-        let mut tickets = receivers.next();
+        let tickets = tickets.clone();
         tasks.push(tokio::spawn(async move {
             let mut histogram =
                 Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("valid bounds");
             loop {
-                let scheduled = match &mut tickets {
-                    Some(tickets) => match tickets.recv().await {
+                let scheduled = match &tickets {
+                    // tokio's Mutex is fair: idle connections take tickets in the order they
+                    // asked.
+                    Some(tickets) => match tickets.lock().await.recv().await {
                         Some(due) => due,
                         None => break,
                     },
