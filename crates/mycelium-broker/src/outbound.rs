@@ -10,9 +10,23 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use parking_lot::Mutex;
 use tokio::sync::Notify;
+
+/// A connection's socket, written without waiting: what an inline flush needs of it.
+pub trait DirectWrite: Send + Sync {
+    /// Writes what the socket takes now; `WouldBlock` (or any error) leaves the rest to the
+    /// connection's writer task.
+    ///
+    /// # Errors
+    /// The socket's.
+    fn try_write(&self, buf: &[u8]) -> std::io::Result<usize>;
+}
+
+/// An inline flush writes at most this many pending bytes; more is left to the writer task, which
+/// runs beside the reader (large fanout batches gain from the second core).
+pub const INLINE_FLUSH_BYTES_MAX: usize = 64 * 1024;
 
 /// A frame length with its kind: deliveries may be dropped by `drop_oldest`, control frames not.
 #[derive(Debug, Clone, Copy)]
@@ -27,6 +41,35 @@ struct State {
     marks: VecDeque<FrameMark>,
     /// Read batch that last touched this outbound; see [`Outbound::append_delivery`].
     touched_by: u64,
+    /// The socket, for inline flushes (none: always wake the writer task).
+    direct: Option<Arc<dyn DirectWrite>>,
+}
+
+impl std::fmt::Debug for dyn DirectWrite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DirectWrite")
+    }
+}
+
+impl State {
+    /// Drops the first `written` bytes (sent by an inline flush) and their marks; a frame sent in
+    /// part can no longer be dropped.
+    fn consume(&mut self, written: usize) {
+        self.buf.advance(written);
+        let mut left = written;
+        while left > 0 {
+            let Some(mark) = self.marks.front_mut() else { break };
+            let len = mark.len as usize;
+            if len <= left {
+                left -= len;
+                self.marks.pop_front();
+            } else {
+                mark.len = (len - left) as u32;
+                mark.droppable = false;
+                left = 0;
+            }
+        }
+    }
 }
 
 /// The outbound side of one connection.
@@ -78,6 +121,7 @@ impl Outbound {
                 buf: BytesMut::with_capacity(4096),
                 marks: VecDeque::new(),
                 touched_by: 0,
+                direct: None,
             }),
             in_flight: AtomicUsize::new(0),
             queued: AtomicUsize::new(0),
@@ -212,10 +256,50 @@ impl Outbound {
         )
     }
 
-    /// Wakes the writer (once per read batch, by the reader that touched this outbound).
+    /// Wakes the writer (once per read batch, by the reader that touched this outbound), unless
+    /// an inline flush sent everything pending.
     #[inline]
     pub fn wake(&self) {
-        self.wake_writer.notify_one();
+        if !self.flush_inline() {
+            self.wake_writer.notify_one();
+        }
+    }
+
+    /// Lets readers write to the connection's socket directly (see the module docs).
+    pub fn set_direct(&self, direct: Arc<dyn DirectWrite>) {
+        self.state.lock().direct = Some(direct);
+    }
+
+    /// No more inline flushes (the connection's writer is done with the socket).
+    pub fn clear_direct(&self) {
+        self.state.lock().direct = None;
+    }
+
+    /// Writes what is pending straight to the socket if the writer task is idle and little is
+    /// pending; returns whether nothing is left for the writer task.
+    fn flush_inline(&self) -> bool {
+        let mut state = self.state.lock();
+        if self.in_flight.load(Ordering::Relaxed) != 0 || state.buf.len() > INLINE_FLUSH_BYTES_MAX {
+            return false;
+        }
+        if state.buf.is_empty() {
+            return true;
+        }
+        let written = match &state.direct {
+            Some(direct) => match direct.try_write(&state.buf) {
+                Ok(written) => written,
+                Err(_) => return false,
+            },
+            None => return false,
+        };
+        state.consume(written);
+        self.queued.fetch_sub(written, Ordering::Relaxed);
+        let done = state.buf.is_empty();
+        drop(state);
+        if written > 0 {
+            self.drained.notify_waiters();
+        }
+        done
     }
 
     /// Whether a delivery of `frame_len` bytes would fit under `limit` now.
@@ -291,5 +375,106 @@ impl Outbound {
     /// Bytes queued and not yet taken by the writer.
     pub fn queued_bytes(&self) -> usize {
         self.queued.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A socket that takes at most `room` bytes per call (0: would block) and records them.
+    #[derive(Default)]
+    struct FakeSocket {
+        taken: Mutex<Vec<u8>>,
+        room: AtomicUsize,
+    }
+
+    impl DirectWrite for FakeSocket {
+        fn try_write(&self, buf: &[u8]) -> std::io::Result<usize> {
+            let room = self.room.load(Ordering::Relaxed);
+            if room == 0 {
+                return Err(std::io::ErrorKind::WouldBlock.into());
+            }
+            let n = room.min(buf.len());
+            self.taken.lock().extend_from_slice(&buf[..n]);
+            Ok(n)
+        }
+    }
+
+    fn deliver(outbound: &Outbound, byte: u8, len: usize, limit: usize, drop_oldest: bool) -> Append {
+        outbound
+            .append_delivery(len, limit, drop_oldest, 1, |buf| {
+                buf.extend_from_slice(&vec![byte; len])
+            })
+            .0
+    }
+
+    #[test]
+    fn an_idle_writer_lets_the_reader_write_to_the_socket_itself() {
+        let outbound = Outbound::new(1);
+        let socket = Arc::new(FakeSocket::default());
+        socket.room.store(usize::MAX, Ordering::Relaxed);
+        outbound.set_direct(Arc::clone(&socket) as Arc<dyn DirectWrite>);
+        deliver(&outbound, 1, 10, 1000, false);
+        deliver(&outbound, 2, 10, 1000, false);
+        outbound.wake();
+        assert_eq!(socket.taken.lock().len(), 20, "written inline");
+        assert_eq!(outbound.pending_bytes(), 0);
+        let mut spare = BytesMut::new();
+        assert_eq!(outbound.take(&mut spare), 0, "nothing left for the writer task");
+    }
+
+    #[test]
+    fn what_the_socket_does_not_take_goes_to_the_writer_in_order_and_a_part_sent_frame_is_kept() {
+        let outbound = Outbound::new(1);
+        let socket = Arc::new(FakeSocket::default());
+        socket.room.store(15, Ordering::Relaxed);
+        outbound.set_direct(Arc::clone(&socket) as Arc<dyn DirectWrite>);
+        deliver(&outbound, 1, 10, 40, true);
+        deliver(&outbound, 2, 10, 40, true);
+        outbound.wake();
+        assert_eq!(*socket.taken.lock(), [vec![1u8; 10], vec![2u8; 5]].concat());
+        // The socket is full now. With drop_oldest, room is made by dropping whole deliveries, never
+        // the half-sent one (its other half is already on the wire).
+        socket.room.store(0, Ordering::Relaxed);
+        assert_eq!(
+            deliver(&outbound, 3, 36, 40, true),
+            Append::DroppedNew { dropped_older: 0 }
+        );
+        assert!(matches!(
+            deliver(&outbound, 4, 10, 40, true),
+            Append::Done { dropped_older: 0 }
+        ));
+        outbound.wake();
+        let mut spare = BytesMut::new();
+        outbound.take(&mut spare);
+        let mut wire = socket.taken.lock().clone();
+        wire.extend_from_slice(&spare);
+        assert_eq!(wire, [vec![1u8; 10], vec![2u8; 10], vec![4u8; 10]].concat());
+    }
+
+    #[test]
+    fn no_inline_write_while_the_writer_task_has_bytes_in_flight() {
+        let outbound = Outbound::new(1);
+        let socket = Arc::new(FakeSocket::default());
+        socket.room.store(usize::MAX, Ordering::Relaxed);
+        outbound.set_direct(Arc::clone(&socket) as Arc<dyn DirectWrite>);
+        deliver(&outbound, 1, 10, 1000, false);
+        let mut spare = BytesMut::new();
+        let taken = outbound.take(&mut spare);
+        deliver(&outbound, 2, 10, 1000, false);
+        outbound.wake();
+        assert!(socket.taken.lock().is_empty(), "the writer task writes first");
+        outbound.written(taken);
+        outbound.wake();
+        assert_eq!(*socket.taken.lock(), vec![2u8; 10]);
+        outbound.clear_direct();
+        deliver(&outbound, 3, 10, 1000, false);
+        outbound.wake();
+        assert_eq!(
+            socket.taken.lock().len(),
+            10,
+            "cleared: the writer task's job again"
+        );
     }
 }

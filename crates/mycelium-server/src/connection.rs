@@ -9,7 +9,7 @@ use mycelium_protocol::{
     Decoded, ErrorCode, ErrorFrame, Frame, ProtocolError, PublishOk, StatsSnapshot, SubscribeOptions,
     SubscriptionRef, Welcome, decode, encode,
 };
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio_util::sync::CancellationToken;
 
 /// What every connection task needs to know.
@@ -35,6 +35,42 @@ enum Stop {
     Violation,
 }
 
+/// The write half of a connection's socket: written by the connection's writer task, and directly
+/// by other connections' readers for an inline flush (see `mycelium_broker::Outbound`).
+pub(crate) trait SocketWrite: Send + Sync + 'static {
+    /// Writes what the socket takes now, without waiting.
+    fn try_write(&self, buf: &[u8]) -> std::io::Result<usize>;
+    /// Resolves when the socket may take more bytes.
+    fn writable(&self) -> impl std::future::Future<Output = std::io::Result<()>> + Send;
+}
+
+impl SocketWrite for tokio::net::unix::OwnedWriteHalf {
+    fn try_write(&self, buf: &[u8]) -> std::io::Result<usize> {
+        tokio::net::unix::OwnedWriteHalf::try_write(self, buf)
+    }
+    fn writable(&self) -> impl std::future::Future<Output = std::io::Result<()>> + Send {
+        tokio::net::unix::OwnedWriteHalf::writable(self)
+    }
+}
+
+impl SocketWrite for tokio::net::tcp::OwnedWriteHalf {
+    fn try_write(&self, buf: &[u8]) -> std::io::Result<usize> {
+        tokio::net::tcp::OwnedWriteHalf::try_write(self, buf)
+    }
+    fn writable(&self) -> impl std::future::Future<Output = std::io::Result<()>> + Send {
+        tokio::net::tcp::OwnedWriteHalf::writable(self)
+    }
+}
+
+/// A connection's write half as the broker sees it.
+struct Socket<W>(W);
+
+impl<W: SocketWrite> mycelium_broker::DirectWrite for Socket<W> {
+    fn try_write(&self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.try_write(buf)
+    }
+}
+
 pub(crate) async fn serve<R, W>(
     mut read: R,
     write: W,
@@ -44,9 +80,12 @@ pub(crate) async fn serve<R, W>(
     shutdown: CancellationToken,
 ) where
     R: AsyncRead + Unpin + Send + 'static,
-    W: AsyncWrite + Unpin + Send + 'static,
+    W: SocketWrite,
 {
     let info = broker.connect(peer);
+    let write = Arc::new(Socket(write));
+    info.outbound
+        .set_direct(Arc::clone(&write) as Arc<dyn mycelium_broker::DirectWrite>);
     let writer = tokio::spawn(write_loop(write, Arc::clone(&info), Arc::clone(&settings)));
     let stop = read_loop(&mut read, &info, &broker, &settings, &shutdown).await;
     if let Stop::Violation = stop {
@@ -63,6 +102,7 @@ pub(crate) async fn serve<R, W>(
             "writer did not flush within shutdown_timeout; dropping it"
         );
     }
+    info.outbound.clear_direct();
 }
 
 fn send_error(info: &ConnectionInfo, request_id: u32, code: ErrorCode, detail: u16, message: &str) {
@@ -392,7 +432,11 @@ fn verdict(info: &ConnectionInfo, broker: &Broker, request_id: u32, verdict: Ver
     }
 }
 
-async fn write_loop<W: AsyncWrite + Unpin>(mut write: W, info: Arc<ConnectionInfo>, settings: Arc<Settings>) {
+async fn write_loop<W: SocketWrite>(
+    write: Arc<Socket<W>>,
+    info: Arc<ConnectionInfo>,
+    settings: Arc<Settings>,
+) {
     let outbound = &info.outbound;
     let mut spare = BytesMut::with_capacity(INITIAL_BUFFER_BYTES.min(settings.buffer_capacity));
     loop {
@@ -407,14 +451,27 @@ async fn write_loop<W: AsyncWrite + Unpin>(mut write: W, info: Arc<ConnectionInf
             }
             continue;
         }
-        let result = write.write_all(&spare).await;
+        let result = write_all(&write.0, &spare).await;
         spare.clear();
         outbound.written(taken);
         if let Err(error) = result {
             tracing::debug!(connection = info.id, %error, "write failed; closing");
             outbound.close();
-            return;
+            break;
         }
     }
-    let _ = write.shutdown().await;
+    // Dropping the last handle of the write half shuts the socket's sending side down.
+    outbound.clear_direct();
+}
+
+async fn write_all<W: SocketWrite>(write: &W, mut buf: &[u8]) -> std::io::Result<()> {
+    while !buf.is_empty() {
+        match write.try_write(buf) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(written) => buf = &buf[written..],
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => write.writable().await?,
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(())
 }

@@ -306,7 +306,7 @@ impl Accept {
     fn spawn<R, W>(&self, read: R, mut write: W, peer: String)
     where
         R: AsyncRead + Unpin + Send + 'static,
-        W: AsyncWrite + Unpin + Send + 'static,
+        W: AsyncWrite + connection::SocketWrite + Unpin + Send,
     {
         let active = Arc::clone(&self.active);
         if active.fetch_add(1, Ordering::AcqRel) >= self.max_connections {
