@@ -1,6 +1,7 @@
 //! The client: one supervised connection, re-established with backoff, behind a circuit breaker.
 
 mod lifecycle;
+mod socket;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -12,7 +13,7 @@ use mycelium_protocol::{
     BatchWriter, Frame, Publish, PublishOk, StatsSnapshot, Subscribe, SubscriptionRef, encode,
 };
 use parking_lot::Mutex;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::AsyncRead;
 use tokio::sync::{Notify, broadcast, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -104,7 +105,7 @@ pub enum ConnectionState {
 }
 
 type Reader = Box<dyn AsyncRead + Unpin + Send>;
-type Writer = Box<dyn AsyncWrite + Unpin + Send>;
+type Writer = Arc<socket::Socket>;
 
 enum Reply {
     Pong,
@@ -142,6 +143,8 @@ struct Subs {
 struct Out {
     buf: BytesMut,
     connected: bool,
+    /// The socket for inline writes, and whether the writer task is using it.
+    direct: socket::Direct,
 }
 
 /// Bytes reserved for each socket read.
@@ -248,6 +251,7 @@ impl Client {
             out: Mutex::new(Out {
                 buf: BytesMut::with_capacity(64 * 1024),
                 connected: false,
+                direct: socket::Direct::default(),
             }),
             options,
             endpoint,
@@ -726,8 +730,8 @@ impl Shared {
         if was_empty || out.buf.len() + size_hint <= self.options.buffer_bytes_max {
             write(&mut out.buf).map_err(|e| Error::new(ErrorKind::InvalidArgument, e.to_string()))?;
             let connected = out.connected;
-            drop(out);
-            if connected && was_empty {
+            if connected && was_empty && !socket::write_inline(&mut out) {
+                drop(out);
                 self.wake_writer.notify_one();
             }
             return Ok(true);

@@ -330,3 +330,59 @@ async fn filtered_subscriptions_over_the_native_protocol() {
     client.close().await;
     server.stop().await;
 }
+
+/// Publishes paced so that some go out inline from the caller (buffer empty, writer idle) and
+/// others gather for the writer task, from several tasks at once, over Unix and TCP: every message
+/// arrives, each publisher's in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paced_and_burst_publishes_mix_inline_and_writer_task_writes_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_at(&dir.path().join("b.sock"), |config| {
+        config.server.tcp = "127.0.0.1:0".to_owned();
+    })
+    .await;
+    for url in [server.url(), server.tcp_url()] {
+        let subscriber = Client::connect(&url).await.unwrap();
+        let mut sub = subscriber.subscribe("paced.>").await.unwrap();
+        subscriber.flush().await.unwrap();
+        let publisher = Client::connect(&url).await.unwrap();
+        const PUBLISHERS: u32 = 3;
+        const EACH: u32 = 3_000;
+        let mut tasks = Vec::new();
+        for p in 0..PUBLISHERS {
+            let publisher = publisher.clone();
+            tasks.push(tokio::spawn(async move {
+                for i in 0..EACH {
+                    publisher
+                        .publish(&format!("paced.{p}"), i.to_le_bytes())
+                        .await
+                        .unwrap();
+                    match i % 100 {
+                        // A pause: the next publish finds the buffer empty and the writer idle.
+                        0..=9 => tokio::time::sleep(Duration::from_micros(50)).await,
+                        10..=19 => tokio::task::yield_now().await,
+                        _ => {}
+                    }
+                }
+            }));
+        }
+        for task in tasks {
+            task.await.unwrap();
+        }
+        let mut next = [0u32; PUBLISHERS as usize];
+        for _ in 0..PUBLISHERS * EACH {
+            let message = tokio::time::timeout(Duration::from_secs(20), sub.next())
+                .await
+                .expect("every message arrives")
+                .unwrap();
+            let p: usize = message.topic().strip_prefix("paced.").unwrap().parse().unwrap();
+            assert_eq!(
+                u32::from_le_bytes(message.payload[..].try_into().unwrap()),
+                next[p],
+                "{url}"
+            );
+            next[p] += 1;
+        }
+        assert_eq!(next, [EACH; PUBLISHERS as usize]);
+    }
+}

@@ -11,11 +11,12 @@ use mycelium_protocol::{
 };
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::socket::Socket;
 use super::{Batch, ConnectionState, Pending, READ_CHUNK, Reader, Reply, Shared, Writer};
 use crate::message::Message;
 use crate::resilience::BreakerState;
@@ -26,19 +27,19 @@ impl Shared {
     /// Connects and handshakes once.
     pub(super) async fn establish(&self) -> Result<(Reader, Writer, BytesMut), Error> {
         let attempt = async {
-            let (mut reader, mut writer): (Reader, Writer) = match &self.endpoint {
+            let (mut reader, writer): (Reader, Writer) = match &self.endpoint {
                 Endpoint::Unix(path) => {
                     let stream = tokio::net::UnixStream::connect(path).await?;
                     // Room to batch publishes, as TCP's autotuned buffer gives (the kernel caps it).
                     let _ = socket2::SockRef::from(&stream).set_send_buffer_size(4 << 20);
                     let (r, w) = stream.into_split();
-                    (Box::new(r), Box::new(w))
+                    (Box::new(r), Arc::new(Socket::Unix(w)))
                 }
                 Endpoint::Tcp(addr) => {
                     let stream = tokio::net::TcpStream::connect(addr).await?;
                     stream.set_nodelay(true)?;
                     let (r, w) = stream.into_split();
-                    (Box::new(r), Box::new(w))
+                    (Box::new(r), Arc::new(Socket::Tcp(w)))
                 }
             };
             let mut buf = BytesMut::new();
@@ -195,6 +196,7 @@ impl Shared {
             prefix.extend_from_slice(&out.buf);
             out.buf = prefix;
             out.connected = true;
+            out.direct.socket = Some(Arc::clone(&writer));
         }
         self.set_state(ConnectionState::Connected);
         self.wake_writer.notify_one();
@@ -266,12 +268,13 @@ impl Shared {
         batch.server_id = None;
     }
 
-    async fn write_loop(self: Arc<Self>, mut writer: Writer, stop: CancellationToken) {
+    async fn write_loop(self: Arc<Self>, writer: Writer, stop: CancellationToken) {
         let mut spare = BytesMut::with_capacity(64 * 1024);
         loop {
             {
                 let mut out = self.out.lock();
                 std::mem::swap(&mut out.buf, &mut spare);
+                out.direct.writing = !spare.is_empty();
             }
             if spare.is_empty() {
                 tokio::select! {
@@ -281,13 +284,18 @@ impl Shared {
             }
             let result = writer.write_all(&spare).await;
             spare.clear();
+            self.out.lock().direct.writing = false;
             self.drained.notify_waiters();
             if result.is_err() {
                 stop.cancel();
                 break;
             }
         }
-        let _ = writer.shutdown().await;
+        // The last handle of the write half goes with `writer`: dropping it shuts the sending
+        // side down.
+        let mut out = self.out.lock();
+        out.direct.socket = None;
+        out.direct.writing = false;
     }
 
     /// Handles one frame from the broker. `Err` ends the connection.

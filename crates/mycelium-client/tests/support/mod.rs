@@ -10,6 +10,8 @@ pub struct TestServer {
     pub socket: PathBuf,
     /// The HTTP API's address, when the test turned it on.
     pub http: Option<std::net::SocketAddr>,
+    /// The TCP listener's address, when the test turned it on.
+    pub tcp: Option<std::net::SocketAddr>,
     shutdown: CancellationToken,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -24,11 +26,13 @@ impl TestServer {
         adjust(&mut config);
         let server = Server::bind(config).await.unwrap();
         let http = server.http_addr();
+        let tcp = server.tcp_addr();
         let shutdown = server.shutdown_token();
         let task = tokio::spawn(server.run());
         TestServer {
             socket: socket.to_owned(),
             http,
+            tcp,
             shutdown,
             task: Some(task),
         }
@@ -36,6 +40,10 @@ impl TestServer {
 
     pub fn url(&self) -> String {
         format!("unix://{}", self.socket.display())
+    }
+
+    pub fn tcp_url(&self) -> String {
+        format!("tcp://{}", self.tcp.expect("the test turned TCP on"))
     }
 
     pub async fn stop(mut self) {
