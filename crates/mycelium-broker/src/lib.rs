@@ -28,7 +28,7 @@ mod topic;
 pub use broker::{Broker, BrokerConfig, ConnectionInfo, Verdict};
 pub use durable::{DurableConfig, MessageProps, Stored};
 pub use error::{PublishError, SubscribeError};
-pub use outbound::{Append, DirectWrite, INLINE_FLUSH_BYTES_MAX, Outbound};
+pub use outbound::{Append, DirectWrite, Outbound};
 pub use publish::{LocalMessage, Published, Publisher};
 pub use subscription::{Subscription, pick};
 pub use topic::{DEAD_REASONS, Topic, TopicCounters, TopicRef};

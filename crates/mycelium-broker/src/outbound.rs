@@ -24,10 +24,6 @@ pub trait DirectWrite: Send + Sync {
     fn try_write(&self, buf: &[u8]) -> std::io::Result<usize>;
 }
 
-/// An inline flush writes at most this many pending bytes; more is left to the writer task, which
-/// runs beside the reader (large fanout batches gain from the second core).
-pub const INLINE_FLUSH_BYTES_MAX: usize = 64 * 1024;
-
 /// A frame length with its kind: deliveries may be dropped by `drop_oldest`, control frames not.
 #[derive(Debug, Clone, Copy)]
 struct FrameMark {
@@ -43,6 +39,9 @@ struct State {
     touched_by: u64,
     /// The socket, for inline flushes (none: always wake the writer task).
     direct: Option<Arc<dyn DirectWrite>>,
+    /// An inline flush writes at most this many pending bytes; more is left to the writer task,
+    /// which runs beside the reader (large fanout batches gain from the second core).
+    inline_bytes_max: usize,
 }
 
 impl std::fmt::Debug for dyn DirectWrite {
@@ -122,6 +121,7 @@ impl Outbound {
                 marks: VecDeque::new(),
                 touched_by: 0,
                 direct: None,
+                inline_bytes_max: 0,
             }),
             in_flight: AtomicUsize::new(0),
             queued: AtomicUsize::new(0),
@@ -265,9 +265,12 @@ impl Outbound {
         }
     }
 
-    /// Lets readers write to the connection's socket directly (see the module docs).
-    pub fn set_direct(&self, direct: Arc<dyn DirectWrite>) {
-        self.state.lock().direct = Some(direct);
+    /// Lets readers write to the connection's socket directly when at most `bytes_max` bytes are
+    /// pending (see the module docs).
+    pub fn set_direct(&self, direct: Arc<dyn DirectWrite>, bytes_max: usize) {
+        let mut state = self.state.lock();
+        state.direct = Some(direct);
+        state.inline_bytes_max = bytes_max;
     }
 
     /// No more inline flushes (the connection's writer is done with the socket).
@@ -279,7 +282,7 @@ impl Outbound {
     /// pending; returns whether nothing is left for the writer task.
     fn flush_inline(&self) -> bool {
         let mut state = self.state.lock();
-        if self.in_flight.load(Ordering::Relaxed) != 0 || state.buf.len() > INLINE_FLUSH_BYTES_MAX {
+        if self.in_flight.load(Ordering::Relaxed) != 0 || state.buf.len() > state.inline_bytes_max {
             return false;
         }
         if state.buf.is_empty() {
@@ -409,12 +412,18 @@ mod tests {
             .0
     }
 
-    #[test]
-    fn an_idle_writer_lets_the_reader_write_to_the_socket_itself() {
+    /// An outbound lending its inline flushes a fake socket that takes `room` bytes per call.
+    fn with_socket(room: usize, bytes_max: usize) -> (Arc<Outbound>, Arc<FakeSocket>) {
         let outbound = Outbound::new(1);
         let socket = Arc::new(FakeSocket::default());
-        socket.room.store(usize::MAX, Ordering::Relaxed);
-        outbound.set_direct(Arc::clone(&socket) as Arc<dyn DirectWrite>);
+        socket.room.store(room, Ordering::Relaxed);
+        outbound.set_direct(Arc::clone(&socket) as Arc<dyn DirectWrite>, bytes_max);
+        (outbound, socket)
+    }
+
+    #[test]
+    fn an_idle_writer_lets_the_reader_write_to_the_socket_itself() {
+        let (outbound, socket) = with_socket(usize::MAX, 1000);
         deliver(&outbound, 1, 10, 1000, false);
         deliver(&outbound, 2, 10, 1000, false);
         outbound.wake();
@@ -425,11 +434,31 @@ mod tests {
     }
 
     #[test]
+    fn more_pending_than_the_inline_limit_is_left_to_the_writer_task() {
+        let (outbound, socket) = with_socket(usize::MAX, 25);
+        deliver(&outbound, 1, 10, 1000, false);
+        deliver(&outbound, 2, 10, 1000, false);
+        deliver(&outbound, 3, 10, 1000, false);
+        outbound.wake();
+        assert!(
+            socket.taken.lock().is_empty(),
+            "30 bytes pending > 25: not inline"
+        );
+        let mut spare = BytesMut::new();
+        assert_eq!(outbound.take(&mut spare), 30, "all of it for the writer task");
+        outbound.written(30);
+        deliver(&outbound, 4, 10, 1000, false);
+        outbound.wake();
+        assert_eq!(
+            *socket.taken.lock(),
+            vec![4u8; 10],
+            "under the limit: inline again"
+        );
+    }
+
+    #[test]
     fn what_the_socket_does_not_take_goes_to_the_writer_in_order_and_a_part_sent_frame_is_kept() {
-        let outbound = Outbound::new(1);
-        let socket = Arc::new(FakeSocket::default());
-        socket.room.store(15, Ordering::Relaxed);
-        outbound.set_direct(Arc::clone(&socket) as Arc<dyn DirectWrite>);
+        let (outbound, socket) = with_socket(15, 1000);
         deliver(&outbound, 1, 10, 40, true);
         deliver(&outbound, 2, 10, 40, true);
         outbound.wake();
@@ -455,10 +484,7 @@ mod tests {
 
     #[test]
     fn no_inline_write_while_the_writer_task_has_bytes_in_flight() {
-        let outbound = Outbound::new(1);
-        let socket = Arc::new(FakeSocket::default());
-        socket.room.store(usize::MAX, Ordering::Relaxed);
-        outbound.set_direct(Arc::clone(&socket) as Arc<dyn DirectWrite>);
+        let (outbound, socket) = with_socket(usize::MAX, 1000);
         deliver(&outbound, 1, 10, 1000, false);
         let mut spare = BytesMut::new();
         let taken = outbound.take(&mut spare);

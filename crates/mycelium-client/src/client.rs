@@ -730,7 +730,13 @@ impl Shared {
         if was_empty || out.buf.len() + size_hint <= self.options.buffer_bytes_max {
             write(&mut out.buf).map_err(|e| Error::new(ErrorKind::InvalidArgument, e.to_string()))?;
             let connected = out.connected;
-            if connected && was_empty && !socket::write_inline(&mut out) {
+            if connected
+                && was_empty
+                && !self
+                    .options
+                    .inline_write_gap
+                    .is_some_and(|gap| socket::write_inline(&mut out, gap))
+            {
                 drop(out);
                 self.wake_writer.notify_one();
             }

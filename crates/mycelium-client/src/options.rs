@@ -26,6 +26,10 @@ pub struct ClientOptions {
     pub subscription_capacity: usize,
     /// Send PING after this much idle time to detect a dead connection.
     pub ping_interval: Duration,
+    /// A publish that finds nothing queued and the writer idle writes to the socket from the
+    /// caller's task, at most once per this interval (so bursts still gather into one write);
+    /// `None`: always through the writer task.
+    pub inline_write_gap: Option<Duration>,
 }
 
 impl Default for ClientOptions {
@@ -40,6 +44,7 @@ impl Default for ClientOptions {
             breaker_open_for: Duration::from_secs(5),
             subscription_capacity: 65_536,
             ping_interval: Duration::from_secs(30),
+            inline_write_gap: Some(Duration::from_micros(20)),
         }
     }
 }

@@ -57,6 +57,9 @@ pub struct StorageSection {
     pub fsync_bytes: ByteSize,
     /// A segment file rolls over at this size.
     pub segment_size: ByteSize,
+    /// Disk space a segment reserves ahead of its records, in steps of this size (0: none).
+    /// Reserved space makes an fsync after an append cheaper; a sealed segment gives back the rest.
+    pub segment_reserve: ByteSize,
     /// Durable publishes queued for the storage writer before publishers wait.
     pub queue_capacity: usize,
     /// Publishes the storage writer appends in one go, at most.
@@ -83,6 +86,7 @@ impl Default for StorageSection {
             fsync_interval: HumanDuration(Duration::from_millis(5)),
             fsync_bytes: ByteSize(1 << 20),
             segment_size: ByteSize(64 << 20),
+            segment_reserve: ByteSize(4 << 20),
             queue_capacity: 65_536,
             write_batch: 4096,
             ack_persist_interval: HumanDuration(Duration::from_millis(20)),
@@ -248,6 +252,9 @@ pub struct PerformanceSection {
     pub batch_size: usize,
     /// How long a woken writer waits for more deliveries before writing (0: write at once).
     pub flush_interval: HumanDuration,
+    /// A reader writes deliveries straight to an idle subscriber's socket when at most this many
+    /// bytes are pending for it; more are left to that subscriber's writer task (0: never).
+    pub inline_flush_bytes: ByteSize,
 }
 
 impl Default for PerformanceSection {
@@ -257,6 +264,7 @@ impl Default for PerformanceSection {
             channel_capacity: ByteSize(64 << 10),
             batch_size: 1024,
             flush_interval: HumanDuration(Duration::ZERO),
+            inline_flush_bytes: ByteSize(64 << 10),
         }
     }
 }
@@ -443,6 +451,12 @@ impl Config {
                 format!("{} is out of range (4 KiB to 1 GiB)", st.segment_size),
             );
         }
+        if st.segment_reserve.0 > 1 << 30 {
+            bad(
+                "storage.segment_reserve".into(),
+                format!("{} is out of range (0 to 1 GiB)", st.segment_reserve),
+            );
+        }
         for (field, value) in [
             ("queue_capacity", st.queue_capacity),
             ("write_batch", st.write_batch),
@@ -479,6 +493,15 @@ impl Config {
             bad(
                 "performance.worker_threads".into(),
                 "must be greater than 0".into(),
+            );
+        }
+        if self.performance.inline_flush_bytes.0 > 16 << 20 {
+            bad(
+                "performance.inline_flush_bytes".into(),
+                format!(
+                    "{} is out of range (0 to 16 MiB)",
+                    self.performance.inline_flush_bytes
+                ),
             );
         }
         if self.performance.batch_size == 0 {
@@ -681,6 +704,7 @@ impl Config {
                 fsync_bytes: self.storage.fsync_bytes.bytes(),
                 log: mycelium_storage::LogConfig {
                     segment_bytes: self.storage.segment_size.0,
+                    reserve_bytes: self.storage.segment_reserve.0,
                     retention_messages: self.storage.retention_messages,
                     retention_bytes: self.storage.retention_bytes.map(|b| b.0),
                     retention_age: self.storage.retention_age.map(|d| d.0),

@@ -21,6 +21,8 @@ pub(crate) struct Settings {
     pub(crate) buffer_capacity: usize,
     pub(crate) batch_size: usize,
     pub(crate) flush_interval: Duration,
+    /// `[performance] inline_flush_bytes` (0: no inline flushes).
+    pub(crate) inline_flush_bytes: usize,
     pub(crate) shutdown_timeout: Duration,
 }
 
@@ -84,8 +86,10 @@ pub(crate) async fn serve<R, W>(
 {
     let info = broker.connect(peer);
     let write = Arc::new(Socket(write));
-    info.outbound
-        .set_direct(Arc::clone(&write) as Arc<dyn mycelium_broker::DirectWrite>);
+    if settings.inline_flush_bytes > 0 {
+        let direct = Arc::clone(&write) as Arc<dyn mycelium_broker::DirectWrite>;
+        info.outbound.set_direct(direct, settings.inline_flush_bytes);
+    }
     let writer = tokio::spawn(write_loop(write, Arc::clone(&info), Arc::clone(&settings)));
     let stop = read_loop(&mut read, &info, &broker, &settings, &shutdown).await;
     if let Stop::Violation = stop {

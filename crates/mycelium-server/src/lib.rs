@@ -148,6 +148,7 @@ impl Server {
             buffer_capacity: config.performance.channel_capacity.bytes(),
             batch_size: config.performance.batch_size,
             flush_interval: config.performance.flush_interval.0,
+            inline_flush_bytes: config.performance.inline_flush_bytes.bytes(),
             shutdown_timeout: config.server.shutdown_timeout.0,
         });
         Ok(Server {

@@ -201,3 +201,25 @@ fn contradictory_delivery_settings_are_reported_by_key() {
         assert!(error.contains(expected), "missing `{expected}` in:\n{error}");
     }
 }
+
+#[test]
+fn segment_reserve_and_inline_flush_bytes_are_read_checked_and_reach_the_broker() {
+    let defaults = Config::default();
+    assert_eq!(defaults.storage.segment_reserve.0, 4 << 20);
+    assert_eq!(defaults.performance.inline_flush_bytes.0, 64 << 10);
+    let file = write("[storage]\nsegment_reserve = \"1 MiB\"\n[performance]\ninline_flush_bytes = 0\n");
+    let config = Config::load(Some(file.path()), no_env()).unwrap();
+    assert_eq!(config.broker_config().durable.log.reserve_bytes, 1 << 20);
+    assert_eq!(config.performance.inline_flush_bytes.0, 0);
+    let file =
+        write("[storage]\nsegment_reserve = \"2 GiB\"\n[performance]\ninline_flush_bytes = \"32 MiB\"\n");
+    let error = Config::load(Some(file.path()), no_env()).unwrap_err().to_string();
+    assert!(
+        error.contains("storage.segment_reserve: 2 GiB is out of range (0 to 1 GiB)"),
+        "{error}"
+    );
+    assert!(
+        error.contains("performance.inline_flush_bytes: 32 MiB is out of range (0 to 16 MiB)"),
+        "{error}"
+    );
+}

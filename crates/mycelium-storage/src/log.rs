@@ -13,6 +13,9 @@ use crate::{RecoveryReport, StorageError, StoredMessage};
 pub struct LogConfig {
     /// A segment rolls over once it holds this many bytes.
     pub segment_bytes: u64,
+    /// Disk space the active segment reserves ahead of its records, in steps of this many bytes
+    /// (0: none; see `segment.rs`).
+    pub reserve_bytes: u64,
     /// Keep at most this many messages (older whole segments are deleted).
     pub retention_messages: Option<u64>,
     /// Keep at most this many bytes.
@@ -25,6 +28,7 @@ impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
             segment_bytes: 64 << 20,
+            reserve_bytes: 4 << 20,
             retention_messages: None,
             retention_bytes: None,
             retention_age: None,
@@ -150,7 +154,7 @@ impl SegmentLog {
             self.segments.push(segment);
         }
         let active = self.segments.last_mut().expect("a segment was just ensured");
-        active.append(messages, &mut self.scratch)?;
+        active.append(messages, &mut self.scratch, self.config.reserve_bytes)?;
         self.next += messages.len() as u64;
         Ok(())
     }

@@ -15,14 +15,13 @@ use crate::{RecoveryReport, StorageError};
 const INDEX_EVERY: u64 = 64;
 /// Bytes read per system call when scanning records.
 const READ_CHUNK: usize = 256 * 1024;
-/// Disk space reserved ahead of the write position, at least, whenever the reservation runs out.
-///
-/// Appending to a file makes every fdatasync also allocate blocks and journal the allocation:
-/// measured on this project's ext4 machines, a 40 KB append + fdatasync takes ~1.4 ms, and
-/// ~0.19 ms when the blocks were reserved beforehand with `fallocate(KEEP_SIZE)`. The reservation
-/// keeps the file's size (readers and recovery never see it); a sealed segment gives back what it
-/// did not use.
-const RESERVE_BYTES: u64 = 4 << 20;
+// Disk space reserved ahead of the write position (`LogConfig::reserve_bytes`).
+//
+// Appending to a file makes every fdatasync also allocate blocks and journal the allocation:
+// measured on this project's ext4 machines, a 40 KB append + fdatasync takes ~1.4 ms, and
+// ~0.19 ms when the blocks were reserved beforehand with `fallocate(KEEP_SIZE)`. The reservation
+// keeps the file's size (readers and recovery never see it); a sealed segment gives back what it
+// did not use.
 
 #[derive(Debug, Clone, Copy)]
 struct IndexEntry {
@@ -39,7 +38,7 @@ pub(crate) struct Segment {
     file: File,
     /// Bytes of whole records (the file is cut back to this on a failed write).
     pub(crate) len: u64,
-    /// Disk space reserved up to this offset (see [`RESERVE_BYTES`]).
+    /// Disk space reserved up to this offset (see `LogConfig::reserve_bytes`).
     reserved: u64,
     index: Vec<IndexEntry>,
     /// Byte ranges found corrupt at recovery, skipped by reads.
@@ -187,6 +186,7 @@ impl Segment {
         &mut self,
         messages: &[StoredMessage],
         scratch: &mut BytesMut,
+        reserve_bytes: u64,
     ) -> Result<(), StorageError> {
         scratch.clear();
         let mut offsets = Vec::with_capacity(messages.len());
@@ -197,7 +197,7 @@ impl Segment {
             message.encode(&mut body)?;
             frame(scratch, &body);
         }
-        self.reserve(self.len + scratch.len() as u64);
+        self.reserve(self.len + scratch.len() as u64, reserve_bytes);
         if let Err(error) = self.file.write_all_at(scratch, self.len) {
             let _ = self.file.set_len(self.len);
             self.reserved = self.len;
@@ -210,15 +210,15 @@ impl Segment {
         Ok(())
     }
 
-    /// Reserves disk space up to `end` (and [`RESERVE_BYTES`] beyond) without changing the file's
-    /// size. Best effort: where the filesystem cannot (or the disk is too full to reserve ahead),
-    /// the write that follows allocates as it goes and reports a full disk itself.
-    fn reserve(&mut self, end: u64) {
-        if end <= self.reserved {
+    /// Reserves disk space up to `end` (and `step` beyond) without changing the file's size. Best
+    /// effort: where the filesystem cannot (or the disk is too full to reserve ahead), the write
+    /// that follows allocates as it goes and reports a full disk itself.
+    fn reserve(&mut self, end: u64, step: u64) {
+        if step == 0 || end <= self.reserved {
             return;
         }
         let from = self.reserved.max(self.len);
-        let to = end + RESERVE_BYTES;
+        let to = end + step;
         match rustix::fs::fallocate(&self.file, rustix::fs::FallocateFlags::KEEP_SIZE, from, to - from) {
             Ok(()) => self.reserved = to,
             Err(error) => {

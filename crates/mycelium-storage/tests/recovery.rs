@@ -263,3 +263,23 @@ fn the_active_segment_reserves_space_ahead_and_a_sealed_one_gives_it_back() {
     );
     assert_eq!(log.read(1, usize::MAX, usize::MAX).unwrap().len(), 50);
 }
+
+/// `reserve_bytes = 0` turns the reservation off: the file allocates as it grows.
+#[test]
+fn no_reservation_when_reserve_bytes_is_zero() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let config = LogConfig {
+        reserve_bytes: 0,
+        ..LogConfig::default()
+    };
+    let (mut log, _) = SegmentLog::open(dir.path(), config).unwrap();
+    log.append(&batch(1, 10)).unwrap();
+    log.sync().unwrap();
+    let meta = std::fs::metadata(&log.segment_paths()[0]).unwrap();
+    assert!(
+        meta.blocks() * 512 < 64 << 10,
+        "nothing reserved: {} bytes allocated",
+        meta.blocks() * 512
+    );
+}

@@ -282,9 +282,9 @@ impl Shared {
                     () = stop.cancelled() => break,
                 }
             }
+            // `writing` stays set until the next swap (under the same lock) finds what is left.
             let result = writer.write_all(&spare).await;
             spare.clear();
-            self.out.lock().direct.writing = false;
             self.drained.notify_waiters();
             if result.is_err() {
                 stop.cancel();

@@ -4,8 +4,8 @@
 //! socket from the caller's task (non-blocking; what the socket does not take goes to the writer
 //! task), instead of waking the writer task: on two shared cores that wake-up is most of a lone
 //! message's latency. So that a fast publisher still gets one system call per batch rather than per
-//! message, an inline write happens at most once every [`INLINE_GAP`]; in between, frames gather
-//! for the writer task as before.
+//! message, an inline write happens at most once per `ClientOptions::inline_write_gap`; in
+//! between, frames gather for the writer task as before.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,9 +13,6 @@ use std::time::{Duration, Instant};
 use bytes::Buf;
 
 use super::Out;
-
-/// The shortest time between two inline writes.
-pub(super) const INLINE_GAP: Duration = Duration::from_micros(20);
 
 /// The connection's write half (Unix socket or TCP).
 #[derive(Debug)]
@@ -64,9 +61,9 @@ pub(super) struct Direct {
     last: Option<Instant>,
 }
 
-/// Writes `out.buf` inline if the writer task is idle and the last inline write is at least
-/// [`INLINE_GAP`] old; returns whether nothing is left for the writer task.
-pub(super) fn write_inline(out: &mut Out) -> bool {
+/// Writes `out.buf` inline if the writer task is idle and the last inline write is at least `gap`
+/// old; returns whether nothing is left for the writer task.
+pub(super) fn write_inline(out: &mut Out, gap: Duration) -> bool {
     let direct = &mut out.direct;
     let Some(socket) = &direct.socket else {
         return false;
@@ -75,10 +72,7 @@ pub(super) fn write_inline(out: &mut Out) -> bool {
         return out.buf.is_empty() && !direct.writing;
     }
     let now = Instant::now();
-    if direct
-        .last
-        .is_some_and(|last| now.duration_since(last) < INLINE_GAP)
-    {
+    if direct.last.is_some_and(|last| now.duration_since(last) < gap) {
         return false;
     }
     direct.last = Some(now);
@@ -88,5 +82,70 @@ pub(super) fn write_inline(out: &mut Out) -> bool {
             out.buf.is_empty()
         }
         Err(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::BytesMut;
+
+    async fn connected() -> (Out, tokio::net::UnixStream) {
+        let (ours, theirs) = tokio::net::UnixStream::pair().unwrap();
+        let (_read, write) = ours.into_split();
+        let out = Out {
+            buf: BytesMut::new(),
+            connected: true,
+            direct: Direct {
+                socket: Some(Arc::new(Socket::Unix(write))),
+                ..Direct::default()
+            },
+        };
+        (out, theirs)
+    }
+
+    async fn received(peer: &mut tokio::net::UnixStream) -> Vec<u8> {
+        use tokio::io::AsyncReadExt;
+        let mut buf = vec![0u8; 1024];
+        let n = tokio::time::timeout(Duration::from_secs(5), peer.read(&mut buf))
+            .await
+            .expect("bytes arrive")
+            .unwrap();
+        buf[..n].to_vec()
+    }
+
+    #[tokio::test]
+    async fn an_idle_writer_lets_the_caller_write_but_not_twice_within_the_gap() {
+        let (mut out, mut peer) = connected().await;
+        let gap = Duration::from_secs(3600);
+        out.buf.extend_from_slice(b"first");
+        assert!(write_inline(&mut out, gap), "written inline");
+        assert!(out.buf.is_empty());
+        out.buf.extend_from_slice(b"second");
+        assert!(
+            !write_inline(&mut out, gap),
+            "within the gap: left for the writer task"
+        );
+        assert_eq!(&out.buf[..], b"second");
+        assert_eq!(received(&mut peer).await, b"first");
+    }
+
+    #[tokio::test]
+    async fn nothing_inline_while_the_writer_task_writes_or_when_disconnected() {
+        let (mut out, mut peer) = connected().await;
+        out.direct.writing = true;
+        out.buf.extend_from_slice(b"queued");
+        assert!(!write_inline(&mut out, Duration::ZERO));
+        assert_eq!(&out.buf[..], b"queued");
+        out.direct.writing = false;
+        assert!(
+            write_inline(&mut out, Duration::ZERO),
+            "idle again, no gap: inline"
+        );
+        assert_eq!(received(&mut peer).await, b"queued");
+        out.direct.socket = None;
+        out.buf.extend_from_slice(b"offline");
+        assert!(!write_inline(&mut out, Duration::ZERO));
+        assert_eq!(&out.buf[..], b"offline");
     }
 }
