@@ -314,7 +314,20 @@ fn parse_compare(spec: &str) -> anyhow::Result<Vec<System>> {
         .collect()
 }
 
+/// The median run by delivered rate, with every latency percentile the median of that
+/// percentile over all runs: latency runs go at a fixed rate, so sorting by rate alone would
+/// report one arbitrary run's latencies.
 fn median(mut runs: Vec<Measured>) -> Measured {
+    let middle_of = |field: fn(&Measured) -> Option<f64>| {
+        let mut values: Vec<f64> = runs.iter().filter_map(field).collect();
+        values.sort_by(f64::total_cmp);
+        values.get(values.len() / 2).copied()
+    };
+    let p50 = middle_of(|m| m.p50_us);
+    let p90 = middle_of(|m| m.p90_us);
+    let p99 = middle_of(|m| m.p99_us);
+    let p999 = middle_of(|m| m.p999_us);
+    let max = middle_of(|m| m.max_us);
     runs.sort_by(|a, b| a.delivered_msgs_per_s.total_cmp(&b.delivered_msgs_per_s));
     let lost = runs.iter().map(|r| r.lost).max().unwrap_or(0);
     let out_of_order = runs.iter().map(|r| r.out_of_order).max().unwrap_or(0);
@@ -327,6 +340,8 @@ fn median(mut runs: Vec<Measured>) -> Measured {
     middle.out_of_order = out_of_order;
     middle.broker_idle_rss_bytes = idle;
     middle.broker_rss_bytes = loaded;
+    (middle.p50_us, middle.p90_us, middle.p99_us) = (p50, p90, p99);
+    (middle.p999_us, middle.max_us) = (p999, max);
     middle
 }
 
@@ -823,4 +838,38 @@ pub(crate) fn now_nanos() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(rate: f64, p99: f64, lost: u64) -> Measured {
+        Measured {
+            delivered_msgs_per_s: rate,
+            p50_us: Some(p99 / 4.0),
+            p99_us: Some(p99),
+            max_us: Some(p99 * 10.0),
+            lost,
+            ..Measured::default()
+        }
+    }
+
+    #[test]
+    fn median_takes_each_latency_figure_over_all_runs_and_keeps_any_loss() {
+        // Fixed-rate runs: equal rates, so the run order must not pick the latencies.
+        let m = median(vec![
+            run(10_000.0, 900.0, 0),
+            run(10_000.0, 100.0, 2),
+            run(10_000.0, 300.0, 0),
+        ]);
+        assert_eq!(m.p99_us, Some(300.0));
+        assert_eq!(m.p50_us, Some(75.0));
+        assert_eq!(m.max_us, Some(3000.0));
+        assert_eq!(m.p90_us, None, "not measured stays not measured");
+        assert_eq!(m.lost, 2, "a loss in any run shows");
+        // Throughput runs: the run with the median rate.
+        let m = median(vec![run(3.0, 1.0, 0), run(1.0, 1.0, 0), run(2.0, 1.0, 0)]);
+        assert_eq!(m.delivered_msgs_per_s, 2.0);
+    }
 }
