@@ -3,12 +3,14 @@
 //! `sub`) that restrict further. `auth = "none"` makes every caller an admin (loopback only by
 //! default, loudly logged at start-up).
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use axum::http::HeaderMap;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use mycelium_broker::name::Pattern;
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ApiError, Kind};
@@ -200,7 +202,21 @@ pub struct Verifier {
     config: JwtConfig,
     key: DecodingKey,
     validation: Validation,
+    /// Tokens already verified, by their exact text: a client sends the same token on every
+    /// request, and checking its signature and claims each time was a visible share of a
+    /// publish's cost. Only the expiry can change a cached verdict; it is checked on every hit.
+    verified: Mutex<HashMap<Box<str>, Verified>>,
 }
+
+/// A verified token: its principal and when it stops being accepted (`exp` + leeway).
+#[derive(Debug, Clone)]
+struct Verified {
+    principal: Principal,
+    valid_until: u64,
+}
+
+/// Verified tokens kept at most; the cache starts over when full.
+const VERIFIED_MAX: usize = 4096;
 
 impl std::fmt::Debug for Verifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -250,6 +266,7 @@ impl Verifier {
             config,
             key,
             validation,
+            verified: Mutex::new(HashMap::new()),
         })
     }
 
@@ -258,27 +275,55 @@ impl Verifier {
     /// # Errors
     /// 401: missing, malformed, badly signed, expired or not yet valid token; no known role.
     pub fn principal(&self, headers: &HeaderMap) -> Result<Principal, ApiError> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.principal_at(headers, now)
+    }
+
+    /// [`Verifier::principal`] at `now` (seconds since the Unix epoch) for a token seen before;
+    /// a new token is checked in full against the system clock.
+    fn principal_at(&self, headers: &HeaderMap, now: u64) -> Result<Principal, ApiError> {
         let unauthorized = |detail: String| ApiError::new(Kind::Unauthorized, detail);
-        let value = headers
-            .get(axum::http::header::AUTHORIZATION)
-            .ok_or_else(|| unauthorized("no token: send `Authorization: Bearer <jwt>`".into()))?;
-        let token = value
-            .to_str()
-            .ok()
-            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-            .ok_or_else(|| unauthorized("the Authorization header is not `Bearer <jwt>`".into()))?;
-        let data =
-            jsonwebtoken::decode::<Claims>(token.trim(), &self.key, &self.validation).map_err(|e| {
-                use jsonwebtoken::errors::ErrorKind as E;
-                unauthorized(match e.kind() {
-                    E::ExpiredSignature => "the token has expired".into(),
-                    E::ImmatureSignature => "the token is not valid yet (nbf)".into(),
-                    E::InvalidSignature => "the token's signature is invalid".into(),
-                    E::InvalidAlgorithm => "the token is signed with another algorithm".into(),
-                    other => format!("the token is invalid: {other:?}"),
-                })
-            })?;
+        let token = bearer(headers)?;
+        let cached = self.verified.lock().get(token).cloned();
+        if let Some(cached) = cached {
+            if now > cached.valid_until {
+                self.verified.lock().remove(token);
+                return Err(unauthorized("the token has expired".into()));
+            }
+            return Ok(cached.principal);
+        }
+        let (principal, exp) = self.verify(token)?;
+        let mut verified = self.verified.lock();
+        if verified.len() >= VERIFIED_MAX {
+            verified.clear();
+        }
+        verified.insert(
+            token.into(),
+            Verified {
+                principal: principal.clone(),
+                valid_until: exp.saturating_add(self.validation.leeway),
+            },
+        );
+        Ok(principal)
+    }
+
+    /// Checks `token` in full; returns its principal and `exp`.
+    fn verify(&self, token: &str) -> Result<(Principal, u64), ApiError> {
+        let unauthorized = |detail: String| ApiError::new(Kind::Unauthorized, detail);
+        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(|e| {
+            use jsonwebtoken::errors::ErrorKind as E;
+            unauthorized(match e.kind() {
+                E::ExpiredSignature => "the token has expired".into(),
+                E::ImmatureSignature => "the token is not valid yet (nbf)".into(),
+                E::InvalidSignature => "the token's signature is invalid".into(),
+                E::InvalidAlgorithm => "the token is signed with another algorithm".into(),
+                other => format!("the token is invalid: {other:?}"),
+            })
+        })?;
         let claims = data.claims;
+        let exp = claims.exp;
         let roles: Vec<Role> = match claims.other.get(&self.config.role_claim) {
             Some(serde_json::Value::String(role)) => role.parse().ok().into_iter().collect(),
             Some(serde_json::Value::Array(items)) => items
@@ -306,13 +351,28 @@ impl Verifier {
             })
             .transpose()
         };
-        Ok(Principal {
+        let principal = Principal {
             subject: claims.sub,
             roles,
             publish: patterns(claims.publish, "pub")?,
             consume: patterns(claims.consume, "subscribe")?,
-        })
+        };
+        Ok((principal, exp))
     }
+}
+
+/// The token of the `Authorization: Bearer` header.
+fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
+    let unauthorized = |detail: &str| ApiError::new(Kind::Unauthorized, detail.to_owned());
+    let value = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .ok_or_else(|| unauthorized("no token: send `Authorization: Bearer <jwt>`"))?;
+    value
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .map(str::trim)
+        .ok_or_else(|| unauthorized("the Authorization header is not `Bearer <jwt>`"))
 }
 
 /// What `mycelium token issue` asks for.
@@ -377,4 +437,84 @@ pub fn issue(config: &JwtConfig, request: &TokenRequest) -> Result<String, Strin
         ),
     };
     jsonwebtoken::encode(&Header::new(algorithm), &claims, &key).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> JwtConfig {
+        JwtConfig {
+            key: JwtKey::Hs256(b"a test secret of at least thirty-two bytes".to_vec()),
+            role_claim: "roles".into(),
+            leeway: Duration::from_secs(30),
+            issuer: None,
+            audience: None,
+        }
+    }
+
+    fn headers(token: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            axum::http::header::AUTHORIZATION,
+            format!("Bearer {token}").parse().unwrap(),
+        );
+        headers
+    }
+
+    fn now() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    }
+
+    #[test]
+    fn a_verified_token_is_remembered_until_it_expires() {
+        let verifier = Verifier::new(config()).unwrap();
+        let request = TokenRequest {
+            subject: "svc".into(),
+            roles: vec![Role::Producer],
+            ttl: Duration::from_secs(60),
+            publish: Some(vec!["orders.>".into()]),
+            consume: None,
+        };
+        let token = issue(&config(), &request).unwrap();
+        let first = verifier.principal(&headers(&token)).unwrap();
+        assert_eq!(verifier.verified.lock().len(), 1);
+        let again = verifier.principal_at(&headers(&token), now()).unwrap();
+        assert_eq!(again.subject, first.subject);
+        assert_eq!(again.roles, vec![Role::Producer]);
+        assert!(again.may_publish("orders.new").is_ok());
+        assert!(again.may_publish("payments.new").is_err());
+        // Within the leeway after `exp` it is still accepted; past it, refused and forgotten.
+        let exp = now() + 60;
+        assert!(verifier.principal_at(&headers(&token), exp + 30).is_ok());
+        let expired = verifier.principal_at(&headers(&token), exp + 120).unwrap_err();
+        assert!(expired.detail.contains("expired"), "{expired:?}");
+        assert!(verifier.verified.lock().is_empty());
+    }
+
+    #[test]
+    fn only_the_exact_verified_token_is_remembered() {
+        let verifier = Verifier::new(config()).unwrap();
+        let request = TokenRequest {
+            subject: "svc".into(),
+            roles: vec![Role::Consumer],
+            ttl: Duration::from_secs(60),
+            publish: None,
+            consume: None,
+        };
+        let token = issue(&config(), &request).unwrap();
+        verifier.principal(&headers(&token)).unwrap();
+        // Same header and claims, another signature: checked in full and refused.
+        let (rest, signature) = token.rsplit_once('.').unwrap();
+        let flipped = if signature.starts_with('A') { "B" } else { "A" };
+        let forged = format!("{rest}.{flipped}{}", &signature[1..]);
+        let error = verifier.principal(&headers(&forged)).unwrap_err();
+        assert!(error.detail.contains("signature"), "{error:?}");
+        assert_eq!(verifier.verified.lock().len(), 1, "a refused token is not kept");
+        let missing = verifier.principal(&HeaderMap::new()).unwrap_err();
+        assert!(missing.detail.contains("no token"), "{missing:?}");
+    }
 }
