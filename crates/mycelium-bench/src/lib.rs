@@ -7,6 +7,7 @@ mod durable;
 mod http;
 mod latency;
 mod payload;
+mod stalls;
 mod system;
 mod throughput;
 
@@ -141,6 +142,13 @@ enum Mode {
         /// Bearer token for --http-url.
         #[arg(long)]
         token: Option<String>,
+    },
+    /// The machine's own floor: one thread per CPU spins for --duration and reports the time it
+    /// was not running (gaps >= 0.1 ms). No broker; tail latencies measured here cannot be lower.
+    Stalls {
+        /// Seconds to spin.
+        #[arg(long, default_value_t = 10.0)]
+        duration: f64,
     },
     /// Cost curves: deliveries/s as subscribers (1..256) and payload size (16 B..64 KiB) grow; writes
     /// a Markdown table to stdout and PNG charts to --out.
@@ -353,6 +361,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
     if args.runs == 0 {
         bail!("--runs must be at least 1");
     }
+    if let Mode::Stalls { duration } = &args.mode {
+        return run_stalls(*duration, args.json).await;
+    }
     let spawned = match &args.target {
         Some(_) => None,
         None => Some(spawn_broker(args.broker_bin.clone())?),
@@ -496,7 +507,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
             durable::check(&w)?;
             ("durable", serde_json::to_value(&w)?)
         }
-        Mode::Curves { .. } | Mode::Http { .. } => unreachable!("handled above"),
+        Mode::Curves { .. } | Mode::Http { .. } | Mode::Stalls { .. } => unreachable!("handled above"),
     };
     if matches!(
         args.mode,
@@ -541,7 +552,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
                     let w: durable::Workload = serde_json_to(&workload_json)?;
                     durable::run(system, &w, &progress).await
                 }
-                Mode::Curves { .. } | Mode::Http { .. } => unreachable!("handled above"),
+                Mode::Curves { .. } | Mode::Http { .. } | Mode::Stalls { .. } => {
+                    unreachable!("handled above")
+                }
             };
             progress.finish_and_clear();
             let mut result = result.with_context(|| format!("{} over {}", system.kind, system.transport))?;
@@ -607,6 +620,26 @@ fn bench_token() -> anyhow::Result<String> {
         consume: None,
     };
     mycelium_http::issue(&jwt, &request).map_err(|e| anyhow::anyhow!(e))
+}
+
+async fn run_stalls(duration_s: f64, json: bool) -> anyhow::Result<bool> {
+    if !(duration_s > 0.0 && duration_s <= 3600.0) {
+        bail!("stalls needs a duration in seconds, above 0 and at most 3600");
+    }
+    let threads = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    if !json {
+        eprintln!("stalls: {threads} spinning threads for {duration_s} s");
+    }
+    let duration = Duration::from_secs_f64(duration_s);
+    let results = tokio::task::spawn_blocking(move || stalls::run(threads, duration)).await??;
+    if json {
+        let workload = serde_json::json!({"duration_s": duration_s, "threads": threads});
+        let report = serde_json::json!({"mode": "stalls", "workload": workload, "results": results});
+        println!("{report}");
+    } else {
+        print!("{}", stalls::table(&results));
+    }
+    Ok(true)
 }
 
 async fn run_http(

@@ -241,3 +241,33 @@ fn http_publish_bench_runs_single_and_batched() {
         assert!(row["p99_us"].as_f64().unwrap() > 0.0, "{row}");
     }
 }
+
+#[test]
+fn stalls_probe_reports_every_cpu_without_a_broker() {
+    let _serial = serial();
+    let out = Command::new(BIN)
+        .args(["bench", "stalls", "--duration", "0.2", "--json"])
+        .output()
+        .expect("run mycelium bench stalls");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_str(&stdout).expect("one JSON object");
+    assert_eq!(report["mode"], "stalls");
+    let threads = report["workload"]["threads"].as_u64().unwrap();
+    let results = report["results"].as_array().unwrap();
+    assert_eq!(results.len() as u64, threads);
+    for row in results {
+        assert!(row["duration_s"].as_f64().unwrap() >= 0.2, "{row}");
+        assert_eq!(row["gaps"].as_array().unwrap().len(), 4, "{row}");
+    }
+    let bad = Command::new(BIN)
+        .args(["bench", "stalls", "--duration", "0"])
+        .output()
+        .expect("run mycelium bench stalls");
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("duration"));
+}
