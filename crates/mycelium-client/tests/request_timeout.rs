@@ -1,0 +1,90 @@
+//! A request the broker never answers fails with `Timeout` after `request_timeout`, and the
+//! connection goes on working: the next request gets its own answer. The "broker" here is a
+//! scripted peer on a real Unix socket that ignores the first confirmed publish; time is paused.
+
+use std::time::Duration;
+
+use bytes::BytesMut;
+use mycelium_client::{Client, ClientOptions, ErrorKind};
+use mycelium_protocol::{DEFAULT_FRAME_BYTES_MAX, Frame, PublishOk, Welcome, decode, encode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixListener;
+
+/// Answers HELLO with WELCOME, drops the first PUBLISH and confirms every later one.
+async fn scripted_broker(listener: UnixListener) {
+    let (mut stream, _) = listener.accept().await.unwrap();
+    let mut buf = BytesMut::new();
+    let mut publishes = 0u64;
+    loop {
+        while let Some((decoded, used)) = decode(&buf, DEFAULT_FRAME_BYTES_MAX).unwrap() {
+            let mut out = BytesMut::new();
+            match decoded.frame {
+                Frame::Hello(_) => {
+                    let welcome = Welcome {
+                        version: mycelium_protocol::PROTOCOL_VERSION,
+                        connection_id: 1,
+                        frame_bytes_max: DEFAULT_FRAME_BYTES_MAX as u32,
+                        server_name: "scripted",
+                    };
+                    encode(&mut out, decoded.request_id, &Frame::Welcome(welcome)).unwrap();
+                }
+                Frame::Publish(_) => {
+                    publishes += 1;
+                    if publishes > 1 {
+                        let ok = PublishOk {
+                            sequence: publishes,
+                            message_id: [0; 16],
+                            duplicate: false,
+                        };
+                        encode(&mut out, decoded.request_id, &Frame::PublishOk(ok)).unwrap();
+                    }
+                }
+                Frame::Ping => encode(&mut out, decoded.request_id, &Frame::Pong).unwrap(),
+                _ => {}
+            }
+            let _ = buf.split_to(used);
+            if !out.is_empty() {
+                stream.write_all(&out).await.unwrap();
+            }
+        }
+        if stream.read_buf(&mut buf).await.unwrap_or(0) == 0 {
+            return;
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unanswered_request_times_out_and_the_connection_keeps_working() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("scripted.sock");
+    let listener = UnixListener::bind(&path).unwrap();
+    let broker = tokio::spawn(scripted_broker(listener));
+    let options = ClientOptions {
+        request_timeout: Duration::from_secs(3),
+        ..ClientOptions::default()
+    };
+    let client = Client::connect_with(&format!("unix://{}", path.display()), options)
+        .await
+        .unwrap();
+
+    let started = tokio::time::Instant::now();
+    // Bounded from outside, so a client that never times out fails here instead of hanging.
+    let error = tokio::time::timeout(
+        Duration::from_secs(60),
+        client.publish_confirmed("orders", b"lost"),
+    )
+    .await
+    .expect("the client's own request timeout fires first")
+    .unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Timeout, "{error}");
+    assert!(
+        started.elapsed() >= Duration::from_secs(3),
+        "not before the timeout"
+    );
+    assert!(error.to_string().contains("3s"), "{error}");
+
+    // The next request is answered, and gets its own answer (sequence 2), not a stale one.
+    assert_eq!(client.publish_confirmed("orders", b"kept").await.unwrap(), 2);
+    client.close().await;
+    broker.abort();
+}
