@@ -27,7 +27,10 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .worker_threads(2)
                 .enable_all()
                 .build()?;
-            let all_delivered = runtime.block_on(mycelium_bench::run(args))?;
+            // On a worker, as an application's tasks run: a confirm or delivery wakes the bench's
+            // task on the worker that read it, not the main thread parked in `block_on`.
+            let all_delivered =
+                runtime.block_on(async { tokio::spawn(mycelium_bench::run(args)).await })??;
             Ok(if all_delivered {
                 ExitCode::SUCCESS
             } else {
