@@ -286,13 +286,17 @@ fn spawn_broker(binary: Option<PathBuf>) -> anyhow::Result<Spawned> {
         tcp,
         http,
     };
+    // Up once every listener accepts (they bind one after another).
     for _ in 0..500 {
-        if std::os::unix::net::UnixStream::connect(&spawned.socket).is_ok() {
+        let up = std::os::unix::net::UnixStream::connect(&spawned.socket).is_ok()
+            && std::net::TcpStream::connect(&spawned.tcp).is_ok()
+            && std::net::TcpStream::connect(&spawned.http).is_ok();
+        if up {
             return Ok(spawned);
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-    bail!("the spawned broker did not come up")
+    bail!("the spawned broker did not come up (Unix socket, TCP and HTTP listeners)")
 }
 
 fn parse_compare(spec: &str) -> anyhow::Result<Vec<System>> {
