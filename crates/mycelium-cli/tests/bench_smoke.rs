@@ -19,10 +19,15 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 
 fn bench(args: &[&str]) -> serde_json::Value {
     let _serial = serial();
+    run_json(&[args, &["--runs", "1", "--compare", PEERS]].concat())
+}
+
+/// Runs `mycelium bench ARGS --json`; it must succeed and print exactly one JSON object.
+fn run_json(args: &[&str]) -> serde_json::Value {
     let out = Command::new(BIN)
         .arg("bench")
         .args(args)
-        .args(["--runs", "1", "--json", "--compare", PEERS])
+        .arg("--json")
         .output()
         .expect("run mycelium bench");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -222,18 +227,7 @@ fn http_publish_bench_runs_single_and_batched() {
         &["--batch", "50", "-c", "2"][..],
         &["--rate", "200"][..],
     ] {
-        let out = Command::new(BIN)
-            .args(["bench", "http", "--duration", "0.3", "--runs", "1", "--json"])
-            .args(extra)
-            .output()
-            .expect("run mycelium bench http");
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "{stdout}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let report: serde_json::Value = serde_json::from_str(&stdout).expect("one JSON object");
+        let report = run_json(&[&["http", "--duration", "0.3", "--runs", "1"][..], extra].concat());
         assert_eq!(report["mode"], "http");
         let row = &report["results"][0];
         assert_eq!(row["transport"], "http");
@@ -245,17 +239,7 @@ fn http_publish_bench_runs_single_and_batched() {
 #[test]
 fn stalls_probe_reports_every_cpu_without_a_broker() {
     let _serial = serial();
-    let out = Command::new(BIN)
-        .args(["bench", "stalls", "--duration", "0.2", "--json"])
-        .output()
-        .expect("run mycelium bench stalls");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_str(&stdout).expect("one JSON object");
+    let report = run_json(&["stalls", "--duration", "0.2"]);
     assert_eq!(report["mode"], "stalls");
     let threads = report["workload"]["threads"].as_u64().unwrap();
     let results = report["results"].as_array().unwrap();
