@@ -615,6 +615,7 @@ fn bench_token() -> anyhow::Result<String> {
         leeway: Duration::from_secs(30),
         issuer: None,
         audience: None,
+        cache_tokens: 0, // only signs the bench token
     };
     let request = mycelium_http::TokenRequest {
         subject: "mycelium-bench".into(),
@@ -627,8 +628,11 @@ fn bench_token() -> anyhow::Result<String> {
 }
 
 async fn run_stalls(duration_s: f64, json: bool) -> anyhow::Result<bool> {
-    if !(duration_s > 0.0 && duration_s <= 3600.0) {
-        bail!("stalls needs a duration in seconds, above 0 and at most 3600");
+    if !(duration_s > 0.0 && duration_s <= stalls::DURATION_MAX_S) {
+        bail!(
+            "stalls needs a duration in seconds, above 0 and at most {}",
+            stalls::DURATION_MAX_S
+        );
     }
     let threads = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
     if !json {

@@ -9,6 +9,9 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+/// The longest a probe may spin (seconds).
+pub const DURATION_MAX_S: f64 = 3600.0;
+
 /// Gaps at least this long are counted.
 const THRESHOLDS_US: [u64; 4] = [100, 500, 1_000, 2_000];
 

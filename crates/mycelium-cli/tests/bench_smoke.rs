@@ -248,10 +248,13 @@ fn stalls_probe_reports_every_cpu_without_a_broker() {
         assert!(row["duration_s"].as_f64().unwrap() >= 0.2, "{row}");
         assert_eq!(row["gaps"].as_array().unwrap().len(), 4, "{row}");
     }
-    let bad = Command::new(BIN)
-        .args(["bench", "stalls", "--duration", "0"])
-        .output()
-        .expect("run mycelium bench stalls");
-    assert!(!bad.status.success());
-    assert!(String::from_utf8_lossy(&bad.stderr).contains("duration"));
+    for duration in ["0", "3601"] {
+        let bad = Command::new(BIN)
+            .args(["bench", "stalls", "--duration", duration])
+            .output()
+            .expect("run mycelium bench stalls");
+        assert!(!bad.status.success(), "--duration {duration}");
+        let stderr = String::from_utf8_lossy(&bad.stderr);
+        assert!(stderr.contains("above 0 and at most 3600"), "{stderr}");
+    }
 }

@@ -34,6 +34,7 @@ fn token(roles: &[&str]) -> String {
         leeway: Duration::from_secs(5),
         issuer: None,
         audience: None,
+        cache_tokens: 4096,
     };
     let request = mycelium_http::TokenRequest {
         subject: "test".into(),

@@ -93,6 +93,8 @@ pub struct JwtConfig {
     pub issuer: Option<String>,
     /// Required `aud`, if set.
     pub audience: Option<String>,
+    /// Verified tokens remembered by their exact text (0: every request checked in full).
+    pub cache_tokens: usize,
 }
 
 /// A checked caller.
@@ -205,6 +207,7 @@ pub struct Verifier {
     /// Tokens already verified, by their exact text: a client sends the same token on every
     /// request, and checking its signature and claims each time was a visible share of a
     /// publish's cost. Only the expiry can change a cached verdict; it is checked on every hit.
+    /// At most `config.cache_tokens`; it starts over when full.
     verified: Mutex<HashMap<Box<str>, Verified>>,
 }
 
@@ -214,9 +217,6 @@ struct Verified {
     principal: Principal,
     valid_until: u64,
 }
-
-/// Verified tokens kept at most; the cache starts over when full.
-const VERIFIED_MAX: usize = 4096;
 
 impl std::fmt::Debug for Verifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -295,8 +295,11 @@ impl Verifier {
             return Ok(cached.principal);
         }
         let (principal, exp) = self.verify(token)?;
+        if self.config.cache_tokens == 0 {
+            return Ok(principal);
+        }
         let mut verified = self.verified.lock();
-        if verified.len() >= VERIFIED_MAX {
+        if verified.len() >= self.config.cache_tokens {
             verified.clear();
         }
         verified.insert(
@@ -450,6 +453,7 @@ mod tests {
             leeway: Duration::from_secs(30),
             issuer: None,
             audience: None,
+            cache_tokens: 4096,
         }
     }
 
@@ -469,28 +473,31 @@ mod tests {
             .as_secs()
     }
 
+    fn token(roles: Vec<Role>, publish: Option<Vec<String>>) -> String {
+        let request = TokenRequest {
+            subject: "svc".into(),
+            roles,
+            ttl: Duration::from_secs(60),
+            publish,
+            consume: None,
+        };
+        issue(&config(), &request).unwrap()
+    }
+
     #[test]
     fn a_verified_token_is_remembered_until_it_expires() {
         let verifier = Verifier::new(config()).unwrap();
-        let request = TokenRequest {
-            subject: "svc".into(),
-            roles: vec![Role::Producer],
-            ttl: Duration::from_secs(60),
-            publish: Some(vec!["orders.>".into()]),
-            consume: None,
-        };
-        let token = issue(&config(), &request).unwrap();
+        let token = token(vec![Role::Producer], Some(vec!["orders.>".into()]));
         let first = verifier.principal(&headers(&token)).unwrap();
-        assert_eq!(verifier.verified.lock().len(), 1);
-        let again = verifier.principal_at(&headers(&token), now()).unwrap();
+        let until = verifier.verified.lock()[token.as_str()].valid_until;
+        let again = verifier.principal_at(&headers(&token), until).unwrap();
         assert_eq!(again.subject, first.subject);
         assert_eq!(again.roles, vec![Role::Producer]);
         assert!(again.may_publish("orders.new").is_ok());
         assert!(again.may_publish("payments.new").is_err());
-        // Within the leeway after `exp` it is still accepted; past it, refused and forgotten.
-        let exp = now() + 60;
-        assert!(verifier.principal_at(&headers(&token), exp + 30).is_ok());
-        let expired = verifier.principal_at(&headers(&token), exp + 120).unwrap_err();
+        // `exp` + leeway is the last second it is accepted; after it, refused and forgotten.
+        assert!(until >= now() + 89, "exp (60 s from issue) + leeway (30 s)");
+        let expired = verifier.principal_at(&headers(&token), until + 1).unwrap_err();
         assert!(expired.detail.contains("expired"), "{expired:?}");
         assert!(verifier.verified.lock().is_empty());
     }
@@ -498,14 +505,7 @@ mod tests {
     #[test]
     fn only_the_exact_verified_token_is_remembered() {
         let verifier = Verifier::new(config()).unwrap();
-        let request = TokenRequest {
-            subject: "svc".into(),
-            roles: vec![Role::Consumer],
-            ttl: Duration::from_secs(60),
-            publish: None,
-            consume: None,
-        };
-        let token = issue(&config(), &request).unwrap();
+        let token = token(vec![Role::Consumer], None);
         verifier.principal(&headers(&token)).unwrap();
         // Same header and claims, another signature: checked in full and refused.
         let (rest, signature) = token.rsplit_once('.').unwrap();
@@ -516,5 +516,35 @@ mod tests {
         assert_eq!(verifier.verified.lock().len(), 1, "a refused token is not kept");
         let missing = verifier.principal(&HeaderMap::new()).unwrap_err();
         assert!(missing.detail.contains("no token"), "{missing:?}");
+    }
+
+    #[test]
+    fn the_cache_keeps_at_most_its_limit_and_zero_turns_it_off() {
+        let limited = Verifier::new(JwtConfig {
+            cache_tokens: 2,
+            ..config()
+        })
+        .unwrap();
+        let tokens: Vec<String> = ["a.>", "b.>", "c.>"]
+            .iter()
+            .map(|p| token(vec![Role::Producer], Some(vec![(*p).into()])))
+            .collect();
+        for token in &tokens[..2] {
+            limited.principal(&headers(token)).unwrap();
+        }
+        assert_eq!(limited.verified.lock().len(), 2);
+        // Full: it starts over with the new token.
+        limited.principal(&headers(&tokens[2])).unwrap();
+        assert_eq!(limited.verified.lock().len(), 1);
+        assert!(limited.verified.lock().contains_key(tokens[2].as_str()));
+
+        let off = Verifier::new(JwtConfig {
+            cache_tokens: 0,
+            ..config()
+        })
+        .unwrap();
+        let principal = off.principal(&headers(&tokens[0])).unwrap();
+        assert!(principal.may_publish("a.x").is_ok());
+        assert!(off.verified.lock().is_empty(), "every request checked in full");
     }
 }

@@ -23,6 +23,7 @@ fn jwt() -> JwtConfig {
         leeway: Duration::from_secs(0),
         issuer: None,
         audience: None,
+        cache_tokens: 4096,
     }
 }
 

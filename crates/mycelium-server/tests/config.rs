@@ -223,3 +223,19 @@ fn segment_reserve_and_inline_flush_bytes_are_read_checked_and_reach_the_broker(
         "{error}"
     );
 }
+
+#[test]
+fn jwt_cache_tokens_is_read_checked_and_reaches_the_verifier_settings() {
+    let defaults = Config::default();
+    assert_eq!(defaults.http.jwt_cache_tokens, 4096);
+    let file =
+        write("[http]\njwt_secret = \"a test secret of at least thirty-two bytes\"\njwt_cache_tokens = 0\n");
+    let config = Config::load(Some(file.path()), no_env()).unwrap();
+    assert_eq!(config.jwt_config().unwrap().unwrap().cache_tokens, 0);
+    let file = write("[http]\njwt_cache_tokens = 2000000\n");
+    let error = Config::load(Some(file.path()), no_env()).unwrap_err().to_string();
+    assert!(
+        error.contains("http.jwt_cache_tokens: must be at most 1000000 (0 turns the cache off)"),
+        "{error}"
+    );
+}

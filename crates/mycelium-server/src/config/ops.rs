@@ -118,6 +118,9 @@ pub struct HttpSection {
     pub jwt_issuer: String,
     /// Required `aud` (empty: not checked).
     pub jwt_audience: String,
+    /// Verified tokens remembered (by their exact text) so their signature is not checked again
+    /// on every request; 0 checks every request in full.
+    pub jwt_cache_tokens: usize,
     /// Largest request body.
     pub max_body_size: ByteSize,
     /// Time a client has to send a request's headers.
@@ -129,6 +132,9 @@ pub struct HttpSection {
     /// Rate limits.
     pub rate_limits: RateLimitSection,
 }
+
+/// The most verified tokens `[http] jwt_cache_tokens` may keep.
+pub const JWT_CACHE_TOKENS_MAX: usize = 1_000_000;
 
 impl Default for HttpSection {
     fn default() -> Self {
@@ -145,6 +151,7 @@ impl Default for HttpSection {
             jwt_leeway: HumanDuration(Duration::from_secs(30)),
             jwt_issuer: String::new(),
             jwt_audience: String::new(),
+            jwt_cache_tokens: 4096,
             max_body_size: ByteSize(16 << 20),
             header_timeout: HumanDuration(Duration::from_secs(10)),
             request_timeout: HumanDuration(Duration::from_secs(60)),
@@ -240,6 +247,12 @@ impl Config {
             if h.jwt_role_claim.is_empty() {
                 bad("http.jwt_role_claim".into(), "must not be empty".into());
             }
+            if h.jwt_cache_tokens > JWT_CACHE_TOKENS_MAX {
+                bad(
+                    "http.jwt_cache_tokens".into(),
+                    format!("must be at most {JWT_CACHE_TOKENS_MAX} (0 turns the cache off)"),
+                );
+            }
             if h.max_body_size.0 < 1024 {
                 bad("http.max_body_size".into(), "must be at least 1 KiB".into());
             }
@@ -310,6 +323,7 @@ impl Config {
             leeway: h.jwt_leeway.0,
             issuer: text(&h.jwt_issuer),
             audience: text(&h.jwt_audience),
+            cache_tokens: h.jwt_cache_tokens,
         }))
     }
 
