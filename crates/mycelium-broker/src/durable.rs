@@ -522,11 +522,10 @@ impl Writer {
             }
             let defaults = &self.config.log;
             let limits = LogConfig {
-                segment_bytes: defaults.segment_bytes,
-                reserve_bytes: defaults.reserve_bytes,
                 retention_messages: spec.retention_messages.or(defaults.retention_messages),
                 retention_bytes: spec.retention_bytes.or(defaults.retention_bytes),
                 retention_age: spec.retention_age.or(defaults.retention_age),
+                ..defaults.clone()
             };
             match self.backend.apply_retention(topic.name(), &limits, now) {
                 Ok(0) => {}

@@ -57,9 +57,13 @@ pub struct StorageSection {
     pub fsync_bytes: ByteSize,
     /// A segment file rolls over at this size.
     pub segment_size: ByteSize,
-    /// Disk space a segment reserves ahead of its records, in steps of this size (0: none).
-    /// Reserved space makes an fsync after an append cheaper; a sealed segment gives back the rest.
+    /// Disk space a segment prepares ahead of its records, at least this much (0: none).
+    /// Prepared space makes an fsync after an append cheaper; a sealed segment gives back the rest.
     pub segment_reserve: ByteSize,
+    /// Prepare that space by writing zeros into it (default; the fsync of an append then flushes
+    /// data only, like PostgreSQL's `wal_init_zero`); false: reserve it with `fallocate` only
+    /// (half the bytes written, for copy-on-write file systems or write-limited disks).
+    pub segment_zero_fill: bool,
     /// Durable publishes queued for the storage writer before publishers wait.
     pub queue_capacity: usize,
     /// Publishes the storage writer appends in one go, at most.
@@ -87,6 +91,7 @@ impl Default for StorageSection {
             fsync_bytes: ByteSize(1 << 20),
             segment_size: ByteSize(64 << 20),
             segment_reserve: ByteSize(4 << 20),
+            segment_zero_fill: true,
             queue_capacity: 65_536,
             write_batch: 4096,
             ack_persist_interval: HumanDuration(Duration::from_millis(20)),
@@ -705,6 +710,7 @@ impl Config {
                 log: mycelium_storage::LogConfig {
                     segment_bytes: self.storage.segment_size.0,
                     reserve_bytes: self.storage.segment_reserve.0,
+                    zero_fill: self.storage.segment_zero_fill,
                     retention_messages: self.storage.retention_messages,
                     retention_bytes: self.storage.retention_bytes.map(|b| b.0),
                     retention_age: self.storage.retention_age.map(|d| d.0),

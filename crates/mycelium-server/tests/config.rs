@@ -203,13 +203,20 @@ fn contradictory_delivery_settings_are_reported_by_key() {
 }
 
 #[test]
-fn segment_reserve_and_inline_flush_bytes_are_read_checked_and_reach_the_broker() {
+fn segment_reserve_zero_fill_and_inline_flush_bytes_are_read_checked_and_reach_the_broker() {
     let defaults = Config::default();
     assert_eq!(defaults.storage.segment_reserve.0, 4 << 20);
+    assert!(
+        defaults.broker_config().durable.log.zero_fill,
+        "zero-filled by default"
+    );
     assert_eq!(defaults.performance.inline_flush_bytes.0, 64 << 10);
-    let file = write("[storage]\nsegment_reserve = \"1 MiB\"\n[performance]\ninline_flush_bytes = 0\n");
+    let file = write(
+        "[storage]\nsegment_reserve = \"1 MiB\"\nsegment_zero_fill = false\n[performance]\ninline_flush_bytes = 0\n",
+    );
     let config = Config::load(Some(file.path()), no_env()).unwrap();
     assert_eq!(config.broker_config().durable.log.reserve_bytes, 1 << 20);
+    assert!(!config.broker_config().durable.log.zero_fill);
     assert_eq!(config.performance.inline_flush_bytes.0, 0);
     let file =
         write("[storage]\nsegment_reserve = \"2 GiB\"\n[performance]\ninline_flush_bytes = \"32 MiB\"\n");

@@ -16,6 +16,9 @@ pub struct LogConfig {
     /// Disk space the active segment reserves ahead of its records, in steps of this many bytes
     /// (0: none; see `segment.rs`).
     pub reserve_bytes: u64,
+    /// Prepare that space by writing zeros into it (an fdatasync then flushes data only, no
+    /// allocation to journal); false: reserve it with `fallocate(KEEP_SIZE)`.
+    pub zero_fill: bool,
     /// Keep at most this many messages (older whole segments are deleted).
     pub retention_messages: Option<u64>,
     /// Keep at most this many bytes.
@@ -29,6 +32,7 @@ impl Default for LogConfig {
         LogConfig {
             segment_bytes: 64 << 20,
             reserve_bytes: 4 << 20,
+            zero_fill: true,
             retention_messages: None,
             retention_bytes: None,
             retention_age: None,
@@ -154,7 +158,12 @@ impl SegmentLog {
             self.segments.push(segment);
         }
         let active = self.segments.last_mut().expect("a segment was just ensured");
-        active.append(messages, &mut self.scratch, self.config.reserve_bytes)?;
+        active.append(
+            messages,
+            &mut self.scratch,
+            self.config.reserve_bytes,
+            self.config.zero_fill,
+        )?;
         self.next += messages.len() as u64;
         Ok(())
     }

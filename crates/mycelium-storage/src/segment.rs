@@ -15,13 +15,25 @@ use crate::{RecoveryReport, StorageError};
 const INDEX_EVERY: u64 = 64;
 /// Bytes read per system call when scanning records.
 const READ_CHUNK: usize = 256 * 1024;
-// Disk space reserved ahead of the write position (`LogConfig::reserve_bytes`).
+// Disk space prepared ahead of the write position (`LogConfig::reserve_bytes`).
 //
 // Appending to a file makes every fdatasync also allocate blocks and journal the allocation:
 // measured on this project's ext4 machines, a 40 KB append + fdatasync takes ~1.4 ms, and
-// ~0.19 ms when the blocks were reserved beforehand with `fallocate(KEEP_SIZE)`. The reservation
-// keeps the file's size (readers and recovery never see it); a sealed segment gives back what it
-// did not use.
+// ~0.19 ms when the blocks were reserved beforehand with `fallocate(KEEP_SIZE)`. Reserved blocks
+// are still marked unwritten, so each sync also journals their conversion; blocks that already
+// hold zeros are plain overwrites, and the sync flushes data only (18 KB appends + fdatasync:
+// ~300 us reserved, ~175 us over zeros; with the zeros themselves written ahead in 1 MiB pieces
+// that each ride along with one sync, ~255 us). So by default (`LogConfig::zero_fill`) the active
+// segment keeps zeros written ahead of its records, as PostgreSQL does for its WAL
+// (`wal_init_zero`); otherwise it reserves with `fallocate(KEEP_SIZE)`.
+//
+// Zeros beyond the records are never a record (a record's body is at least `MESSAGE_MIN_BYTES`
+// long), so recovery reads an all-zero tail as free space, not as damage. A sealed segment gives
+// back what it did not use.
+
+/// The most zeros one append writes ahead (the rest follows with later appends).
+const ZERO_CHUNK: usize = 1 << 20;
+static ZEROS: [u8; ZERO_CHUNK] = [0; ZERO_CHUNK];
 
 #[derive(Debug, Clone, Copy)]
 struct IndexEntry {
@@ -38,7 +50,7 @@ pub(crate) struct Segment {
     file: File,
     /// Bytes of whole records (the file is cut back to this on a failed write).
     pub(crate) len: u64,
-    /// Disk space reserved up to this offset (see `LogConfig::reserve_bytes`).
+    /// Disk space prepared up to this offset: reserved, or zero-filled (then the file's size).
     reserved: u64,
     index: Vec<IndexEntry>,
     /// Byte ranges found corrupt at recovery, skipped by reads.
@@ -130,10 +142,27 @@ impl Segment {
                     report.records += 1;
                 }
                 Probe::Short | Probe::Corrupt => {
+                    if data[pos..].iter().all(|&b| b == 0) {
+                        // Space zero-filled ahead of the records: free, not damage. The active
+                        // segment writes over it; a sealed one gives it back.
+                        segment.len = pos as u64;
+                        if is_last {
+                            segment.reserved = data.len() as u64;
+                        } else {
+                            segment
+                                .file
+                                .set_len(pos as u64)
+                                .map_err(|e| StorageError::io(path, e))?;
+                        }
+                        break;
+                    }
                     let next = resync(&data, pos + 1, last);
                     if next >= data.len() {
-                        // Nothing valid after this point: a torn or garbled tail.
-                        report.truncated_bytes += (data.len() - pos) as u64;
+                        // Nothing valid after this point: a torn or garbled tail (zeros before
+                        // and after it are prepared space, not part of the damage).
+                        let first = data[pos..].iter().position(|&b| b != 0).map_or(pos, |i| pos + i);
+                        let damaged = data.iter().rposition(|&b| b != 0).map_or(pos, |i| i + 1);
+                        report.truncated_bytes += (damaged - first) as u64;
                         if is_last {
                             segment
                                 .file
@@ -146,7 +175,7 @@ impl Segment {
                         tracing::warn!(
                             segment = %path.display(),
                             offset = pos,
-                            bytes = data.len() - pos,
+                            bytes = damaged - first,
                             "dropped a torn or corrupt tail"
                         );
                         break;
@@ -182,11 +211,13 @@ impl Segment {
     }
 
     /// Appends `messages` in one write. On failure the file is cut back: nothing partial remains.
+    /// Then prepares disk space ahead (`reserve_bytes`, zero-filled or reserved, see the top).
     pub(crate) fn append(
         &mut self,
         messages: &[StoredMessage],
         scratch: &mut BytesMut,
         reserve_bytes: u64,
+        zero_fill: bool,
     ) -> Result<(), StorageError> {
         scratch.clear();
         let mut offsets = Vec::with_capacity(messages.len());
@@ -197,7 +228,10 @@ impl Segment {
             message.encode(&mut body)?;
             frame(scratch, &body);
         }
-        self.reserve(self.len + scratch.len() as u64, reserve_bytes);
+        let end = self.len + scratch.len() as u64;
+        if !zero_fill {
+            self.reserve(end, reserve_bytes);
+        }
         if let Err(error) = self.file.write_all_at(scratch, self.len) {
             let _ = self.file.set_len(self.len);
             self.reserved = self.len;
@@ -206,8 +240,32 @@ impl Segment {
         for (message, offset) in messages.iter().zip(offsets) {
             self.note(message.sequence, offset, message.publish_ns);
         }
-        self.len += scratch.len() as u64;
+        self.len = end;
+        if zero_fill {
+            self.zero_ahead(reserve_bytes);
+        }
         Ok(())
+    }
+
+    /// Keeps zeros written at least `ahead` bytes past the records, one `ZERO_CHUNK` (or `ahead`
+    /// if smaller) per call, so that no single sync carries more than that and most carry none.
+    /// Best effort: where the disk is too full, the appends that follow allocate as they go and
+    /// report a full disk themselves (the zeros that were written keep their space for records).
+    fn zero_ahead(&mut self, ahead: u64) {
+        let target = self.len + ahead;
+        if ahead == 0 || target <= self.reserved {
+            return;
+        }
+        let from = self.reserved.max(self.len);
+        let n = ahead.min(ZERO_CHUNK as u64);
+        match self.file.write_all_at(&ZEROS[..n as usize], from) {
+            Ok(()) => self.reserved = from + n,
+            Err(error) => {
+                // Do not retry on every append: try again once this much more has been written.
+                self.reserved = target;
+                tracing::debug!(segment = %self.path.display(), %error, "could not zero-fill disk space ahead");
+            }
+        }
     }
 
     /// Reserves disk space up to `end` (and `step` beyond) without changing the file's size. Best

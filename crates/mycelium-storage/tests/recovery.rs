@@ -24,6 +24,11 @@ fn write_log(dir: &std::path::Path) -> (std::path::PathBuf, Vec<(usize, usize)>)
     let mut pos = 0;
     while pos < data.len() {
         let len = u32::from_le_bytes(data[pos..pos + 4].try_into().unwrap()) as usize;
+        if len == 0 {
+            // The zeros written ahead of the records.
+            assert!(data[pos..].iter().all(|&b| b == 0));
+            break;
+        }
         records.push((pos, 8 + len));
         pos += 8 + len;
     }
@@ -221,14 +226,107 @@ fn a_full_disk_gives_a_clear_error_and_corrupts_nothing() {
     );
 }
 
-/// The active segment reserves disk space ahead of its records without growing the file (an
-/// fdatasync after an append then only flushes data); a sealed segment gives the rest back.
+/// A torn record written over the zeros ahead of the records: only its own bytes are reported,
+/// the file keeps working from the last whole record.
+#[test]
+fn a_torn_record_in_the_zeroed_space_is_cut_and_only_its_bytes_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, records) = write_log(dir.path());
+    let (last_start, last_len) = records[99];
+    let end = (last_start + last_len) as u64;
+    let size = std::fs::metadata(&path).unwrap().len();
+    assert!(
+        size >= end + (1 << 20),
+        "zeros written ahead: {size} bytes for {end} of records"
+    );
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    file.write_all_at(&[0xAB; 37], end).unwrap();
+    drop(file);
+    let (mut log, report) = SegmentLog::open(dir.path(), LogConfig::default()).unwrap();
+    assert_eq!(
+        (report.records, report.truncated_bytes, report.corrupt_regions),
+        (100, 37, 0),
+        "{report:?}"
+    );
+    assert_eq!(log.bounds().next, 101);
+    log.append(&batch(101, 5)).unwrap();
+    log.sync().unwrap();
+    drop(log);
+    let (log, report) = SegmentLog::open(dir.path(), LogConfig::default()).unwrap();
+    assert_eq!((report.records, report.truncated_bytes), (105, 0), "{report:?}");
+    assert_eq!(log.read(1, usize::MAX, usize::MAX).unwrap(), batch(1, 105));
+}
+
+/// By default the active segment keeps zeros written ahead of its records (an fdatasync after
+/// an append then flushes data only): the file is longer than its records, recovery reads the
+/// zeros as free space (no loss reported) and appends write over them; a sealed segment gives
+/// the rest back.
+#[test]
+fn the_active_segment_keeps_zeros_ahead_and_a_sealed_one_gives_them_back() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let config = LogConfig {
+        segment_bytes: 64 << 10,
+        ..LogConfig::default()
+    };
+    let (mut log, _) = SegmentLog::open(dir.path(), config.clone()).unwrap();
+    log.append(&batch(1, 10)).unwrap();
+    log.sync().unwrap();
+    let first = log.segment_paths()[0].clone();
+    let meta = std::fs::metadata(&first).unwrap();
+    assert!(
+        meta.len() >= 1 << 20,
+        "zeros ahead: the file is {} bytes",
+        meta.len()
+    );
+    assert!(
+        meta.blocks() * 512 >= 1 << 20,
+        "{} bytes allocated",
+        meta.blocks() * 512
+    );
+    // A restart without sealing (as after a crash): the zeros are free space, not damage.
+    drop(log);
+    let (mut log, report) = SegmentLog::open(dir.path(), config.clone()).unwrap();
+    assert_eq!(
+        (report.records, report.truncated_bytes, report.corrupt_regions),
+        (10, 0, 0),
+        "{report:?}"
+    );
+    assert_eq!(log.bounds().next, 11);
+    // Appends continue over the zeros until the segment rolls; the sealed one is cut back.
+    let mut from = 11;
+    while log.segment_paths().len() < 2 {
+        log.append(&batch(from, 10)).unwrap();
+        from += 10;
+    }
+    let meta = std::fs::metadata(&first).unwrap();
+    assert!(
+        meta.len() < 80 << 10 && meta.blocks() * 512 < 128 << 10,
+        "a sealed segment keeps only its records: {} bytes, {} allocated",
+        meta.len(),
+        meta.blocks() * 512
+    );
+    log.sync().unwrap();
+    drop(log);
+    let (log, report) = SegmentLog::open(dir.path(), config).unwrap();
+    assert_eq!(
+        (report.records, report.truncated_bytes, report.corrupt_regions),
+        (from - 1, 0, 0),
+        "{report:?}"
+    );
+    assert_eq!(log.read(1, usize::MAX, usize::MAX).unwrap(), batch(1, from - 1));
+}
+
+/// With `zero_fill = false` the active segment reserves disk space ahead of its records without
+/// growing the file (`fallocate(KEEP_SIZE)`); a sealed segment gives the rest back.
 #[test]
 fn the_active_segment_reserves_space_ahead_and_a_sealed_one_gives_it_back() {
     use std::os::unix::fs::MetadataExt;
     let dir = tempfile::tempdir().unwrap();
     let config = LogConfig {
         segment_bytes: 2048,
+        zero_fill: false,
         ..LogConfig::default()
     };
     let (mut log, _) = SegmentLog::open(dir.path(), config.clone()).unwrap();
