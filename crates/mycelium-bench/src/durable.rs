@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use bytes::Bytes;
 use futures_util::StreamExt;
-use futures_util::stream::FuturesUnordered;
 use indicatif::ProgressBar;
 use mycelium_client::{Client, ClientOptions, DurableOptions, StartPosition};
 use serde::{Deserialize, Serialize};
@@ -153,19 +152,23 @@ async fn mycelium(system: &System, w: &Workload, progress: &ProgressBar) -> anyh
         None
     };
     let started = Instant::now();
-    let mut in_flight = FuturesUnordered::new();
+    // As for JetStream below: publishes sent at once, their confirmations awaited in order.
+    let mut in_flight = VecDeque::new();
     for index in 0..w.count {
         if in_flight.len() >= w.window
-            && let Some(result) = in_flight.next().await
+            && let Some(confirm) = in_flight.pop_front()
         {
-            let _: u64 = result?;
+            let _: mycelium_client::Confirmed = confirm.await?;
             progress.inc(1);
         }
-        let (client, topic, data) = (&publisher, topic.as_str(), payload(index, w.size));
-        in_flight.push(async move { client.publish_confirmed(topic, &data).await });
+        in_flight.push_back(
+            publisher
+                .publish_pipelined(&topic, payload(index, w.size))
+                .await?,
+        );
     }
-    while let Some(result) = in_flight.next().await {
-        result?;
+    for confirm in in_flight {
+        confirm.await?;
         progress.inc(1);
     }
     let published_in = started.elapsed();

@@ -230,6 +230,102 @@ pub struct Client {
     _close: Arc<CloseOnDrop>,
 }
 
+/// Waits for the answer to request `id` until `request_timeout` after it was sent. The timer is
+/// made only if the answer is not there at the first poll, so a caller that keeps many requests
+/// in flight and awaits them in order arms one timer at a time, not one per request.
+struct ReplyWait {
+    id: u32,
+    rx: oneshot::Receiver<Result<Reply, Error>>,
+    deadline: tokio::time::Instant,
+    timeout: Duration,
+    timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl ReplyWait {
+    fn new(id: u32, rx: oneshot::Receiver<Result<Reply, Error>>, timeout: Duration) -> ReplyWait {
+        ReplyWait {
+            id,
+            rx,
+            deadline: tokio::time::Instant::now() + timeout,
+            timeout,
+            timer: None,
+        }
+    }
+
+    fn poll_reply(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        shared: &Shared,
+    ) -> std::task::Poll<Result<Reply, Error>> {
+        use std::future::Future;
+        use std::task::Poll;
+        match std::pin::Pin::new(&mut self.rx).poll(cx) {
+            Poll::Ready(Ok(result)) => return Poll::Ready(result),
+            Poll::Ready(Err(_)) => {
+                return Poll::Ready(Err(Error::new(
+                    ErrorKind::Disconnected,
+                    "connection lost before the answer",
+                )));
+            }
+            Poll::Pending => {}
+        }
+        let deadline = self.deadline;
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if timer.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        shared.pending.lock().remove(&self.id);
+        Poll::Ready(Err(Error::new(
+            ErrorKind::Timeout,
+            format!("no answer within {:?}", self.timeout),
+        )))
+    }
+}
+
+/// A publish on its way to the broker: resolves to the broker's confirmation (see
+/// [`Client::publish_pipelined`]). Dropping it gives up waiting; the message is sent regardless.
+#[must_use = "the confirmation is only known by awaiting it"]
+pub struct PendingConfirm {
+    shared: Arc<Shared>,
+    wait: ReplyWait,
+}
+
+impl std::fmt::Debug for PendingConfirm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingConfirm")
+            .field("request_id", &self.wait.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::future::Future for PendingConfirm {
+    type Output = Result<Confirmed, Error>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let this = self.get_mut();
+        this.wait
+            .poll_reply(cx, &this.shared)
+            .map(|reply| confirmed(reply?))
+    }
+}
+
+/// The answer to a confirmed PUBLISH.
+fn confirmed(reply: Reply) -> Result<Confirmed, Error> {
+    match reply {
+        Reply::Published(ok) => Ok(Confirmed {
+            sequence: ok.sequence,
+            id: ok.message_id,
+            duplicate: ok.duplicate,
+        }),
+        _ => Err(Error::new(ErrorKind::Protocol, "unexpected reply to PUBLISH")),
+    }
+}
+
 impl Client {
     /// Connects with default options.
     ///
@@ -356,10 +452,45 @@ impl Client {
         topic: &str,
         payload: impl AsRef<[u8]>,
     ) -> Result<(u64, [u8; 16]), Error> {
+        let confirmed = self.publish_pipelined(topic, payload).await?.await?;
+        Ok((confirmed.sequence, confirmed.id))
+    }
+
+    /// Sends a publish that asks for a confirmation and returns without waiting for it: the
+    /// returned [`PendingConfirm`] resolves once the broker confirms (on disk topics, once the
+    /// message is durable under the topic's fsync policy) or refuses. Keeping many publishes in
+    /// flight this way is the fast way to publish with confirms; awaiting them in the order they
+    /// were sent costs the least (answers come back in that order on one topic). The wait for
+    /// each answer ends after `request_timeout`, counted from the send.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: &mycelium_client::Client) -> Result<(), mycelium_client::Error> {
+    /// let mut in_flight = std::collections::VecDeque::new();
+    /// for i in 0..10_000u32 {
+    ///     if in_flight.len() == 256 {
+    ///         let confirm: mycelium_client::PendingConfirm = in_flight.pop_front().unwrap();
+    ///         confirm.await?;
+    ///     }
+    ///     in_flight.push_back(client.publish_pipelined("orders", i.to_le_bytes()).await?);
+    /// }
+    /// for confirm in in_flight {
+    ///     confirm.await?;
+    /// }
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// Sending: as [`Client::publish`] (`Disconnected` when not connected). The confirmation:
+    /// `Server` (refused: the error names why), `Disconnected`, `Timeout`.
+    pub async fn publish_pipelined(
+        &self,
+        topic: &str,
+        payload: impl AsRef<[u8]>,
+    ) -> Result<PendingConfirm, Error> {
         let payload = payload.as_ref();
-        let reply = self
+        let (id, rx) = self
             .shared
-            .request(payload.len() + 64, |buf, id| {
+            .request_start(payload.len() + 64, |buf, id| {
                 let message = Publish {
                     topic,
                     payload,
@@ -369,10 +500,10 @@ impl Client {
                 encode(buf, id, &Frame::Publish(message))
             })
             .await?;
-        match reply {
-            Reply::Published(ok) => Ok((ok.sequence, ok.message_id)),
-            _ => Err(Error::new(ErrorKind::Protocol, "unexpected reply to PUBLISH")),
-        }
+        Ok(PendingConfirm {
+            shared: Arc::clone(&self.shared),
+            wait: ReplyWait::new(id, rx, self.shared.options.request_timeout),
+        })
     }
 
     /// Publishes with headers and message properties, and waits for the broker's PUBLISH_OK.
@@ -421,14 +552,7 @@ impl Client {
                 encode(buf, id, &Frame::Publish(message))
             })
             .await?;
-        match reply {
-            Reply::Published(ok) => Ok(Confirmed {
-                sequence: ok.sequence,
-                id: ok.message_id,
-                duplicate: ok.duplicate,
-            }),
-            _ => Err(Error::new(ErrorKind::Protocol, "unexpected reply to PUBLISH")),
-        }
+        confirmed(reply)
     }
 
     /// Publishes many messages in one frame.
@@ -759,6 +883,16 @@ impl Shared {
         size_hint: usize,
         write: impl Fn(&mut BytesMut, u32) -> Result<(), mycelium_protocol::ProtocolError>,
     ) -> Result<Reply, Error> {
+        let (id, rx) = self.request_start(size_hint, write).await?;
+        self.await_reply(id, rx).await
+    }
+
+    /// Sends a request; its answer comes through the returned receiver (see [`ReplyWait`]).
+    async fn request_start(
+        &self,
+        size_hint: usize,
+        write: impl Fn(&mut BytesMut, u32) -> Result<(), mycelium_protocol::ProtocolError>,
+    ) -> Result<(u32, oneshot::Receiver<Result<Reply, Error>>), Error> {
         if !self.out.lock().connected {
             self.check_usable()?;
             return Err(Error::new(
@@ -773,7 +907,7 @@ impl Shared {
             self.pending.lock().remove(&id);
             return Err(error);
         }
-        self.await_reply(id, rx).await
+        Ok((id, rx))
     }
 
     async fn await_reply(
@@ -781,20 +915,8 @@ impl Shared {
         id: u32,
         rx: oneshot::Receiver<Result<Reply, Error>>,
     ) -> Result<Reply, Error> {
-        match tokio::time::timeout(self.options.request_timeout, rx).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(Error::new(
-                ErrorKind::Disconnected,
-                "connection lost before the answer",
-            )),
-            Err(_) => {
-                self.pending.lock().remove(&id);
-                Err(Error::new(
-                    ErrorKind::Timeout,
-                    format!("no answer within {:?}", self.options.request_timeout),
-                ))
-            }
-        }
+        let mut wait = ReplyWait::new(id, rx, self.options.request_timeout);
+        std::future::poll_fn(|cx| wait.poll_reply(cx, self)).await
     }
 
     fn request_id(&self) -> u32 {

@@ -14,7 +14,7 @@ mod options;
 pub mod resilience;
 mod url;
 
-pub use client::{Client, Confirmed, ConnectionState, DurableOptions, PublishOptions};
+pub use client::{Client, Confirmed, ConnectionState, DurableOptions, PendingConfirm, PublishOptions};
 pub use error::{Error, ErrorKind};
 pub use message::{Message, Subscription};
 pub use mycelium_protocol::{ErrorCode, StartPosition, StatsSnapshot};

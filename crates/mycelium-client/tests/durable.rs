@@ -16,6 +16,51 @@ fn disk_topic(config: &mut mycelium_server::Config, data_dir: &std::path::Path, 
     }));
 }
 
+/// Pipelined publishes: many sent before any confirmation is awaited; each confirmation names
+/// its own message (contiguous sequences in send order, distinct ids), and every confirmed
+/// message is in the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_publishes_are_each_confirmed_with_their_own_sequence() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let socket = dir.path().join("b.sock");
+    let server = TestServer::start_at(&socket, |c| disk_topic(c, &data, "batch")).await;
+    let client = Client::connect(&server.url()).await.unwrap();
+    let mut in_flight = std::collections::VecDeque::new();
+    let mut confirmed = Vec::new();
+    for i in 0..2_000u32 {
+        if in_flight.len() == 128 {
+            let confirm: mycelium_client::PendingConfirm = in_flight.pop_front().unwrap();
+            confirmed.push(confirm.await.unwrap());
+        }
+        in_flight.push_back(
+            client
+                .publish_pipelined("orders", format!("order {i}"))
+                .await
+                .unwrap(),
+        );
+    }
+    // The rest awaited newest first: order of awaiting does not matter to the answers.
+    while let Some(confirm) = in_flight.pop_back() {
+        confirmed.push(confirm.await.unwrap());
+    }
+    confirmed.sort_by_key(|c| c.sequence);
+    let sequences: Vec<u64> = confirmed.iter().map(|c| c.sequence).collect();
+    assert_eq!(sequences, (1..=2_000).collect::<Vec<u64>>());
+    assert!(confirmed.windows(2).all(|w| w[0].id < w[1].id && !w[1].duplicate));
+    client.close().await;
+    server.stop().await;
+    let (backend, _) =
+        mycelium_storage::DiskBackend::open(&data, mycelium_storage::LogConfig::default()).unwrap();
+    use mycelium_storage::StorageBackend;
+    let stored = backend.read("orders", 1, usize::MAX, usize::MAX).unwrap();
+    assert_eq!(stored.len(), 2_000);
+    for (message, c) in stored.iter().zip(&confirmed) {
+        assert_eq!((message.sequence, message.id), (c.sequence, c.id));
+        assert_eq!(message.payload, format!("order {}", c.sequence - 1).as_bytes());
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn confirmed_messages_are_stored_and_sequences_continue_after_restart() {
     let dir = tempfile::tempdir().unwrap();

@@ -1,5 +1,6 @@
-//! A request the broker never answers fails with `Timeout` after `request_timeout`, and the
-//! connection goes on working: the next request gets its own answer. The "broker" here is a
+//! A request the broker never answers fails with `Timeout` after `request_timeout` (for a
+//! pipelined publish, counted from its send), and the connection goes on working: the next
+//! request gets its own answer. The "broker" here is a
 //! scripted peer on a real Unix socket that ignores the first confirmed publish; time is paused.
 
 use std::time::Duration;
@@ -85,6 +86,42 @@ async fn an_unanswered_request_times_out_and_the_connection_keeps_working() {
 
     // The next request is answered, and gets its own answer (sequence 2), not a stale one.
     assert_eq!(client.publish_confirmed("orders", b"kept").await.unwrap(), 2);
+    client.close().await;
+    broker.abort();
+}
+
+/// A pipelined publish's wait is counted from its send, not from when it is first awaited: the
+/// unanswered one, awaited 2 s after it was sent, times out 3 s after the send; the answered one
+/// sent after it resolves on its own.
+#[tokio::test(start_paused = true)]
+async fn a_pipelined_confirm_times_out_counted_from_the_send() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("scripted.sock");
+    let listener = UnixListener::bind(&path).unwrap();
+    let broker = tokio::spawn(scripted_broker(listener));
+    let options = ClientOptions {
+        request_timeout: Duration::from_secs(3),
+        ..ClientOptions::default()
+    };
+    let client = Client::connect_with(&format!("unix://{}", path.display()), options)
+        .await
+        .unwrap();
+
+    let started = tokio::time::Instant::now();
+    let lost = client.publish_pipelined("orders", b"lost").await.unwrap();
+    let kept = client.publish_pipelined("orders", b"kept").await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(kept.await.unwrap().sequence, 2, "its own answer");
+    let error = tokio::time::timeout(Duration::from_secs(60), lost)
+        .await
+        .expect("the client's own request timeout fires first")
+        .unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Timeout, "{error}");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_secs(3) && waited < Duration::from_millis(3_500),
+        "timed out {waited:?} after the send (3 s expected, not 3 s after the first await)"
+    );
     client.close().await;
     broker.abort();
 }
