@@ -61,7 +61,7 @@ impl Default for DurableConfig {
     fn default() -> Self {
         DurableConfig {
             data_dir: PathBuf::from("./mycelium-data"),
-            fsync_interval: Duration::from_millis(5),
+            fsync_interval: Duration::from_millis(1),
             fsync_bytes: 1 << 20,
             log: LogConfig::default(),
             queue_capacity: 65_536,
@@ -374,8 +374,11 @@ impl Writer {
                 }
                 self.write(batch).await;
                 // Group commit: the writer caught up with its queue, so waiting longer gathers
-                // nothing (publishers are waiting for these very confirms): sync now.
-                if !self.unsynced.is_empty() && receiver.is_empty() {
+                // nothing (publishers are waiting for these very confirms): sync now. While
+                // publishes keep arriving, the group grows until `fsync_interval` has passed.
+                if !self.unsynced.is_empty()
+                    && (receiver.is_empty() || self.deadline.is_some_and(|at| Instant::now() >= at))
+                {
                     self.sync_all().await;
                 }
                 if closing.load(Ordering::Acquire) {

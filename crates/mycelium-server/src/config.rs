@@ -87,7 +87,7 @@ impl Default for StorageSection {
     fn default() -> Self {
         StorageSection {
             data_dir: "./mycelium-data".into(),
-            fsync_interval: HumanDuration(Duration::from_millis(5)),
+            fsync_interval: HumanDuration(Duration::from_millis(1)),
             fsync_bytes: ByteSize(1 << 20),
             segment_size: ByteSize(64 << 20),
             segment_reserve: ByteSize(4 << 20),

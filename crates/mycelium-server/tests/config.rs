@@ -206,6 +206,10 @@ fn contradictory_delivery_settings_are_reported_by_key() {
 fn segment_reserve_zero_fill_and_inline_flush_bytes_are_read_checked_and_reach_the_broker() {
     let defaults = Config::default();
     assert_eq!(defaults.storage.segment_reserve.0, 4 << 20);
+    assert_eq!(
+        defaults.broker_config().durable.fsync_interval,
+        Duration::from_millis(1)
+    );
     assert!(
         defaults.broker_config().durable.log.zero_fill,
         "zero-filled by default"
