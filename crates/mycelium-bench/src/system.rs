@@ -176,7 +176,10 @@ impl Publisher {
     }
 
     /// Sends what is buffered now, without waiting for the broker (latency runs: one message at a
-    /// time, no pipelining).
+    /// time, no pipelining). Redis answers every PUBLISH; as the other clients do not wait for
+    /// the broker when publishing, the answer is awaited on the runtime, not by the sender
+    /// (waiting for each round trip capped the sender below 10,000 msg/s and measured the
+    /// backlog: a p50 of seconds). A refused publish then shows as a lost message.
     pub async fn flush_now(&mut self) -> anyhow::Result<()> {
         if let Publisher::Redis {
             connection,
@@ -185,9 +188,11 @@ impl Publisher {
         } = self
             && *pending > 0
         {
-            pipe.query_async::<()>(connection).await?;
-            pipe.clear();
+            let (mut connection, pipe) = (connection.clone(), std::mem::replace(pipe, redis::pipe()));
             *pending = 0;
+            tokio::spawn(async move {
+                let _ = pipe.query_async::<()>(&mut connection).await;
+            });
         }
         Ok(())
     }
