@@ -17,11 +17,11 @@ const INDEX_EVERY: u64 = 64;
 const READ_CHUNK: usize = 256 * 1024;
 // Disk space prepared ahead of the write position (`LogConfig::reserve_bytes`).
 //
-// Appending to a file makes every fdatasync also allocate blocks and journal the allocation:
-// measured on this project's ext4 machines, a 40 KB append + fdatasync takes ~1.4 ms, and
-// ~0.19 ms when the blocks were reserved beforehand with `fallocate(KEEP_SIZE)`. Reserved blocks
-// are still marked unwritten, so each sync also journals their conversion; blocks that already
-// hold zeros are plain overwrites, and the sync flushes data only (18 KB appends + fdatasync:
+// Appending to a file makes every fdatasync also allocate blocks and write the allocation's
+// metadata: measured on this project's ext4 machines, a 40 KB append + fdatasync takes ~1.4 ms,
+// and ~0.19 ms when the blocks were reserved beforehand with `fallocate(KEEP_SIZE)`. Reserved
+// blocks are still marked unwritten, so each sync also writes their conversion; blocks that
+// already hold zeros are plain overwrites, and the sync flushes data only (18 KB appends + fdatasync:
 // ~300 us reserved, ~175 us over zeros; with the zeros themselves written ahead in 1 MiB pieces
 // that each ride along with one sync, ~255 us). So by default (`LogConfig::zero_fill`) the active
 // segment keeps zeros written ahead of its records, as PostgreSQL does for its WAL
