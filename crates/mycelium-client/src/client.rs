@@ -233,12 +233,16 @@ pub struct Client {
 /// Waits for the answer to request `id` until `request_timeout` after it was sent. The timer is
 /// made only if the answer is not there at the first poll, so a caller that keeps many requests
 /// in flight and awaits them in order arms one timer at a time, not one per request.
+/// A wait given up before its end (dropped) forgets the request, so an answer that never comes
+/// leaves nothing behind (see [`ReplyWait::forget`]).
 struct ReplyWait {
     id: u32,
     rx: oneshot::Receiver<Result<Reply, Error>>,
     deadline: tokio::time::Instant,
     timeout: Duration,
     timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    /// The outcome was returned (the request is no longer pending).
+    done: bool,
 }
 
 impl ReplyWait {
@@ -249,6 +253,15 @@ impl ReplyWait {
             deadline: tokio::time::Instant::now() + timeout,
             timeout,
             timer: None,
+            done: false,
+        }
+    }
+
+    /// Called when the wait is dropped: a request still pending is forgotten (its answer, if it
+    /// comes, is then ignored).
+    fn forget(&self, shared: &Shared) {
+        if !self.done {
+            shared.pending.lock().remove(&self.id);
         }
     }
 
@@ -259,9 +272,16 @@ impl ReplyWait {
     ) -> std::task::Poll<Result<Reply, Error>> {
         use std::future::Future;
         use std::task::Poll;
+        if self.done {
+            return Poll::Ready(Err(Error::new(ErrorKind::Protocol, "polled after its answer")));
+        }
         match std::pin::Pin::new(&mut self.rx).poll(cx) {
-            Poll::Ready(Ok(result)) => return Poll::Ready(result),
+            Poll::Ready(Ok(result)) => {
+                self.done = true;
+                return Poll::Ready(result);
+            }
             Poll::Ready(Err(_)) => {
+                self.done = true;
                 return Poll::Ready(Err(Error::new(
                     ErrorKind::Disconnected,
                     "connection lost before the answer",
@@ -277,6 +297,7 @@ impl ReplyWait {
             return Poll::Pending;
         }
         shared.pending.lock().remove(&self.id);
+        self.done = true;
         Poll::Ready(Err(Error::new(
             ErrorKind::Timeout,
             format!("no answer within {:?}", self.timeout),
@@ -285,7 +306,8 @@ impl ReplyWait {
 }
 
 /// A publish on its way to the broker: resolves to the broker's confirmation (see
-/// [`Client::publish_pipelined`]). Dropping it gives up waiting; the message is sent regardless.
+/// [`Client::publish_pipelined`]). Dropping it gives up waiting (nothing of it stays in the
+/// client); the message is sent regardless.
 #[must_use = "the confirmation is only known by awaiting it"]
 pub struct PendingConfirm {
     shared: Arc<Shared>,
@@ -297,6 +319,12 @@ impl std::fmt::Debug for PendingConfirm {
         f.debug_struct("PendingConfirm")
             .field("request_id", &self.wait.id)
             .finish_non_exhaustive()
+    }
+}
+
+impl Drop for PendingConfirm {
+    fn drop(&mut self) {
+        self.wait.forget(&self.shared);
     }
 }
 
@@ -377,6 +405,13 @@ impl Client {
     /// The current connection state.
     pub fn state(&self) -> ConnectionState {
         *self.shared.state.borrow()
+    }
+
+    /// Requests sent and still awaited (confirmed publishes, subscribes, acks with confirmation,
+    /// admin requests): a wait that ends, times out or is given up (its future dropped) leaves
+    /// none behind.
+    pub fn requests_pending(&self) -> usize {
+        self.shared.pending.lock().len()
     }
 
     /// Every state change, as a watch channel.
@@ -915,8 +950,15 @@ impl Shared {
         id: u32,
         rx: oneshot::Receiver<Result<Reply, Error>>,
     ) -> Result<Reply, Error> {
-        let mut wait = ReplyWait::new(id, rx, self.options.request_timeout);
-        std::future::poll_fn(|cx| wait.poll_reply(cx, self)).await
+        /// Forgets the request if the caller stops waiting (drops this future) before the end.
+        struct Forget<'a>(&'a Shared, ReplyWait);
+        impl Drop for Forget<'_> {
+            fn drop(&mut self) {
+                self.1.forget(self.0);
+            }
+        }
+        let mut wait = Forget(self, ReplyWait::new(id, rx, self.options.request_timeout));
+        std::future::poll_fn(|cx| wait.1.poll_reply(cx, self)).await
     }
 
     fn request_id(&self) -> u32 {

@@ -125,3 +125,35 @@ async fn a_pipelined_confirm_times_out_counted_from_the_send() {
     client.close().await;
     broker.abort();
 }
+
+/// Giving up a wait leaves nothing behind: a dropped pipelined confirm and a confirmed publish
+/// cancelled from outside (its future dropped) are no longer pending; answered and timed-out
+/// requests are not either.
+#[tokio::test(start_paused = true)]
+async fn a_wait_given_up_leaves_no_pending_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("scripted.sock");
+    let listener = UnixListener::bind(&path).unwrap();
+    let broker = tokio::spawn(scripted_broker(listener));
+    let options = ClientOptions {
+        request_timeout: Duration::from_secs(3),
+        ..ClientOptions::default()
+    };
+    let client = Client::connect_with(&format!("unix://{}", path.display()), options)
+        .await
+        .unwrap();
+    // Never answered: given up by dropping the pending confirm.
+    let lost = client.publish_pipelined("orders", b"lost").await.unwrap();
+    assert_eq!(client.requests_pending(), 1);
+    drop(lost);
+    assert_eq!(client.requests_pending(), 0, "a dropped confirm is forgotten");
+    // Answered (the peer confirms every later publish).
+    assert_eq!(client.publish_confirmed("orders", b"kept").await.unwrap(), 2);
+    assert_eq!(client.requests_pending(), 0);
+    // A confirmed publish cancelled before its answer is read: its future is dropped.
+    let cancelled = tokio::time::timeout(Duration::ZERO, client.publish_confirmed("orders", b"x")).await;
+    assert!(cancelled.is_err(), "cancelled before the answer");
+    assert_eq!(client.requests_pending(), 0, "a cancelled wait is forgotten");
+    client.close().await;
+    broker.abort();
+}
