@@ -16,6 +16,9 @@ use crate::{
 /// The embedded broker's socket.
 const DEFAULT_URL: &str = "unix:///tmp/mycelium.sock";
 
+/// `mycelium pub --confirm --count N`: confirmed publishes in flight at once.
+const CONFIRMS_IN_FLIGHT: usize = 256;
+
 pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve(args) => serve(args),
@@ -259,14 +262,12 @@ async fn publish(url: &str, args: PubArgs) -> anyhow::Result<ExitCode> {
     let client = connect(url).await?;
     let mut refused = 0u64;
     let stdout = std::io::stdout();
-    for i in 0..args.count {
-        let payload = match (&fixed_payload, &args.tlv) {
-            (Some(p), _) => p.clone(),
-            (None, Some(spec)) => tlv::build(spec, i + 1)?,
-            (None, None) => unreachable!("one source is always set"),
-        };
-        if args.confirm || has_props {
-            match client.publish_with(&args.topic, &payload, &options).await {
+    // Confirmed publishes are pipelined (a window of them in flight), their lines printed in
+    // the order they were sent.
+    let mut in_flight = std::collections::VecDeque::new();
+    let mut report =
+        |result: Result<mycelium_client::Confirmed, mycelium_client::Error>| -> anyhow::Result<()> {
+            match result {
                 Ok(_) if !args.confirm => {}
                 Ok(c) if c.id == [0; 16] => writeln!(stdout.lock(), "{}", c.sequence)?,
                 Ok(c) => writeln!(
@@ -281,12 +282,36 @@ async fn publish(url: &str, args: PubArgs) -> anyhow::Result<ExitCode> {
                     refused += 1;
                 }
             }
+            Ok(())
+        };
+    for i in 0..args.count {
+        let payload = match (&fixed_payload, &args.tlv) {
+            (Some(p), _) => p.clone(),
+            (None, Some(spec)) => tlv::build(spec, i + 1)?,
+            (None, None) => unreachable!("one source is always set"),
+        };
+        if args.confirm || has_props {
+            if in_flight.len() >= CONFIRMS_IN_FLIGHT
+                && let Some(pending) = in_flight.pop_front()
+            {
+                report(pending.await)?;
+            }
+            match client
+                .publish_pipelined_with(&args.topic, &payload, &options)
+                .await
+            {
+                Ok(pending) => in_flight.push_back(pending),
+                Err(error) => report(Err(error))?,
+            }
         } else if headers.is_empty() {
             client.publish(&args.topic, &payload).await?;
         } else {
             let pairs: Vec<(&str, &[u8])> = headers.iter().map(|(k, v)| (k.as_str(), v.as_bytes())).collect();
             client.publish_with_headers(&args.topic, &pairs, &payload).await?;
         }
+    }
+    while let Some(pending) = in_flight.pop_front() {
+        report(pending.await)?;
     }
     // The flush makes sure the broker processed every publish; errors it reported arrive first.
     let mut errors = client.errors();

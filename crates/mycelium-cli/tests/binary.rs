@@ -321,7 +321,7 @@ fn durable_topics_through_the_cli() {
     std::fs::write(
         &config,
         format!(
-            "[server]\nsocket_path = \"{}\"\ntcp = \"\"\n[storage]\ndata_dir = \"{}\"\n[[topics]]\nname = \"jobs\"\nstorage = \"disk\"\n",
+            "[server]\nsocket_path = \"{}\"\ntcp = \"\"\n[storage]\ndata_dir = \"{}\"\n[[topics]]\nname = \"jobs\"\nstorage = \"disk\"\n[[topics]]\nname = \"bulk\"\nstorage = \"disk\"\n",
             socket.display(),
             dir.path().join("data").display()
         ),
@@ -401,6 +401,24 @@ fn durable_topics_through_the_cli() {
         String::from_utf8(out.stdout).unwrap(),
         "[jobs #3 attempt 2] job\n[jobs #2 attempt 2] job\n"
     );
+    // Many confirmed publishes (more than are kept in flight at once): one line each, in the
+    // order sent, each with its own sequence and id.
+    let out = cli(&url, &["pub", "bulk", "--confirm", "--count", "1000", "item"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<(u64, String)> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let (sequence, id) = l.split_once(' ').expect("sequence and id");
+            (sequence.parse().unwrap(), id.to_owned())
+        })
+        .collect();
+    assert_eq!(
+        lines.iter().map(|(s, _)| *s).collect::<Vec<u64>>(),
+        (1..=1000).collect::<Vec<u64>>()
+    );
+    let ids: std::collections::HashSet<&String> = lines.iter().map(|(_, id)| id).collect();
+    assert_eq!(ids.len(), 1000, "every message has its own id");
 }
 
 #[test]

@@ -535,10 +535,7 @@ impl Client {
                 encode(buf, id, &Frame::Publish(message))
             })
             .await?;
-        Ok(PendingConfirm {
-            shared: Arc::clone(&self.shared),
-            wait: ReplyWait::new(id, rx, self.shared.options.request_timeout),
-        })
+        Ok(self.pending_confirm(id, rx))
     }
 
     /// Publishes with headers and message properties, and waits for the broker's PUBLISH_OK.
@@ -551,6 +548,20 @@ impl Client {
         payload: impl AsRef<[u8]>,
         options: &PublishOptions,
     ) -> Result<Confirmed, Error> {
+        self.publish_pipelined_with(topic, payload, options).await?.await
+    }
+
+    /// [`Client::publish_pipelined`] with headers and message properties: sends at once, and the
+    /// returned [`PendingConfirm`] resolves to the broker's confirmation.
+    ///
+    /// # Errors
+    /// As [`Client::publish_pipelined`]; `InvalidArgument` for an oversize header or key.
+    pub async fn publish_pipelined_with(
+        &self,
+        topic: &str,
+        payload: impl AsRef<[u8]>,
+        options: &PublishOptions,
+    ) -> Result<PendingConfirm, Error> {
         let invalid =
             |e: mycelium_protocol::ProtocolError| Error::new(ErrorKind::InvalidArgument, e.to_string());
         let mut headers = BytesMut::new();
@@ -574,9 +585,9 @@ impl Client {
         props.encode(&mut check).map_err(invalid)?;
         let payload = payload.as_ref();
         let size = payload.len() + headers.len() + check.len() + topic.len() + 64;
-        let reply = self
+        let (id, rx) = self
             .shared
-            .request(size, |buf, id| {
+            .request_start(size, |buf, id| {
                 let message = Publish {
                     topic,
                     headers: &headers,
@@ -587,7 +598,14 @@ impl Client {
                 encode(buf, id, &Frame::Publish(message))
             })
             .await?;
-        confirmed(reply)
+        Ok(self.pending_confirm(id, rx))
+    }
+
+    fn pending_confirm(&self, id: u32, rx: oneshot::Receiver<Result<Reply, Error>>) -> PendingConfirm {
+        PendingConfirm {
+            shared: Arc::clone(&self.shared),
+            wait: ReplyWait::new(id, rx, self.shared.options.request_timeout),
+        }
     }
 
     /// Publishes many messages in one frame.
