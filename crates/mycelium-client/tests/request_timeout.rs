@@ -54,8 +54,9 @@ async fn scripted_broker(listener: UnixListener) {
     }
 }
 
-#[tokio::test(start_paused = true)]
-async fn an_unanswered_request_times_out_and_the_connection_keeps_working() {
+/// The scripted peer on a Unix socket in a fresh directory, and a client with a 3 s request
+/// timeout connected to it.
+async fn connect_scripted() -> (tempfile::TempDir, tokio::task::JoinHandle<()>, Client) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("scripted.sock");
     let listener = UnixListener::bind(&path).unwrap();
@@ -67,6 +68,12 @@ async fn an_unanswered_request_times_out_and_the_connection_keeps_working() {
     let client = Client::connect_with(&format!("unix://{}", path.display()), options)
         .await
         .unwrap();
+    (dir, broker, client)
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unanswered_request_times_out_and_the_connection_keeps_working() {
+    let (_dir, broker, client) = connect_scripted().await;
 
     let started = tokio::time::Instant::now();
     // Bounded from outside, so a client that never times out fails here instead of hanging.
@@ -95,17 +102,7 @@ async fn an_unanswered_request_times_out_and_the_connection_keeps_working() {
 /// sent after it resolves on its own.
 #[tokio::test(start_paused = true)]
 async fn a_pipelined_confirm_times_out_counted_from_the_send() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("scripted.sock");
-    let listener = UnixListener::bind(&path).unwrap();
-    let broker = tokio::spawn(scripted_broker(listener));
-    let options = ClientOptions {
-        request_timeout: Duration::from_secs(3),
-        ..ClientOptions::default()
-    };
-    let client = Client::connect_with(&format!("unix://{}", path.display()), options)
-        .await
-        .unwrap();
+    let (_dir, broker, client) = connect_scripted().await;
 
     let started = tokio::time::Instant::now();
     let lost = client.publish_pipelined("orders", b"lost").await.unwrap();
@@ -131,17 +128,7 @@ async fn a_pipelined_confirm_times_out_counted_from_the_send() {
 /// requests are not either.
 #[tokio::test(start_paused = true)]
 async fn a_wait_given_up_leaves_no_pending_request() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("scripted.sock");
-    let listener = UnixListener::bind(&path).unwrap();
-    let broker = tokio::spawn(scripted_broker(listener));
-    let options = ClientOptions {
-        request_timeout: Duration::from_secs(3),
-        ..ClientOptions::default()
-    };
-    let client = Client::connect_with(&format!("unix://{}", path.display()), options)
-        .await
-        .unwrap();
+    let (_dir, broker, client) = connect_scripted().await;
     // Never answered: given up by dropping the pending confirm.
     let lost = client.publish_pipelined("orders", b"lost").await.unwrap();
     assert_eq!(client.requests_pending(), 1);
