@@ -261,7 +261,7 @@ impl ReplyWait {
     /// comes, is then ignored).
     fn forget(&self, shared: &Shared) {
         if !self.done {
-            shared.pending.lock().remove(&self.id);
+            shared.abandon(self.id);
         }
     }
 
@@ -296,7 +296,7 @@ impl ReplyWait {
         if timer.as_mut().poll(cx).is_pending() {
             return Poll::Pending;
         }
-        shared.pending.lock().remove(&self.id);
+        shared.abandon(self.id);
         self.done = true;
         Poll::Ready(Err(Error::new(
             ErrorKind::Timeout,
@@ -409,7 +409,8 @@ impl Client {
 
     /// Requests sent and still awaited (confirmed publishes, subscribes, acks with confirmation,
     /// admin requests): a wait that ends, times out or is given up (its future dropped) leaves
-    /// none behind.
+    /// none behind, except a SUBSCRIBE, kept until its answer so that a subscription nobody holds
+    /// any more is undone on the broker.
     pub fn requests_pending(&self) -> usize {
         self.shared.pending.lock().len()
     }
@@ -929,6 +930,16 @@ impl Shared {
             ));
         }
         Ok(false)
+    }
+
+    /// Nobody waits for the answer to request `id` any more. A plain request is forgotten (a
+    /// late answer is then ignored); a SUBSCRIBE stays pending, so that a late SUBSCRIBE_OK for
+    /// a subscription nobody holds is undone on the broker (see the dispatcher).
+    fn abandon(&self, id: u32) {
+        let mut pending = self.pending.lock();
+        if matches!(pending.get(&id), Some(Pending::Request(_))) {
+            pending.remove(&id);
+        }
     }
 
     async fn request(

@@ -7,12 +7,16 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use mycelium_client::{Client, ClientOptions, ErrorKind};
-use mycelium_protocol::{DEFAULT_FRAME_BYTES_MAX, Frame, PublishOk, Welcome, decode, encode};
+use mycelium_protocol::{
+    DEFAULT_FRAME_BYTES_MAX, Frame, PublishOk, SubscriptionRef, Welcome, decode, encode,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixListener;
+use tokio::sync::mpsc;
 
-/// Answers HELLO with WELCOME, drops the first PUBLISH and confirms every later one.
-async fn scripted_broker(listener: UnixListener) {
+/// Answers HELLO with WELCOME, drops the first PUBLISH and confirms every later one, answers
+/// every SUBSCRIBE with subscription id 7, and reports each UNSUBSCRIBE's id on `unsubscribed`.
+async fn scripted_broker(listener: UnixListener, unsubscribed: mpsc::UnboundedSender<u32>) {
     let (mut stream, _) = listener.accept().await.unwrap();
     let mut buf = BytesMut::new();
     let mut publishes = 0u64;
@@ -40,6 +44,13 @@ async fn scripted_broker(listener: UnixListener) {
                         encode(&mut out, decoded.request_id, &Frame::PublishOk(ok)).unwrap();
                     }
                 }
+                Frame::Subscribe(_) => {
+                    let ok = Frame::SubscribeOk(SubscriptionRef { subscription_id: 7 });
+                    encode(&mut out, decoded.request_id, &ok).unwrap();
+                }
+                Frame::Unsubscribe(sub) => {
+                    let _ = unsubscribed.send(sub.subscription_id);
+                }
                 Frame::Ping => encode(&mut out, decoded.request_id, &Frame::Pong).unwrap(),
                 _ => {}
             }
@@ -54,13 +65,19 @@ async fn scripted_broker(listener: UnixListener) {
     }
 }
 
-/// The scripted peer on a Unix socket in a fresh directory, and a client with a 3 s request
-/// timeout connected to it.
-async fn connect_scripted() -> (tempfile::TempDir, tokio::task::JoinHandle<()>, Client) {
+/// The scripted peer on a Unix socket in a fresh directory, a client with a 3 s request timeout
+/// connected to it, and the peer's reports of UNSUBSCRIBE frames.
+async fn connect_scripted() -> (
+    tempfile::TempDir,
+    tokio::task::JoinHandle<()>,
+    Client,
+    mpsc::UnboundedReceiver<u32>,
+) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("scripted.sock");
     let listener = UnixListener::bind(&path).unwrap();
-    let broker = tokio::spawn(scripted_broker(listener));
+    let (tx, unsubscribed) = mpsc::unbounded_channel();
+    let broker = tokio::spawn(scripted_broker(listener, tx));
     let options = ClientOptions {
         request_timeout: Duration::from_secs(3),
         ..ClientOptions::default()
@@ -68,12 +85,12 @@ async fn connect_scripted() -> (tempfile::TempDir, tokio::task::JoinHandle<()>, 
     let client = Client::connect_with(&format!("unix://{}", path.display()), options)
         .await
         .unwrap();
-    (dir, broker, client)
+    (dir, broker, client, unsubscribed)
 }
 
 #[tokio::test(start_paused = true)]
 async fn an_unanswered_request_times_out_and_the_connection_keeps_working() {
-    let (_dir, broker, client) = connect_scripted().await;
+    let (_dir, broker, client, _) = connect_scripted().await;
 
     let started = tokio::time::Instant::now();
     // Bounded from outside, so a client that never times out fails here instead of hanging.
@@ -102,7 +119,7 @@ async fn an_unanswered_request_times_out_and_the_connection_keeps_working() {
 /// sent after it resolves on its own.
 #[tokio::test(start_paused = true)]
 async fn a_pipelined_confirm_times_out_counted_from_the_send() {
-    let (_dir, broker, client) = connect_scripted().await;
+    let (_dir, broker, client, _) = connect_scripted().await;
 
     let started = tokio::time::Instant::now();
     let lost = client.publish_pipelined("orders", b"lost").await.unwrap();
@@ -128,7 +145,7 @@ async fn a_pipelined_confirm_times_out_counted_from_the_send() {
 /// requests are not either.
 #[tokio::test(start_paused = true)]
 async fn a_wait_given_up_leaves_no_pending_request() {
-    let (_dir, broker, client) = connect_scripted().await;
+    let (_dir, broker, client, _) = connect_scripted().await;
     // Never answered: given up by dropping the pending confirm.
     let lost = client.publish_pipelined("orders", b"lost").await.unwrap();
     assert_eq!(client.requests_pending(), 1);
@@ -141,6 +158,22 @@ async fn a_wait_given_up_leaves_no_pending_request() {
     let cancelled = tokio::time::timeout(Duration::ZERO, client.publish_confirmed("orders", b"x")).await;
     assert!(cancelled.is_err(), "cancelled before the answer");
     assert_eq!(client.requests_pending(), 0, "a cancelled wait is forgotten");
+    client.close().await;
+    broker.abort();
+}
+
+/// A subscribe given up before its answer (its future dropped) leaves no subscription on the
+/// broker: the late SUBSCRIBE_OK is answered with an UNSUBSCRIBE.
+#[tokio::test(start_paused = true)]
+async fn a_subscribe_given_up_before_its_answer_is_undone_on_the_broker() {
+    let (_dir, broker, client, mut unsubscribed) = connect_scripted().await;
+    let cancelled = tokio::time::timeout(Duration::ZERO, client.subscribe("orders")).await;
+    assert!(cancelled.is_err(), "cancelled before the answer");
+    let undone = tokio::time::timeout(Duration::from_secs(60), unsubscribed.recv())
+        .await
+        .expect("the client unsubscribes");
+    assert_eq!(undone, Some(7), "the subscription the broker made");
+    assert_eq!(client.requests_pending(), 0, "the SUBSCRIBE's answer came");
     client.close().await;
     broker.abort();
 }
