@@ -226,6 +226,25 @@ fn a_full_disk_gives_a_clear_error_and_corrupts_nothing() {
     );
 }
 
+/// A new log with `config` in a fresh directory, ten records appended and synced: the log, its
+/// first segment's path and that file's metadata.
+fn ten_records_synced(
+    config: &LogConfig,
+) -> (
+    tempfile::TempDir,
+    SegmentLog,
+    std::path::PathBuf,
+    std::fs::Metadata,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, _) = SegmentLog::open(dir.path(), config.clone()).unwrap();
+    log.append(&batch(1, 10)).unwrap();
+    log.sync().unwrap();
+    let first = log.segment_paths()[0].clone();
+    let meta = std::fs::metadata(&first).unwrap();
+    (dir, log, first, meta)
+}
+
 /// A torn record written over the zeros ahead of the records: only its own bytes are reported,
 /// the file keeps working from the last whole record.
 #[test]
@@ -265,16 +284,11 @@ fn a_torn_record_in_the_zeroed_space_is_cut_and_only_its_bytes_counted() {
 #[test]
 fn the_active_segment_keeps_zeros_ahead_and_a_sealed_one_gives_them_back() {
     use std::os::unix::fs::MetadataExt;
-    let dir = tempfile::tempdir().unwrap();
     let config = LogConfig {
         segment_bytes: 64 << 10,
         ..LogConfig::default()
     };
-    let (mut log, _) = SegmentLog::open(dir.path(), config.clone()).unwrap();
-    log.append(&batch(1, 10)).unwrap();
-    log.sync().unwrap();
-    let first = log.segment_paths()[0].clone();
-    let meta = std::fs::metadata(&first).unwrap();
+    let (dir, log, first, meta) = ten_records_synced(&config);
     assert!(
         meta.len() >= 1 << 20,
         "zeros ahead: the file is {} bytes",
@@ -323,17 +337,12 @@ fn the_active_segment_keeps_zeros_ahead_and_a_sealed_one_gives_them_back() {
 #[test]
 fn the_active_segment_reserves_space_ahead_and_a_sealed_one_gives_it_back() {
     use std::os::unix::fs::MetadataExt;
-    let dir = tempfile::tempdir().unwrap();
     let config = LogConfig {
         segment_bytes: 2048,
         zero_fill: false,
         ..LogConfig::default()
     };
-    let (mut log, _) = SegmentLog::open(dir.path(), config.clone()).unwrap();
-    log.append(&batch(1, 10)).unwrap();
-    log.sync().unwrap();
-    let first = log.segment_paths()[0].clone();
-    let meta = std::fs::metadata(&first).unwrap();
+    let (dir, mut log, first, meta) = ten_records_synced(&config);
     assert!(meta.len() < 4096, "records only: {} bytes", meta.len());
     assert!(
         meta.blocks() * 512 >= 4 << 20,
