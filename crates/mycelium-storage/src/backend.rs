@@ -271,8 +271,13 @@ impl StorageBackend for DiskBackend {
     }
 
     fn sync(&self, topic: &str) -> Result<(), StorageError> {
-        match self.existing(topic) {
-            Some(log) => log.lock().sync(),
+        // The fsync runs without the log's lock: readers (durable subscriptions) go on meanwhile.
+        let target = match self.existing(topic) {
+            Some(log) => log.lock().sync_target(),
+            None => None,
+        };
+        match target {
+            Some(target) => target.sync(),
             None => Ok(()),
         }
     }

@@ -23,6 +23,7 @@ pub use backend::{DiskBackend, MemoryBackend, StorageBackend};
 pub use error::StorageError;
 pub use log::{Bounds, LogConfig, SegmentLog};
 pub use message::{MESSAGE_MIN_BYTES, StoredMessage};
+pub use segment::SyncTarget;
 
 /// What opening a log found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 
-use crate::segment::{Segment, file_name};
+use crate::segment::{Segment, SyncTarget, file_name};
 use crate::{RecoveryReport, StorageError, StoredMessage};
 
 /// Limits of one topic's log.
@@ -173,10 +173,16 @@ impl SegmentLog {
     /// # Errors
     /// I/O errors.
     pub fn sync(&self) -> Result<(), StorageError> {
-        match self.segments.last() {
-            Some(active) => active.sync(),
+        match self.sync_target() {
+            Some(target) => target.sync(),
             None => Ok(()),
         }
+    }
+
+    /// The active segment, to sync after releasing whatever guards this log (the sync then
+    /// covers every append made before it starts).
+    pub fn sync_target(&self) -> Option<SyncTarget> {
+        self.segments.last().map(Segment::sync_target)
     }
 
     /// Messages from sequence `from` on: at most `max_count`, and at most `max_bytes` of payload

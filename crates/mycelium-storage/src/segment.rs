@@ -4,6 +4,7 @@
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
@@ -47,7 +48,8 @@ struct IndexEntry {
 pub(crate) struct Segment {
     pub(crate) base: u64,
     path: PathBuf,
-    file: File,
+    /// Shared with [`SyncTarget`]s, so a sync runs without the log's lock.
+    file: Arc<File>,
     /// Bytes of whole records (the file is cut back to this on a failed write).
     pub(crate) len: u64,
     /// Disk space prepared up to this offset: reserved, or zero-filled (then the file's size).
@@ -88,7 +90,7 @@ impl Segment {
         Segment {
             base,
             path,
-            file,
+            file: Arc::new(file),
             len: 0,
             reserved: 0,
             index: Vec::new(),
@@ -289,7 +291,15 @@ impl Segment {
 
     /// Flushes written records to stable storage.
     pub(crate) fn sync(&self) -> Result<(), StorageError> {
-        self.file.sync_data().map_err(|e| StorageError::io(&self.path, e))
+        self.sync_target().sync()
+    }
+
+    /// What a sync of this segment needs, to run after the log's lock is released.
+    pub(crate) fn sync_target(&self) -> SyncTarget {
+        SyncTarget {
+            file: Arc::clone(&self.file),
+            path: self.path.clone(),
+        }
     }
 
     /// No more appends: makes the records durable and gives back the unused reservation.
@@ -406,6 +416,24 @@ impl Segment {
     /// Deletes the file.
     pub(crate) fn remove(self) -> Result<(), StorageError> {
         std::fs::remove_file(&self.path).map_err(|e| StorageError::io(&self.path, e))
+    }
+}
+
+/// A segment's file, to make what was written to it durable without holding its log's lock
+/// (readers of the log go on while the fsync runs). It covers everything written before the call.
+#[derive(Debug)]
+pub struct SyncTarget {
+    file: Arc<File>,
+    path: PathBuf,
+}
+
+impl SyncTarget {
+    /// fdatasync.
+    ///
+    /// # Errors
+    /// I/O errors.
+    pub fn sync(&self) -> Result<(), StorageError> {
+        self.file.sync_data().map_err(|e| StorageError::io(&self.path, e))
     }
 }
 
