@@ -16,9 +16,6 @@ use crate::{
 /// The embedded broker's socket.
 const DEFAULT_URL: &str = "unix:///tmp/mycelium.sock";
 
-/// `mycelium pub --confirm --count N`: confirmed publishes in flight at once.
-const CONFIRMS_IN_FLIGHT: usize = 256;
-
 pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve(args) => serve(args),
@@ -291,7 +288,7 @@ async fn publish(url: &str, args: PubArgs) -> anyhow::Result<ExitCode> {
             (None, None) => unreachable!("one source is always set"),
         };
         if args.confirm || has_props {
-            if in_flight.len() >= CONFIRMS_IN_FLIGHT
+            if in_flight.len() >= args.in_flight as usize
                 && let Some(pending) = in_flight.pop_front()
             {
                 report(pending.await)?;

@@ -117,6 +117,10 @@ struct PubArgs {
     /// (` duplicate` when the idempotency key was known); exit non-zero if any was refused.
     #[arg(long)]
     confirm: bool,
+    /// With --confirm and --count: publishes sent before the oldest confirmation is awaited
+    /// (lines still print in the order sent).
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    in_flight: u32,
     /// Priority 0-9 (topics with priority = true).
     #[arg(long, value_parser = clap::value_parser!(u8).range(0..=9))]
     priority: Option<u8>,

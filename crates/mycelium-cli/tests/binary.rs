@@ -403,7 +403,19 @@ fn durable_topics_through_the_cli() {
     );
     // Many confirmed publishes (more than are kept in flight at once): one line each, in the
     // order sent, each with its own sequence and id.
-    let out = cli(&url, &["pub", "bulk", "--confirm", "--count", "1000", "item"]);
+    let out = cli(
+        &url,
+        &[
+            "pub",
+            "bulk",
+            "--confirm",
+            "--count",
+            "1000",
+            "--in-flight",
+            "7",
+            "item",
+        ],
+    );
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let lines: Vec<(u64, String)> = String::from_utf8(out.stdout)
         .unwrap()
@@ -419,6 +431,22 @@ fn durable_topics_through_the_cli() {
     );
     let ids: std::collections::HashSet<&String> = lines.iter().map(|(_, id)| id).collect();
     assert_eq!(ids.len(), 1000, "every message has its own id");
+    // The default window (256) gives the same, continuing the sequence; 0 in flight is refused.
+    let out = cli(&url, &["pub", "bulk", "--confirm", "--count", "300", "item"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let sequences: Vec<u64> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| l.split_once(' ').unwrap().0.parse().unwrap())
+        .collect();
+    assert_eq!(sequences, (1001..=1300).collect::<Vec<u64>>());
+    let out = cli(&url, &["pub", "bulk", "--confirm", "--in-flight", "0", "item"]);
+    assert!(!out.status.success(), "--in-flight 0 is refused");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--in-flight"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
