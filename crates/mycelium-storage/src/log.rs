@@ -16,8 +16,9 @@ pub struct LogConfig {
     /// Disk space the active segment reserves ahead of its records, in steps of this many bytes
     /// (0: none; see `segment.rs`).
     pub reserve_bytes: u64,
-    /// Prepare that space by writing zeros into it (an fdatasync then flushes data only, no
-    /// allocation to journal); false: reserve it with `fallocate(KEEP_SIZE)`.
+    /// Prepare that space by writing zeros into it, 1 MiB per append at most (an fdatasync then
+    /// flushes data only, no block allocation or conversion to write); false: reserve it with
+    /// `fallocate(KEEP_SIZE)`.
     pub zero_fill: bool,
     /// Keep at most this many messages (older whole segments are deleted).
     pub retention_messages: Option<u64>,
