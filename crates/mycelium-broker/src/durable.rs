@@ -16,7 +16,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -135,10 +135,42 @@ pub(crate) struct AppendRequest {
     pub(crate) received_ns: u64,
 }
 
+/// Connection readers in the middle of handing a read's durable publishes to the writer.
+///
+/// Group commit syncs once the writer has caught up with its queue; but the writer, woken by a
+/// read's first publish, can catch up with a queue that the same read is still filling, and a
+/// sync then would cover that first publish alone while the rest of the read waits for the next
+/// one. So the writer syncs early only when no reader is mid-hand-off (or at `fsync_interval`).
+#[derive(Debug, Default)]
+pub(crate) struct Handoff {
+    readers: AtomicUsize,
+    /// Notified when the last reader mid-hand-off ends its read batch.
+    done: Notify,
+}
+
+impl Handoff {
+    /// A reader starts handing over publishes (once per read batch).
+    pub(crate) fn begin(&self) {
+        self.readers.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// That reader's batch ended.
+    pub(crate) fn end(&self) {
+        if self.readers.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.done.notify_one();
+        }
+    }
+
+    fn idle(&self) -> bool {
+        self.readers.load(Ordering::Acquire) == 0
+    }
+}
+
 /// The writer's handle, held by the broker.
 #[derive(Debug)]
 pub(crate) struct DurableStore {
     pub(crate) sender: mpsc::Sender<AppendRequest>,
+    pub(crate) handoff: Arc<Handoff>,
     backend: Arc<DiskBackend>,
     closing: Arc<AtomicBool>,
     close_signal: Arc<Notify>,
@@ -167,7 +199,9 @@ impl DurableStore {
         let (sender, receiver) = mpsc::channel(config.queue_capacity.max(1));
         let closing = Arc::new(AtomicBool::new(false));
         let close_signal = Arc::new(Notify::new());
+        let handoff = Arc::new(Handoff::default());
         let writer = Writer {
+            handoff: Arc::clone(&handoff),
             config,
             backend: Arc::clone(&backend),
             broker,
@@ -188,6 +222,7 @@ impl DurableStore {
             })?;
         Ok(DurableStore {
             sender,
+            handoff,
             backend,
             closing,
             close_signal,
@@ -237,7 +272,9 @@ pub(crate) enum Confirm {
 }
 
 impl Confirm {
-    fn stored(self, stored: Stored) {
+    /// Confirms a stored message; a connection's PUBLISH_OK waits in its outbound until `wakes`
+    /// are woken (once per group).
+    fn stored(self, stored: Stored, wakes: &mut Wakes) {
         match self {
             Confirm::None => {}
             Confirm::Frame(outbound, request_id) => {
@@ -246,9 +283,11 @@ impl Confirm {
                     message_id: stored.id,
                     duplicate: stored.duplicate,
                 };
-                outbound.append_control(|buf| {
+                if outbound.append_control_quiet(|buf| {
                     let _ = encode(buf, request_id, &Frame::PublishOk(ok));
-                });
+                }) {
+                    wakes.add(outbound);
+                }
             }
             Confirm::Reply(reply) => {
                 let _ = reply.send(Ok(stored));
@@ -272,6 +311,26 @@ impl Confirm {
     }
 }
 
+/// Connections with confirmations appended quietly, each to be woken once: its writer (or, if
+/// idle, an inline write from this thread) then sends the whole group in one write.
+#[derive(Default)]
+struct Wakes(Vec<Arc<Outbound>>);
+
+impl Wakes {
+    fn add(&mut self, outbound: Arc<Outbound>) {
+        // Usually one publishing connection per group: compare with the last one added first.
+        if !self.0.iter().rev().any(|o| Arc::ptr_eq(o, &outbound)) {
+            self.0.push(outbound);
+        }
+    }
+
+    fn wake(&mut self) {
+        for outbound in self.0.drain(..) {
+            outbound.wake();
+        }
+    }
+}
+
 /// Appended, waiting for the fsync that makes it durable.
 struct Unsynced {
     topic: TopicRef,
@@ -288,6 +347,7 @@ struct Unsynced {
 
 struct Writer {
     config: DurableConfig,
+    handoff: Arc<Handoff>,
     backend: Arc<DiskBackend>,
     broker: std::sync::Weak<Broker>,
     next: HashMap<Box<str>, u64>,
@@ -357,11 +417,19 @@ impl Writer {
         runtime.block_on(async move {
             let mut retention = tokio::time::interval(RETENTION_EVERY);
             retention.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let handoff = Arc::clone(&self.handoff);
             loop {
                 let first = tokio::select! {
                     request = receiver.recv() => request,
                     _ = retention.tick() => { self.apply_retention(); continue; }
                     () = sleep_until(self.deadline) => { self.sync_all().await; continue; }
+                    // The reads that were still handing over have ended: sync what they brought.
+                    () = handoff.done.notified(), if !self.unsynced.is_empty() => {
+                        if receiver.is_empty() && handoff.idle() {
+                            self.sync_all().await;
+                        }
+                        continue;
+                    }
                     () = close.notified() => None,
                 };
                 let Some(first) = first else { break };
@@ -373,11 +441,13 @@ impl Writer {
                     }
                 }
                 self.write(batch).await;
-                // Group commit: the writer caught up with its queue, so waiting longer gathers
-                // nothing (publishers are waiting for these very confirms): sync now. While
-                // publishes keep arriving, the group grows until `fsync_interval` has passed.
+                // Group commit: the writer caught up with its queue and no read is still handing
+                // publishes over, so waiting longer gathers nothing (publishers are waiting for
+                // these very confirms): sync now. While publishes keep arriving, the group grows
+                // until `fsync_interval` has passed.
                 if !self.unsynced.is_empty()
-                    && (receiver.is_empty() || self.deadline.is_some_and(|at| Instant::now() >= at))
+                    && ((receiver.is_empty() && handoff.idle())
+                        || self.deadline.is_some_and(|at| Instant::now() >= at))
                 {
                     self.sync_all().await;
                 }
@@ -597,35 +667,45 @@ impl Writer {
     }
 
     /// Durable: confirm to the publishers, then route to live subscribers.
-    async fn complete(&mut self, done: Vec<Unsynced>) {
+    async fn complete(&mut self, mut done: Vec<Unsynced>) {
         let Some(broker) = self.broker.upgrade() else {
             return;
         };
         let mut publisher = Publisher::internal();
         publisher.begin_batch(&broker);
         let now_ns = mycelium_codec::now_ns();
-        for unsynced in done {
-            // The store spans of traced messages end once their messages are durable and
-            // confirmed (when this iteration ends).
-            let _stored = unsynced.spans;
+        // Confirm every group first, and send each connection's confirmations in one write,
+        // before routing to live subscribers.
+        let mut wakes = Wakes::default();
+        for unsynced in &mut done {
             broker.notify_durable(unsynced.topic.name());
-            for (confirm, original) in unsynced.duplicates {
-                confirm.stored(Stored {
+            for (confirm, original) in unsynced.duplicates.drain(..) {
+                let stored = Stored {
                     sequence: original.sequence,
                     id: original.id,
                     duplicate: true,
-                });
+                };
+                confirm.stored(stored, &mut wakes);
             }
             for received in &unsynced.received {
                 let seconds = now_ns.saturating_sub(*received) as f64 / 1e9;
                 broker.metrics.observe_publish(&unsynced.topic, seconds);
             }
-            for (message, confirm) in unsynced.messages.iter().zip(unsynced.confirms) {
-                confirm.stored(Stored {
+            for (message, confirm) in unsynced.messages.iter().zip(unsynced.confirms.drain(..)) {
+                let stored = Stored {
                     sequence: message.sequence,
                     id: message.id,
                     duplicate: false,
-                });
+                };
+                confirm.stored(stored, &mut wakes);
+            }
+        }
+        wakes.wake();
+        for unsynced in done {
+            // The store spans of traced messages end once their messages are durable and
+            // confirmed (when this iteration ends).
+            let _stored = unsynced.spans;
+            for message in &unsynced.messages {
                 // Live subscribers see a message now unless it is held back: delayed messages
                 // reach durable subscriptions only, at their time.
                 if message.not_before_ns.is_some_and(|nb| nb > now_ns) {

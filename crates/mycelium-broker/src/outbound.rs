@@ -170,6 +170,18 @@ impl Outbound {
         true
     }
 
+    /// Appends a control frame like [`Outbound::append_control`] without waking the writer: the
+    /// caller appends a group of frames, then calls [`Outbound::wake`] once, so the group leaves
+    /// in one write (the storage writer's confirmations: a writer woken by the first would send it
+    /// alone, and a publisher answering that lone confirm starts a group of one).
+    pub fn append_control_quiet(&self, write: impl FnOnce(&mut BytesMut)) -> bool {
+        if self.is_closing() {
+            return false;
+        }
+        self.push(false, write);
+        true
+    }
+
     /// Appends a control frame even while closing (the last ERROR before a close).
     pub fn append_final(&self, write: impl FnOnce(&mut BytesMut)) {
         self.push(false, write);

@@ -219,6 +219,9 @@ impl Shared {
                 }
             }
             self.deliver_batch(&mut batch).await;
+            if std::mem::take(&mut batch.answered) > 1 {
+                super::socket::answers_arrived(&mut self.out.lock());
+            }
             if buf.capacity() - buf.len() < READ_CHUNK / 4 {
                 buf.reserve(READ_CHUNK);
             }
@@ -274,7 +277,7 @@ impl Shared {
             {
                 let mut out = self.out.lock();
                 std::mem::swap(&mut out.buf, &mut spare);
-                out.direct.writing = !spare.is_empty();
+                super::socket::writer_took(&mut out, spare.len());
             }
             if spare.is_empty() {
                 tokio::select! {
@@ -305,6 +308,7 @@ impl Shared {
             return Err(());
         };
         let request_id = decoded.request_id;
+        batch.answered += usize::from(request_id != 0);
         let answer = |reply: Result<Reply, Error>| {
             if let Some(Pending::Request(tx)) = self.pending.lock().remove(&request_id) {
                 let _ = tx.send(reply);

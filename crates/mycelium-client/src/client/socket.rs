@@ -59,6 +59,25 @@ pub(super) struct Direct {
     pub(super) writing: bool,
     /// When the last inline write happened.
     last: Option<Instant>,
+    /// No inline writes until the writer task next takes the buffer (see [`answers_arrived`]).
+    pub(super) held: bool,
+}
+
+/// One read brought answers to several requests at once: their callers are pipelining (a
+/// publisher refilling its window of confirmed publishes) and are about to send a burst. Frames
+/// go through the writer task until it next takes the buffer, so the burst leaves in one write
+/// rather than its first frame alone: the broker would store and confirm that frame as a group of
+/// its own (one more fsync), and every later round would split the same way. A lone answer (a
+/// request/reply caller) keeps inline writes.
+pub(super) fn answers_arrived(out: &mut Out) {
+    out.direct.held = true;
+}
+
+/// The writer task swapped the buffer out and is about to write `took` bytes: nobody else writes
+/// until its next swap, and a hold ([`answers_arrived`]) ends with a write of the writer's.
+pub(super) fn writer_took(out: &mut Out, took: usize) {
+    out.direct.writing = took > 0;
+    out.direct.held &= took == 0;
 }
 
 /// Writes `out.buf` inline if the writer task is idle and the last inline write is at least `gap`
@@ -68,6 +87,9 @@ pub(super) fn write_inline(out: &mut Out, gap: Duration) -> bool {
     let Some(socket) = &direct.socket else {
         return false;
     };
+    if direct.held {
+        return false;
+    }
     if direct.writing || out.buf.is_empty() {
         return out.buf.is_empty() && !direct.writing;
     }
@@ -128,6 +150,31 @@ mod tests {
         );
         assert_eq!(&out.buf[..], b"second");
         assert_eq!(received(&mut peer).await, b"first");
+    }
+
+    #[tokio::test]
+    async fn after_a_group_of_answers_frames_wait_for_the_writer_task_once() {
+        let (mut out, mut peer) = connected().await;
+        answers_arrived(&mut out);
+        out.buf.extend_from_slice(b"burst-1");
+        assert!(
+            !write_inline(&mut out, Duration::ZERO),
+            "held: the burst's first frame is left for the writer task"
+        );
+        out.buf.extend_from_slice(b"burst-2");
+        writer_took(&mut out, 0);
+        assert!(
+            !write_inline(&mut out, Duration::ZERO),
+            "a wake with nothing taken keeps the hold"
+        );
+        // The writer task takes the whole burst and writes it; then inline writes are back.
+        let burst = std::mem::take(&mut out.buf);
+        writer_took(&mut out, burst.len());
+        assert_eq!(&burst[..], b"burst-1burst-2");
+        writer_took(&mut out, 0);
+        out.buf.extend_from_slice(b"lone");
+        assert!(write_inline(&mut out, Duration::ZERO), "hold over: inline again");
+        assert_eq!(received(&mut peer).await, b"lone");
     }
 
     #[tokio::test]
