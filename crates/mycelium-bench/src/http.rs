@@ -63,16 +63,21 @@ pub async fn run(base: &str, token: &str, w: &Workload, progress: &ProgressBar) 
     progress.set_position(0);
     let started = Instant::now();
     // Fixed rate: a pacer thread (sleeping with 1 ns timer slack, not tokio's 1 ms timer wheel)
-    // puts each request's scheduled time on one queue that every connection takes from when it is
-    // idle, as a client's connection pool would; latency counts from the scheduled time, so a
+    // puts each request's scheduled time on one queue that every idle connection waits on at
+    // once, as a client's connection pool would; latency counts from the scheduled time, so a
     // backlog shows (no coordinated omission). (Dealing the tickets to the connections in turn
-    // made a ticket wait behind a slow request while other connections sat idle.)
+    // made a ticket wait behind a slow request while other connections sat idle; one receiver
+    // behind a fair lock made every ticket wait for the previous taker to be scheduled.)
     let (tickets, pacer) = match w.rate {
         Some(rate) => {
-            let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Instant>();
+            let tickets = Arc::new(Tickets::default());
             let interval = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
-            let pacer = std::thread::spawn(move || pace(started, interval, duration, &tx));
-            (Some(Arc::new(tokio::sync::Mutex::new(rx))), Some(pacer))
+            let (t, connections) = (Arc::clone(&tickets), w.connections);
+            let pacer = std::thread::spawn(move || {
+                pace(started, interval, duration, &t);
+                t.stop(connections);
+            });
+            (Some(tickets), Some(pacer))
         }
         None => (None, None),
     };
@@ -89,9 +94,7 @@ pub async fn run(base: &str, token: &str, w: &Workload, progress: &ProgressBar) 
                 Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("valid bounds");
             loop {
                 let scheduled = match &tickets {
-                    // tokio's Mutex is fair: idle connections take tickets in the order they
-                    // asked.
-                    Some(tickets) => match tickets.lock().await.recv().await {
+                    Some(tickets) => match tickets.take().await {
                         Some(due) => due,
                         None => break,
                     },
@@ -156,17 +159,46 @@ pub async fn run(base: &str, token: &str, w: &Workload, progress: &ProgressBar) 
     })
 }
 
+/// The fixed-rate requests that are due: their scheduled times in order, and a permit per time
+/// (or per stop), so every idle connection waits at once and each permit wakes one of them.
+struct Tickets {
+    due: std::sync::Mutex<std::collections::VecDeque<Instant>>,
+    ready: tokio::sync::Semaphore,
+}
+
+impl Default for Tickets {
+    fn default() -> Self {
+        Tickets {
+            due: std::sync::Mutex::default(),
+            ready: tokio::sync::Semaphore::new(0),
+        }
+    }
+}
+
+impl Tickets {
+    fn push(&self, due: Instant) {
+        self.due.lock().expect("not poisoned").push_back(due);
+        self.ready.add_permits(1);
+    }
+
+    /// No more tickets: one stop for each of `connections`, after the tickets still queued.
+    fn stop(&self, connections: usize) {
+        self.ready.add_permits(connections);
+    }
+
+    /// The next due time; `None`: stop.
+    async fn take(&self) -> Option<Instant> {
+        self.ready.acquire().await.ok()?.forget();
+        self.due.lock().expect("not poisoned").pop_front()
+    }
+}
+
 /// Puts the scheduled time of every request due in `duration` from `started`, one per `interval`,
 /// on `tickets` once it is due. Every ticket that is due goes out at once; then the pacer sleeps
 /// to the next one, but at least [`PACER_QUANTUM`]: at tens of thousands of requests/s a
 /// wake-up per ticket cost the generator a quarter of a core that the broker needs. A ticket
 /// released late still counts from its scheduled time.
-fn pace(
-    started: Instant,
-    interval: Duration,
-    duration: Duration,
-    tickets: &tokio::sync::mpsc::UnboundedSender<Instant>,
-) {
+fn pace(started: Instant, interval: Duration, duration: Duration, tickets: &Tickets) {
     let _ = rustix::thread::set_current_timer_slack(std::num::NonZeroU64::new(1));
     let mut n = 0u32;
     loop {
@@ -180,9 +212,7 @@ fn pace(
                 std::thread::sleep((due - now).max(PACER_QUANTUM));
                 break;
             }
-            if tickets.send(due).is_err() {
-                return;
-            }
+            tickets.push(due);
             n += 1;
         }
     }
@@ -193,12 +223,31 @@ fn pace(
 /// the machine as it can and the broker gets the rest, as with wrk.
 #[derive(Clone)]
 struct Target {
-    address: String,
+    address: Address,
     host: HeaderValue,
 }
 
+/// Where the API listens.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Address {
+    /// `host:port`.
+    Tcp(String),
+    /// The API's Unix socket (`[http] unix_socket`).
+    Unix(std::path::PathBuf),
+}
+
 impl Target {
+    /// `http://host[:port]`, or `unix:///path/to/http.sock`.
     fn parse(base: &str) -> anyhow::Result<Target> {
+        if let Some(path) = base.strip_prefix("unix://") {
+            if path.is_empty() {
+                bail!("no socket path in `{base}`");
+            }
+            return Ok(Target {
+                address: Address::Unix(path.into()),
+                host: HeaderValue::from_static("localhost"),
+            });
+        }
         let uri: Uri = base
             .parse()
             .with_context(|| format!("bad HTTP address `{base}`"))?;
@@ -209,18 +258,30 @@ impl Target {
         let address = format!("{}:{}", authority.host(), authority.port_u16().unwrap_or(80));
         Ok(Target {
             host: HeaderValue::from_str(authority.as_str()).context("host")?,
-            address,
+            address: Address::Tcp(address),
         })
     }
 
     async fn connect(&self) -> anyhow::Result<http1::SendRequest<Full<Bytes>>> {
-        let stream = tokio::net::TcpStream::connect(&self.address)
-            .await
-            .with_context(|| format!("connecting to {}", self.address))?;
-        stream.set_nodelay(true)?;
-        let (sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
-        tokio::spawn(connection);
-        Ok(sender)
+        match &self.address {
+            Address::Tcp(address) => {
+                let stream = tokio::net::TcpStream::connect(address)
+                    .await
+                    .with_context(|| format!("connecting to {address}"))?;
+                stream.set_nodelay(true)?;
+                let (sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
+                tokio::spawn(connection);
+                Ok(sender)
+            }
+            Address::Unix(path) => {
+                let stream = tokio::net::UnixStream::connect(path)
+                    .await
+                    .with_context(|| format!("connecting to {}", path.display()))?;
+                let (sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
+                tokio::spawn(connection);
+                Ok(sender)
+            }
+        }
     }
 
     fn publish(&self, auth: &HeaderValue, body: Bytes) -> anyhow::Result<Request<Full<Bytes>>> {
@@ -237,29 +298,62 @@ mod tests {
     use super::*;
 
     #[test]
-    fn target_takes_host_and_port_from_the_base_address() {
+    fn target_takes_host_and_port_or_socket_path_from_the_base_address() {
         let target = Target::parse("http://127.0.0.1:7421").unwrap();
-        assert_eq!(target.address, "127.0.0.1:7421");
+        assert_eq!(target.address, Address::Tcp("127.0.0.1:7421".into()));
         assert_eq!(target.host, "127.0.0.1:7421");
-        assert_eq!(Target::parse("http://localhost").unwrap().address, "localhost:80");
+        assert_eq!(
+            Target::parse("http://localhost").unwrap().address,
+            Address::Tcp("localhost:80".into())
+        );
+        let unix = Target::parse("unix:///run/mycelium/http.sock").unwrap();
+        assert_eq!(unix.address, Address::Unix("/run/mycelium/http.sock".into()));
+        assert!(Target::parse("unix://").is_err(), "a socket path is needed");
         let https = Target::parse("https://127.0.0.1:7421").err().unwrap();
         assert!(https.to_string().contains("plain http"), "{https}");
         assert!(Target::parse("not a url").is_err());
     }
 
-    #[test]
-    fn pacer_releases_every_ticket_once_in_order_and_never_early() {
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    #[tokio::test]
+    async fn pacer_releases_every_ticket_once_in_order_and_never_early_then_stops_each_taker() {
+        let tickets = Tickets::default();
         let started = Instant::now();
         let interval = Duration::from_micros(250);
-        pace(started, interval, Duration::from_millis(20), &tx);
+        pace(started, interval, Duration::from_millis(20), &tickets);
+        // The pacer returned after the last ticket was due, so none went out early.
+        assert!(Instant::now() >= started + interval * 79);
+        tickets.stop(2);
         let mut n = 0u32;
-        while let Ok(due) = rx.try_recv() {
+        while let Some(due) = tickets.take().await {
             assert_eq!(due, started + interval * n, "ticket {n}");
             n += 1;
         }
         assert_eq!(n, 80, "20 ms at one ticket per 250 us");
-        // The pacer returned after the last ticket was due, so none went out early.
-        assert!(Instant::now() >= started + interval * 79);
+        assert_eq!(tickets.take().await, None, "the second taker is stopped too");
+    }
+
+    #[tokio::test]
+    async fn idle_takers_wait_together_and_each_ticket_wakes_one() {
+        let tickets = Arc::new(Tickets::default());
+        let takers: Vec<_> = (0..3)
+            .map(|_| {
+                let tickets = Arc::clone(&tickets);
+                tokio::spawn(async move { tickets.take().await })
+            })
+            .collect();
+        tokio::task::yield_now().await;
+        let now = Instant::now();
+        for i in 0..3u32 {
+            tickets.push(now + Duration::from_millis(u64::from(i)));
+        }
+        let mut got = Vec::new();
+        for taker in takers {
+            got.push(taker.await.unwrap().expect("a ticket each"));
+        }
+        got.sort();
+        assert_eq!(
+            got,
+            (0..3).map(|i| now + Duration::from_millis(i)).collect::<Vec<_>>()
+        );
     }
 }

@@ -225,6 +225,8 @@ struct Spawned {
     socket: PathBuf,
     tcp: String,
     http: String,
+    /// The HTTP API's Unix socket.
+    http_unix: PathBuf,
 }
 
 /// The spawned broker's HTTP API secret (a bench-only broker on loopback).
@@ -248,12 +250,14 @@ fn spawn_broker(binary: Option<PathBuf>) -> anyhow::Result<Spawned> {
     let tcp = format!("127.0.0.1:{port}");
     let http_port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let http = format!("127.0.0.1:{http_port}");
+    let http_unix = dir.path().join("http.sock");
     // Stored topics for `bench durable`, with their log on the data disk like any deployment.
     let config = dir.path().join("bench.toml");
     let data = dir.path().join("data");
     let mut text = format!(
-        "[storage]\ndata_dir = \"{}\"\n[http]\njwt_secret = \"{BENCH_JWT_SECRET}\"\n",
-        data.display()
+        "[storage]\ndata_dir = \"{}\"\n[http]\njwt_secret = \"{BENCH_JWT_SECRET}\"\nunix_socket = \"{}\"\n",
+        data.display(),
+        http_unix.display()
     );
     for fsync in ["batch", "always", "never"] {
         text.push_str(&format!(
@@ -285,12 +289,14 @@ fn spawn_broker(binary: Option<PathBuf>) -> anyhow::Result<Spawned> {
         socket,
         tcp,
         http,
+        http_unix,
     };
     // Up once every listener accepts (they bind one after another).
     for _ in 0..500 {
         let up = std::os::unix::net::UnixStream::connect(&spawned.socket).is_ok()
             && std::net::TcpStream::connect(&spawned.tcp).is_ok()
-            && std::net::TcpStream::connect(&spawned.http).is_ok();
+            && std::net::TcpStream::connect(&spawned.http).is_ok()
+            && std::os::unix::net::UnixStream::connect(&spawned.http_unix).is_ok();
         if up {
             return Ok(spawned);
         }
@@ -426,12 +432,28 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
         token,
     } = &args.mode
     {
-        let (base, token) = match (http_url, &spawned) {
-            (Some(url), _) => (
-                url.trim_end_matches('/').to_owned(),
-                token.clone().unwrap_or_default(),
-            ),
-            (None, Some(s)) => (format!("http://{}", s.http), bench_token()?),
+        // The spawned broker's API over TCP and over its Unix socket (per --transport), or the
+        // one API given.
+        let (targets, token) = match (http_url, &spawned) {
+            (Some(url), _) => {
+                let base = url.trim_end_matches('/').to_owned();
+                let label = if base.starts_with("unix:") {
+                    "http-unix"
+                } else {
+                    "http"
+                };
+                (vec![(label, base)], token.clone().unwrap_or_default())
+            }
+            (None, Some(s)) => {
+                let mut targets = Vec::new();
+                if args.transport != Transport::Unix {
+                    targets.push(("http", format!("http://{}", s.http)));
+                }
+                if args.transport != Transport::Tcp {
+                    targets.push(("http-unix", format!("unix://{}", s.http_unix.display())));
+                }
+                (targets, bench_token()?)
+            }
             (None, None) => bail!("bench http against --url needs --http-url (and --token)"),
         };
         let w = http::Workload {
@@ -441,7 +463,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
             batch: *batch,
             rate: *rate,
         };
-        return run_http(&base, &token, &w, args.runs, args.json).await;
+        return run_http(&targets, &token, &w, args.runs, args.json).await;
     }
     if let Mode::Curves { out, scale } = &args.mode {
         return run_curves(&systems, out, *scale, args.json).await;
@@ -650,8 +672,10 @@ async fn run_stalls(duration_s: f64, json: bool) -> anyhow::Result<bool> {
     Ok(true)
 }
 
+/// Runs the HTTP workload against each `(transport label, base address)`, alternating, `runs`
+/// times each; one row per target with the medians.
 async fn run_http(
-    base: &str,
+    targets: &[(&'static str, String)],
     token: &str,
     w: &http::Workload,
     runs: usize,
@@ -660,44 +684,54 @@ async fn run_http(
     if !json {
         eprintln!("http: {}", serde_json::to_value(w)?);
     }
-    let mut results = Vec::new();
+    let mut results: Vec<Vec<Measured>> = targets.iter().map(|_| Vec::new()).collect();
     for round in 0..runs {
-        let progress = progress_bar(json);
-        progress.set_prefix(format!("mycelium http run {}", round + 1));
-        let result = http::run(base, token, w, &progress).await;
-        progress.finish_and_clear();
-        results.push(result?);
+        for ((label, base), results) in targets.iter().zip(&mut results) {
+            let progress = progress_bar(json);
+            progress.set_prefix(format!("mycelium {label} run {}", round + 1));
+            let result = http::run(base, token, w, &progress).await;
+            progress.finish_and_clear();
+            results.push(result.with_context(|| format!("{label} ({base})"))?);
+        }
     }
-    let row = ResultRow {
-        system: Kind::Mycelium,
-        transport: "http",
-        runs: results.iter().map(|r| r.delivered_msgs_per_s).collect(),
-        median: median(results),
-    };
+    let rows: Vec<ResultRow> = targets
+        .iter()
+        .zip(results)
+        .map(|((label, _), results)| ResultRow {
+            system: Kind::Mycelium,
+            transport: label,
+            runs: results.iter().map(|r| r.delivered_msgs_per_s).collect(),
+            median: median(results),
+        })
+        .collect();
     if json {
         let report =
-            serde_json::json!({"mode": "http", "workload": w, "runs": runs, "results": [row], "notes": []});
+            serde_json::json!({"mode": "http", "workload": w, "runs": runs, "results": rows, "notes": []});
         println!("{report}");
     } else {
-        let m = &row.median;
         let f = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.0}"));
         println!();
         println!(
             "{:<9} {:<9} {:>12} {:>9} {:>9} {:>9} {:>9} {:>9}",
             "system", "transport", "messages/s", "p50 us", "p90 us", "p99 us", "p99.9 us", "max us"
         );
+        for row in &rows {
+            let m = &row.median;
+            println!(
+                "{:<9} {:<9} {:>12} {:>9} {:>9} {:>9} {:>9} {:>9}",
+                "mycelium",
+                row.transport,
+                human(m.publish_msgs_per_s),
+                f(m.p50_us),
+                f(m.p90_us),
+                f(m.p99_us),
+                f(m.p999_us),
+                f(m.max_us)
+            );
+        }
         println!(
-            "{:<9} {:<9} {:>12} {:>9} {:>9} {:>9} {:>9} {:>9}",
-            "mycelium",
-            "http",
-            human(m.publish_msgs_per_s),
-            f(m.p50_us),
-            f(m.p90_us),
-            f(m.p99_us),
-            f(m.p999_us),
-            f(m.max_us)
+            "(latency: per request, from its scheduled send time with --rate; http-unix: the API's Unix socket)"
         );
-        println!("(latency: per request, from its scheduled send time with --rate)");
     }
     Ok(true)
 }

@@ -229,11 +229,22 @@ fn http_publish_bench_runs_single_and_batched() {
     ] {
         let report = run_json(&[&["http", "--duration", "0.3", "--runs", "1"][..], extra].concat());
         assert_eq!(report["mode"], "http");
-        let row = &report["results"][0];
-        assert_eq!(row["transport"], "http");
-        assert!(row["publish_msgs_per_s"].as_f64().unwrap() > 0.0, "{row}");
-        assert!(row["p99_us"].as_f64().unwrap() > 0.0, "{row}");
+        let rows = report["results"].as_array().unwrap();
+        let transports: Vec<&str> = rows.iter().map(|r| r["transport"].as_str().unwrap()).collect();
+        assert_eq!(
+            transports,
+            ["http", "http-unix"],
+            "TCP first, then the API's Unix socket"
+        );
+        for row in rows {
+            assert!(row["publish_msgs_per_s"].as_f64().unwrap() > 0.0, "{row}");
+            assert!(row["p99_us"].as_f64().unwrap() > 0.0, "{row}");
+        }
     }
+    let unix_only = run_json(&["http", "--duration", "0.3", "--runs", "1", "--transport", "unix"]);
+    let rows = unix_only["results"].as_array().unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0]["transport"], "http-unix");
 }
 
 #[test]
