@@ -16,7 +16,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -135,42 +135,10 @@ pub(crate) struct AppendRequest {
     pub(crate) received_ns: u64,
 }
 
-/// Connection readers in the middle of handing a read's durable publishes to the writer.
-///
-/// Group commit syncs once the writer has caught up with its queue; but the writer, woken by a
-/// read's first publish, can catch up with a queue that the same read is still filling, and a
-/// sync then would cover that first publish alone while the rest of the read waits for the next
-/// one. So the writer syncs early only when no reader is mid-hand-off (or at `fsync_interval`).
-#[derive(Debug, Default)]
-pub(crate) struct Handoff {
-    readers: AtomicUsize,
-    /// Notified when the last reader mid-hand-off ends its read batch.
-    done: Notify,
-}
-
-impl Handoff {
-    /// A reader starts handing over publishes (once per read batch).
-    pub(crate) fn begin(&self) {
-        self.readers.fetch_add(1, Ordering::AcqRel);
-    }
-
-    /// That reader's batch ended.
-    pub(crate) fn end(&self) {
-        if self.readers.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.done.notify_one();
-        }
-    }
-
-    fn idle(&self) -> bool {
-        self.readers.load(Ordering::Acquire) == 0
-    }
-}
-
 /// The writer's handle, held by the broker.
 #[derive(Debug)]
 pub(crate) struct DurableStore {
     pub(crate) sender: mpsc::Sender<AppendRequest>,
-    pub(crate) handoff: Arc<Handoff>,
     backend: Arc<DiskBackend>,
     closing: Arc<AtomicBool>,
     close_signal: Arc<Notify>,
@@ -199,9 +167,7 @@ impl DurableStore {
         let (sender, receiver) = mpsc::channel(config.queue_capacity.max(1));
         let closing = Arc::new(AtomicBool::new(false));
         let close_signal = Arc::new(Notify::new());
-        let handoff = Arc::new(Handoff::default());
         let writer = Writer {
-            handoff: Arc::clone(&handoff),
             config,
             backend: Arc::clone(&backend),
             broker,
@@ -222,7 +188,6 @@ impl DurableStore {
             })?;
         Ok(DurableStore {
             sender,
-            handoff,
             backend,
             closing,
             close_signal,
@@ -347,7 +312,6 @@ struct Unsynced {
 
 struct Writer {
     config: DurableConfig,
-    handoff: Arc<Handoff>,
     backend: Arc<DiskBackend>,
     broker: std::sync::Weak<Broker>,
     next: HashMap<Box<str>, u64>,
@@ -417,19 +381,11 @@ impl Writer {
         runtime.block_on(async move {
             let mut retention = tokio::time::interval(RETENTION_EVERY);
             retention.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let handoff = Arc::clone(&self.handoff);
             loop {
                 let first = tokio::select! {
                     request = receiver.recv() => request,
                     _ = retention.tick() => { self.apply_retention(); continue; }
                     () = sleep_until(self.deadline) => { self.sync_all().await; continue; }
-                    // The reads that were still handing over have ended: sync what they brought.
-                    () = handoff.done.notified(), if !self.unsynced.is_empty() => {
-                        if receiver.is_empty() && handoff.idle() {
-                            self.sync_all().await;
-                        }
-                        continue;
-                    }
                     () = close.notified() => None,
                 };
                 let Some(first) = first else { break };
@@ -441,13 +397,14 @@ impl Writer {
                     }
                 }
                 self.write(batch).await;
-                // Group commit: the writer caught up with its queue and no read is still handing
-                // publishes over, so waiting longer gathers nothing (publishers are waiting for
-                // these very confirms): sync now. While publishes keep arriving, the group grows
-                // until `fsync_interval` has passed.
+                // Group commit: the writer caught up with its queue, so waiting longer gathers
+                // nothing (publishers are waiting for these very confirms): sync now. While
+                // publishes keep arriving, the group grows until `fsync_interval` has passed.
+                // (Waiting for a connection reader still handing a read batch over, so that the
+                // batch made one group, cost a wake-up of this thread per group and measured
+                // slower: see PERFORMANCE.md, 2026-12-02.)
                 if !self.unsynced.is_empty()
-                    && ((receiver.is_empty() && handoff.idle())
-                        || self.deadline.is_some_and(|at| Instant::now() >= at))
+                    && (receiver.is_empty() || self.deadline.is_some_and(|at| Instant::now() >= at))
                 {
                     self.sync_all().await;
                 }

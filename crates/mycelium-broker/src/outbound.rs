@@ -445,6 +445,29 @@ mod tests {
         assert_eq!(outbound.take(&mut spare), 0, "nothing left for the writer task");
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn quiet_control_frames_wait_for_one_wake_and_leave_in_one_write() {
+        let (outbound, socket) = with_socket(usize::MAX, 1000);
+        for byte in 1..=5u8 {
+            assert!(outbound.append_control_quiet(|buf| buf.extend_from_slice(&[byte; 4])));
+        }
+        assert!(socket.taken.lock().is_empty(), "nothing written before the wake");
+        let woken = tokio::time::timeout(Duration::from_millis(50), outbound.wait_for_work()).await;
+        assert!(woken.is_err(), "the writer task was not woken");
+        outbound.wake();
+        let expected: Vec<u8> = (1..=5u8).flat_map(|b| [b; 4]).collect();
+        assert_eq!(
+            *socket.taken.lock(),
+            expected,
+            "the group in one inline write, in order"
+        );
+        outbound.close();
+        assert!(
+            !outbound.append_control_quiet(|buf| buf.extend_from_slice(&[9])),
+            "closing: refused"
+        );
+    }
+
     #[test]
     fn more_pending_than_the_inline_limit_is_left_to_the_writer_task() {
         let (outbound, socket) = with_socket(usize::MAX, 25);

@@ -13,7 +13,7 @@ use bytes::BytesMut;
 use mycelium_protocol::{Deliver, ErrorCode, ErrorFrame, Frame, Publish};
 
 use crate::broker::{Broker, ConnectionInfo};
-use crate::durable::{AppendRequest, Confirm, Handoff, MessageProps, Stored};
+use crate::durable::{AppendRequest, Confirm, MessageProps, Stored};
 use crate::error::PublishError;
 use crate::outbound::{Append, Outbound};
 use crate::spec::{Delivery, Overflow, PayloadCodec, Routing, StorageKind};
@@ -39,16 +39,6 @@ pub struct Publisher {
     /// Durable publishes that did not fit the storage writer's queue.
     queued: Vec<AppendRequest>,
     last_topic: Option<TopicRef>,
-    /// This read batch is handing durable publishes to the storage writer (ended with the batch).
-    handing: Option<Arc<Handoff>>,
-}
-
-impl Drop for Publisher {
-    fn drop(&mut self) {
-        if let Some(handoff) = self.handing.take() {
-            handoff.end();
-        }
-    }
 }
 
 /// A message published from inside the process ([`Broker::publish_local_many`]).
@@ -85,7 +75,6 @@ impl Publisher {
             blocked: Vec::new(),
             queued: Vec::new(),
             last_topic: None,
-            handing: None,
         }
     }
 
@@ -98,7 +87,6 @@ impl Publisher {
             blocked: Vec::new(),
             queued: Vec::new(),
             last_topic: None,
-            handing: None,
         }
     }
 
@@ -109,9 +97,6 @@ impl Publisher {
 
     /// Ends a read batch: wakes every writer the batch appended to, once each.
     pub fn end_batch(&mut self) {
-        if let Some(handoff) = self.handing.take() {
-            handoff.end();
-        }
         for outbound in self.touched.drain(..) {
             outbound.wake();
         }
@@ -370,10 +355,6 @@ impl Broker {
             confirm,
             received_ns: mycelium_codec::now_ns(),
         };
-        if publisher.handing.is_none() {
-            store.handoff.begin();
-            publisher.handing = Some(Arc::clone(&store.handoff));
-        }
         match store.sender.try_send(request) {
             Ok(()) => {}
             Err(tokio::sync::mpsc::error::TrySendError::Full(request)) => publisher.queued.push(request),
