@@ -162,12 +162,11 @@ impl Outbound {
     /// Appends a control frame (replies, errors): never refused for space, never dropped.
     /// Returns `false` if the connection is closing.
     pub fn append_control(&self, write: impl FnOnce(&mut BytesMut)) -> bool {
-        if self.is_closing() {
-            return false;
+        let appended = self.append_control_quiet(write);
+        if appended {
+            self.wake_writer.notify_one();
         }
-        self.push(false, write);
-        self.wake_writer.notify_one();
-        true
+        appended
     }
 
     /// Appends a control frame like [`Outbound::append_control`] without waking the writer: the

@@ -334,26 +334,16 @@ impl Shared {
         size_hint: usize,
         write: impl Fn(&mut BytesMut) -> Result<(), mycelium_protocol::ProtocolError>,
     ) -> Result<(), Error> {
-        self.send_as(size_hint, true, write).await
-    }
-
-    /// [`Shared::send`]; `inline: false` never writes inline (see [`Shared::request_start`]).
-    async fn send_as(
-        &self,
-        size_hint: usize,
-        inline: bool,
-        write: impl Fn(&mut BytesMut) -> Result<(), mycelium_protocol::ProtocolError>,
-    ) -> Result<(), Error> {
         loop {
             self.check_usable()?;
-            if self.try_append(size_hint, inline, &write)? {
+            if self.try_append(size_hint, &write)? {
                 return Ok(());
             }
             let drained = self.drained.notified();
             tokio::pin!(drained);
             drained.as_mut().enable();
             // Re-check after registering, so a drain in between is not missed.
-            if self.try_append(size_hint, inline, &write)? {
+            if self.try_append(size_hint, &write)? {
                 return Ok(());
             }
             tokio::select! {
@@ -368,7 +358,6 @@ impl Shared {
     fn try_append(
         &self,
         size_hint: usize,
-        inline: bool,
         write: &impl Fn(&mut BytesMut) -> Result<(), mycelium_protocol::ProtocolError>,
     ) -> Result<bool, Error> {
         let mut out = self.out.lock();
@@ -378,11 +367,10 @@ impl Shared {
             let connected = out.connected;
             if connected
                 && was_empty
-                && !(inline
-                    && self
-                        .options
-                        .inline_write_gap
-                        .is_some_and(|gap| socket::write_inline(&mut out, gap)))
+                && !self
+                    .options
+                    .inline_write_gap
+                    .is_some_and(|gap| socket::write_inline(&mut out, gap))
             {
                 drop(out);
                 self.wake_writer.notify_one();

@@ -180,16 +180,8 @@ impl Shared {
         }
         let id = self.request_id();
         let (tx, rx) = oneshot::channel();
-        // A request sent while others await their answers is part of a pipeline (confirmed
-        // publishes kept in flight): it goes through the writer task, so a burst sent in answer
-        // to a group of confirmations leaves in one write. An inline write would send its first
-        // frame alone, and the broker would store and confirm that one as a group of its own.
-        let lone = {
-            let mut pending = self.pending.lock();
-            pending.insert(id, Pending::Request(tx));
-            pending.len() == 1
-        };
-        if let Err(error) = self.send_as(size_hint, lone, |buf| write(buf, id)).await {
+        self.pending.lock().insert(id, Pending::Request(tx));
+        if let Err(error) = self.send(size_hint, |buf| write(buf, id)).await {
             self.pending.lock().remove(&id);
             return Err(error);
         }
