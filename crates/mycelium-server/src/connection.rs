@@ -46,12 +46,12 @@ pub(crate) trait SocketWrite: Send + Sync + 'static {
     fn writable(&self) -> impl std::future::Future<Output = std::io::Result<()>> + Send;
 }
 
-impl SocketWrite for tokio::net::unix::OwnedWriteHalf {
+impl SocketWrite for mycelium_net::WriteHalf {
     fn try_write(&self, buf: &[u8]) -> std::io::Result<usize> {
-        tokio::net::unix::OwnedWriteHalf::try_write(self, buf)
+        mycelium_net::WriteHalf::try_write(self, buf)
     }
     fn writable(&self) -> impl std::future::Future<Output = std::io::Result<()>> + Send {
-        tokio::net::unix::OwnedWriteHalf::writable(self)
+        mycelium_net::WriteHalf::writable(self)
     }
 }
 
@@ -468,7 +468,7 @@ async fn write_loop<W: SocketWrite>(
     outbound.clear_direct();
 }
 
-async fn write_all<W: SocketWrite>(write: &W, mut buf: &[u8]) -> std::io::Result<()> {
+pub(crate) async fn write_all<W: SocketWrite>(write: &W, mut buf: &[u8]) -> std::io::Result<()> {
     while !buf.is_empty() {
         match write.try_write(buf) {
             Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use bytes::BytesMut;
 use mycelium_broker::Broker;
 use mycelium_protocol::{ErrorCode, ErrorFrame, Frame, encode};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::AsyncRead;
 use tokio::net::{TcpListener, UnixListener};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -239,8 +239,12 @@ impl Server {
                                 // AF_UNIX sockets default to a ~200 KiB send buffer (TCP autotunes
                                 // to megabytes): give deliveries the same room to batch into.
                                 let _ = socket2::SockRef::from(&stream).set_send_buffer_size(UNIX_SEND_BUFFER_BYTES);
-                                let (read, write) = stream.into_split();
-                                accept.spawn(read, write, "unix".to_owned());
+                                // Watched for reading only: the client's reads do not wake us
+                                // (see mycelium-net).
+                                match mycelium_net::split(stream) {
+                                    Ok((read, write)) => accept.spawn(read, write, "unix".to_owned()),
+                                    Err(error) => tracing::warn!(%error, "unix connection not registered; dropped"),
+                                }
                             }
                             Err(error) => accept_error(&error).await,
                         },
@@ -304,10 +308,10 @@ struct Accept {
 }
 
 impl Accept {
-    fn spawn<R, W>(&self, read: R, mut write: W, peer: String)
+    fn spawn<R, W>(&self, read: R, write: W, peer: String)
     where
         R: AsyncRead + Unpin + Send + 'static,
-        W: AsyncWrite + connection::SocketWrite + Unpin + Send,
+        W: connection::SocketWrite,
     {
         let active = Arc::clone(&self.active);
         if active.fetch_add(1, Ordering::AcqRel) >= self.max_connections {
@@ -321,8 +325,10 @@ impl Accept {
                     0,
                     &Frame::Error(ErrorFrame::new(ErrorCode::TooManyConnections, &text)),
                 );
-                let _ = tokio::time::timeout(std::time::Duration::from_secs(1), write.write_all(&buf)).await;
-                let _ = write.shutdown().await;
+                let sent = connection::write_all(&write, &buf);
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(1), sent).await;
+                // Dropping the write half shuts the sending side down.
+                drop(write);
             });
             return;
         }

@@ -32,7 +32,8 @@ impl Shared {
                     let stream = tokio::net::UnixStream::connect(path).await?;
                     // Room to batch publishes, as TCP's autotuned buffer gives (the kernel caps it).
                     let _ = socket2::SockRef::from(&stream).set_send_buffer_size(4 << 20);
-                    let (r, w) = stream.into_split();
+                    // Watched for reading only: the broker's reads do not wake this process.
+                    let (r, w) = mycelium_net::split(stream)?;
                     (Box::new(r), Arc::new(Socket::Unix(w)))
                 }
                 Endpoint::Tcp(addr) => {

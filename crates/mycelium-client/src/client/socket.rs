@@ -17,7 +17,7 @@ use super::Out;
 /// The connection's write half (Unix socket or TCP).
 #[derive(Debug)]
 pub(super) enum Socket {
-    Unix(tokio::net::unix::OwnedWriteHalf),
+    Unix(mycelium_net::WriteHalf),
     Tcp(tokio::net::tcp::OwnedWriteHalf),
 }
 
@@ -114,7 +114,7 @@ mod tests {
 
     async fn connected() -> (Out, tokio::net::UnixStream) {
         let (ours, theirs) = tokio::net::UnixStream::pair().unwrap();
-        let (_read, write) = ours.into_split();
+        let (_read, write) = mycelium_net::split(ours).unwrap();
         let out = Out {
             buf: BytesMut::new(),
             connected: true,
