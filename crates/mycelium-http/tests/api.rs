@@ -345,6 +345,44 @@ async fn publish_one_and_batches_with_properties_and_clear_errors() {
         .publish(&t, json!({"topic": "jobs", "payload": 1, "ttl_ms": "soon"}))
         .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["errors"][0]["field"], "ttl_ms", "{body}");
+    let (status, body) = api
+        .publish(
+            &t,
+            json!({"messages": [{"topic": "jobs", "payload": 1}, {"topic": "jobs", "ttl_ms": "soon"}]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["errors"][0]["field"], "messages[1].ttl_ms", "{body}");
+    // One message's fields come in any order; a batch takes nothing beside `messages`; a
+    // message needs its topic; the body is an object.
+    let (status, body) = api.publish(&t, json!({"payload": 7, "topic": "ticks"})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = api
+        .publish(
+            &t,
+            json!({"messages": [{"topic": "jobs", "payload": 1}], "topic": "jobs"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(
+        body["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("unknown field `topic`"),
+        "{body}"
+    );
+    let (status, body) = api.publish(&t, json!({"payload": 1})).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(
+        body["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("missing field `topic`"),
+        "{body}"
+    );
+    let (status, body) = api.publish(&t, json!([{"topic": "jobs", "payload": 1}])).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
     let request = |content_type: &str, body: String| {
         Request::post("/api/v1/messages/publish")
             .header("authorization", format!("Bearer {t}"))
