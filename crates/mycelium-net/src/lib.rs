@@ -120,22 +120,6 @@ impl WriteHalf {
         let _ready = watch.writable().await?;
         Ok(())
     }
-
-    /// Writes all of `buf`, waiting for room as needed.
-    ///
-    /// # Errors
-    /// As [`WriteHalf::try_write`]; `WriteZero` if the socket takes nothing without refusing.
-    pub async fn write_all(&self, mut buf: &[u8]) -> io::Result<()> {
-        while !buf.is_empty() {
-            match self.try_write(buf) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(written) => buf = &buf[written..],
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => self.writable().await?,
-                Err(error) => return Err(error),
-            }
-        }
-        Ok(())
-    }
 }
 
 impl Drop for WriteHalf {
@@ -232,7 +216,7 @@ mod tests {
     #[tokio::test]
     async fn bytes_go_both_ways_and_dropping_the_write_half_ends_the_peers_stream() {
         let ((mut read, write), mut peer) = pair();
-        write.write_all(b"hello").await.unwrap();
+        assert_eq!(write.try_write(b"hello").unwrap(), 5);
         let mut got = [0u8; 5];
         peer.read_exact(&mut got).await.unwrap();
         assert_eq!(&got, b"hello");
@@ -271,7 +255,12 @@ mod tests {
         let name = socket_name(write.fd.as_raw_fd());
         assert_eq!(descriptors_of(&name), 1);
         let writer = tokio::spawn(async move {
-            write.write_all(b"after the wait").await.unwrap();
+            write.writable().await.unwrap();
+            assert_eq!(
+                write.try_write(b"after the wait").unwrap(),
+                14,
+                "room once writable"
+            );
             write
         });
         tokio::time::sleep(Duration::from_millis(50)).await;
