@@ -369,15 +369,15 @@ impl Broker {
             confirm: crate::durable::Confirm::None,
             received_ns: mycelium_codec::now_ns(),
         };
-        match store.sender.try_send(request) {
+        match store.queue.try_send(vec![request]) {
             Ok(()) => {}
-            Err(tokio::sync::mpsc::error::TrySendError::Full(request)) => {
-                let sender = store.sender.clone();
+            Err(crate::durable::QueueError::Full(batch)) => {
+                let queue = store.queue.clone();
                 tokio::spawn(async move {
-                    let _ = sender.send(request).await;
+                    let _ = queue.send(batch).await;
                 });
             }
-            Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => {
+            Err(crate::durable::QueueError::Closed(_)) => {
                 tracing::error!(topic = %name, "storage writer stopped; dead letter not stored");
             }
         }

@@ -181,6 +181,33 @@ impl Outbound {
         true
     }
 
+    /// [`Outbound::append_control_quiet`] for several frames under one lock: `write` writes one
+    /// frame per item (the storage writer's confirmations of a group).
+    pub fn append_controls_quiet<T>(
+        &self,
+        items: impl IntoIterator<Item = T>,
+        mut write: impl FnMut(&mut BytesMut, T),
+    ) -> bool {
+        if self.is_closing() {
+            return false;
+        }
+        let mut guard = self.state.lock();
+        let state = &mut *guard;
+        let mut total = 0;
+        for item in items {
+            let before = state.buf.len();
+            write(&mut state.buf, item);
+            let len = state.buf.len() - before;
+            state.marks.push_back(FrameMark {
+                len: len as u32,
+                droppable: false,
+            });
+            total += len;
+        }
+        self.queued.fetch_add(total, Ordering::Relaxed);
+        true
+    }
+
     /// Appends a control frame even while closing (the last ERROR before a close).
     pub fn append_final(&self, write: impl FnOnce(&mut BytesMut)) {
         self.push(false, write);

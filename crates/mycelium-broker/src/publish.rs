@@ -13,7 +13,7 @@ use bytes::BytesMut;
 use mycelium_protocol::{Deliver, ErrorCode, ErrorFrame, Frame, Publish};
 
 use crate::broker::{Broker, ConnectionInfo};
-use crate::durable::{AppendRequest, Confirm, MessageProps, Stored};
+use crate::durable::{AppendRequest, Confirm, MessageProps, QueueError, Stored};
 use crate::error::PublishError;
 use crate::outbound::{Append, Outbound};
 use crate::spec::{Delivery, Overflow, PayloadCodec, Routing, StorageKind};
@@ -36,6 +36,9 @@ pub struct Publisher {
     batch: u64,
     touched: Vec<Arc<Outbound>>,
     blocked: Vec<Blocked>,
+    /// Durable publishes of this read batch, handed to the storage writer together when the
+    /// batch ends.
+    durable: Vec<AppendRequest>,
     /// Durable publishes that did not fit the storage writer's queue.
     queued: Vec<AppendRequest>,
     last_topic: Option<TopicRef>,
@@ -73,6 +76,7 @@ impl Publisher {
             batch: 0,
             touched: Vec::new(),
             blocked: Vec::new(),
+            durable: Vec::new(),
             queued: Vec::new(),
             last_topic: None,
         }
@@ -85,6 +89,7 @@ impl Publisher {
             batch: 0,
             touched: Vec::new(),
             blocked: Vec::new(),
+            durable: Vec::new(),
             queued: Vec::new(),
             last_topic: None,
         }
@@ -95,15 +100,35 @@ impl Publisher {
         self.batch = broker.next_batch();
     }
 
-    /// Ends a read batch: wakes every writer the batch appended to, once each.
-    pub fn end_batch(&mut self) {
+    /// Ends a read batch: wakes every writer the batch appended to, once each, and hands the
+    /// batch's durable publishes to the storage writer in one go. What does not fit its queue
+    /// waits in this publisher: [`Publisher::has_blocked`] then says so.
+    pub fn end_batch(&mut self, broker: &Broker) {
         for outbound in self.touched.drain(..) {
             outbound.wake();
         }
+        if self.durable.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut self.durable);
+        if !self.queued.is_empty() {
+            // Behind publishes already waiting for room: keep their order.
+            self.queued.extend(batch);
+            return;
+        }
+        let Some(store) = broker.durable() else {
+            QueueError::Closed(batch).fail();
+            return;
+        };
+        match store.queue.try_send(batch) {
+            Ok(()) => {}
+            Err(QueueError::Full(batch)) => self.queued = batch,
+            Err(closed @ QueueError::Closed(_)) => closed.fail(),
+        }
     }
 
-    /// Whether some delivery waits for a full subscriber; call [`Broker::settle_blocked`] before
-    /// reading the next frame, so order is kept.
+    /// Whether some delivery waits for a full subscriber or for room in the storage writer's
+    /// queue; call [`Broker::settle_blocked`] before reading the next frame, so order is kept.
     pub fn has_blocked(&self) -> bool {
         !self.blocked.is_empty() || !self.queued.is_empty()
     }
@@ -235,6 +260,7 @@ impl Broker {
         let mut publisher = Publisher::internal();
         publisher.begin_batch(self);
         let mut steps = Vec::with_capacity(messages.len());
+        let mut durable = Vec::new();
         for LocalMessage {
             topic,
             headers,
@@ -293,28 +319,30 @@ impl Broker {
                 steps.push(Step::Done(Ok((topic, stored))));
                 continue;
             }
-            let Some(store) = self.durable() else {
+            if self.durable().is_none() {
                 let error = PublishError::StorageUnavailable("no storage is configured".into());
                 steps.push(Step::Done(Err(error)));
                 continue;
-            };
+            }
             let (reply, answer) = tokio::sync::oneshot::channel();
-            let request = AppendRequest {
+            durable.push(AppendRequest {
                 topic: Arc::clone(&topic),
                 headers,
                 payload,
                 props,
                 confirm: Confirm::Reply(reply),
                 received_ns: mycelium_codec::now_ns(),
-            };
-            match store.sender.send(request).await {
-                Ok(()) => steps.push(Step::Waiting(topic, answer)),
-                Err(_) => steps.push(Step::Done(Err(PublishError::StorageUnavailable(
-                    "the storage writer has stopped".into(),
-                )))),
-            }
+            });
+            steps.push(Step::Waiting(topic, answer));
         }
-        publisher.end_batch();
+        publisher.end_batch(self);
+        // Every durable publish of the request in one hand-over; a refused one answers each
+        // waiting step with the reason.
+        if let Some(store) = self.durable()
+            && let Err(error) = store.queue.send(durable).await
+        {
+            error.fail();
+        }
         let mut results = Vec::with_capacity(steps.len());
         for step in steps {
             results.push(match step {
@@ -343,27 +371,23 @@ impl Broker {
                 "no storage is configured".into(),
             ));
         };
+        if store.queue.is_closed() {
+            return Err(PublishError::StorageUnavailable(
+                "the storage writer has stopped".into(),
+            ));
+        }
         let confirm = match (&publisher.connection, message.confirm) {
             (Some(connection), true) => Confirm::Frame(Arc::clone(&connection.outbound), request_id),
             _ => Confirm::None,
         };
-        let request = AppendRequest {
+        publisher.durable.push(AppendRequest {
             topic: Arc::clone(topic),
             headers: bytes::Bytes::copy_from_slice(message.headers),
             payload: bytes::Bytes::copy_from_slice(message.payload),
             props: MessageProps::from(&message.props),
             confirm,
             received_ns: mycelium_codec::now_ns(),
-        };
-        match store.sender.try_send(request) {
-            Ok(()) => {}
-            Err(tokio::sync::mpsc::error::TrySendError::Full(request)) => publisher.queued.push(request),
-            Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => {
-                return Err(PublishError::StorageUnavailable(
-                    "the storage writer has stopped".into(),
-                ));
-            }
-        }
+        });
         Ok(Published {
             sequence: 0,
             topic: Arc::clone(topic),
@@ -566,15 +590,16 @@ impl Broker {
     /// for each to drain, up to the topic's `block_timeout`, and disconnects those that do not.
     /// The caller must not read further frames from this publisher until it returns.
     pub async fn settle_blocked(&self, publisher: &mut Publisher) {
-        publisher.end_batch();
+        publisher.end_batch(self);
         // Durable publishes wait for room in the storage writer's queue, in order.
-        for request in std::mem::take(&mut publisher.queued) {
+        let queued = std::mem::take(&mut publisher.queued);
+        if !queued.is_empty() {
             let sent = match self.durable() {
-                Some(store) => store.sender.send(request).await.map_err(|e| e.0),
-                None => Err(request),
+                Some(store) => store.queue.send(queued).await,
+                None => Err(QueueError::Closed(queued)),
             };
-            if let Err(request) = sent {
-                request.confirm.failed("the storage writer has stopped");
+            if let Err(error) = sent {
+                error.fail();
             }
         }
         let blocked = std::mem::take(&mut publisher.blocked);

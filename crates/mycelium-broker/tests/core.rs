@@ -68,7 +68,7 @@ fn publish(broker: &Broker, p: &mut Publisher, topic: &str, payload: &[u8]) -> R
             },
         )
         .map(|r| r.sequence);
-    p.end_batch();
+    p.end_batch(broker);
     result
 }
 

@@ -1,6 +1,7 @@
 //! Confirmations as a publisher sees them: the storage writer sends each group's PUBLISH_OKs
 //! itself, through the connection's inline write (no writer task needed), whole frames, in
-//! publish order, and stores every publish once.
+//! publish order, and stores every publish once; read batches that find the writer's queue full
+//! wait their turn without losing their order.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -40,19 +41,23 @@ fn confirmed(write: &[u8]) -> Vec<u32> {
     ids
 }
 
-#[test]
-fn the_storage_writer_confirms_each_group_through_the_connections_inline_write() {
-    let dir = tempfile::tempdir().unwrap();
+/// A broker with the disk topic `orders` and one connection whose socket is a [`Recorder`].
+fn broker_with(
+    dir: &tempfile::TempDir,
+    fsync: Fsync,
+    queue_capacity: usize,
+) -> (Arc<Broker>, Arc<mycelium_broker::ConnectionInfo>, Arc<Recorder>) {
     let spec = TopicSpec {
         storage: StorageKind::Disk,
         delivery: Delivery::AtLeastOnce,
-        fsync: Fsync::Batch,
+        fsync,
         ..TopicSpec::default()
     };
     let broker = Broker::new(BrokerConfig {
         topics: vec![("orders".to_owned(), spec)],
         durable: DurableConfig {
             data_dir: dir.path().to_path_buf(),
+            queue_capacity,
             ..DurableConfig::default()
         },
         ..BrokerConfig::default()
@@ -62,21 +67,33 @@ fn the_storage_writer_confirms_each_group_through_the_connections_inline_write()
     let socket = Arc::new(Recorder::default());
     conn.outbound
         .set_direct(Arc::clone(&socket) as Arc<dyn DirectWrite>, 64 * 1024);
+    (broker, conn, socket)
+}
+
+/// A confirmed publish to `orders` as request `id`, with `id` as payload.
+fn publish(broker: &Broker, publisher: &mut Publisher, id: u32) {
+    let message = Publish {
+        topic: "orders",
+        confirm: true,
+        payload: &id.to_le_bytes(),
+        ..Publish::default()
+    };
+    broker.publish_request(publisher, &message, id).unwrap();
+}
+
+#[test]
+fn the_storage_writer_confirms_each_group_through_the_connections_inline_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let (broker, conn, socket) = broker_with(&dir, Fsync::Batch, DurableConfig::default().queue_capacity);
     let mut publisher = Publisher::new(Arc::clone(&conn));
 
     for round in 0..3u32 {
         publisher.begin_batch(&broker);
         let ids: Vec<u32> = (1..=50).map(|i| round * 100 + i).collect();
         for &id in &ids {
-            let message = Publish {
-                topic: "orders",
-                confirm: true,
-                payload: &id.to_le_bytes(),
-                ..Publish::default()
-            };
-            broker.publish_request(&mut publisher, &message, id).unwrap();
+            publish(&broker, &mut publisher, id);
         }
-        publisher.end_batch();
+        publisher.end_batch(&broker);
         // Nothing runs the connection's writer task here: every confirmation must come from the
         // storage writer's own write.
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -93,4 +110,46 @@ fn the_storage_writer_confirms_each_group_through_the_connections_inline_write()
     }
     let bounds = broker.storage().unwrap().bounds("orders").unwrap();
     assert_eq!(bounds.next - bounds.first, 150, "every publish stored once");
+}
+
+#[tokio::test]
+async fn read_batches_that_find_the_writers_queue_full_wait_their_turn_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    // Room for one publish: every read batch after the first finds the queue full while the
+    // writer syncs.
+    let (broker, conn, socket) = broker_with(&dir, Fsync::Always, 1);
+    let mut publisher = Publisher::new(Arc::clone(&conn));
+    let mut sent = Vec::new();
+    let mut waited = 0;
+    for batch in 0..20u32 {
+        publisher.begin_batch(&broker);
+        for i in 1..=10 {
+            let id = batch * 100 + i;
+            publish(&broker, &mut publisher, id);
+            sent.push(id);
+        }
+        publisher.end_batch(&broker);
+        if publisher.has_blocked() {
+            waited += 1;
+            broker.settle_blocked(&mut publisher).await;
+        }
+    }
+    assert!(waited > 0, "some batch found the queue full");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut got = Vec::new();
+    while got.len() < sent.len() {
+        assert!(
+            Instant::now() < deadline,
+            "confirmed {} of {}",
+            got.len(),
+            sent.len()
+        );
+        for write in std::mem::take(&mut *socket.writes.lock()) {
+            got.extend(confirmed(&write));
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert_eq!(got, sent, "every publish confirmed once, in publish order");
+    let bounds = broker.storage().unwrap().bounds("orders").unwrap();
+    assert_eq!(bounds.next - bounds.first, 200, "every publish stored once");
 }

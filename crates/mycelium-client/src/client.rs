@@ -96,8 +96,6 @@ struct Batch {
     server_id: Option<u32>,
     sender: Option<mpsc::Sender<Vec<Message>>>,
     messages: Vec<Message>,
-    /// Requests this read answered (see [`socket::answers_arrived`]).
-    answered: usize,
 }
 
 pub(crate) struct Shared {
@@ -334,16 +332,27 @@ impl Shared {
         size_hint: usize,
         write: impl Fn(&mut BytesMut) -> Result<(), mycelium_protocol::ProtocolError>,
     ) -> Result<(), Error> {
+        self.send_as(false, size_hint, write).await
+    }
+
+    /// [`Shared::send`]; `request`: the caller will wait for an answer, so the frame may wait in
+    /// the buffer until it does (see [`socket::defer`]).
+    async fn send_as(
+        &self,
+        request: bool,
+        size_hint: usize,
+        write: impl Fn(&mut BytesMut) -> Result<(), mycelium_protocol::ProtocolError>,
+    ) -> Result<(), Error> {
         loop {
             self.check_usable()?;
-            if self.try_append(size_hint, &write)? {
+            if self.try_append(request, size_hint, &write)? {
                 return Ok(());
             }
             let drained = self.drained.notified();
             tokio::pin!(drained);
             drained.as_mut().enable();
             // Re-check after registering, so a drain in between is not missed.
-            if self.try_append(size_hint, &write)? {
+            if self.try_append(request, size_hint, &write)? {
                 return Ok(());
             }
             tokio::select! {
@@ -353,10 +362,29 @@ impl Shared {
         }
     }
 
+    /// Deferred requests go now: their caller waits for an answer (see [`socket::release`]).
+    fn release(&self) {
+        let mut out = self.out.lock();
+        if socket::release(&mut out) {
+            drop(out);
+            self.wake_writer.notify_one();
+        }
+    }
+
+    /// The reader has handed out one read's answers (see [`socket::answered`]).
+    fn answered(&self) {
+        let mut out = self.out.lock();
+        if socket::answered(&mut out) {
+            drop(out);
+            self.wake_writer.notify_one();
+        }
+    }
+
     /// Appends if there is room; `Ok(false)` when connected and full (wait for a drain).
     #[inline]
     fn try_append(
         &self,
+        request: bool,
         size_hint: usize,
         write: &impl Fn(&mut BytesMut) -> Result<(), mycelium_protocol::ProtocolError>,
     ) -> Result<bool, Error> {
@@ -364,18 +392,32 @@ impl Shared {
         let was_empty = out.buf.is_empty();
         if was_empty || out.buf.len() + size_hint <= self.options.buffer_bytes_max {
             write(&mut out.buf).map_err(|e| Error::new(ErrorKind::InvalidArgument, e.to_string()))?;
-            let connected = out.connected;
-            if connected
-                && was_empty
-                && !self
-                    .options
-                    .inline_write_gap
-                    .is_some_and(|gap| socket::write_inline(&mut out, gap))
-            {
+            if !out.connected {
+                return Ok(true);
+            }
+            let wake = if request {
+                socket::defer(&mut out, was_empty)
+            } else if out.direct.deferred {
+                // A plain frame behind deferred requests: nothing waits for them any more.
+                socket::release(&mut out)
+            } else {
+                was_empty
+                    && !self
+                        .options
+                        .inline_write_gap
+                        .is_some_and(|gap| socket::write_inline(&mut out, gap))
+            };
+            if wake {
                 drop(out);
                 self.wake_writer.notify_one();
             }
             return Ok(true);
+        }
+        // Full: deferred requests must go for room to come.
+        if socket::release(&mut out) {
+            drop(out);
+            self.wake_writer.notify_one();
+            out = self.out.lock();
         }
         if !out.connected {
             return Err(Error::new(

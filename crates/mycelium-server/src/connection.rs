@@ -176,12 +176,12 @@ async fn read_loop<R: AsyncRead + Unpin>(
                     consumed += used;
                     if let Some(stop) = handle(decoded, info, broker, &mut publisher, &mut next_subscription)
                     {
-                        publisher.end_batch();
+                        publisher.end_batch(broker);
                         return stop;
                     }
                     in_batch += 1;
                     if in_batch == settings.batch_size {
-                        publisher.end_batch();
+                        publisher.end_batch(broker);
                         publisher.begin_batch(broker);
                         in_batch = 0;
                     }
@@ -193,13 +193,17 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 }
                 Ok(None) => break,
                 Err(error) => {
-                    publisher.end_batch();
+                    publisher.end_batch(broker);
                     return protocol_error(info, &error);
                 }
             }
         }
         buf.advance(consumed);
-        publisher.end_batch();
+        publisher.end_batch(broker);
+        if publisher.has_blocked() {
+            // The read's durable publishes did not fit the storage writer's queue: they go first.
+            broker.settle_blocked(&mut publisher).await;
+        }
         if buf.capacity() - buf.len() < read_chunk / 4 {
             buf.reserve(read_chunk);
         }

@@ -16,6 +16,10 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+/// The longest deferred requests wait for their caller to wait for an answer (see
+/// `socket::defer`); the timer's granularity makes it up to a millisecond more.
+const DEFER_MAX: std::time::Duration = std::time::Duration::from_micros(500);
+
 use super::socket::Socket;
 use super::{Batch, ConnectionState, Pending, READ_CHUNK, Reader, Reply, Shared, Writer};
 use crate::message::Message;
@@ -211,18 +215,18 @@ impl Shared {
         tokio::pin!(ping_timer, stopped, closed);
         let mut batch = Batch::default();
         loop {
+            super::socket::answering(&mut self.out.lock());
             while let Ok(Some(len)) = frame_len(&buf, usize::MAX) {
                 let frame = buf.split_to(len).freeze();
                 if self.dispatch(frame, &mut batch).await.is_err() {
+                    self.answered();
                     stop.cancel();
                     let _ = writer_task.await;
                     return;
                 }
             }
+            self.answered();
             self.deliver_batch(&mut batch).await;
-            if std::mem::take(&mut batch.answered) > 1 {
-                super::socket::answers_arrived(&mut self.out.lock());
-            }
             if buf.capacity() - buf.len() < READ_CHUNK / 4 {
                 buf.reserve(READ_CHUNK);
             }
@@ -275,10 +279,25 @@ impl Shared {
     async fn write_loop(self: Arc<Self>, writer: Writer, stop: CancellationToken) {
         let mut spare = BytesMut::with_capacity(64 * 1024);
         loop {
-            {
+            let deferred = {
                 let mut out = self.out.lock();
-                std::mem::swap(&mut out.buf, &mut spare);
-                super::socket::writer_took(&mut out, spare.len());
+                if out.direct.deferred {
+                    true
+                } else {
+                    std::mem::swap(&mut out.buf, &mut spare);
+                    super::socket::writer_took(&mut out, spare.len());
+                    false
+                }
+            };
+            if deferred {
+                // Requests wait for their caller to wait (see `socket::defer`); should nobody
+                // ever wait, they go after `DEFER_MAX` regardless.
+                tokio::select! {
+                    () = self.wake_writer.notified() => {}
+                    () = tokio::time::sleep(DEFER_MAX) => self.out.lock().direct.deferred = false,
+                    () = stop.cancelled() => break,
+                }
+                continue;
             }
             if spare.is_empty() {
                 tokio::select! {
@@ -309,7 +328,6 @@ impl Shared {
             return Err(());
         };
         let request_id = decoded.request_id;
-        batch.answered += usize::from(request_id != 0);
         let answer = |reply: Result<Reply, Error>| {
             if let Some(Pending::Request(tx)) = self.pending.lock().remove(&request_id) {
                 let _ = tx.send(reply);

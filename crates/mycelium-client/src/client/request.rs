@@ -43,6 +43,8 @@ impl ReplyWait {
     fn forget(&self, shared: &Shared) {
         if !self.done {
             shared.abandon(self.id);
+            // A request given up before it was waited for is still sent.
+            shared.release();
         }
     }
 
@@ -68,7 +70,7 @@ impl ReplyWait {
                     "connection lost before the answer",
                 )));
             }
-            Poll::Pending => {}
+            Poll::Pending => shared.release(),
         }
         let deadline = self.deadline;
         let timer = self
@@ -181,7 +183,7 @@ impl Shared {
         let id = self.request_id();
         let (tx, rx) = oneshot::channel();
         self.pending.lock().insert(id, Pending::Request(tx));
-        if let Err(error) = self.send(size_hint, |buf| write(buf, id)).await {
+        if let Err(error) = self.send_as(true, size_hint, |buf| write(buf, id)).await {
             self.pending.lock().remove(&id);
             return Err(error);
         }

@@ -5,7 +5,9 @@
 //! task), instead of waking the writer task: on two shared cores that wake-up is most of a lone
 //! message's latency. So that a fast publisher still gets one system call per batch rather than per
 //! message, an inline write happens at most once per `ClientOptions::inline_write_gap`; in
-//! between, frames gather for the writer task as before.
+//! between, frames gather for the writer task as before. Requests (confirmed publishes, pings,
+//! subscribes) are deferred instead: they leave when their caller first waits for an answer, so a
+//! window of pipelined publishes goes out in one write ([`defer`], [`release`]).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -59,25 +61,73 @@ pub(super) struct Direct {
     pub(super) writing: bool,
     /// When the last inline write happened.
     last: Option<Instant>,
-    /// No inline writes until the writer task next takes the buffer (see [`answers_arrived`]).
-    pub(super) held: bool,
+    /// The buffer holds requests whose callers have not waited for an answer yet: nothing is
+    /// written until one does (see [`release`]).
+    pub(super) deferred: bool,
+    /// The reader is handing out the answers of one read: a caller that waits meanwhile is
+    /// about to get its answer and go on with its burst, so its release waits for the end.
+    pub(super) answering: bool,
+    /// A release came while `answering`: the reader releases when it is done.
+    pub(super) release_wanted: bool,
 }
 
-/// One read brought answers to several requests at once: their callers are pipelining (a
-/// publisher refilling its window of confirmed publishes) and are about to send a burst. Frames
-/// go through the writer task until it next takes the buffer, so the burst leaves in one write
-/// rather than its first frame alone: the broker would store and confirm that frame as a group of
-/// its own (one more fsync), and every later round would split the same way. A lone answer (a
-/// request/reply caller) keeps inline writes.
-pub(super) fn answers_arrived(out: &mut Out) {
-    out.direct.held = true;
+/// A request was appended ([`Shared::request_start`](super::Shared)): its caller will wait for
+/// the answer, and until it does, more requests may follow (a publisher filling its window of
+/// confirmed publishes). The frames wait in the buffer so that the burst leaves in one write
+/// when the caller first waits ([`release`]): written as they came, the burst's first frames
+/// went alone, the broker stored and confirmed them as a group of their own (one more fsync),
+/// and every later round split the same way. Returns whether the writer task must be woken (a
+/// deferral starts: the writer holds it at most `DEFER_MAX`, in case nobody ever waits).
+pub(super) fn defer(out: &mut Out, was_empty: bool) -> bool {
+    if was_empty {
+        out.direct.deferred = true;
+        return true;
+    }
+    false
+}
+
+/// A caller is about to wait for an answer (or stopped waiting): deferred requests go now,
+/// inline from the caller's thread if the writer task is idle (no wake-up to wait for, whatever
+/// `inline_write_gap` says: the caller has nothing else to do), else by the writer task. Returns
+/// whether the writer task must be woken (it holds the deferral, or has what is left to write).
+pub(super) fn release(out: &mut Out) -> bool {
+    if !out.direct.deferred {
+        return false;
+    }
+    if out.direct.answering {
+        out.direct.release_wanted = true;
+        return false;
+    }
+    out.direct.deferred = false;
+    let direct = &mut out.direct;
+    if !direct.writing
+        && !out.buf.is_empty()
+        && let Some(socket) = &direct.socket
+    {
+        direct.last = Some(Instant::now());
+        if let Ok(written) = socket.try_write(&out.buf) {
+            out.buf.advance(written);
+        }
+    }
+    true
+}
+
+/// The reader starts handing out the answers of one read ([`Direct::answering`]).
+pub(super) fn answering(out: &mut Out) {
+    out.direct.answering = true;
+}
+
+/// The reader has handed out the answers of one read: a release asked for meanwhile happens now.
+/// Returns whether the writer task must be woken.
+pub(super) fn answered(out: &mut Out) -> bool {
+    out.direct.answering = false;
+    std::mem::take(&mut out.direct.release_wanted) && release(out)
 }
 
 /// The writer task swapped the buffer out and is about to write `took` bytes: nobody else writes
-/// until its next swap, and a hold ([`answers_arrived`]) ends with a write of the writer's.
+/// until its next swap.
 pub(super) fn writer_took(out: &mut Out, took: usize) {
     out.direct.writing = took > 0;
-    out.direct.held &= took == 0;
 }
 
 /// Writes `out.buf` inline if the writer task is idle and the last inline write is at least `gap`
@@ -87,7 +137,7 @@ pub(super) fn write_inline(out: &mut Out, gap: Duration) -> bool {
     let Some(socket) = &direct.socket else {
         return false;
     };
-    if direct.held {
+    if direct.deferred {
         return false;
     }
     if direct.writing || out.buf.is_empty() {
@@ -153,28 +203,50 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn after_a_group_of_answers_frames_wait_for_the_writer_task_once() {
+    async fn deferred_requests_leave_together_when_their_caller_waits() {
         let (mut out, mut peer) = connected().await;
-        answers_arrived(&mut out);
-        out.buf.extend_from_slice(b"burst-1");
+        out.buf.extend_from_slice(b"request-1");
+        assert!(
+            defer(&mut out, true),
+            "a deferral starts: the writer task holds it"
+        );
+        out.buf.extend_from_slice(b"request-2");
+        assert!(!defer(&mut out, false), "the same burst: nothing more to wake");
         assert!(
             !write_inline(&mut out, Duration::ZERO),
-            "held: the burst's first frame is left for the writer task"
+            "a plain inline write does not jump the deferral"
         );
-        out.buf.extend_from_slice(b"burst-2");
-        writer_took(&mut out, 0);
-        assert!(
-            !write_inline(&mut out, Duration::ZERO),
-            "a wake with nothing taken keeps the hold"
-        );
-        // The writer task takes the whole burst and writes it; then inline writes are back.
-        let burst = std::mem::take(&mut out.buf);
-        writer_took(&mut out, burst.len());
-        assert_eq!(&burst[..], b"burst-1burst-2");
-        writer_took(&mut out, 0);
-        out.buf.extend_from_slice(b"lone");
-        assert!(write_inline(&mut out, Duration::ZERO), "hold over: inline again");
-        assert_eq!(received(&mut peer).await, b"lone");
+        assert_eq!(&out.buf[..], b"request-1request-2");
+        assert!(release(&mut out), "released: the writer task is told");
+        assert!(out.buf.is_empty(), "the caller wrote the burst itself");
+        assert_eq!(received(&mut peer).await, b"request-1request-2");
+        assert!(!release(&mut out), "nothing deferred: nothing to do");
+    }
+
+    #[tokio::test]
+    async fn a_release_while_answers_are_handed_out_waits_for_the_last() {
+        let (mut out, mut peer) = connected().await;
+        out.buf.extend_from_slice(b"first-half");
+        defer(&mut out, true);
+        answering(&mut out);
+        assert!(!release(&mut out), "the caller's answer is among those coming");
+        assert_eq!(&out.buf[..], b"first-half");
+        out.buf.extend_from_slice(b"+second-half");
+        assert!(answered(&mut out), "the reader releases once done");
+        assert_eq!(received(&mut peer).await, b"first-half+second-half");
+        answering(&mut out);
+        assert!(!answered(&mut out), "no release asked for: nothing to do");
+    }
+
+    #[tokio::test]
+    async fn a_release_while_the_writer_task_writes_leaves_the_burst_to_it() {
+        let (mut out, _peer) = connected().await;
+        out.buf.extend_from_slice(b"request");
+        defer(&mut out, true);
+        out.direct.writing = true;
+        assert!(release(&mut out), "the writer task must take it");
+        assert_eq!(&out.buf[..], b"request", "not written out of order");
+        assert!(!out.direct.deferred);
     }
 
     #[tokio::test]
