@@ -61,6 +61,42 @@ async fn pipelined_publishes_are_each_confirmed_with_their_own_sequence() {
     }
 }
 
+/// A pipelined publish waits in the client until a confirmation is awaited, so that a window
+/// leaves in one write; one that nobody awaits (nor drops) still leaves on its own, stored and
+/// delivered, and its confirmation is there when finally awaited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_publishes_nobody_awaits_still_leave() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let socket = dir.path().join("b.sock");
+    let server = TestServer::start_at(&socket, |c| disk_topic(c, &data, "batch")).await;
+    let watcher = Client::connect(&server.url()).await.unwrap();
+    let mut sub = watcher.subscribe("orders").await.unwrap();
+    let client = Client::connect(&server.url()).await.unwrap();
+    let mut held = Vec::new();
+    for i in 0..3u32 {
+        held.push(
+            client
+                .publish_pipelined("orders", format!("held {i}"))
+                .await
+                .unwrap(),
+        );
+    }
+    for i in 0..3u32 {
+        let message = tokio::time::timeout(Duration::from_secs(5), sub.next())
+            .await
+            .expect("a held publish still reaches the broker")
+            .unwrap();
+        assert_eq!(message.payload, format!("held {i}").as_bytes());
+    }
+    for (i, confirm) in held.into_iter().enumerate() {
+        assert_eq!(confirm.await.unwrap().sequence, i as u64 + 1);
+    }
+    client.close().await;
+    watcher.close().await;
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn confirmed_messages_are_stored_and_sequences_continue_after_restart() {
     let dir = tempfile::tempdir().unwrap();

@@ -202,6 +202,8 @@ impl Shared {
             out.buf = prefix;
             out.connected = true;
             out.direct.socket = Some(Arc::clone(&writer));
+            // What was buffered while disconnected (deferred or not) goes at once.
+            out.direct.deferred = false;
         }
         self.set_state(ConnectionState::Connected);
         self.wake_writer.notify_one();
