@@ -140,7 +140,7 @@ pub(crate) fn build(broker: Arc<Broker>, config: HttpConfig) -> Result<(Router, 
         api.merge(open)
     };
     let router = Router::new()
-        .nest("/api/v1", api)
+        .merge(api)
         .route("/metrics", axum::routing::get(metrics_endpoint))
         .fallback(routes::not_found)
         .layer(DefaultBodyLimit::max(body_limit))
