@@ -80,6 +80,18 @@ struct Subs {
     by_server: HashMap<u32, u64>,
 }
 
+/// How a frame waits in the outgoing buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sending {
+    /// Written inline or by the writer task.
+    Plain,
+    /// A request whose caller waits for the answer at once: it leaves when the caller waits.
+    Request,
+    /// A request whose answer's future the caller may hold without waiting (a pipelined
+    /// publish): as `Request`, with the writer task as backstop.
+    Pipelined,
+}
+
 struct Out {
     buf: BytesMut,
     connected: bool,
@@ -332,27 +344,26 @@ impl Shared {
         size_hint: usize,
         write: impl Fn(&mut BytesMut) -> Result<(), mycelium_protocol::ProtocolError>,
     ) -> Result<(), Error> {
-        self.send_as(false, size_hint, write).await
+        self.send_as(Sending::Plain, size_hint, write).await
     }
 
-    /// [`Shared::send`]; `request`: the caller will wait for an answer, so the frame may wait in
-    /// the buffer until it does (see [`socket::defer`]).
+    /// [`Shared::send`] for a frame sent as `sending` says.
     async fn send_as(
         &self,
-        request: bool,
+        sending: Sending,
         size_hint: usize,
         write: impl Fn(&mut BytesMut) -> Result<(), mycelium_protocol::ProtocolError>,
     ) -> Result<(), Error> {
         loop {
             self.check_usable()?;
-            if self.try_append(request, size_hint, &write)? {
+            if self.try_append(sending, size_hint, &write)? {
                 return Ok(());
             }
             let drained = self.drained.notified();
             tokio::pin!(drained);
             drained.as_mut().enable();
             // Re-check after registering, so a drain in between is not missed.
-            if self.try_append(request, size_hint, &write)? {
+            if self.try_append(sending, size_hint, &write)? {
                 return Ok(());
             }
             tokio::select! {
@@ -384,7 +395,7 @@ impl Shared {
     #[inline]
     fn try_append(
         &self,
-        request: bool,
+        sending: Sending,
         size_hint: usize,
         write: &impl Fn(&mut BytesMut) -> Result<(), mycelium_protocol::ProtocolError>,
     ) -> Result<bool, Error> {
@@ -395,8 +406,8 @@ impl Shared {
             if !out.connected {
                 return Ok(true);
             }
-            let wake = if request {
-                socket::defer(&mut out, was_empty)
+            let wake = if sending != Sending::Plain {
+                socket::defer(&mut out, was_empty, sending == Sending::Pipelined)
             } else if out.direct.deferred {
                 // A plain frame behind deferred requests: nothing waits for them any more.
                 socket::release(&mut out)

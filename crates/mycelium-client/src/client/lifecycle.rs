@@ -204,6 +204,7 @@ impl Shared {
             out.direct.socket = Some(Arc::clone(&writer));
             // What was buffered while disconnected (deferred or not) goes at once.
             out.direct.deferred = false;
+            out.direct.backstop = false;
         }
         self.set_state(ConnectionState::Connected);
         self.wake_writer.notify_one();
@@ -284,6 +285,7 @@ impl Shared {
             let deferred = {
                 let mut out = self.out.lock();
                 if out.direct.deferred {
+                    out.direct.backstop = true;
                     true
                 } else {
                     std::mem::swap(&mut out.buf, &mut spare);
@@ -296,7 +298,11 @@ impl Shared {
                 // ever wait, they go after `DEFER_MAX` regardless.
                 tokio::select! {
                     () = self.wake_writer.notified() => {}
-                    () = tokio::time::sleep(DEFER_MAX) => self.out.lock().direct.deferred = false,
+                    () = tokio::time::sleep(DEFER_MAX) => {
+                        let mut out = self.out.lock();
+                        out.direct.deferred = false;
+                        out.direct.backstop = false;
+                    }
                     () = stop.cancelled() => break,
                 }
                 continue;

@@ -123,7 +123,8 @@ impl Client {
         topic: &str,
         payload: impl AsRef<[u8]>,
     ) -> Result<(u64, [u8; 16]), Error> {
-        let confirmed = self.publish_pipelined(topic, payload).await?.await?;
+        // Awaited at once: no backstop for a future nobody waits on.
+        let confirmed = self.publish_start(topic, payload, false).await?.await?;
         Ok((confirmed.sequence, confirmed.id))
     }
 
@@ -160,10 +161,21 @@ impl Client {
         topic: &str,
         payload: impl AsRef<[u8]>,
     ) -> Result<PendingConfirm, Error> {
+        self.publish_start(topic, payload, true).await
+    }
+
+    /// Sends a confirmed publish; `pipelined`: the caller may hold the confirmation without
+    /// awaiting it (see `socket::defer`).
+    async fn publish_start(
+        &self,
+        topic: &str,
+        payload: impl AsRef<[u8]>,
+        pipelined: bool,
+    ) -> Result<PendingConfirm, Error> {
         let payload = payload.as_ref();
         let (id, rx) = self
             .shared
-            .request_start(payload.len() + 64, |buf, id| {
+            .request_start(payload.len() + 64, pipelined, |buf, id| {
                 let message = Publish {
                     topic,
                     payload,
@@ -186,7 +198,9 @@ impl Client {
         payload: impl AsRef<[u8]>,
         options: &PublishOptions,
     ) -> Result<Confirmed, Error> {
-        self.publish_pipelined_with(topic, payload, options).await?.await
+        self.publish_start_with(topic, payload, options, false)
+            .await?
+            .await
     }
 
     /// [`Client::publish_pipelined`] with headers and message properties: sends at once, and the
@@ -199,6 +213,17 @@ impl Client {
         topic: &str,
         payload: impl AsRef<[u8]>,
         options: &PublishOptions,
+    ) -> Result<PendingConfirm, Error> {
+        self.publish_start_with(topic, payload, options, true).await
+    }
+
+    /// [`Client::publish_pipelined_with`]; `pipelined` as for `publish_start`.
+    async fn publish_start_with(
+        &self,
+        topic: &str,
+        payload: impl AsRef<[u8]>,
+        options: &PublishOptions,
+        pipelined: bool,
     ) -> Result<PendingConfirm, Error> {
         let invalid =
             |e: mycelium_protocol::ProtocolError| Error::new(ErrorKind::InvalidArgument, e.to_string());
@@ -225,7 +250,7 @@ impl Client {
         let size = payload.len() + headers.len() + check.len() + topic.len() + 64;
         let (id, rx) = self
             .shared
-            .request_start(size, |buf, id| {
+            .request_start(size, pipelined, |buf, id| {
                 let message = Publish {
                     topic,
                     headers: &headers,

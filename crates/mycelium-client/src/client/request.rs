@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use tokio::sync::oneshot;
 
-use super::{Confirmed, Pending, Reply, Shared};
+use super::{Confirmed, Pending, Reply, Sending, Shared};
 use crate::{Error, ErrorKind};
 
 /// Waits for the answer to request `id` until `request_timeout` after it was sent. The timer is
@@ -163,14 +163,16 @@ impl Shared {
         size_hint: usize,
         write: impl Fn(&mut BytesMut, u32) -> Result<(), mycelium_protocol::ProtocolError>,
     ) -> Result<Reply, Error> {
-        let (id, rx) = self.request_start(size_hint, write).await?;
+        let (id, rx) = self.request_start(size_hint, false, write).await?;
         self.await_reply(id, rx).await
     }
 
     /// Sends a request; its answer comes through the returned receiver (see [`ReplyWait`]).
+    /// `pipelined`: the caller may hold the answer's future without waiting on it.
     pub(super) async fn request_start(
         &self,
         size_hint: usize,
+        pipelined: bool,
         write: impl Fn(&mut BytesMut, u32) -> Result<(), mycelium_protocol::ProtocolError>,
     ) -> Result<(u32, oneshot::Receiver<Result<Reply, Error>>), Error> {
         if !self.out.lock().connected {
@@ -183,7 +185,12 @@ impl Shared {
         let id = self.request_id();
         let (tx, rx) = oneshot::channel();
         self.pending.lock().insert(id, Pending::Request(tx));
-        if let Err(error) = self.send_as(true, size_hint, |buf| write(buf, id)).await {
+        let sending = if pipelined {
+            Sending::Pipelined
+        } else {
+            Sending::Request
+        };
+        if let Err(error) = self.send_as(sending, size_hint, |buf| write(buf, id)).await {
             self.pending.lock().remove(&id);
             return Err(error);
         }

@@ -69,6 +69,8 @@ pub(super) struct Direct {
     pub(super) answering: bool,
     /// A release came while `answering`: the reader releases when it is done.
     pub(super) release_wanted: bool,
+    /// The writer task holds the current deferral (see [`defer`]): a release must wake it.
+    pub(super) backstop: bool,
 }
 
 /// A request was appended ([`Shared::request_start`](super::Shared)): its caller will wait for
@@ -76,11 +78,18 @@ pub(super) struct Direct {
 /// confirmed publishes). The frames wait in the buffer so that the burst leaves in one write
 /// when the caller first waits ([`release`]): written as they came, the burst's first frames
 /// went alone, the broker stored and confirmed them as a group of their own (one more fsync),
-/// and every later round split the same way. Returns whether the writer task must be woken (a
-/// deferral starts: the writer holds it at most `DEFER_MAX`, in case nobody ever waits).
-pub(super) fn defer(out: &mut Out, was_empty: bool) -> bool {
+/// and every later round split the same way.
+///
+/// `backstop`: the caller may hold the answer's future without ever waiting (a pipelined
+/// publish), so the writer task is woken to hold the deferral at most `DEFER_MAX`; a caller that
+/// waits at once (`Client::request`) needs no such wake. Returns whether the writer task must be
+/// woken.
+pub(super) fn defer(out: &mut Out, was_empty: bool, backstop: bool) -> bool {
     if was_empty {
         out.direct.deferred = true;
+    }
+    if backstop && out.direct.deferred && !out.direct.backstop {
+        out.direct.backstop = true;
         return true;
     }
     false
@@ -109,7 +118,9 @@ pub(super) fn release(out: &mut Out) -> bool {
             out.buf.advance(written);
         }
     }
-    true
+    // The writer task is told if it holds the deferral, or if something is left and it is not
+    // already writing (it takes what is left when done).
+    out.direct.backstop || (!out.buf.is_empty() && !out.direct.writing)
 }
 
 /// The reader starts handing out the answers of one read ([`Direct::answering`]).
@@ -128,6 +139,7 @@ pub(super) fn answered(out: &mut Out) -> bool {
 /// until its next swap.
 pub(super) fn writer_took(out: &mut Out, took: usize) {
     out.direct.writing = took > 0;
+    out.direct.backstop = false;
 }
 
 /// Writes `out.buf` inline if the writer task is idle and the last inline write is at least `gap`
@@ -207,11 +219,14 @@ mod tests {
         let (mut out, mut peer) = connected().await;
         out.buf.extend_from_slice(b"request-1");
         assert!(
-            defer(&mut out, true),
-            "a deferral starts: the writer task holds it"
+            defer(&mut out, true, true),
+            "a pipelined deferral starts: the writer task holds it"
         );
         out.buf.extend_from_slice(b"request-2");
-        assert!(!defer(&mut out, false), "the same burst: nothing more to wake");
+        assert!(
+            !defer(&mut out, false, true),
+            "the same burst: nothing more to wake"
+        );
         assert!(
             !write_inline(&mut out, Duration::ZERO),
             "a plain inline write does not jump the deferral"
@@ -227,24 +242,42 @@ mod tests {
     async fn a_release_while_answers_are_handed_out_waits_for_the_last() {
         let (mut out, mut peer) = connected().await;
         out.buf.extend_from_slice(b"first-half");
-        defer(&mut out, true);
+        defer(&mut out, true, true);
         answering(&mut out);
         assert!(!release(&mut out), "the caller's answer is among those coming");
         assert_eq!(&out.buf[..], b"first-half");
         out.buf.extend_from_slice(b"+second-half");
-        assert!(answered(&mut out), "the reader releases once done");
+        assert!(
+            answered(&mut out),
+            "the reader releases once done (and tells the writer task)"
+        );
         assert_eq!(received(&mut peer).await, b"first-half+second-half");
         answering(&mut out);
         assert!(!answered(&mut out), "no release asked for: nothing to do");
     }
 
     #[tokio::test]
+    async fn a_request_whose_caller_waits_at_once_costs_no_wake_up() {
+        let (mut out, mut peer) = connected().await;
+        out.buf.extend_from_slice(b"ping");
+        assert!(
+            !defer(&mut out, true, false),
+            "no backstop: the writer task sleeps on"
+        );
+        assert!(!release(&mut out), "written inline, nothing for the writer task");
+        assert_eq!(received(&mut peer).await, b"ping");
+    }
+
+    #[tokio::test]
     async fn a_release_while_the_writer_task_writes_leaves_the_burst_to_it() {
         let (mut out, _peer) = connected().await;
         out.buf.extend_from_slice(b"request");
-        defer(&mut out, true);
+        defer(&mut out, true, false);
         out.direct.writing = true;
-        assert!(release(&mut out), "the writer task must take it");
+        assert!(
+            !release(&mut out),
+            "the writer task, busy writing, takes it when done"
+        );
         assert_eq!(&out.buf[..], b"request", "not written out of order");
         assert!(!out.direct.deferred);
     }
