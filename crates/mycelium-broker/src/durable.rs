@@ -187,9 +187,7 @@ impl Queue {
             Err(tokio::sync::TryAcquireError::NoPermits) => return Err(QueueError::Full(batch)),
             Err(tokio::sync::TryAcquireError::Closed) => return Err(QueueError::Closed(batch)),
         }
-        self.sender
-            .send((permits, batch))
-            .map_err(|e| QueueError::Closed(e.0.1))
+        self.hand_over(permits, batch)
     }
 
     /// Hands `batch` over once the queue has room for it.
@@ -202,6 +200,11 @@ impl Queue {
             Ok(permit) => permit.forget(),
             Err(_) => return Err(QueueError::Closed(batch)),
         }
+        self.hand_over(permits, batch)
+    }
+
+    /// Sends a batch whose room (`permits`) is taken; the writer gives the room back.
+    fn hand_over(&self, permits: u32, batch: Vec<AppendRequest>) -> Result<(), QueueError> {
         self.sender
             .send((permits, batch))
             .map_err(|e| QueueError::Closed(e.0.1))

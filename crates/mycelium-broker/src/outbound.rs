@@ -44,6 +44,20 @@ struct State {
     inline_bytes_max: usize,
 }
 
+impl State {
+    /// Appends one frame written by `write`, with its mark; returns its length.
+    fn push_frame(&mut self, droppable: bool, write: impl FnOnce(&mut BytesMut)) -> usize {
+        let before = self.buf.len();
+        write(&mut self.buf);
+        let len = self.buf.len() - before;
+        self.marks.push_back(FrameMark {
+            len: len as u32,
+            droppable,
+        });
+        len
+    }
+}
+
 impl std::fmt::Debug for dyn DirectWrite {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("DirectWrite")
@@ -191,19 +205,11 @@ impl Outbound {
         if self.is_closing() {
             return false;
         }
-        let mut guard = self.state.lock();
-        let state = &mut *guard;
-        let mut total = 0;
-        for item in items {
-            let before = state.buf.len();
-            write(&mut state.buf, item);
-            let len = state.buf.len() - before;
-            state.marks.push_back(FrameMark {
-                len: len as u32,
-                droppable: false,
-            });
-            total += len;
-        }
+        let mut state = self.state.lock();
+        let total: usize = items
+            .into_iter()
+            .map(|item| state.push_frame(false, |buf| write(buf, item)))
+            .sum();
         self.queued.fetch_add(total, Ordering::Relaxed);
         true
     }
@@ -215,14 +221,7 @@ impl Outbound {
     }
 
     fn push(&self, droppable: bool, write: impl FnOnce(&mut BytesMut)) {
-        let mut state = self.state.lock();
-        let before = state.buf.len();
-        write(&mut state.buf);
-        let len = state.buf.len() - before;
-        state.marks.push_back(FrameMark {
-            len: len as u32,
-            droppable,
-        });
+        let len = self.state.lock().push_frame(droppable, write);
         self.queued.fetch_add(len, Ordering::Relaxed);
     }
 

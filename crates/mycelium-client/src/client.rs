@@ -373,22 +373,23 @@ impl Shared {
         }
     }
 
-    /// Deferred requests go now: their caller waits for an answer (see [`socket::release`]).
-    fn release(&self) {
-        let mut out = self.out.lock();
-        if socket::release(&mut out) {
-            drop(out);
+    /// Runs `change` on the outgoing buffer's state and wakes the writer task if it says so
+    /// (after the lock is released).
+    fn with_out(&self, change: impl FnOnce(&mut Out) -> bool) {
+        let wake = change(&mut self.out.lock());
+        if wake {
             self.wake_writer.notify_one();
         }
     }
 
+    /// Deferred requests go now: their caller waits for an answer (see [`socket::release`]).
+    fn release(&self) {
+        self.with_out(socket::release);
+    }
+
     /// The reader has handed out one read's answers (see [`socket::answered`]).
     fn answered(&self) {
-        let mut out = self.out.lock();
-        if socket::answered(&mut out) {
-            drop(out);
-            self.wake_writer.notify_one();
-        }
+        self.with_out(socket::answered);
     }
 
     /// Appends if there is room; `Ok(false)` when connected and full (wait for a drain).

@@ -30,6 +30,11 @@ pub struct ClientOptions {
     /// caller's task, at most once per this interval (so bursts still gather into one write);
     /// `None`: always through the writer task.
     pub inline_write_gap: Option<Duration>,
+    /// A pipelined publish ([`Client::publish_pipelined`](crate::Client::publish_pipelined))
+    /// waits in the client until its caller awaits a confirmation, so that a window of them
+    /// leaves in one write; should nobody await, it leaves after at most this long (plus the
+    /// timer's millisecond tick).
+    pub pipeline_hold_max: Duration,
 }
 
 impl Default for ClientOptions {
@@ -45,6 +50,7 @@ impl Default for ClientOptions {
             subscription_capacity: 65_536,
             ping_interval: Duration::from_secs(30),
             inline_write_gap: Some(Duration::from_micros(20)),
+            pipeline_hold_max: Duration::from_micros(500),
         }
     }
 }

@@ -16,15 +16,22 @@ fn disk_topic(config: &mut mycelium_server::Config, data_dir: &std::path::Path, 
     }));
 }
 
+/// A broker on a Unix socket in `dir` whose topic `orders` is on disk with `fsync`; returns the
+/// data directory too.
+async fn disk_server(dir: &tempfile::TempDir, fsync: &str) -> (std::path::PathBuf, TestServer) {
+    let data = dir.path().join("data");
+    let socket = dir.path().join("b.sock");
+    let server = TestServer::start_at(&socket, |c| disk_topic(c, &data, fsync)).await;
+    (data, server)
+}
+
 /// Pipelined publishes: many sent before any confirmation is awaited; each confirmation names
 /// its own message (contiguous sequences in send order, distinct ids), and every confirmed
 /// message is in the log.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelined_publishes_are_each_confirmed_with_their_own_sequence() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let socket = dir.path().join("b.sock");
-    let server = TestServer::start_at(&socket, |c| disk_topic(c, &data, "batch")).await;
+    let (data, server) = disk_server(&dir, "batch").await;
     let client = Client::connect(&server.url()).await.unwrap();
     let mut in_flight = std::collections::VecDeque::new();
     let mut confirmed = Vec::new();
@@ -67,9 +74,7 @@ async fn pipelined_publishes_are_each_confirmed_with_their_own_sequence() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelined_publishes_nobody_awaits_still_leave() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let socket = dir.path().join("b.sock");
-    let server = TestServer::start_at(&socket, |c| disk_topic(c, &data, "batch")).await;
+    let (_data, server) = disk_server(&dir, "batch").await;
     let watcher = Client::connect(&server.url()).await.unwrap();
     let mut sub = watcher.subscribe("orders").await.unwrap();
     let client = Client::connect(&server.url()).await.unwrap();
@@ -92,6 +97,37 @@ async fn pipelined_publishes_nobody_awaits_still_leave() {
     for (i, confirm) in held.into_iter().enumerate() {
         assert_eq!(confirm.await.unwrap().sequence, i as u64 + 1);
     }
+    client.close().await;
+    watcher.close().await;
+    server.stop().await;
+}
+
+/// `pipeline_hold_max` bounds the hold: with a long one, a pipelined publish nobody awaits stays
+/// in the client; awaiting its confirmation sends it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipeline_hold_max_is_how_long_an_unawaited_publish_waits() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_data, server) = disk_server(&dir, "batch").await;
+    let watcher = Client::connect(&server.url()).await.unwrap();
+    let mut sub = watcher.subscribe("orders").await.unwrap();
+    let options = mycelium_client::ClientOptions {
+        pipeline_hold_max: Duration::from_secs(3600),
+        ..mycelium_client::ClientOptions::default()
+    };
+    let client = Client::connect_with(&server.url(), options).await.unwrap();
+    let held = client.publish_pipelined("orders", "held").await.unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), sub.next())
+            .await
+            .is_err(),
+        "held in the client while nobody awaits"
+    );
+    assert_eq!(held.await.unwrap().sequence, 1, "awaiting sends it");
+    let message = tokio::time::timeout(Duration::from_secs(5), sub.next())
+        .await
+        .expect("delivered once sent")
+        .unwrap();
+    assert_eq!(message.payload, "held".as_bytes());
     client.close().await;
     watcher.close().await;
     server.stop().await;

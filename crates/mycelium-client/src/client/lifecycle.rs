@@ -16,10 +16,6 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-/// The longest deferred requests wait for their caller to wait for an answer (see
-/// `socket::defer`); the timer's granularity makes it up to a millisecond more.
-const DEFER_MAX: std::time::Duration = std::time::Duration::from_micros(500);
-
 use super::socket::Socket;
 use super::{Batch, ConnectionState, Pending, READ_CHUNK, Reader, Reply, Shared, Writer};
 use crate::message::Message;
@@ -202,9 +198,13 @@ impl Shared {
             out.buf = prefix;
             out.connected = true;
             out.direct.socket = Some(Arc::clone(&writer));
-            // What was buffered while disconnected (deferred or not) goes at once.
-            out.direct.deferred = false;
-            out.direct.backstop = false;
+            if resubscribe {
+                // A reconnect: what was buffered while disconnected (deferred or not) goes at
+                // once. (On the first connection, requests made before this point keep their
+                // deferral.)
+                out.direct.deferred = false;
+                out.direct.backstop = false;
+            }
         }
         self.set_state(ConnectionState::Connected);
         self.wake_writer.notify_one();
@@ -295,10 +295,10 @@ impl Shared {
             };
             if deferred {
                 // Requests wait for their caller to wait (see `socket::defer`); should nobody
-                // ever wait, they go after `DEFER_MAX` regardless.
+                // ever wait, they go after `pipeline_hold_max` regardless.
                 tokio::select! {
                     () = self.wake_writer.notified() => {}
-                    () = tokio::time::sleep(DEFER_MAX) => {
+                    () = tokio::time::sleep(self.options.pipeline_hold_max) => {
                         let mut out = self.out.lock();
                         out.direct.deferred = false;
                         out.direct.backstop = false;

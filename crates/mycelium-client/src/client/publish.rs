@@ -135,7 +135,8 @@ impl Client {
     /// were sent costs the least (answers come back in that order on one topic). The wait for
     /// each answer ends after `request_timeout`, counted from the send. The publish waits in the
     /// client's buffer until a confirmation is first awaited (or dropped), so a window refilled
-    /// between two awaits leaves in one write; if none is, it leaves within about a millisecond.
+    /// between two awaits leaves in one write; if none is, it leaves after at most
+    /// `ClientOptions::pipeline_hold_max` (0.5 ms by default, plus the timer's tick).
     ///
     /// ```no_run
     /// # async fn demo(client: &mycelium_client::Client) -> Result<(), mycelium_client::Error> {

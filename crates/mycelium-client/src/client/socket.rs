@@ -81,7 +81,8 @@ pub(super) struct Direct {
 /// and every later round split the same way.
 ///
 /// `backstop`: the caller may hold the answer's future without ever waiting (a pipelined
-/// publish), so the writer task is woken to hold the deferral at most `DEFER_MAX`; a caller that
+/// publish), so the writer task is woken to hold the deferral at most
+/// `ClientOptions::pipeline_hold_max`; a caller that
 /// waits at once (`Client::request`) needs no such wake. Returns whether the writer task must be
 /// woken.
 pub(super) fn defer(out: &mut Out, was_empty: bool, backstop: bool) -> bool {
