@@ -826,6 +826,55 @@ async fn rate_limits_answer_429_with_retry_after_and_recover() {
     );
 }
 
+/// A JSON payload is stored as the text that was sent: key order, number precision and spacing
+/// inside it reach native consumers and HTTP readers unchanged (a round trip through a JSON tree
+/// would sort the keys and turn the big integer into a float).
+#[tokio::test]
+async fn a_json_payload_is_stored_and_returned_as_sent() {
+    let api = api();
+    let t = admin();
+    let payload = r#"{"zeta": 1, "alpha": [1.50, "x"], "big": 123456789012345678901234567890}"#;
+    let body = format!(r#"{{"topic": "jobs", "payload": {payload}}}"#);
+    let request = Request::builder()
+        .method(Method::POST)
+        .uri("/api/v1/messages/publish")
+        .header("authorization", format!("Bearer {t}"))
+        .header("content-type", "application/json")
+        .body(Body::from(body))
+        .unwrap();
+    let (status, _, published) = api.raw(request).await;
+    assert_eq!(status, StatusCode::OK, "{published}");
+    let id = published["results"][0]["id"].as_str().unwrap().to_owned();
+    // What native consumers get: the stored bytes.
+    let uuid = uuid::Uuid::parse_str(&id).unwrap();
+    let (_, stored) = api.broker.find_message(uuid.as_bytes()).unwrap();
+    assert_eq!(std::str::from_utf8(&stored.payload).unwrap(), payload);
+    // What HTTP readers get: the same text inside the response.
+    let request = Request::builder()
+        .uri(format!("/api/v1/messages/{id}"))
+        .header("authorization", format!("Bearer {t}"))
+        .body(Body::empty())
+        .unwrap();
+    let response = api.router.clone().oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    let text = std::str::from_utf8(&bytes).unwrap();
+    assert!(text.contains(&format!(r#""payload":{payload}"#)), "{text}");
+    // A payload that is not valid JSON is still refused with the field named.
+    let request = Request::builder()
+        .method(Method::POST)
+        .uri("/api/v1/messages/publish")
+        .header("authorization", format!("Bearer {t}"))
+        .header("content-type", "application/json")
+        .body(Body::from(r#"{"topic": "jobs", "payload": {"a": }}"#))
+        .unwrap();
+    let (status, _, problem) = api.raw(request).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{problem}");
+    api.broker.close_storage();
+}
+
 #[tokio::test]
 async fn health_and_the_openapi_document() {
     let api = api();

@@ -26,9 +26,11 @@ use crate::extract::{ApiJson, ApiPath, ApiQuery};
 pub(crate) struct PublishMessage {
     /// The topic.
     pub(crate) topic: String,
-    /// The payload as a JSON value.
+    /// The payload as a JSON value, stored as the text that was sent (key order, numbers and
+    /// spacing kept).
     #[serde(default)]
-    pub(crate) payload: Option<serde_json::Value>,
+    #[schema(value_type = Option<serde_json::Value>)]
+    pub(crate) payload: Option<Box<serde_json::value::RawValue>>,
     /// The payload as base64 bytes (instead of `payload`).
     #[serde(default)]
     pub(crate) payload_base64: Option<String>,

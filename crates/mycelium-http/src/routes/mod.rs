@@ -79,9 +79,10 @@ pub(crate) async fn not_found(uri: axum::http::Uri) -> ApiError {
 /// base64 with their content type.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, ToSchema)]
 pub(crate) struct PayloadFields {
-    /// The payload as a JSON value.
+    /// The payload as a JSON value: the text that was stored, as it was sent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) payload: Option<serde_json::Value>,
+    #[schema(value_type = Option<serde_json::Value>)]
+    pub(crate) payload: Option<Box<serde_json::value::RawValue>>,
     /// The payload as base64 bytes (instead of `payload`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) payload_base64: Option<String>,
@@ -105,7 +106,7 @@ impl PayloadFields {
                 (Bytes::new(), String::new())
             }
             (Some(value), None) => (
-                Bytes::from(serde_json::to_vec(value).unwrap_or_default()),
+                Bytes::copy_from_slice(value.get().as_bytes()),
                 self.content_type
                     .clone()
                     .unwrap_or_else(|| "application/json".into()),
@@ -139,7 +140,9 @@ impl PayloadFields {
     pub(crate) fn show(payload: &[u8], content_type: Option<&str>) -> PayloadFields {
         let json_type =
             content_type.is_none_or(|t| t.starts_with("application/json") || t.ends_with("+json"));
-        if json_type && let Ok(value) = serde_json::from_slice::<serde_json::Value>(payload) {
+        // Valid JSON goes out as the text that was stored; checked, not rebuilt as a tree.
+        let text = std::str::from_utf8(payload).ok().filter(|_| json_type);
+        if let Some(Ok(value)) = text.map(|t| serde_json::value::RawValue::from_string(t.to_owned())) {
             return PayloadFields {
                 payload: Some(value),
                 payload_base64: None,
