@@ -20,19 +20,66 @@ where
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match axum::Json::<T>::from_request(request, state).await {
-            Ok(axum::Json(value)) => Ok(ApiJson(value)),
-            Err(rejection) => Err(json_rejection(&rejection)),
+        if !json_content_type(request.headers()) {
+            return Err(unsupported_media_type());
         }
+        let bytes = match axum::body::Bytes::from_request(request, state).await {
+            Ok(bytes) => bytes,
+            Err(rejection) => return Err(bytes_rejection(&rejection)),
+        };
+        // Read without tracking the path of each field (axum's `Json` wraps the reader in
+        // serde_path_to_error, which records every key it passes: a sixth of the time of a
+        // 1,000-message batch); only a body that fails is read again to name where.
+        match serde_json::from_slice::<T>(&bytes) {
+            Ok(value) => Ok(ApiJson(value)),
+            Err(_) => match axum::Json::<T>::from_bytes(&bytes) {
+                Ok(axum::Json(value)) => Ok(ApiJson(value)),
+                Err(rejection) => Err(json_rejection(&rejection)),
+            },
+        }
+    }
+}
+
+/// `application/json` or `application/<anything>+json`, parameters aside (as axum's `Json`
+/// accepts).
+fn json_content_type(headers: &axum::http::HeaderMap) -> bool {
+    let Some(value) = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let essence = value.split(';').next().unwrap_or("").trim();
+    let Some((kind, subtype)) = essence.split_once('/') else {
+        return false;
+    };
+    let subtype = subtype.as_bytes();
+    kind.eq_ignore_ascii_case("application")
+        && (subtype.eq_ignore_ascii_case(b"json")
+            || subtype.len() > 5 && subtype[subtype.len() - 5..].eq_ignore_ascii_case(b"+json"))
+}
+
+fn unsupported_media_type() -> ApiError {
+    ApiError::new(
+        Kind::UnsupportedMediaType,
+        "send the body as JSON with `Content-Type: application/json`",
+    )
+}
+
+fn bytes_rejection(rejection: &axum::extract::rejection::BytesRejection) -> ApiError {
+    if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::new(
+            Kind::TooLarge,
+            "the request body is larger than http.max_body_size",
+        )
+    } else {
+        ApiError::new(Kind::BadRequest, format!("reading the body failed: {rejection}"))
     }
 }
 
 fn json_rejection(rejection: &JsonRejection) -> ApiError {
     match rejection {
-        JsonRejection::MissingJsonContentType(_) => ApiError::new(
-            Kind::UnsupportedMediaType,
-            "send the body as JSON with `Content-Type: application/json`",
-        ),
+        JsonRejection::MissingJsonContentType(_) => unsupported_media_type(),
         JsonRejection::JsonSyntaxError(e) => ApiError::new(
             Kind::BadRequest,
             format!("the body is not valid JSON: {}", source_text(e)),
@@ -46,16 +93,7 @@ fn json_rejection(rejection: &JsonRejection) -> ApiError {
             };
             ApiError::invalid(vec![FieldError { field, message }])
         }
-        JsonRejection::BytesRejection(e) => {
-            if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::new(
-                    Kind::TooLarge,
-                    "the request body is larger than http.max_body_size",
-                )
-            } else {
-                ApiError::new(Kind::BadRequest, format!("reading the body failed: {e}"))
-            }
-        }
+        JsonRejection::BytesRejection(e) => bytes_rejection(e),
         other => ApiError::new(Kind::BadRequest, other.body_text()),
     }
 }
@@ -114,5 +152,40 @@ where
             }
             Err(other) => Err(ApiError::new(Kind::BadRequest, other.body_text())),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::json_content_type;
+    use axum::http::{HeaderMap, HeaderValue, header::CONTENT_TYPE};
+
+    #[test]
+    fn json_content_types_are_told_from_others() {
+        let is_json = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(CONTENT_TYPE, HeaderValue::from_str(value).unwrap());
+            json_content_type(&headers)
+        };
+        for yes in [
+            "application/json",
+            "Application/JSON",
+            "application/json; charset=utf-8",
+            "application/problem+json",
+            " application/vnd.api+JSON ;q=1",
+        ] {
+            assert!(is_json(yes), "{yes}");
+        }
+        for no in [
+            "text/plain",
+            "application/jsonx",
+            "application/+json",
+            "json",
+            "text/json",
+            "",
+        ] {
+            assert!(!is_json(no), "{no}");
+        }
+        assert!(!json_content_type(&HeaderMap::new()));
     }
 }

@@ -13,7 +13,7 @@ use mycelium_protocol::{HeaderIter, StartPosition, SubscribeOptions};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::{CONTENT_TYPE, PayloadFields, check_topic, parse_id, rfc3339, show_headers};
+use super::{At, CONTENT_TYPE, PayloadFields, parse_id, rfc3339, show_headers};
 use crate::SharedState;
 use crate::auth::Principal;
 use crate::consume::{Delivered, HttpVerdict};
@@ -133,13 +133,29 @@ impl<'de, A: serde::de::MapAccess<'de>> serde::de::MapAccess<'de> for FirstKeyAg
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub(crate) struct PublishResult {
     /// The topic.
-    pub(crate) topic: String,
+    #[serde(serialize_with = "topic_name")]
+    #[schema(value_type = String)]
+    pub(crate) topic: mycelium_broker::TopicRef,
     /// Its per-topic sequence.
     pub(crate) sequence: u64,
     /// Its id (stored topics; `null` on in-memory topics, which keep no ids).
-    pub(crate) id: Option<String>,
+    #[serde(serialize_with = "hyphenated")]
+    #[schema(value_type = Option<String>)]
+    pub(crate) id: Option<uuid::Uuid>,
     /// The idempotency key was known: `sequence` and `id` are the original's.
     pub(crate) duplicate: bool,
+}
+
+// A batch's answer is written straight from the broker's values: no string per message.
+fn topic_name<S: serde::Serializer>(topic: &mycelium_broker::TopicRef, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(topic.name())
+}
+
+fn hyphenated<S: serde::Serializer>(id: &Option<uuid::Uuid>, s: S) -> Result<S::Ok, S::Error> {
+    match id {
+        Some(id) => s.collect_str(&id.hyphenated()),
+        None => s.serialize_none(),
+    }
 }
 
 /// The results, in the order the messages were given.
@@ -149,8 +165,13 @@ pub(crate) struct PublishResponse {
     pub(crate) results: Vec<PublishResult>,
 }
 
-fn to_local(message: PublishMessage, at: &str, errors: &mut Vec<FieldError>) -> LocalMessage {
-    check_topic(&message.topic, &format!("{at}topic"), errors);
+fn to_local(message: PublishMessage, at: At, errors: &mut Vec<FieldError>) -> LocalMessage {
+    if let Err(e) = mycelium_broker::name::validate_topic(&message.topic) {
+        errors.push(FieldError {
+            field: at.field("topic"),
+            message: e.to_string(),
+        });
+    }
     let body = PayloadFields {
         payload: message.payload,
         payload_base64: message.payload_base64,
@@ -159,13 +180,13 @@ fn to_local(message: PublishMessage, at: &str, errors: &mut Vec<FieldError>) -> 
     let (payload, content_type) = body.bytes(at, errors);
     if message.priority.is_some_and(|p| p > 9) {
         errors.push(FieldError {
-            field: format!("{at}priority"),
+            field: at.field("priority"),
             message: "must be 0-9".into(),
         });
     }
     if message.ttl_ms == Some(0) {
         errors.push(FieldError {
-            field: format!("{at}ttl_ms"),
+            field: at.field("ttl_ms"),
             message: "must be above 0 (leave it out for no TTL)".into(),
         });
     }
@@ -175,28 +196,29 @@ fn to_local(message: PublishMessage, at: &str, errors: &mut Vec<FieldError>) -> 
         .is_some_and(|k| k.is_empty() || k.len() > 1024)
     {
         errors.push(FieldError {
-            field: format!("{at}idempotency_key"),
+            field: at.field("idempotency_key"),
             message: "1 to 1,024 bytes".into(),
         });
     }
-    let mut headers = BytesMut::new();
+    // The header block in one allocation: a key (u8 length) and a value (u16 length) per pair.
     let pairs = message
         .headers
         .iter()
         .filter(|(k, _)| !k.eq_ignore_ascii_case(CONTENT_TYPE))
         .map(|(k, v)| (k.as_str(), v.as_bytes()))
         .chain(std::iter::once((CONTENT_TYPE, content_type.as_bytes())));
+    let mut headers = BytesMut::with_capacity(pairs.clone().map(|(k, v)| 3 + k.len() + v.len()).sum());
     for (key, _) in message.headers.iter() {
         if key.is_empty() || key.len() > 255 {
             errors.push(FieldError {
-                field: format!("{at}headers"),
+                field: at.field("headers"),
                 message: format!("header name `{key}` must be 1-255 bytes"),
             });
         }
     }
     if let Err(e) = mycelium_protocol::encode_headers(&mut headers, pairs) {
         errors.push(FieldError {
-            field: format!("{at}headers"),
+            field: at.field("headers"),
             message: e.to_string(),
         });
     }
@@ -256,14 +278,7 @@ pub(crate) async fn publish(
     let locals: Vec<LocalMessage> = messages
         .into_iter()
         .enumerate()
-        .map(|(i, m)| {
-            let at = if batch {
-                format!("messages[{i}].")
-            } else {
-                String::new()
-            };
-            to_local(m, &at, &mut errors)
-        })
+        .map(|(i, m)| to_local(m, At(batch.then_some(i)), &mut errors))
         .collect();
     if !errors.is_empty() {
         return Err(ApiError::invalid(errors));
@@ -282,9 +297,9 @@ pub(crate) async fn publish(
     for (i, result) in results.into_iter().enumerate() {
         match result {
             Ok((topic, stored)) => out.push(PublishResult {
-                topic: topic.name().to_owned(),
+                topic,
                 sequence: stored.sequence,
-                id: (stored.id != [0; 16]).then(|| uuid::Uuid::from_bytes(stored.id).to_string()),
+                id: (stored.id != [0; 16]).then(|| uuid::Uuid::from_bytes(stored.id)),
                 duplicate: stored.duplicate,
             }),
             Err(error) => {

@@ -94,44 +94,56 @@ pub(crate) struct PayloadFields {
 /// The content type header key.
 pub(crate) const CONTENT_TYPE: &str = "content-type";
 
+/// Where a message sits in a publish request, for naming its fields in errors: one message
+/// (`ttl_ms`) or the `i`-th of a batch (`messages[1].ttl_ms`). The name is built only for an
+/// error, not for every message of a batch.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct At(pub(crate) Option<usize>);
+
+impl At {
+    /// The full name of `field`.
+    pub(crate) fn field(self, field: &str) -> String {
+        match self.0 {
+            Some(i) => format!("messages[{i}].{field}"),
+            None => field.to_owned(),
+        }
+    }
+}
+
 impl PayloadFields {
-    /// The payload bytes and their content type, or the field errors (`at` prefixes the names).
-    pub(crate) fn bytes(&self, at: &str, errors: &mut Vec<FieldError>) -> (Bytes, String) {
+    /// The payload bytes and their content type, or the field errors.
+    pub(crate) fn bytes(&self, at: At, errors: &mut Vec<FieldError>) -> (Bytes, &str) {
         match (&self.payload, &self.payload_base64) {
             (Some(_), Some(_)) => {
                 errors.push(FieldError {
-                    field: format!("{at}payload"),
+                    field: at.field("payload"),
                     message: "give `payload` or `payload_base64`, not both".into(),
                 });
-                (Bytes::new(), String::new())
+                (Bytes::new(), "")
             }
             (Some(value), None) => (
                 Bytes::copy_from_slice(value.get().as_bytes()),
-                self.content_type
-                    .clone()
-                    .unwrap_or_else(|| "application/json".into()),
+                self.content_type.as_deref().unwrap_or("application/json"),
             ),
             (None, Some(b64)) => match base64::engine::general_purpose::STANDARD.decode(b64) {
                 Ok(bytes) => (
                     Bytes::from(bytes),
-                    self.content_type
-                        .clone()
-                        .unwrap_or_else(|| "application/octet-stream".into()),
+                    self.content_type.as_deref().unwrap_or("application/octet-stream"),
                 ),
                 Err(e) => {
                     errors.push(FieldError {
-                        field: format!("{at}payload_base64"),
+                        field: at.field("payload_base64"),
                         message: format!("not base64: {e}"),
                     });
-                    (Bytes::new(), String::new())
+                    (Bytes::new(), "")
                 }
             },
             (None, None) => {
                 errors.push(FieldError {
-                    field: format!("{at}payload"),
+                    field: at.field("payload"),
                     message: "missing: give `payload` (JSON) or `payload_base64`".into(),
                 });
-                (Bytes::new(), String::new())
+                (Bytes::new(), "")
             }
         }
     }
