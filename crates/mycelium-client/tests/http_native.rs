@@ -195,3 +195,39 @@ async fn slow_loris_headers_are_cut_off_and_other_clients_are_served() {
     assert!(read.is_ok(), "the slow client was cut off");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_body_that_never_finishes_gets_408_and_other_clients_are_served() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = TestServer::start_at(&dir.path().join("b.sock"), move |c| {
+        c.storage.data_dir = data.display().to_string();
+        c.http.enabled = true;
+        c.http.listen = "127.0.0.1:0".into();
+        c.http.auth = "none".into();
+        c.http.request_timeout = mycelium_server::units::HumanDuration(Duration::from_millis(300));
+    })
+    .await;
+    let addr = server.http.unwrap();
+    // Headers promise 100 bytes of body; 10 arrive, then nothing.
+    let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+    slow.write_all(
+        b"POST /api/v1/messages/publish HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"topic\": ",
+    )
+    .await
+    .unwrap();
+    // Meanwhile a normal client is served.
+    let live = reqwest::get(format!("http://{addr}/api/v1/health/live"))
+        .await
+        .unwrap();
+    assert_eq!(live.status(), 200);
+    let mut answer = vec![0; 1024];
+    let n = tokio::time::timeout(Duration::from_secs(5), slow.read(&mut answer))
+        .await
+        .expect("the slow request was answered")
+        .unwrap();
+    let head = String::from_utf8_lossy(&answer[..n]);
+    assert!(head.starts_with("HTTP/1.1 408"), "{head}");
+    server.stop().await;
+}

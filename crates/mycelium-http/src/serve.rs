@@ -87,10 +87,15 @@ impl HttpServer {
         }
         let background = tokio::spawn(crate::background(Arc::clone(&state), shutdown.clone()));
         let graceful = GracefulShutdown::new();
-        let router = router.layer(tower_http::timeout::TimeoutLayer::with_status_code(
-            axum::http::StatusCode::REQUEST_TIMEOUT,
-            request_timeout,
-        ));
+        // Around the router as one service: `Router::layer` would wrap (and clone, per request)
+        // every route's boxed service.
+        let router = tower::Layer::layer(
+            &tower_http::timeout::TimeoutLayer::with_status_code(
+                axum::http::StatusCode::REQUEST_TIMEOUT,
+                request_timeout,
+            ),
+            router,
+        );
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => break,
@@ -128,7 +133,7 @@ impl HttpServer {
 /// Serves one connection: HTTP/1.1 with keep-alive and a header read timeout, watched for
 /// graceful shutdown.
 fn spawn_connection<I>(
-    router: &Router,
+    router: &tower_http::timeout::Timeout<Router>,
     graceful: &GracefulShutdown,
     io: TokioIo<I>,
     ip: Option<std::net::IpAddr>,
@@ -136,10 +141,15 @@ fn spawn_connection<I>(
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    // The peer's address goes into each request as it arrives (a `Router::layer` per connection
+    // would wrap every route again).
     let service = router
         .clone()
-        .layer(axum::Extension(ClientAddr(ip)))
-        .map_request(|r: hyper::Request<hyper::body::Incoming>| r.map(axum::body::Body::new));
+        .map_request(move |r: hyper::Request<hyper::body::Incoming>| {
+            let mut request = r.map(axum::body::Body::new);
+            request.extensions_mut().insert(ClientAddr(ip));
+            request
+        });
     let connection = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(header_timeout)
