@@ -252,6 +252,41 @@ fn sigterm_stops_cleanly_and_removes_the_socket() {
 }
 
 #[test]
+fn logs_piped_to_a_file_are_plain_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("p.sock");
+    let child = Command::new(BIN)
+        .args([
+            "serve",
+            "--socket",
+            &socket.display().to_string(),
+            "--tcp",
+            "",
+            "--http",
+            "",
+        ])
+        .env("MYCELIUM_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Up once the socket accepts (start-up, not a timing assertion), then stopped with SIGTERM.
+    let up = (0..500).any(|_| {
+        std::thread::sleep(Duration::from_millis(10));
+        std::os::unix::net::UnixStream::connect(&socket).is_ok()
+    });
+    let killed = Command::new("kill")
+        .args(["-15", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(up && killed.success() && out.status.success(), "{log}");
+    assert!(log.contains("listening on unix socket"), "{log}");
+    assert!(!log.contains('\u{1b}'), "escape codes in a piped log: {log:?}");
+}
+
+#[test]
 fn a_second_broker_on_a_live_socket_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("l.sock");
