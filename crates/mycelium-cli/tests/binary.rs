@@ -17,6 +17,11 @@ struct Broker {
 impl Broker {
     /// Starts `mycelium serve` with no config file, on `socket`, TCP off.
     fn start(socket: &Path) -> Broker {
+        Broker::start_logging(socket, "warn", Stdio::inherit())
+    }
+
+    /// [`Broker::start`] with `MYCELIUM_LOG=log` and its log (stderr) going to `stderr`.
+    fn start_logging(socket: &Path, log: &str, stderr: Stdio) -> Broker {
         let child = Command::new(BIN)
             .args([
                 "serve",
@@ -27,9 +32,9 @@ impl Broker {
                 "--http",
                 "",
             ])
-            .env("MYCELIUM_LOG", "warn")
+            .env("MYCELIUM_LOG", log)
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("spawn mycelium serve");
         let broker = Broker {
@@ -254,34 +259,12 @@ fn sigterm_stops_cleanly_and_removes_the_socket() {
 #[test]
 fn logs_piped_to_a_file_are_plain_text() {
     let dir = tempfile::tempdir().unwrap();
-    let socket = dir.path().join("p.sock");
-    let child = Command::new(BIN)
-        .args([
-            "serve",
-            "--socket",
-            &socket.display().to_string(),
-            "--tcp",
-            "",
-            "--http",
-            "",
-        ])
-        .env("MYCELIUM_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Up once the socket accepts (start-up, not a timing assertion), then stopped with SIGTERM.
-    let up = (0..500).any(|_| {
-        std::thread::sleep(Duration::from_millis(10));
-        std::os::unix::net::UnixStream::connect(&socket).is_ok()
-    });
-    let killed = Command::new("kill")
-        .args(["-15", &child.id().to_string()])
-        .status()
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let log = String::from_utf8_lossy(&out.stderr);
-    assert!(up && killed.success() && out.status.success(), "{log}");
+    let mut broker = Broker::start_logging(&dir.path().join("p.sock"), "info", Stdio::piped());
+    let mut stderr = broker.child.stderr.take().unwrap();
+    broker.signal(15);
+    let mut log = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut log).unwrap();
+    assert!(broker.child.wait().unwrap().success(), "{log}");
     assert!(log.contains("listening on unix socket"), "{log}");
     assert!(!log.contains('\u{1b}'), "escape codes in a piped log: {log:?}");
 }

@@ -166,17 +166,28 @@ async fn http_publish_reaches_native_subscribers_and_native_publish_is_consumed_
     server.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn slow_loris_headers_are_cut_off_and_other_clients_are_served() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let server = TestServer::start_at(&dir.path().join("b.sock"), move |c| {
+/// A broker in `dir` with the HTTP API on a loopback port, auth off, `http` adjusted.
+async fn open_http_server(
+    dir: &std::path::Path,
+    http: impl FnOnce(&mut mycelium_server::HttpSection),
+) -> TestServer {
+    let data = dir.join("data");
+    TestServer::start_at(&dir.join("b.sock"), move |c| {
         c.storage.data_dir = data.display().to_string();
         c.http.enabled = true;
         c.http.listen = "127.0.0.1:0".into();
         c.http.auth = "none".into();
-        c.http.header_timeout = mycelium_server::units::HumanDuration(Duration::from_millis(300));
+        http(&mut c.http);
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_loris_headers_are_cut_off_and_other_clients_are_served() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let server = open_http_server(dir.path(), |http| {
+        http.header_timeout = mycelium_server::units::HumanDuration(Duration::from_millis(300));
     })
     .await;
     let addr = server.http.unwrap();
@@ -200,13 +211,8 @@ async fn slow_loris_headers_are_cut_off_and_other_clients_are_served() {
 async fn a_body_that_never_finishes_gets_408_and_other_clients_are_served() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let server = TestServer::start_at(&dir.path().join("b.sock"), move |c| {
-        c.storage.data_dir = data.display().to_string();
-        c.http.enabled = true;
-        c.http.listen = "127.0.0.1:0".into();
-        c.http.auth = "none".into();
-        c.http.request_timeout = mycelium_server::units::HumanDuration(Duration::from_millis(300));
+    let server = open_http_server(dir.path(), |http| {
+        http.request_timeout = mycelium_server::units::HumanDuration(Duration::from_millis(300));
     })
     .await;
     let addr = server.http.unwrap();

@@ -862,7 +862,7 @@ async fn a_json_payload_is_stored_and_returned_as_sent() {
         .unwrap();
     let text = std::str::from_utf8(&bytes).unwrap();
     assert!(text.contains(&format!(r#""payload":{payload}"#)), "{text}");
-    // A payload that is not valid JSON is still refused with the field named.
+    // A payload that is not valid JSON is still refused (400: the body is not JSON).
     let request = Request::builder()
         .method(Method::POST)
         .uri("/api/v1/messages/publish")

@@ -13,7 +13,7 @@ use mycelium_protocol::{HeaderIter, StartPosition, SubscribeOptions};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::{At, CONTENT_TYPE, PayloadFields, parse_id, rfc3339, show_headers};
+use super::{At, CONTENT_TYPE, PayloadFields, check_topic, parse_id, rfc3339, show_headers};
 use crate::SharedState;
 use crate::auth::Principal;
 use crate::consume::{Delivered, HttpVerdict};
@@ -166,12 +166,7 @@ pub(crate) struct PublishResponse {
 }
 
 fn to_local(message: PublishMessage, at: At, errors: &mut Vec<FieldError>) -> LocalMessage {
-    if let Err(e) = mycelium_broker::name::validate_topic(&message.topic) {
-        errors.push(FieldError {
-            field: at.field("topic"),
-            message: e.to_string(),
-        });
-    }
+    check_topic(&message.topic, || at.field("topic"), errors);
     let body = PayloadFields {
         payload: message.payload,
         payload_base64: message.payload_base64,

@@ -201,11 +201,11 @@ pub(crate) fn parse_id(text: &str) -> Result<[u8; 16], ApiError> {
     })
 }
 
-/// A topic name from a path or body, checked.
-pub(crate) fn check_topic(name: &str, field: &str, errors: &mut Vec<FieldError>) {
+/// A topic name from a path or body, checked; `field` names it in an error (built only then).
+pub(crate) fn check_topic(name: &str, field: impl FnOnce() -> String, errors: &mut Vec<FieldError>) {
     if let Err(e) = mycelium_broker::name::validate_topic(name) {
         errors.push(FieldError {
-            field: field.to_owned(),
+            field: field(),
             message: e.to_string(),
         });
     }

@@ -315,7 +315,7 @@ pub(crate) async fn create(
 ) -> ApiResult<(StatusCode, axum::Json<TopicView>)> {
     principal.require(Role::Admin)?;
     let mut errors = Vec::new();
-    check_topic(&request.name, "name", &mut errors);
+    check_topic(&request.name, || "name".into(), &mut errors);
     let spec = request.settings.spec();
     match (errors.is_empty(), spec) {
         (true, Ok(spec)) => {
@@ -387,7 +387,7 @@ pub(crate) async fn update(
 ) -> ApiResult<axum::Json<TopicView>> {
     principal.require(Role::Admin)?;
     let mut errors = Vec::new();
-    check_topic(&name, "name", &mut errors);
+    check_topic(&name, || "name".into(), &mut errors);
     if !errors.is_empty() {
         return Err(ApiError::invalid(errors));
     }
