@@ -629,24 +629,25 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
     Ok(all_delivered)
 }
 
-/// A token for the spawned broker's HTTP API.
+/// A token for the spawned broker's HTTP API: HS256 over the secret the bench gives that broker,
+/// with the claims its HTTP door reads (`sub`, `exp`, the `roles` claim).
 fn bench_token() -> anyhow::Result<String> {
-    let jwt = mycelium_http::JwtConfig {
-        key: mycelium_http::JwtKey::Hs256(BENCH_JWT_SECRET.as_bytes().to_vec()),
-        role_claim: "roles".into(),
-        leeway: Duration::from_secs(30),
-        issuer: None,
-        audience: None,
-        cache_tokens: 0, // only signs the bench token
-    };
-    let request = mycelium_http::TokenRequest {
-        subject: "mycelium-bench".into(),
-        roles: vec![mycelium_http::Role::Producer],
-        ttl: Duration::from_secs(3600),
-        publish: None,
-        consume: None,
-    };
-    mycelium_http::issue(&jwt, &request).map_err(|e| anyhow::anyhow!(e))
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let claims = serde_json::json!({
+        "sub": "mycelium-bench",
+        "iat": now,
+        "nbf": now,
+        "exp": now + 3600,
+        "roles": ["producer"],
+    });
+    let key = jsonwebtoken::EncodingKey::from_secret(BENCH_JWT_SECRET.as_bytes());
+    Ok(jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &key,
+    )?)
 }
 
 async fn run_stalls(duration_s: f64, json: bool) -> anyhow::Result<bool> {

@@ -1,34 +1,32 @@
 //! The broker core: topics, subscriptions, routing and outbound buffers. It knows nothing of
-//! sockets, HTTP or JSON: the server feeds it decoded frames and drains its outbound buffers.
+//! sockets or HTTP: the server feeds it decoded frames and drains its outbound buffers.
 //!
-//! - [`Broker`]: the registry of topics, subscriptions and connections; [`Broker::publish`] is the
-//!   hot path, [`Broker::subscribe`] / [`Broker::unsubscribe`] rebuild routes.
-//! - [`Outbound`]: one connection's pending frames, appended by any reader, drained by its writer.
-//! - [`name`]: topic names and wildcard patterns.
-//! - [`spec`]: what a topic is configured to do.
+//! Its modules are layers; each uses only the layers listed before it (a test in
+//! `mycelium-test-support` fails when a reference points the other way):
+//!
+//! 1. [`routing`]: names, specs, filters, topics, subscriptions, routes, outbound buffers: the
+//!    model the hot path works on.
+//! 2. [`store`]: the storage writer of stored topics: its queue, group commit, confirms, dedup.
+//!    It hands committed groups to the broker through [`store`]'s `StoreEvents`, never routing
+//!    or waiting for a subscriber itself.
+//! 3. [`dlq`]: the dead-letter record (`x-dlq-*` headers), its views and removal marks.
+//! 4. [`consumer`]: durable subscriptions: the pure [`delivery`] state machine and the
+//!    dispatcher that drives it; what it needs of the broker comes through `DispatchHost`.
+//! 5. `broker`: the [`Broker`] facade that owns the registries and ties the layers together:
+//!    the publish path, durable subscribe and acknowledge, DLQ operations, [`inspect`],
+//!    [`health`].
 
 mod broker;
-mod dedup;
-pub mod delivery;
+pub mod consumer;
 pub mod dlq;
-mod durable;
-mod durable_sub;
-mod error;
-pub mod filter;
-pub mod health;
-pub mod inspect;
-pub mod metrics;
-pub mod name;
-mod outbound;
-mod publish;
-pub mod spec;
-mod subscription;
-mod topic;
+pub mod routing;
+pub mod store;
 
-pub use broker::{Broker, BrokerConfig, ConnectionInfo, Verdict};
-pub use durable::{DurableConfig, MessageProps, Stored};
-pub use error::{PublishError, SubscribeError};
-pub use outbound::{Append, DirectWrite, Outbound};
-pub use publish::{LocalMessage, Published, Publisher};
-pub use subscription::{Subscription, pick};
-pub use topic::{DEAD_REASONS, Topic, TopicCounters, TopicRef};
+pub use broker::{Broker, BrokerConfig, ConnectionInfo, LocalMessage, Published, Publisher, health, inspect};
+pub use consumer::Verdict;
+pub use consumer::state as delivery;
+pub use routing::outbound::{Append, DirectWrite, Outbound};
+pub use routing::subscription::{Subscription, pick};
+pub use routing::topic::{DEAD_REASONS, Topic, TopicCounters, TopicRef};
+pub use routing::{PublishError, SubscribeError, filter, metrics, name, spec};
+pub use store::{DurableConfig, MessageProps, Stored};

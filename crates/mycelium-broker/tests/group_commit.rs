@@ -153,3 +153,102 @@ async fn read_batches_that_find_the_writers_queue_full_wait_their_turn_in_order(
     let bounds = broker.storage().unwrap().bounds("orders").unwrap();
     assert_eq!(bounds.next - bounds.first, 200, "every publish stored once");
 }
+
+/// A stored topic whose subscribers wait when full (`overflow = "block"`), with a tiny buffer and
+/// a block timeout far beyond the test.
+fn blocking_stored_spec() -> TopicSpec {
+    TopicSpec {
+        storage: StorageKind::Disk,
+        delivery: Delivery::AtLeastOnce,
+        fsync: Fsync::Batch,
+        buffer_bytes: 4096,
+        overflow: mycelium_broker::spec::Overflow::Block,
+        block_timeout: Duration::from_secs(3600),
+        ..TopicSpec::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_subscriber_of_one_stored_topic_never_holds_another_topics_confirms() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::new(BrokerConfig {
+        topics: vec![
+            ("stalled".to_owned(), blocking_stored_spec()),
+            ("flowing".to_owned(), blocking_stored_spec()),
+        ],
+        durable: DurableConfig {
+            data_dir: dir.path().to_path_buf(),
+            ..DurableConfig::default()
+        },
+        ..BrokerConfig::default()
+    })
+    .unwrap();
+    // A live subscriber of `stalled` that never reads: nothing drains its outbound buffer.
+    let reader = broker.connect("never-reads".into());
+    broker.subscribe(&reader, 1, "stalled", None).unwrap();
+    let payload = bytes::Bytes::from(vec![7u8; 1024]);
+    for i in 0..20 {
+        let stored = tokio::time::timeout(
+            Duration::from_secs(10),
+            broker.publish_local(
+                "stalled",
+                bytes::Bytes::new(),
+                payload.clone(),
+                Default::default(),
+            ),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("publish {i} to `stalled` not confirmed in 10 s"));
+        assert!(stored.is_ok(), "{stored:?}");
+    }
+    let stalled = broker.topic("stalled").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while stalled
+        .counters()
+        .blocked
+        .load(std::sync::atomic::Ordering::Relaxed)
+        == 0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the subscriber of `stalled` never filled up"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // The writer must not be waiting for that subscriber: `flowing` keeps being stored and
+    // confirmed (before, the writer awaited the full subscriber for its whole block_timeout).
+    let mut last = 0;
+    for i in 0..200u32 {
+        let confirmed = tokio::time::timeout(
+            Duration::from_secs(10),
+            broker.publish_local(
+                "flowing",
+                bytes::Bytes::new(),
+                i.to_le_bytes().to_vec().into(),
+                Default::default(),
+            ),
+        )
+        .await;
+        let stored = confirmed.unwrap_or_else(|_| panic!("publish {i} to `flowing` not confirmed in 10 s"));
+        let sequence = stored.unwrap().1.sequence;
+        assert!(sequence > last, "sequences increase: {sequence} after {last}");
+        last = sequence;
+    }
+    // More groups of `stalled` queue behind the parked delivery instead of overtaking it.
+    let before = reader.outbound.pending_bytes();
+    let more = broker
+        .publish_local(
+            "stalled",
+            bytes::Bytes::new(),
+            payload.clone(),
+            Default::default(),
+        )
+        .await;
+    assert!(more.is_ok());
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(
+        reader.outbound.pending_bytes(),
+        before,
+        "nothing overtook the parked delivery"
+    );
+}

@@ -29,7 +29,8 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .build()?;
             // The workload runs in `block_on` on the main thread, as a `#[tokio::main]` body does.
             // (Spawned on a worker instead, every system gained at 256 confirms in flight with
-            // the same ratios, but Mycelium lost a third at 2,048: see PERFORMANCE.md.)
+            // the same ratios, but Mycelium lost a third at 2,048: see
+            // docs/performance-history.md, 2026-12-01, later.)
             let all_delivered = runtime.block_on(mycelium_bench::run(args))?;
             Ok(if all_delivered {
                 ExitCode::SUCCESS

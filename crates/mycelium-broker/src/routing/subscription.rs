@@ -3,9 +3,9 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use crate::name::Pattern;
-use crate::outbound::Outbound;
-use crate::spec::{Balance, Routing};
+use crate::routing::name::Pattern;
+use crate::routing::outbound::Outbound;
+use crate::routing::spec::{Balance, Routing};
 
 /// One subscription of one connection.
 #[derive(Debug)]
@@ -21,7 +21,7 @@ pub struct Subscription {
     /// Where its deliveries go.
     pub outbound: Arc<Outbound>,
     /// Only messages matching it are delivered.
-    pub filter: Option<Arc<crate::filter::Filter>>,
+    pub filter: Option<Arc<crate::routing::filter::Filter>>,
     pub(crate) delivered: AtomicU64,
     pub(crate) dropped: AtomicU64,
     pub(crate) blocked: AtomicU64,
@@ -34,7 +34,7 @@ impl Subscription {
         pattern: Pattern,
         group: Option<Box<str>>,
         outbound: Arc<Outbound>,
-        filter: Option<Arc<crate::filter::Filter>>,
+        filter: Option<Arc<crate::routing::filter::Filter>>,
     ) -> Self {
         Subscription {
             id,
@@ -153,6 +153,11 @@ pub(crate) struct Route {
 }
 
 impl Route {
+    /// Whether nobody would get a message.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.each.is_empty() && self.groups.is_empty() && self.ordered.is_empty()
+    }
+
     /// Builds the route of a topic named `topic` from every subscription, in creation order.
     pub(crate) fn build(topic: &str, routing: Routing, subscriptions: &[Arc<Subscription>]) -> Route {
         let matching: Vec<&Arc<Subscription>> = subscriptions

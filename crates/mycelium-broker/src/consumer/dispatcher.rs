@@ -26,11 +26,12 @@ use mycelium_storage::{DiskBackend, StorageBackend, StoredMessage};
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
-use crate::broker::Broker;
-use crate::delivery::{Attrs, DeadReason, DeliveryPolicy, Outcome, Snapshot, SubscriptionState};
-use crate::outbound::Outbound;
-use crate::spec::OnExpired;
-use crate::topic::{TopicCounters, TopicRef};
+use super::DispatchHost;
+use crate::consumer::state::{Attrs, DeadReason, DeliveryPolicy, Outcome, Snapshot, SubscriptionState};
+use crate::dlq::AttemptRecord;
+use crate::routing::outbound::Outbound;
+use crate::routing::spec::OnExpired;
+use crate::routing::topic::{TopicCounters, TopicRef};
 
 /// Bytes read from the log per admission pass, at most.
 const READ_BYTES: usize = 8 << 20;
@@ -40,18 +41,6 @@ pub(crate) struct Consumer {
     pub(crate) outbound: Arc<Outbound>,
     pub(crate) subscription_id: u32,
     pub(crate) connection_id: u64,
-}
-
-/// One failed attempt, for the dead-letter record.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub(crate) struct AttemptRecord {
-    /// When it failed, ns since the Unix epoch.
-    pub(crate) at_ns: u64,
-    /// `nack`, `ack_timeout`, `consumer_left`, `term` or `expired`.
-    pub(crate) reason: &'static str,
-    /// The consumer's error text, if it gave one.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub(crate) error: Option<String>,
 }
 
 /// Who holds an in-flight message, and when it was published.
@@ -84,7 +73,7 @@ pub(crate) struct DurableSub {
     state_file: PathBuf,
     settings: Settings,
     /// Only messages matching it are delivered.
-    pub(crate) filter: Option<Arc<crate::filter::Filter>>,
+    pub(crate) filter: Option<Arc<crate::routing::filter::Filter>>,
     /// Serialises state writes (the dispatcher's and the shutdown's share one temp file).
     persisting: Mutex<()>,
     /// Which consumer (connection, subscription id) each in-flight message went to.
@@ -96,7 +85,7 @@ pub(crate) struct DurableSub {
     stopped: AtomicBool,
 }
 
-/// Dispatcher settings (from [`crate::DurableConfig`]).
+/// Dispatcher settings (from [`crate::store::DurableConfig`]).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Settings {
     pub(crate) persist_every: Duration,
@@ -139,7 +128,7 @@ impl DurableSub {
         name: &str,
         options: &SubscribeOptions<'_>,
         backend: &DiskBackend,
-        config: &crate::DurableConfig,
+        config: &crate::store::DurableConfig,
     ) -> Result<Arc<DurableSub>, mycelium_storage::StorageError> {
         let state_file = config
             .data_dir
@@ -174,7 +163,7 @@ impl DurableSub {
         };
         let filter = match filter_text
             .as_deref()
-            .map(crate::filter::Filter::parse)
+            .map(crate::routing::filter::Filter::parse)
             .transpose()
         {
             Ok(filter) => filter.map(Arc::new),
@@ -288,13 +277,13 @@ impl DurableSub {
     /// Applies a consumer's verdict; an ACK with a request id is confirmed (ACK_OK) once durable.
     pub(crate) fn verdict(
         &self,
-        broker: &Broker,
+        host: &dyn DispatchHost,
         backend: &DiskBackend,
-        verdict: crate::Verdict<'_>,
+        verdict: super::Verdict<'_>,
         outbound: &Arc<Outbound>,
         request_id: u32,
     ) -> Result<(), String> {
-        use crate::Verdict;
+        use super::Verdict;
         let now = self.now_ns();
         let sequence = match verdict {
             Verdict::Ack(a) | Verdict::InProgress(a) => a.sequence,
@@ -319,7 +308,7 @@ impl DurableSub {
                 self.trace_verdict(sequence, "mycelium.ack");
                 if let Some(assigned) = self.assigned.lock().get(&sequence) {
                     let seconds = mycelium_codec::now_ns().saturating_sub(assigned.publish_ns) as f64 / 1e9;
-                    broker.metrics.observe_delivery(&self.topic, seconds);
+                    host.observe_delivery(&self.topic, seconds);
                 }
                 self.settled(sequence);
                 self.history.lock().remove(&sequence);
@@ -343,7 +332,7 @@ impl DurableSub {
             }
             Verdict::InProgress(_) => {}
         }
-        self.handle_outcome(broker, backend, outcome);
+        self.handle_outcome(host, backend, outcome);
         self.wake.notify_one();
         Ok(())
     }
@@ -389,7 +378,7 @@ impl DurableSub {
     }
 
     /// The dispatcher loop; ends when the subscription is stopped or the broker is gone.
-    pub(crate) async fn run(self: Arc<Self>, broker: Weak<Broker>, backend: Arc<DiskBackend>) {
+    pub(crate) async fn run(self: Arc<Self>, host: Weak<dyn DispatchHost>, backend: Arc<DiskBackend>) {
         let mut persisted = self.state.lock().snapshot();
         let mut last_persist = tokio::time::Instant::now();
         // Messages read during admission and ready to go out: their first delivery needs no
@@ -403,7 +392,7 @@ impl DurableSub {
             if self.stopped.load(Ordering::Acquire) {
                 break;
             }
-            let Some(broker) = broker.upgrade() else { break };
+            let Some(host) = host.upgrade() else { break };
             let now = self.now_ns();
             let available = backend.bounds(self.topic.name()).map_or(0, |b| b.next);
             let mut outcomes = Vec::new();
@@ -425,7 +414,8 @@ impl DurableSub {
                             {
                                 state.skip(message.sequence);
                                 let _ = state.admit(message.sequence, Attrs::default(), now);
-                                if self.topic.spec().unmatched == crate::spec::Unmatched::DeadLetter {
+                                if self.topic.spec().unmatched == crate::routing::spec::Unmatched::DeadLetter
+                                {
                                     outcomes.push(Outcome::DeadLetter {
                                         sequence: message.sequence,
                                         attempts: 0,
@@ -485,7 +475,7 @@ impl DurableSub {
                 if let Outcome::Expired { sequence, .. } | Outcome::DeadLetter { sequence, .. } = outcome {
                     cache.remove(&sequence);
                 }
-                self.handle_outcome(&broker, &backend, outcome);
+                self.handle_outcome(host.as_ref(), &backend, outcome);
             }
             for delivery in &deliveries {
                 let message = match cache.remove(&delivery.sequence) {
@@ -522,7 +512,7 @@ impl DurableSub {
             } else if confirms_waiting && snapshot == persisted {
                 self.confirm_acks();
             }
-            drop(broker);
+            drop(host);
             if deliveries.len() == pass_max || !admitted_all && self.state.lock().admit_room() > 0 {
                 tokio::task::yield_now().await;
                 continue; // more may be ready
@@ -600,7 +590,7 @@ impl DurableSub {
     /// to the others (the attempt counts), instead of waiting out its ack deadline.
     pub(crate) fn release(
         &self,
-        broker: &Broker,
+        host: &dyn DispatchHost,
         backend: &DiskBackend,
         connection_id: u64,
         subscription_id: u32,
@@ -622,7 +612,7 @@ impl DurableSub {
             let outcome = self.state.lock().nack(sequence, Some(Duration::ZERO), now);
             if let Ok(outcome) = outcome {
                 self.record(sequence, "consumer_left", None);
-                self.handle_outcome(broker, backend, outcome);
+                self.handle_outcome(host, backend, outcome);
             }
         }
         self.wake.notify_one();
@@ -634,7 +624,7 @@ impl DurableSub {
     }
 
     /// Acts on what the state machine decided.
-    pub(crate) fn handle_outcome(&self, broker: &Broker, backend: &DiskBackend, outcome: Outcome) {
+    pub(crate) fn handle_outcome(&self, host: &dyn DispatchHost, backend: &DiskBackend, outcome: Outcome) {
         let spec = self.topic.spec();
         let counters = &self.topic.counters;
         let (sequence, attempts, reason) = match outcome {
@@ -663,7 +653,7 @@ impl DurableSub {
                     DeadReason::Unmatched => 3,
                 };
                 TopicCounters::add(&counters.dead_by_reason[index], 1);
-                let reason = crate::topic::DEAD_REASONS[index];
+                let reason = crate::routing::topic::DEAD_REASONS[index];
                 if !spec.dead_letter {
                     tracing::debug!(
                         topic = self.topic.name(),
@@ -695,7 +685,7 @@ impl DurableSub {
             reason,
             history: &history,
         };
-        broker.dead_letter(&self.topic, record.headers(&original.headers), original);
+        host.dead_letter(&self.topic, record.headers(&original.headers), original);
     }
 }
 

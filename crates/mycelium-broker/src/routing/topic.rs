@@ -5,8 +5,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use arc_swap::ArcSwap;
 
-use crate::spec::TopicSpec;
-use crate::subscription::Route;
+use crate::routing::spec::TopicSpec;
+use crate::routing::subscription::Route;
 
 /// Counters of one topic (monotonic totals, relaxed atomics: exact per counter, not a snapshot
 /// across counters).
@@ -56,10 +56,20 @@ pub struct Topic {
     pub(crate) counters: TopicCounters,
     pub(crate) route: ArcSwap<Route>,
     deleted: AtomicBool,
-    pub(crate) histograms: crate::metrics::TopicHistograms,
+    pub(crate) histograms: crate::routing::metrics::TopicHistograms,
 }
 
 impl Topic {
+    /// Records a publish to this topic that took `seconds` from receipt to durable.
+    pub(crate) fn observe_publish(&self, metrics: &crate::routing::metrics::BrokerMetrics, seconds: f64) {
+        self.histograms.observe_publish(metrics, &self.name, seconds);
+    }
+
+    /// Records a message of this topic acknowledged `seconds` after it was published.
+    pub(crate) fn observe_delivery(&self, metrics: &crate::routing::metrics::BrokerMetrics, seconds: f64) {
+        self.histograms.observe_delivery(metrics, &self.name, seconds);
+    }
+
     pub(crate) fn new(name: &str, spec: TopicSpec, route: Route) -> Topic {
         Topic {
             name: name.into(),
@@ -68,7 +78,7 @@ impl Topic {
             counters: TopicCounters::default(),
             route: ArcSwap::from_pointee(route),
             deleted: AtomicBool::new(false),
-            histograms: crate::metrics::TopicHistograms::default(),
+            histograms: crate::routing::metrics::TopicHistograms::default(),
         }
     }
 

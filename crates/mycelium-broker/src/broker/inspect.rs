@@ -8,7 +8,7 @@ use mycelium_storage::{StorageBackend, StoredMessage};
 use serde::Serialize;
 
 use crate::broker::Broker;
-use crate::spec::StorageKind;
+use crate::routing::spec::StorageKind;
 
 /// One durable subscription as the tools show it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -69,7 +69,7 @@ impl Broker {
             .map(|(t, n, sub)| self.durable_info_of(&t, &n, &sub))
     }
 
-    fn durable_info_of(&self, topic: &str, name: &str, sub: &crate::durable_sub::DurableSub) -> DurableInfo {
+    fn durable_info_of(&self, topic: &str, name: &str, sub: &crate::consumer::DurableSub) -> DurableInfo {
         let (floor, in_flight, waiting) = {
             let state = sub.state.lock();
             (state.floor(), state.in_flight(), state.waiting())
@@ -194,7 +194,7 @@ fn oldest_from(backend: &dyn StorageBackend, topic: &str, floor: u64, next: u64)
 }
 
 impl Broker {
-    fn durable_subs_snapshot(&self) -> Vec<(String, String, Arc<crate::durable_sub::DurableSub>)> {
+    fn durable_subs_snapshot(&self) -> Vec<(String, String, Arc<crate::consumer::DurableSub>)> {
         self.durable_subs
             .lock()
             .iter()

@@ -3,7 +3,7 @@
 use mycelium_codec::CodecError;
 use mycelium_protocol::{ErrorCode, TlvFault};
 
-use crate::name::NameError;
+use crate::routing::name::NameError;
 
 /// Why a publish was refused. Nothing was delivered.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -82,7 +82,7 @@ pub enum SubscribeError {
     Unsupported(String),
     /// The filter does not parse.
     #[error(transparent)]
-    InvalidFilter(#[from] crate::filter::FilterError),
+    InvalidFilter(#[from] crate::routing::filter::FilterError),
     /// The connection is closing.
     #[error("connection is closing")]
     Closing,

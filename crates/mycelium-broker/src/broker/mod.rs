@@ -1,4 +1,15 @@
-//! The broker: topics, the subscription registry, connections, stats.
+//! The broker facade: it owns the registries (topics, subscriptions, connections, durable
+//! subscriptions, DLQ marks) and ties the layers together. `publish.rs` is the hot path,
+//! `durable.rs` durable subscriptions and the store's callbacks, `dlq.rs` the DLQ operations,
+//! [`inspect`] and [`health`] what tools and probes read.
+
+mod dlq;
+mod durable;
+pub mod health;
+pub mod inspect;
+mod publish;
+
+pub use publish::{LocalMessage, Published, Publisher};
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -9,34 +20,14 @@ use mycelium_codec::RelayDomain;
 use mycelium_protocol::{ConnectionStats, StatsSnapshot, SubscriptionStats, TopicStats};
 use parking_lot::{Mutex, RwLock};
 
-use crate::durable::{DurableConfig, DurableStore};
-use crate::durable_sub::DurableSub;
-use crate::error::{PublishError, SubscribeError};
-use crate::name::{Pattern, validate_topic};
-use crate::outbound::Outbound;
-use crate::spec::{StorageKind, TopicSpec};
-use crate::subscription::{Route, Subscription};
-use crate::topic::{Topic, TopicRef};
-
-/// A consumer's verdict on a durable delivery.
-#[derive(Debug, Clone, Copy)]
-#[allow(missing_docs)]
-pub enum Verdict<'a> {
-    Ack(mycelium_protocol::Ack),
-    Nack(mycelium_protocol::Nack<'a>),
-    InProgress(mycelium_protocol::Ack),
-    Term(mycelium_protocol::Term<'a>),
-}
-
-impl Verdict<'_> {
-    fn ack(&self) -> mycelium_protocol::Ack {
-        match self {
-            Verdict::Ack(a) | Verdict::InProgress(a) => *a,
-            Verdict::Nack(n) => n.ack,
-            Verdict::Term(t) => t.ack,
-        }
-    }
-}
+use crate::consumer::DurableSub;
+use crate::routing::error::{PublishError, SubscribeError};
+use crate::routing::name::{Pattern, validate_topic};
+use crate::routing::outbound::Outbound;
+use crate::routing::spec::{StorageKind, TopicSpec};
+use crate::routing::subscription::{Route, Subscription};
+use crate::routing::topic::{Topic, TopicRef};
+use crate::store::{DurableConfig, DurableStore, StoreEvents};
 
 /// Broker-wide settings.
 #[derive(Debug, Clone)]
@@ -119,8 +110,14 @@ pub struct Broker {
     /// Removal marks of dead-letter queues, by DLQ topic (loaded on first use).
     pub(crate) dlq_marks: Mutex<HashMap<String, crate::dlq::Marks>>,
     /// Latency histograms.
-    pub metrics: crate::metrics::BrokerMetrics,
-    health: std::sync::OnceLock<Arc<crate::health::Health>>,
+    pub metrics: crate::routing::metrics::BrokerMetrics,
+    health: std::sync::OnceLock<Arc<health::Health>>,
+    /// Where stored topics that may block route their committed groups.
+    stored_routers: durable::StoredRouters,
+    /// The runtime the broker was made on (for tasks started from the storage writer's thread).
+    runtime: Option<tokio::runtime::Handle>,
+    /// This broker, for tasks it starts.
+    me: std::sync::Weak<Broker>,
 }
 
 impl Broker {
@@ -146,7 +143,7 @@ impl Broker {
             .any(|(_, spec)| spec.storage == StorageKind::Disk);
         let durable_config = config.durable.clone();
         let metrics_topics_max = config.metrics_topics_max;
-        let broker = Arc::new(Broker {
+        let broker = Arc::new_cyclic(|me| Broker {
             config,
             topics: RwLock::new(topics),
             registry: Mutex::new(Vec::new()),
@@ -159,12 +156,18 @@ impl Broker {
             durable_subs: Mutex::new(HashMap::new()),
             durable_consumers: Mutex::new(HashMap::new()),
             dlq_marks: Mutex::new(HashMap::new()),
-            metrics: crate::metrics::BrokerMetrics::new(metrics_topics_max),
+            metrics: crate::routing::metrics::BrokerMetrics::new(metrics_topics_max),
             health: std::sync::OnceLock::new(),
+            stored_routers: durable::StoredRouters::default(),
+            runtime: tokio::runtime::Handle::try_current().ok(),
+            me: me.clone(),
         });
         if needs_storage {
-            let store = DurableStore::start(durable_config, Arc::downgrade(&broker))
-                .map_err(|e| PublishError::StorageUnavailable(e.to_string()))?;
+            let store = DurableStore::start(
+                durable_config,
+                Arc::downgrade(&broker) as std::sync::Weak<dyn StoreEvents>,
+            )
+            .map_err(|e| PublishError::StorageUnavailable(e.to_string()))?;
             let _ = broker.durable.set(store);
         }
         Ok(broker)
@@ -191,223 +194,16 @@ impl Broker {
         if let Some(store) = self.durable() {
             store.close();
         }
-    }
-
-    /// Wakes the durable subscriptions of `topic` (new messages are stored).
-    pub(crate) fn notify_durable(&self, topic: &str) {
-        for ((t, _), sub) in self.durable_subs.lock().iter() {
-            if t == topic {
-                sub.wake.notify_one();
-            }
-        }
-    }
-
-    /// Adds a consumer to durable subscription `options.durable` on the disk topic `pattern`
-    /// (created at `options.start` if new, resumed where it left off otherwise), queueing
-    /// SUBSCRIBE_OK first.
-    ///
-    /// # Errors
-    /// `Unsupported` when the topic is not a disk topic or no durable name is given; `Closing`.
-    pub fn subscribe_durable(
-        self: &Arc<Self>,
-        connection: &ConnectionInfo,
-        id: u32,
-        pattern: &str,
-        options: &mycelium_protocol::SubscribeOptions<'_>,
-        request_id: u32,
-    ) -> Result<(), SubscribeError> {
-        if let Some(filter) = options.filter {
-            crate::filter::Filter::parse(filter)?;
-        }
-        let Some(name) = options.durable else {
-            return Err(SubscribeError::Unsupported(
-                "subscription options need a durable name (start position, ack settings and prefetch apply to durable subscriptions)".into(),
-            ));
-        };
-        let valid_name = !name.is_empty()
-            && name.len() <= 128
-            && name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
-        if !valid_name {
-            return Err(SubscribeError::InvalidGroup(name.to_owned()));
-        }
-        let topic = self.topic(pattern).filter(|t| t.spec().storage == StorageKind::Disk).ok_or_else(|| {
-            SubscribeError::Unsupported(format!(
-                "durable subscriptions need a configured topic with storage = \"disk\"; `{pattern}` is not one"
-            ))
-        })?;
-        let store = self
-            .durable()
-            .ok_or_else(|| SubscribeError::Unsupported("no storage configured".into()))?;
-        if connection.outbound.is_closing() {
-            return Err(SubscribeError::Closing);
-        }
-        let key = (topic.name().to_owned(), name.to_owned());
-        let sub = {
-            let mut subs = self.durable_subs.lock();
-            match subs.get(&key) {
-                Some(sub) => Arc::clone(sub),
-                None => {
-                    let sub = DurableSub::open(
-                        Arc::clone(&topic),
-                        name,
-                        options,
-                        store.backend(),
-                        &self.config.durable,
-                    )
-                    .map_err(|e| {
-                        SubscribeError::Unsupported(format!("cannot open durable subscription: {e}"))
-                    })?;
-                    subs.insert(key, Arc::clone(&sub));
-                    tokio::spawn(Arc::clone(&sub).run(Arc::downgrade(self), Arc::clone(store.backend())));
-                    sub
-                }
-            }
-        };
-        connection.outbound.append_control(|buf| {
-            let ok = mycelium_protocol::Frame::SubscribeOk(mycelium_protocol::SubscriptionRef {
-                subscription_id: id,
-            });
-            let _ = mycelium_protocol::encode(buf, request_id, &ok);
-        });
-        sub.consumers.lock().push(crate::durable_sub::Consumer {
-            outbound: Arc::clone(&connection.outbound),
-            subscription_id: id,
-            connection_id: connection.id,
-        });
-        self.durable_consumers
-            .lock()
-            .insert((connection.id, id), Arc::clone(&sub));
-        connection.subscriptions.fetch_add(1, Ordering::Relaxed);
-        sub.wake.notify_one();
-        Ok(())
-    }
-
-    /// ACK, NACK, IN_PROGRESS or TERM from `connection`. An ACK with a non-zero `request_id` is
-    /// answered with ACK_OK once the acknowledgement is durable.
-    ///
-    /// # Errors
-    /// A text for the ERROR frame: unknown subscription, or the message is not in flight.
-    pub fn acknowledge(
-        &self,
-        connection: &ConnectionInfo,
-        verdict: Verdict<'_>,
-        request_id: u32,
-    ) -> Result<(), String> {
-        let ack = verdict.ack();
-        let sub = self
-            .durable_consumers
-            .lock()
-            .get(&(connection.id, ack.subscription_id))
-            .cloned()
-            .ok_or_else(|| format!("no durable subscription {} on this connection (acknowledgements apply to durable subscriptions)", ack.subscription_id))?;
-        let store = self.durable().ok_or_else(|| "no storage configured".to_owned())?;
-        sub.verdict(self, store.backend(), verdict, &connection.outbound, request_id)
-    }
-
-    /// The lowest acked-up-to floor of `topic`'s durable subscriptions, open or only persisted
-    /// (work-queue retention). `None`: it has none.
-    pub(crate) fn durable_floor(&self, topic: &str) -> Option<u64> {
-        let open: Vec<(String, u64)> = self
-            .durable_subs
-            .lock()
-            .iter()
-            .filter(|((t, _), _)| t == topic)
-            .map(|((_, name), sub)| (name.clone(), sub.state.lock().floor()))
-            .collect();
-        let dir = self.config.durable.data_dir.join("subscriptions").join(topic);
-        let persisted = std::fs::read_dir(dir)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter_map(|entry| {
-                let path = entry.path();
-                let name = path.file_stem()?.to_str()?.to_owned();
-                if path.extension()? != "state" || open.iter().any(|(n, _)| *n == name) {
-                    return None;
-                }
-                let snapshot: crate::delivery::Snapshot =
-                    serde_json::from_slice(&std::fs::read(&path).ok()?).ok()?;
-                Some(snapshot.floor)
-            })
-            .collect::<Vec<u64>>();
-        open.iter().map(|(_, floor)| *floor).chain(persisted).min()
-    }
-
-    /// Stores a dead-lettered message in `{topic}.dlq` (a disk topic, created on first use).
-    pub(crate) fn dead_letter(
-        &self,
-        topic: &TopicRef,
-        headers: bytes::Bytes,
-        original: mycelium_storage::StoredMessage,
-    ) {
-        let name = crate::dlq::dlq_topic(topic.name());
-        let spec = TopicSpec {
-            storage: StorageKind::Disk,
-            routing: crate::spec::Routing::Fanout,
-            delivery: crate::spec::Delivery::AtLeastOnce,
-            priority: false,
-            ttl: None,
-            dead_letter: false,
-            retention: crate::spec::Retention::Limits,
-            ..topic.spec().clone()
-        };
-        let dlq = match self.create_topic(&name, spec) {
-            Ok(dlq) => dlq,
-            Err(error) => {
-                tracing::error!(%error, topic = %name, "cannot create the dead-letter topic");
-                return;
-            }
-        };
-        let Some(store) = self.durable() else { return };
-        let request = crate::durable::AppendRequest {
-            topic: dlq,
-            headers,
-            payload: original.payload,
-            props: crate::durable::MessageProps::default(),
-            confirm: crate::durable::Confirm::None,
-            received_ns: mycelium_codec::now_ns(),
-        };
-        match store.queue.try_send(vec![request]) {
-            Ok(()) => {}
-            Err(crate::durable::QueueError::Full(batch)) => {
-                let queue = store.queue.clone();
-                tokio::spawn(async move {
-                    let _ = queue.send(batch).await;
-                });
-            }
-            Err(crate::durable::QueueError::Closed(_)) => {
-                tracing::error!(topic = %name, "storage writer stopped; dead letter not stored");
-            }
-        }
-    }
-
-    fn remove_durable_consumers(&self, doomed: impl Fn(&(u64, u32)) -> bool) {
-        let removed: Vec<((u64, u32), Arc<DurableSub>)> = {
-            let mut consumers = self.durable_consumers.lock();
-            let keys: Vec<(u64, u32)> = consumers.keys().filter(|k| doomed(k)).copied().collect();
-            keys.into_iter()
-                .filter_map(|k| consumers.remove(&k).map(|s| (k, s)))
-                .collect()
-        };
-        for ((connection_id, subscription_id), sub) in removed {
-            sub.consumers
-                .lock()
-                .retain(|c| !(c.connection_id == connection_id && c.subscription_id == subscription_id));
-            if let Some(store) = self.durable() {
-                sub.release(self, store.backend(), connection_id, subscription_id);
-            }
-        }
+        self.stored_routers.close();
     }
 
     /// Attaches the health monitor (once; the server does it at start-up).
-    pub fn set_health(&self, health: Arc<crate::health::Health>) {
+    pub fn set_health(&self, health: Arc<health::Health>) {
         let _ = self.health.set(health);
     }
 
     /// The health monitor, if one runs.
-    pub fn health(&self) -> Option<&Arc<crate::health::Health>> {
+    pub fn health(&self) -> Option<&Arc<health::Health>> {
         self.health.get()
     }
 
@@ -557,7 +353,7 @@ impl Broker {
         request_id: u32,
     ) -> Result<Arc<Subscription>, SubscribeError> {
         let filter = filter
-            .map(crate::filter::Filter::parse)
+            .map(crate::routing::filter::Filter::parse)
             .transpose()?
             .map(Arc::new);
         self.subscribe_inner(connection, id, pattern, group, filter, || {
@@ -576,7 +372,7 @@ impl Broker {
         id: u32,
         pattern: &str,
         group: Option<&str>,
-        filter: Option<Arc<crate::filter::Filter>>,
+        filter: Option<Arc<crate::routing::filter::Filter>>,
         before_routable: impl FnOnce(),
     ) -> Result<Arc<Subscription>, SubscribeError> {
         let pattern = Pattern::parse(pattern)?;

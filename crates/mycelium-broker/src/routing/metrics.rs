@@ -59,35 +59,6 @@ impl BrokerMetrics {
         }
         OTHER_TOPICS.to_owned()
     }
-
-    /// Records a publish to `topic` that took `seconds` from receipt to durable. The topic keeps
-    /// its histogram handle, so this is one bucket search and one uncontended lock.
-    pub fn observe_publish(&self, topic: &crate::topic::Topic, seconds: f64) {
-        topic
-            .histograms
-            .publish
-            .get_or_init(|| {
-                let label = TopicLabel {
-                    topic: self.label(topic.name()),
-                };
-                self.publish_duration.get_or_create(&label).clone()
-            })
-            .observe(seconds);
-    }
-
-    /// Records a message of `topic` acknowledged `seconds` after it was published.
-    pub fn observe_delivery(&self, topic: &crate::topic::Topic, seconds: f64) {
-        topic
-            .histograms
-            .delivery
-            .get_or_init(|| {
-                let label = TopicLabel {
-                    topic: self.label(topic.name()),
-                };
-                self.delivery_duration.get_or_create(&label).clone()
-            })
-            .observe(seconds);
-    }
 }
 
 /// A topic's handles into the histogram families (set on first use).
@@ -95,4 +66,31 @@ impl BrokerMetrics {
 pub(crate) struct TopicHistograms {
     publish: std::sync::OnceLock<Histogram>,
     delivery: std::sync::OnceLock<Histogram>,
+}
+
+impl TopicHistograms {
+    /// Records a publish to `topic` that took `seconds` from receipt to durable. The topic keeps
+    /// its handle, so this is one bucket search and one uncontended lock.
+    pub(crate) fn observe_publish(&self, metrics: &BrokerMetrics, topic: &str, seconds: f64) {
+        self.publish
+            .get_or_init(|| {
+                let label = TopicLabel {
+                    topic: metrics.label(topic),
+                };
+                metrics.publish_duration.get_or_create(&label).clone()
+            })
+            .observe(seconds);
+    }
+
+    /// Records a message of `topic` acknowledged `seconds` after it was published.
+    pub(crate) fn observe_delivery(&self, metrics: &BrokerMetrics, topic: &str, seconds: f64) {
+        self.delivery
+            .get_or_init(|| {
+                let label = TopicLabel {
+                    topic: metrics.label(topic),
+                };
+                metrics.delivery_duration.get_or_create(&label).clone()
+            })
+            .observe(seconds);
+    }
 }

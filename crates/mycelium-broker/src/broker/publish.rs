@@ -13,12 +13,12 @@ use bytes::BytesMut;
 use mycelium_protocol::{Deliver, ErrorCode, ErrorFrame, Frame, Publish};
 
 use crate::broker::{Broker, ConnectionInfo};
-use crate::durable::{AppendRequest, Confirm, MessageProps, QueueError, Stored};
-use crate::error::PublishError;
-use crate::outbound::{Append, Outbound};
-use crate::spec::{Delivery, Overflow, PayloadCodec, Routing, StorageKind};
-use crate::subscription::Subscription;
-use crate::topic::{TopicCounters, TopicRef};
+use crate::routing::error::PublishError;
+use crate::routing::outbound::{Append, Outbound};
+use crate::routing::spec::{Delivery, Overflow, PayloadCodec, Routing, StorageKind};
+use crate::routing::subscription::Subscription;
+use crate::routing::topic::{TopicCounters, TopicRef};
+use crate::store::{AppendRequest, Confirm, MessageProps, QueueError, Stored};
 
 /// A delivery waiting for room in a full subscriber's buffer (policy `block`).
 #[derive(Debug)]

@@ -1,0 +1,258 @@
+//! The DLQ operations of the broker facade: list, get, replay and purge (see [`crate::dlq`] for
+//! the dead-letter record and its removal marks).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytes::Bytes;
+use mycelium_storage::{StorageBackend, StoredMessage};
+
+use super::Broker;
+use crate::dlq::{
+    DlqEntry, DlqError, DlqFilter, DlqPage, Marks, PAGE_MAX, ReplayReport, dlq_topic, original_headers,
+};
+use crate::store::MessageProps;
+
+impl Broker {
+    fn dlq_backend(&self, dlq: &str) -> Result<std::sync::Arc<dyn StorageBackend>, DlqError> {
+        let backend = self.storage().ok_or_else(|| DlqError::Unknown(dlq.to_owned()))?;
+        if !backend.topics().iter().any(|t| t == dlq) {
+            return Err(DlqError::Unknown(dlq.to_owned()));
+        }
+        Ok(backend)
+    }
+
+    fn marks_path(&self, dlq: &str) -> PathBuf {
+        self.config()
+            .durable
+            .data_dir
+            .join("dlq")
+            .join(format!("{dlq}.json"))
+    }
+
+    fn marks(&self, dlq: &str) -> Marks {
+        let mut cache = self.dlq_marks.lock();
+        cache
+            .entry(dlq.to_owned())
+            .or_insert_with(|| {
+                std::fs::read(self.marks_path(dlq))
+                    .ok()
+                    .and_then(|b| serde_json::from_slice(&b).ok())
+                    .unwrap_or_default()
+            })
+            .clone()
+    }
+
+    fn save_marks(&self, dlq: &str, marks: Marks) -> Result<(), DlqError> {
+        let path = self.marks_path(dlq);
+        let write = || -> std::io::Result<()> {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            let tmp = path.with_extension("tmp");
+            std::fs::write(&tmp, serde_json::to_vec(&marks).map_err(std::io::Error::other)?)?;
+            std::fs::File::open(&tmp)?.sync_all()?;
+            std::fs::rename(&tmp, &path)
+        };
+        write().map_err(|e| DlqError::Storage(format!("{}: {e}", path.display())))?;
+        self.dlq_marks.lock().insert(dlq.to_owned(), marks);
+        Ok(())
+    }
+
+    /// Every dead letter of `dlq` matching `filter`, in sequence order, calling `each` until it
+    /// returns false.
+    fn dlq_scan(
+        &self,
+        dlq: &str,
+        after: u64,
+        filter: &DlqFilter,
+        mut each: impl FnMut(DlqEntry, &StoredMessage) -> bool,
+    ) -> Result<(), DlqError> {
+        let backend = self.dlq_backend(dlq)?;
+        let marks = self.marks(dlq);
+        let bounds = backend
+            .bounds(dlq)
+            .map_err(|e| DlqError::Storage(e.to_string()))?;
+        let mut from = bounds.first.max(after + 1).max(marks.below);
+        while from < bounds.next {
+            let page = backend
+                .read(dlq, from, PAGE_MAX, 16 << 20)
+                .map_err(|e| DlqError::Storage(e.to_string()))?;
+            let Some(last) = page.last() else { break };
+            from = last.sequence + 1;
+            for message in page.iter().filter(|m| !marks.is_removed(m.sequence)) {
+                let entry = DlqEntry::from_stored(message);
+                if filter.matches(&entry) && !each(entry, message) {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Dead letters of `topic`'s DLQ matching `filter`, after DLQ sequence `after`, at most
+    /// `limit` (capped at 1,000).
+    ///
+    /// # Errors
+    /// [`DlqError`].
+    pub fn dlq_list(
+        &self,
+        topic: &str,
+        filter: &DlqFilter,
+        after: u64,
+        limit: usize,
+    ) -> Result<DlqPage, DlqError> {
+        let dlq = dlq_topic(topic);
+        let limit = limit.clamp(1, PAGE_MAX);
+        let mut entries = Vec::new();
+        let mut more = false;
+        self.dlq_scan(&dlq, after, filter, |entry, _| {
+            if entries.len() == limit {
+                more = true;
+                return false;
+            }
+            entries.push(entry);
+            true
+        })?;
+        let next_after = more.then(|| entries.last().map_or(after, |e| e.sequence));
+        let depth = self.dlq_depth(&dlq)?;
+        Ok(DlqPage {
+            dlq,
+            entries,
+            next_after,
+            depth,
+        })
+    }
+
+    /// Dead letters in `topic`'s DLQ.
+    ///
+    /// # Errors
+    /// [`DlqError`].
+    pub fn dlq_depth(&self, topic: &str) -> Result<u64, DlqError> {
+        let dlq = dlq_topic(topic);
+        let backend = self.dlq_backend(&dlq)?;
+        let marks = self.marks(&dlq);
+        let bounds = backend
+            .bounds(&dlq)
+            .map_err(|e| DlqError::Storage(e.to_string()))?;
+        let first = bounds.first.max(marks.below);
+        let removed = marks.removed.range(first..bounds.next).count() as u64;
+        Ok(bounds.next.saturating_sub(first).saturating_sub(removed))
+    }
+
+    /// One dead letter of `topic`'s DLQ by its DLQ sequence.
+    ///
+    /// # Errors
+    /// [`DlqError::NotFound`] and the rest of [`DlqError`].
+    pub fn dlq_get(&self, topic: &str, sequence: u64) -> Result<DlqEntry, DlqError> {
+        let dlq = dlq_topic(topic);
+        let filter = DlqFilter {
+            sequences: vec![sequence],
+            ..DlqFilter::default()
+        };
+        let mut found = None;
+        self.dlq_scan(&dlq, sequence.saturating_sub(1), &filter, |entry, _| {
+            found = Some(entry);
+            false
+        })?;
+        found.ok_or(DlqError::NotFound { dlq, sequence })
+    }
+
+    /// Removes the matching dead letters; returns how many. An empty filter removes everything
+    /// and truncates the DLQ's log.
+    ///
+    /// # Errors
+    /// [`DlqError`].
+    pub fn dlq_purge(&self, topic: &str, filter: &DlqFilter) -> Result<u64, DlqError> {
+        let dlq = dlq_topic(topic);
+        let backend = self.dlq_backend(&dlq)?;
+        let mut marks = self.marks(&dlq);
+        if *filter == DlqFilter::default() {
+            let count = self.dlq_depth(&dlq)?;
+            let next = backend
+                .bounds(&dlq)
+                .map_err(|e| DlqError::Storage(e.to_string()))?
+                .next;
+            marks.below = next;
+            marks.removed.clear();
+            self.save_marks(&dlq, marks)?;
+            backend
+                .truncate_before(&dlq, next)
+                .map_err(|e| DlqError::Storage(e.to_string()))?;
+            return Ok(count);
+        }
+        let mut doomed = Vec::new();
+        self.dlq_scan(&dlq, 0, filter, |entry, _| {
+            doomed.push(entry.sequence);
+            true
+        })?;
+        marks.removed.extend(&doomed);
+        self.save_marks(&dlq, marks)?;
+        Ok(doomed.len() as u64)
+    }
+
+    /// Publishes the matching dead letters again, to `target` (or each one's original topic), at
+    /// most `rate` per second, removing each from the DLQ once the target has it.
+    ///
+    /// # Errors
+    /// [`DlqError`]; a dead letter the target refuses is reported in
+    /// [`ReplayReport::failed`] and stays in the DLQ.
+    pub async fn dlq_replay(
+        &self,
+        topic: &str,
+        filter: &DlqFilter,
+        target: Option<&str>,
+        rate: Option<u32>,
+    ) -> Result<ReplayReport, DlqError> {
+        let dlq = dlq_topic(topic);
+        let mut entries = Vec::new();
+        self.dlq_scan(&dlq, 0, filter, |entry, message| {
+            entries.push((entry, original_headers(&message.headers)));
+            true
+        })?;
+        let mut report = ReplayReport::default();
+        let pause = rate
+            .filter(|r| *r > 0)
+            .map(|r| Duration::from_secs_f64(1.0 / f64::from(r)));
+        let mut next_at = tokio::time::Instant::now();
+        for (entry, headers) in entries {
+            if let Some(pause) = pause {
+                tokio::time::sleep_until(next_at).await;
+                next_at += pause;
+            }
+            let to = target.map_or(entry.topic.as_str(), |t| t);
+            if to.is_empty() {
+                report.failed.push((
+                    entry.sequence,
+                    "the dead letter names no topic; give a target".into(),
+                ));
+                continue;
+            }
+            let props = MessageProps {
+                idempotency_key: Some(Bytes::from(format!("mycelium-dlq-replay:{}", entry.id))),
+                ..MessageProps::default()
+            };
+            let key_ok = self
+                .topic(to)
+                .is_some_and(|t| t.spec().storage == crate::routing::spec::StorageKind::Disk);
+            let props = if key_ok { props } else { MessageProps::default() };
+            match self
+                .publish_local(to, headers, entry.payload.clone(), props)
+                .await
+            {
+                Ok((_, stored)) => {
+                    if stored.duplicate {
+                        report.duplicates += 1;
+                    } else {
+                        report.replayed += 1;
+                    }
+                    let mut marks = self.marks(&dlq);
+                    marks.removed.insert(entry.sequence);
+                    self.save_marks(&dlq, marks)?;
+                }
+                Err(error) => report.failed.push((entry.sequence, error.to_string())),
+            }
+        }
+        Ok(report)
+    }
+}

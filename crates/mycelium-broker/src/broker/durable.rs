@@ -1,0 +1,412 @@
+//! Durable subscriptions and stored topics at the broker facade: subscribe and acknowledge, the
+//! store's callbacks ([`StoreEvents`]: committed groups to live subscribers, retention floors)
+//! and the dispatchers' ([`DispatchHost`]: dead letters, delivery latency).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+
+use bytes::Bytes;
+use mycelium_storage::StoredMessage;
+use tokio::sync::mpsc;
+
+use super::{Broker, ConnectionInfo, Publisher};
+use crate::consumer::{DispatchHost, DurableSub, Verdict};
+use crate::routing::SubscribeError;
+use crate::routing::spec::{StorageKind, TopicSpec};
+use crate::routing::topic::TopicRef;
+use crate::store::StoreEvents;
+
+impl Broker {
+    /// Wakes the durable subscriptions of `topic` (new messages are stored).
+    fn notify_durable(&self, topic: &str) {
+        for ((t, _), sub) in self.durable_subs.lock().iter() {
+            if t == topic {
+                sub.wake.notify_one();
+            }
+        }
+    }
+
+    /// Adds a consumer to durable subscription `options.durable` on the disk topic `pattern`
+    /// (created at `options.start` if new, resumed where it left off otherwise), queueing
+    /// SUBSCRIBE_OK first.
+    ///
+    /// # Errors
+    /// `Unsupported` when the topic is not a disk topic or no durable name is given; `Closing`.
+    pub fn subscribe_durable(
+        self: &Arc<Self>,
+        connection: &ConnectionInfo,
+        id: u32,
+        pattern: &str,
+        options: &mycelium_protocol::SubscribeOptions<'_>,
+        request_id: u32,
+    ) -> Result<(), SubscribeError> {
+        if let Some(filter) = options.filter {
+            crate::routing::filter::Filter::parse(filter)?;
+        }
+        let Some(name) = options.durable else {
+            return Err(SubscribeError::Unsupported(
+                "subscription options need a durable name (start position, ack settings and prefetch apply to durable subscriptions)".into(),
+            ));
+        };
+        let valid_name = !name.is_empty()
+            && name.len() <= 128
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        if !valid_name {
+            return Err(SubscribeError::InvalidGroup(name.to_owned()));
+        }
+        let topic = self.topic(pattern).filter(|t| t.spec().storage == StorageKind::Disk).ok_or_else(|| {
+            SubscribeError::Unsupported(format!(
+                "durable subscriptions need a configured topic with storage = \"disk\"; `{pattern}` is not one"
+            ))
+        })?;
+        let store = self
+            .durable()
+            .ok_or_else(|| SubscribeError::Unsupported("no storage configured".into()))?;
+        if connection.outbound.is_closing() {
+            return Err(SubscribeError::Closing);
+        }
+        let key = (topic.name().to_owned(), name.to_owned());
+        let sub = {
+            let mut subs = self.durable_subs.lock();
+            match subs.get(&key) {
+                Some(sub) => Arc::clone(sub),
+                None => {
+                    let sub = DurableSub::open(
+                        Arc::clone(&topic),
+                        name,
+                        options,
+                        store.backend(),
+                        &self.config.durable,
+                    )
+                    .map_err(|e| {
+                        SubscribeError::Unsupported(format!("cannot open durable subscription: {e}"))
+                    })?;
+                    subs.insert(key, Arc::clone(&sub));
+                    let host: Weak<dyn DispatchHost> = Arc::downgrade(self) as Weak<dyn DispatchHost>;
+                    tokio::spawn(Arc::clone(&sub).run(host, Arc::clone(store.backend())));
+                    sub
+                }
+            }
+        };
+        connection.outbound.append_control(|buf| {
+            let ok = mycelium_protocol::Frame::SubscribeOk(mycelium_protocol::SubscriptionRef {
+                subscription_id: id,
+            });
+            let _ = mycelium_protocol::encode(buf, request_id, &ok);
+        });
+        sub.consumers.lock().push(crate::consumer::Consumer {
+            outbound: Arc::clone(&connection.outbound),
+            subscription_id: id,
+            connection_id: connection.id,
+        });
+        self.durable_consumers
+            .lock()
+            .insert((connection.id, id), Arc::clone(&sub));
+        connection.subscriptions.fetch_add(1, Ordering::Relaxed);
+        sub.wake.notify_one();
+        Ok(())
+    }
+
+    /// ACK, NACK, IN_PROGRESS or TERM from `connection`. An ACK with a non-zero `request_id` is
+    /// answered with ACK_OK once the acknowledgement is durable.
+    ///
+    /// # Errors
+    /// A text for the ERROR frame: unknown subscription, or the message is not in flight.
+    pub fn acknowledge(
+        &self,
+        connection: &ConnectionInfo,
+        verdict: Verdict<'_>,
+        request_id: u32,
+    ) -> Result<(), String> {
+        let ack = verdict.ack();
+        let sub = self
+            .durable_consumers
+            .lock()
+            .get(&(connection.id, ack.subscription_id))
+            .cloned()
+            .ok_or_else(|| format!("no durable subscription {} on this connection (acknowledgements apply to durable subscriptions)", ack.subscription_id))?;
+        let store = self.durable().ok_or_else(|| "no storage configured".to_owned())?;
+        sub.verdict(self, store.backend(), verdict, &connection.outbound, request_id)
+    }
+
+    /// The lowest acked-up-to floor of `topic`'s durable subscriptions, open or only persisted
+    /// (work-queue retention). `None`: it has none.
+    pub(super) fn durable_floor(&self, topic: &str) -> Option<u64> {
+        let open: Vec<(String, u64)> = self
+            .durable_subs
+            .lock()
+            .iter()
+            .filter(|((t, _), _)| t == topic)
+            .map(|((_, name), sub)| (name.clone(), sub.state.lock().floor()))
+            .collect();
+        let dir = self.config.durable.data_dir.join("subscriptions").join(topic);
+        let persisted = std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|entry| {
+                let path = entry.path();
+                let name = path.file_stem()?.to_str()?.to_owned();
+                if path.extension()? != "state" || open.iter().any(|(n, _)| *n == name) {
+                    return None;
+                }
+                let snapshot: crate::consumer::state::Snapshot =
+                    serde_json::from_slice(&std::fs::read(&path).ok()?).ok()?;
+                Some(snapshot.floor)
+            })
+            .collect::<Vec<u64>>();
+        open.iter().map(|(_, floor)| *floor).chain(persisted).min()
+    }
+
+    /// Stores a dead-lettered message in `{topic}.dlq` (a disk topic, created on first use).
+    fn store_dead_letter(
+        &self,
+        topic: &TopicRef,
+        headers: bytes::Bytes,
+        original: mycelium_storage::StoredMessage,
+    ) {
+        let name = crate::dlq::dlq_topic(topic.name());
+        let spec = TopicSpec {
+            storage: StorageKind::Disk,
+            routing: crate::routing::spec::Routing::Fanout,
+            delivery: crate::routing::spec::Delivery::AtLeastOnce,
+            priority: false,
+            ttl: None,
+            dead_letter: false,
+            retention: crate::routing::spec::Retention::Limits,
+            ..topic.spec().clone()
+        };
+        let dlq = match self.create_topic(&name, spec) {
+            Ok(dlq) => dlq,
+            Err(error) => {
+                tracing::error!(%error, topic = %name, "cannot create the dead-letter topic");
+                return;
+            }
+        };
+        let Some(store) = self.durable() else { return };
+        let request = crate::store::AppendRequest {
+            topic: dlq,
+            headers,
+            payload: original.payload,
+            props: crate::store::MessageProps::default(),
+            confirm: crate::store::Confirm::None,
+            received_ns: mycelium_codec::now_ns(),
+        };
+        match store.queue.try_send(vec![request]) {
+            Ok(()) => {}
+            Err(crate::store::QueueError::Full(batch)) => {
+                let queue = store.queue.clone();
+                tokio::spawn(async move {
+                    let _ = queue.send(batch).await;
+                });
+            }
+            Err(crate::store::QueueError::Closed(_)) => {
+                tracing::error!(topic = %name, "storage writer stopped; dead letter not stored");
+            }
+        }
+    }
+
+    pub(super) fn remove_durable_consumers(&self, doomed: impl Fn(&(u64, u32)) -> bool) {
+        let removed: Vec<((u64, u32), Arc<DurableSub>)> = {
+            let mut consumers = self.durable_consumers.lock();
+            let keys: Vec<(u64, u32)> = consumers.keys().filter(|k| doomed(k)).copied().collect();
+            keys.into_iter()
+                .filter_map(|k| consumers.remove(&k).map(|s| (k, s)))
+                .collect()
+        };
+        for ((connection_id, subscription_id), sub) in removed {
+            sub.consumers
+                .lock()
+                .retain(|c| !(c.connection_id == connection_id && c.subscription_id == subscription_id));
+            if let Some(store) = self.durable() {
+                sub.release(self, store.backend(), connection_id, subscription_id);
+            }
+        }
+    }
+}
+
+impl StoreEvents for Broker {
+    fn committed(&self, topic: &TopicRef, mut messages: Vec<StoredMessage>, received_ns: &[u64]) {
+        self.notify_durable(topic.name());
+        let now_ns = mycelium_codec::now_ns();
+        for received in received_ns {
+            let seconds = now_ns.saturating_sub(*received) as f64 / 1e9;
+            topic.observe_publish(&self.metrics, seconds);
+        }
+        if topic.route.load().is_empty() {
+            return;
+        }
+        // Live subscribers see a message now unless it is held back: delayed messages reach
+        // durable subscriptions only, at their time.
+        messages.retain(|m| m.not_before_ns.is_none_or(|nb| nb <= now_ns));
+        if messages.is_empty() {
+            return;
+        }
+        if self.stored_routers.busy(topic.name()) {
+            // Earlier groups still wait for a full subscriber: queue behind them, in order.
+            let deferred = Deferred {
+                publisher: Publisher::internal(),
+                rest: messages,
+            };
+            return self.defer_stored(topic, deferred);
+        }
+        // Route here, on the storage writer's thread, flushing inline; if a subscriber under
+        // `block` is full, the rest of the group (and every later group of the topic until it is
+        // done) waits on the topic's routing task instead of this thread.
+        let mut publisher = Publisher::internal();
+        publisher.begin_batch(self);
+        let mut messages = messages.into_iter();
+        while let Some(message) = messages.next() {
+            self.route(
+                &mut publisher,
+                topic,
+                message.sequence,
+                &message.headers,
+                &message.payload,
+            );
+            if publisher.has_blocked() {
+                let deferred = Deferred {
+                    publisher,
+                    rest: messages.collect(),
+                };
+                return self.defer_stored(topic, deferred);
+            }
+        }
+        publisher.end_batch(self);
+    }
+
+    fn stored_topics(&self) -> Vec<TopicRef> {
+        self.topics()
+            .into_iter()
+            .filter(|t| t.spec().storage == StorageKind::Disk)
+            .collect()
+    }
+
+    fn work_queue_floor(&self, topic: &str) -> Option<u64> {
+        self.durable_floor(topic)
+    }
+}
+
+impl DispatchHost for Broker {
+    fn dead_letter(&self, topic: &TopicRef, headers: Bytes, original: StoredMessage) {
+        self.store_dead_letter(topic, headers, original);
+    }
+
+    fn observe_delivery(&self, topic: &TopicRef, seconds: f64) {
+        topic.observe_delivery(&self.metrics, seconds);
+    }
+}
+
+/// Routing of a stored topic's group that had to wait: the deliveries parked for full
+/// subscribers (in `publisher`), then the rest of the group.
+struct Deferred {
+    publisher: Publisher,
+    rest: Vec<StoredMessage>,
+}
+
+/// One stored topic's routing task: its queue and how many groups it has not finished.
+#[derive(Debug)]
+struct StoredRouter {
+    sender: mpsc::UnboundedSender<Deferred>,
+    pending: Arc<AtomicUsize>,
+}
+
+/// The routing tasks of stored topics whose groups had to wait for a full subscriber (`overflow
+/// = "block"`), by topic. Groups wait there, in commit order, so the storage writer never does;
+/// once a topic's task has caught up, its groups are routed on the writer's thread again.
+#[derive(Debug, Default)]
+pub(super) struct StoredRouters {
+    routers: parking_lot::Mutex<HashMap<Box<str>, StoredRouter>>,
+}
+
+impl StoredRouters {
+    /// Whether `topic`'s task still holds groups (later groups must queue behind them).
+    fn busy(&self, topic: &str) -> bool {
+        self.routers
+            .lock()
+            .get(topic)
+            .is_some_and(|r| r.pending.load(Ordering::Acquire) > 0)
+    }
+
+    /// Stops taking groups; each task ends once it has routed what it holds.
+    pub(super) fn close(&self) {
+        self.routers.lock().clear();
+    }
+}
+
+impl Broker {
+    fn defer_stored(&self, topic: &TopicRef, deferred: Deferred) {
+        let mut routers = self.stored_routers.routers.lock();
+        let deferred = match routers.get(topic.name()) {
+            Some(router) => {
+                router.pending.fetch_add(1, Ordering::AcqRel);
+                match router.sender.send(deferred) {
+                    Ok(()) => return,
+                    Err(returned) => {
+                        router.pending.fetch_sub(1, Ordering::AcqRel);
+                        returned.0
+                    }
+                }
+            }
+            None => deferred,
+        };
+        let Some(runtime) = &self.runtime else {
+            tracing::error!(
+                topic = topic.name(),
+                "no runtime to route stored messages on; live subscribers miss them"
+            );
+            return;
+        };
+        let (sender, receiver) = mpsc::unbounded_channel();
+        let pending = Arc::new(AtomicUsize::new(1));
+        let _ = sender.send(deferred);
+        routers.insert(
+            topic.name().into(),
+            StoredRouter {
+                sender,
+                pending: Arc::clone(&pending),
+            },
+        );
+        runtime.spawn(route_stored(
+            Weak::clone(&self.me),
+            Arc::clone(topic),
+            receiver,
+            pending,
+        ));
+    }
+}
+
+/// Routes a stored topic's groups that had to wait: settles the deliveries parked for full
+/// subscribers (up to the topic's `block_timeout` each), then routes the rest of the group.
+async fn route_stored(
+    broker: Weak<Broker>,
+    topic: TopicRef,
+    mut groups: mpsc::UnboundedReceiver<Deferred>,
+    pending: Arc<AtomicUsize>,
+) {
+    while let Some(Deferred { mut publisher, rest }) = groups.recv().await {
+        let Some(broker) = broker.upgrade() else { return };
+        if publisher.has_blocked() {
+            broker.settle_blocked(&mut publisher).await;
+        }
+        publisher.begin_batch(&broker);
+        for message in &rest {
+            broker.route(
+                &mut publisher,
+                &topic,
+                message.sequence,
+                &message.headers,
+                &message.payload,
+            );
+            if publisher.has_blocked() {
+                broker.settle_blocked(&mut publisher).await;
+                publisher.begin_batch(&broker);
+            }
+        }
+        publisher.end_batch(&broker);
+        pending.fetch_sub(1, Ordering::AcqRel);
+    }
+}

@@ -1,0 +1,44 @@
+//! Durable subscriptions: the pure state machine ([`state`], checked against a reference model)
+//! and the dispatcher task that drives it for one (topic, durable name).
+//!
+//! **Layer rule:** this layer uses the routing core, the store and the DLQ record; what it needs
+//! of the broker facade (storing a dead letter, the latency histograms) comes through
+//! [`DispatchHost`].
+
+pub(crate) mod dispatcher;
+pub mod state;
+
+use bytes::Bytes;
+use mycelium_storage::StoredMessage;
+
+use crate::routing::topic::TopicRef;
+
+pub(crate) use dispatcher::{Consumer, DurableSub};
+
+/// A consumer's verdict on a durable delivery.
+#[derive(Debug, Clone, Copy)]
+#[allow(missing_docs)]
+pub enum Verdict<'a> {
+    Ack(mycelium_protocol::Ack),
+    Nack(mycelium_protocol::Nack<'a>),
+    InProgress(mycelium_protocol::Ack),
+    Term(mycelium_protocol::Term<'a>),
+}
+
+impl Verdict<'_> {
+    pub(crate) fn ack(&self) -> mycelium_protocol::Ack {
+        match self {
+            Verdict::Ack(a) | Verdict::InProgress(a) => *a,
+            Verdict::Nack(n) => n.ack,
+            Verdict::Term(t) => t.ack,
+        }
+    }
+}
+
+/// What a dispatcher needs of the broker. The broker implements it; dispatchers hold it weakly.
+pub(crate) trait DispatchHost: Send + Sync {
+    /// Stores a dead-lettered message of `topic` in its DLQ, with the record in `headers`.
+    fn dead_letter(&self, topic: &TopicRef, headers: Bytes, original: StoredMessage);
+    /// Records a message of `topic` acknowledged `seconds` after it was published.
+    fn observe_delivery(&self, topic: &TopicRef, seconds: f64);
+}
