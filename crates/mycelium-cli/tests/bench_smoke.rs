@@ -60,6 +60,12 @@ fn systems(report: &serde_json::Value) -> Vec<(String, String)> {
 
 #[test]
 fn throughput_fanout_runs_against_every_system() {
+    if !mycelium_test_support::available(&[
+        mycelium_test_support::Need::Nats,
+        mycelium_test_support::Need::Redis,
+    ]) {
+        return;
+    }
     let report = bench(&["throughput", "-n", "2000", "-s", "2"]);
     assert_eq!(report["mode"], "throughput");
     assert_eq!(report["workload"]["subscribers"], 2);
@@ -87,6 +93,12 @@ fn throughput_fanout_runs_against_every_system() {
 
 #[test]
 fn throughput_queue_skips_redis_and_says_so() {
+    if !mycelium_test_support::available(&[
+        mycelium_test_support::Need::Nats,
+        mycelium_test_support::Need::Redis,
+    ]) {
+        return;
+    }
     let report = bench(&[
         "throughput",
         "-n",
@@ -109,6 +121,12 @@ fn throughput_queue_skips_redis_and_says_so() {
 
 #[test]
 fn latency_reports_percentiles() {
+    if !mycelium_test_support::available(&[
+        mycelium_test_support::Need::Nats,
+        mycelium_test_support::Need::Redis,
+    ]) {
+        return;
+    }
     let report = bench(&["latency", "-n", "300", "--rate", "3000", "--transport", "unix"]);
     for row in report["results"].as_array().unwrap() {
         let p50 = row["p50_us"].as_f64().expect("p50");
@@ -131,6 +149,12 @@ fn latency_reports_percentiles() {
 
 #[test]
 fn connections_reports_broker_memory() {
+    if !mycelium_test_support::available(&[
+        mycelium_test_support::Need::Nats,
+        mycelium_test_support::Need::Redis,
+    ]) {
+        return;
+    }
     let report = bench(&["connections", "-c", "20", "-n", "10", "--transport", "unix"]);
     let mycelium = report["results"]
         .as_array()
@@ -145,6 +169,12 @@ fn connections_reports_broker_memory() {
 
 #[test]
 fn curves_write_charts() {
+    if !mycelium_test_support::available(&[
+        mycelium_test_support::Need::Nats,
+        mycelium_test_support::Need::Redis,
+    ]) {
+        return;
+    }
     let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let out = Command::new(BIN)
@@ -201,6 +231,12 @@ fn an_unreachable_peer_is_reported_not_fatal() {
 
 #[test]
 fn durable_publish_and_consume_run_against_jetstream_and_redis_streams() {
+    if !mycelium_test_support::available(&[
+        mycelium_test_support::Need::Nats,
+        mycelium_test_support::Need::Redis,
+    ]) {
+        return;
+    }
     for fsync in ["batch", "always"] {
         let report = bench(&["durable", "-n", "500", "--fsync", fsync, "--consume"]);
         assert_eq!(report["mode"], "durable");

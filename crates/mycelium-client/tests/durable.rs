@@ -199,6 +199,9 @@ async fn confirmed_messages_are_stored_and_sequences_continue_after_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_is_a_clear_error_for_the_publisher() {
+    if !mycelium_test_support::available(&[mycelium_test_support::Need::Root]) {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("small");
     std::fs::create_dir(&data).unwrap();

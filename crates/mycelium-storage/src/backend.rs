@@ -190,8 +190,8 @@ impl DiskBackend {
         config: LogConfig,
     ) -> Result<(DiskBackend, Vec<(String, RecoveryReport)>), StorageError> {
         let root = root.into();
-        let topics_dir = root.join("topics");
-        std::fs::create_dir_all(&topics_dir).map_err(|e| StorageError::io(&topics_dir, e))?;
+        let topics_dir = crate::DataDir::new(&root).topics_dir();
+        crate::layout::create_dir_durable(&topics_dir).map_err(|e| StorageError::io(&topics_dir, e))?;
         let mut logs = HashMap::new();
         let mut reports = Vec::new();
         for entry in std::fs::read_dir(&topics_dir).map_err(|e| StorageError::io(&topics_dir, e))? {
@@ -223,7 +223,10 @@ impl DiskBackend {
         if let Some(log) = logs.get(topic) {
             return Ok(std::sync::Arc::clone(log));
         }
-        let (log, _) = SegmentLog::open(&self.root.join("topics").join(topic), self.config.clone())?;
+        let (log, _) = SegmentLog::open(
+            &crate::DataDir::new(&self.root).topic_log(topic),
+            self.config.clone(),
+        )?;
         let log = std::sync::Arc::new(Mutex::new(log));
         logs.insert(topic.to_owned(), std::sync::Arc::clone(&log));
         Ok(log)

@@ -71,7 +71,7 @@ impl SegmentLog {
     /// # Errors
     /// I/O errors reading the directory or files.
     pub fn open(dir: &Path, config: LogConfig) -> Result<(SegmentLog, RecoveryReport), StorageError> {
-        std::fs::create_dir_all(dir).map_err(|e| StorageError::io(dir, e))?;
+        crate::layout::create_dir_durable(dir).map_err(|e| StorageError::io(dir, e))?;
         let mut bases: Vec<u64> = std::fs::read_dir(dir)
             .map_err(|e| StorageError::io(dir, e))?
             .filter_map(|entry| {
@@ -236,12 +236,8 @@ impl SegmentLog {
             return Ok(());
         }
         let path = self.dir.join(START_FILE);
-        let tmp = self.dir.join("start.tmp");
-        std::fs::write(&tmp, sequence.to_string()).map_err(|e| StorageError::io(&tmp, e))?;
-        std::fs::File::open(&tmp)
-            .and_then(|f| f.sync_all())
-            .map_err(|e| StorageError::io(&tmp, e))?;
-        std::fs::rename(&tmp, &path).map_err(|e| StorageError::io(&path, e))?;
+        crate::layout::write_atomic(&path, sequence.to_string().as_bytes())
+            .map_err(|e| StorageError::io(&path, e))?;
         self.first = sequence;
         while self.segments.len() > 1 && self.segments[0].last_seq.is_none_or(|l| l < sequence) {
             self.segments.remove(0).remove()?;
@@ -299,7 +295,5 @@ impl SegmentLog {
 }
 
 fn sync_dir(dir: &Path) -> Result<(), StorageError> {
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| StorageError::io(dir, e))
+    crate::layout::sync_dir(dir).map_err(|e| StorageError::io(dir, e))
 }

@@ -174,6 +174,9 @@ fn retention_by_count_bytes_and_age_deletes_whole_old_segments() {
 /// append that succeeded is there after reopening.
 #[test]
 fn a_full_disk_gives_a_clear_error_and_corrupts_nothing() {
+    if !mycelium_test_support::available(&[mycelium_test_support::Need::Root]) {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let mount = dir.path().join("small");
     std::fs::create_dir(&mount).unwrap();

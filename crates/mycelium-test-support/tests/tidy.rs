@@ -284,6 +284,38 @@ fn routing_modules_have_no_cycles() {
     }
 }
 
+/// Spellings that mean code outside the layout type knows a data-directory path or writes a
+/// state file by hand.
+const LAYOUT_ONLY: [&str; 6] = [
+    "join(\"subscriptions\")",
+    "join(\"dlq\")",
+    "join(\"topics\")",
+    "http-jwt.secret",
+    "with_extension(\"tmp\")",
+    "fs::rename(",
+];
+
+#[test]
+fn only_the_layout_type_knows_data_directory_paths() {
+    let root = workspace_root();
+    let layout = root.join("crates/mycelium-storage/src/layout.rs");
+    let mut problems = Vec::new();
+    for file in rust_files(&root.join("crates")) {
+        let in_src = file.components().any(|c| c.as_os_str() == "src");
+        if file == layout || !in_src {
+            continue;
+        }
+        let text = std::fs::read_to_string(&file).unwrap_or_default();
+        for spelling in LAYOUT_ONLY.iter().filter(|s| text.contains(**s)) {
+            problems.push(format!(
+                "{}: `{spelling}`: data-directory paths come from mycelium_storage::DataDir, state files are written with write_atomic",
+                file.strip_prefix(&root).unwrap_or(&file).display()
+            ));
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
 #[test]
 fn the_checks_catch_what_they_look_for() {
     // The helpers above, on inputs that must fail, so a check that cannot fail is noticed.

@@ -23,11 +23,7 @@ impl Broker {
     }
 
     fn marks_path(&self, dlq: &str) -> PathBuf {
-        self.config()
-            .durable
-            .data_dir
-            .join("dlq")
-            .join(format!("{dlq}.json"))
+        self.data_dir().dlq_marks(dlq)
     }
 
     fn marks(&self, dlq: &str) -> Marks {
@@ -46,13 +42,8 @@ impl Broker {
     fn save_marks(&self, dlq: &str, marks: Marks) -> Result<(), DlqError> {
         let path = self.marks_path(dlq);
         let write = || -> std::io::Result<()> {
-            if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir)?;
-            }
-            let tmp = path.with_extension("tmp");
-            std::fs::write(&tmp, serde_json::to_vec(&marks).map_err(std::io::Error::other)?)?;
-            std::fs::File::open(&tmp)?.sync_all()?;
-            std::fs::rename(&tmp, &path)
+            let bytes = serde_json::to_vec(&marks).map_err(std::io::Error::other)?;
+            mycelium_storage::write_atomic(&path, &bytes)
         };
         write().map_err(|e| DlqError::Storage(format!("{}: {e}", path.display())))?;
         self.dlq_marks.lock().insert(dlq.to_owned(), marks);

@@ -142,19 +142,14 @@ impl Broker {
             .filter(|((t, _), _)| t == topic)
             .map(|((_, name), sub)| (name.clone(), sub.state.lock().floor()))
             .collect();
-        let dir = self.config.durable.data_dir.join("subscriptions").join(topic);
-        let persisted = std::fs::read_dir(dir)
+        let persisted = self
+            .data_dir()
+            .persisted_subscriptions(topic)
             .into_iter()
-            .flatten()
-            .flatten()
-            .filter_map(|entry| {
-                let path = entry.path();
-                let name = path.file_stem()?.to_str()?.to_owned();
-                if path.extension()? != "state" || open.iter().any(|(n, _)| *n == name) {
-                    return None;
-                }
+            .filter(|(name, _)| !open.iter().any(|(n, _)| n == name))
+            .filter_map(|(_, path)| {
                 let snapshot: crate::consumer::state::Snapshot =
-                    serde_json::from_slice(&std::fs::read(&path).ok()?).ok()?;
+                    serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
                 Some(snapshot.floor)
             })
             .collect::<Vec<u64>>();

@@ -225,7 +225,10 @@ fn measure(
     let free_disk_bytes = data_dir.and_then(free_bytes);
     let write_latency = data_dir.and_then(|dir| {
         let start = Instant::now();
-        probe_write(dir).ok().map(|()| start.elapsed())
+        mycelium_storage::DataDir::new(dir)
+            .probe_write()
+            .ok()
+            .map(|()| start.elapsed())
     });
     let memory_bytes = rss_bytes();
     let mut checks = Vec::new();
@@ -305,13 +308,6 @@ fn measure(
 fn free_bytes(dir: &Path) -> Option<u64> {
     let stat = rustix::fs::statvfs(dir).ok()?;
     Some(stat.f_bavail.saturating_mul(stat.f_frsize))
-}
-
-fn probe_write(dir: &Path) -> std::io::Result<()> {
-    let probe = dir.join(".health-probe");
-    let result = std::fs::write(&probe, b"probe").and_then(|()| std::fs::File::open(&probe)?.sync_all());
-    let _ = std::fs::remove_file(&probe);
-    result
 }
 
 fn rss_bytes() -> u64 {

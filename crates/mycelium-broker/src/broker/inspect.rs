@@ -130,19 +130,25 @@ impl Broker {
     /// Deleting the state file failed.
     pub fn delete_durable(&self, topic: &str, name: &str) -> std::io::Result<bool> {
         let removed = self.remove_durable_sub(topic, name);
-        let file = self
-            .config()
-            .durable
-            .data_dir
-            .join("subscriptions")
-            .join(topic)
-            .join(format!("{name}.state"));
+        let file = self.data_dir().subscription_state(topic, name);
         let on_disk = match std::fs::remove_file(&file) {
             Ok(()) => true,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
             Err(e) => return Err(e),
         };
         Ok(removed || on_disk)
+    }
+
+    /// Removes the persisted state of every durable subscription of `topic` (the topic is being
+    /// deleted).
+    ///
+    /// # Errors
+    /// Deleting a state file failed.
+    pub fn delete_persisted_subscriptions(&self, topic: &str) -> std::io::Result<()> {
+        match std::fs::remove_dir_all(self.data_dir().subscriptions_dir(topic)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
     }
 
     /// The stored message with id `id` (a UUIDv7: its time says where to look in each log).

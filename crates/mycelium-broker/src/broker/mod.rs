@@ -212,6 +212,20 @@ impl Broker {
         &self.config
     }
 
+    /// The paths under the data directory.
+    pub fn data_dir(&self) -> mycelium_storage::DataDir {
+        mycelium_storage::DataDir::new(&self.config.durable.data_dir)
+    }
+
+    /// Writes, syncs and removes a probe file in the data directory (readiness and health
+    /// checks); blocking, so call it off the async workers.
+    ///
+    /// # Errors
+    /// The data directory cannot take a write now.
+    pub fn probe_data_dir(&self) -> std::io::Result<()> {
+        self.data_dir().probe_write()
+    }
+
     /// A fresh read-batch id (see [`crate::Publisher`]).
     pub(crate) fn next_batch(&self) -> u64 {
         self.next_batch.fetch_add(1, Ordering::Relaxed)

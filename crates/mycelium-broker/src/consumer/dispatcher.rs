@@ -130,11 +130,8 @@ impl DurableSub {
         backend: &DiskBackend,
         config: &crate::store::DurableConfig,
     ) -> Result<Arc<DurableSub>, mycelium_storage::StorageError> {
-        let state_file = config
-            .data_dir
-            .join("subscriptions")
-            .join(topic.name())
-            .join(format!("{name}.state"));
+        let state_file =
+            mycelium_storage::DataDir::new(&config.data_dir).subscription_state(topic.name(), name);
         let bounds = backend.bounds(topic.name())?;
         let policy = policy_of(options, config.read_ahead);
         let persisted = match std::fs::read(&state_file) {
@@ -245,18 +242,12 @@ impl DurableSub {
             path: self.state_file.display().to_string(),
             source: e,
         };
-        if let Some(dir) = self.state_file.parent() {
-            std::fs::create_dir_all(dir).map_err(io)?;
-        }
-        let tmp = self.state_file.with_extension("tmp");
         let snapshot = Snapshot {
             filter: self.filter.as_ref().map(|f| f.text().to_owned()),
             ..snapshot.clone()
         };
         let bytes = serde_json::to_vec(&snapshot).map_err(|e| io(std::io::Error::other(e)))?;
-        std::fs::write(&tmp, bytes).map_err(io)?;
-        std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(io)?;
-        std::fs::rename(&tmp, &self.state_file).map_err(io)
+        mycelium_storage::write_atomic(&self.state_file, &bytes).map_err(io)
     }
 
     /// Sends the ACK_OKs waiting for the state write that just happened.

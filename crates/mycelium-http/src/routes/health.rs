@@ -70,12 +70,17 @@ pub(crate) async fn is_ready(state: &SharedState) -> bool {
 
 async fn readiness(state: &SharedState) -> (bool, Vec<Check>) {
     let listeners = state.config.native_listeners_up.load(Ordering::Acquire);
-    let data_dir = state.broker.config().durable.data_dir.clone();
     let uses_storage = state.broker.storage().is_some();
     let storage = if uses_storage {
-        tokio::task::spawn_blocking(move || writable(&data_dir))
-            .await
-            .unwrap_or_else(|e| Err(e.to_string()))
+        let broker = std::sync::Arc::clone(&state.broker);
+        let data_dir = broker.config().durable.data_dir.clone();
+        tokio::task::spawn_blocking(move || {
+            broker
+                .probe_data_dir()
+                .map_err(|e| format!("{}: {e}", data_dir.display()))
+        })
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()))
     } else {
         Ok(())
     };
@@ -121,14 +126,4 @@ pub(crate) async fn node(
     serde_json::to_value(health.node())
         .map(axum::Json)
         .map_err(|e| crate::error::ApiError::internal(e.to_string()))
-}
-
-/// Writes, syncs and removes a probe file in the data directory.
-fn writable(dir: &std::path::Path) -> Result<(), String> {
-    let probe = dir.join(".ready-probe");
-    let result = std::fs::write(&probe, b"ok")
-        .and_then(|()| std::fs::File::open(&probe)?.sync_all())
-        .map_err(|e| format!("{}: {e}", dir.display()));
-    let _ = std::fs::remove_file(&probe);
-    result
 }

@@ -463,19 +463,13 @@ pub(crate) async fn delete(
                 .delete_durable(&name, &sub)
                 .map_err(|e| ApiError::new(Kind::Storage, e.to_string()))?;
         }
-        remove_persisted_subscriptions(&state.broker, &name)?;
+        state
+            .broker
+            .delete_persisted_subscriptions(&name)
+            .map_err(|e| ApiError::new(Kind::Storage, e.to_string()))?;
     }
     state.broker.delete_topic(&name);
     Ok(StatusCode::NO_CONTENT)
-}
-
-fn remove_persisted_subscriptions(broker: &Broker, topic: &str) -> ApiResult<()> {
-    let dir = broker.config().durable.data_dir.join("subscriptions").join(topic);
-    match std::fs::remove_dir_all(&dir) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(ApiError::new(Kind::Storage, format!("{}: {e}", dir.display()))),
-    }
 }
 
 /// A counter sample: when, published, delivered.

@@ -104,7 +104,7 @@ pub struct HttpSection {
     /// `HS256`, `RS256` or `ES256`.
     pub jwt_algorithm: String,
     /// HS256 shared secret (at least 32 bytes). Empty: a random one is generated once and kept in
-    /// `<data_dir>/http-jwt.secret` (mode 0600), where `mycelium token issue` finds it.
+    /// the data directory's generated secret file (`DataDir::jwt_secret`) (mode 0600), where `mycelium token issue` finds it.
     pub jwt_secret: String,
     /// RS256 / ES256: PEM public key file (verifies tokens).
     pub jwt_public_key: String,
@@ -294,7 +294,7 @@ impl Config {
     }
 
     /// The JWT settings of `[http]` (`None` with `auth = "none"`). An empty HS256 secret is read
-    /// from (or, the first time, generated into) `<data_dir>/http-jwt.secret`.
+    /// from (or, the first time, generated into) the data directory's generated secret file (`DataDir::jwt_secret`).
     ///
     /// # Errors
     /// The secret file cannot be read or written.
@@ -420,7 +420,7 @@ impl Config {
 fn generated_secret(data_dir: &Path) -> Result<Vec<u8>, String> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let path = data_dir.join("http-jwt.secret");
+    let path = mycelium_storage::DataDir::new(data_dir).jwt_secret();
     if let Ok(text) = std::fs::read_to_string(&path) {
         let secret = text.trim().to_owned();
         if secret.len() >= 32 {
@@ -428,7 +428,7 @@ fn generated_secret(data_dir: &Path) -> Result<Vec<u8>, String> {
         }
         return Err(format!("{}: the secret is shorter than 32 bytes", path.display()));
     }
-    std::fs::create_dir_all(data_dir).map_err(|e| format!("{}: {e}", data_dir.display()))?;
+    mycelium_storage::create_dir_durable(data_dir).map_err(|e| format!("{}: {e}", data_dir.display()))?;
     let mut bytes = [0u8; 32];
     getrandom::fill(&mut bytes).map_err(|e| format!("no randomness for the JWT secret: {e}"))?;
     let secret: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
@@ -440,6 +440,7 @@ fn generated_secret(data_dir: &Path) -> Result<Vec<u8>, String> {
         .map_err(|e| format!("{}: {e}", path.display()))?;
     file.write_all(secret.as_bytes())
         .and_then(|()| file.sync_all())
+        .and_then(|()| mycelium_storage::sync_dir(data_dir))
         .map_err(|e| format!("{}: {e}", path.display()))?;
     tracing::info!(path = %path.display(), "generated the HTTP API's JWT secret (mint tokens with `mycelium token issue`)");
     Ok(secret.into_bytes())
