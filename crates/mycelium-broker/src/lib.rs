@@ -28,5 +28,5 @@ pub use consumer::state as delivery;
 pub use routing::outbound::{Append, DirectWrite, Outbound};
 pub use routing::subscription::{Subscription, pick};
 pub use routing::topic::{DEAD_REASONS, Topic, TopicCounters, TopicRef};
-pub use routing::{PublishError, SubscribeError, filter, metrics, name, spec};
+pub use routing::{PublishError, SubscribeError, draft, filter, metrics, name, spec};
 pub use store::{DurableConfig, MessageProps, Stored};

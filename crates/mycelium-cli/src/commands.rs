@@ -4,6 +4,7 @@ use std::io::{IsTerminal, Read, Write};
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
+use mycelium_client::admin::{self, AdminRequest};
 use mycelium_client::{Client, ClientOptions, DurableOptions, Message, PublishOptions, StartPosition};
 use mycelium_server::Config;
 use tokio_util::sync::CancellationToken;
@@ -572,21 +573,17 @@ async fn topics(url: &str, json: bool) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn dlq_filter(args: &DlqFilterArgs) -> serde_json::Value {
-    serde_json::json!({
-        "sequences": args.sequences,
-        "reason": args.reason,
-        "subscription": args.subscription,
-    })
+fn dlq_filter(args: &DlqFilterArgs) -> admin::DlqFilter {
+    admin::DlqFilter {
+        sequences: args.sequences.clone(),
+        reason: args.reason.clone(),
+        subscription: args.subscription.clone(),
+        ..admin::DlqFilter::default()
+    }
 }
 
 fn has_filter(args: &DlqFilterArgs) -> bool {
     !args.sequences.is_empty() || args.reason.is_some() || args.subscription.is_some()
-}
-
-async fn admin(client: &Client, request: serde_json::Value) -> anyhow::Result<serde_json::Value> {
-    let answer = client.admin(request.to_string().as_bytes()).await?;
-    serde_json::from_slice(&answer).context("the broker's answer is not JSON")
 }
 
 fn ns_text(ns: u64) -> String {
@@ -612,39 +609,35 @@ async fn dlq_inner(client: &Client, command: DlqCommand) -> anyhow::Result<ExitC
             limit,
             json,
         } => {
-            let page = admin(
-                client,
-                serde_json::json!({"op": "dlq_list", "topic": topic, "filter": dlq_filter(&filter),
-                    "after": after, "limit": limit}),
-            )
-            .await?;
+            let request = AdminRequest::DlqList {
+                topic,
+                filter: dlq_filter(&filter),
+                after,
+                limit,
+            };
+            let page: admin::DlqPage = client.admin_typed(&request).await?;
             if json {
-                println!("{page}");
+                println!("{}", serde_json::to_string(&page)?);
                 return Ok(ExitCode::SUCCESS);
             }
-            println!(
-                "{} dead letters in {}",
-                page["depth"],
-                page["dlq"].as_str().unwrap_or("")
-            );
+            println!("{} dead letters in {}", page.depth, page.dlq);
             println!(
                 "{:>6}  {:<24}  {:<16}  {:<14}  {:>8}  {:>8}  ERROR",
                 "SEQ", "DEAD-LETTERED", "SUBSCRIPTION", "REASON", "ORIG", "ATTEMPTS"
             );
-            for e in page["entries"].as_array().into_iter().flatten() {
-                let number = |k: &str| e[k].as_u64().unwrap_or(0);
+            for e in &page.entries {
                 println!(
                     "{:>6}  {:<24}  {:<16}  {:<14}  {:>8}  {:>8}  {}",
-                    number("sequence"),
-                    ns_text(number("dead_lettered_ns")),
-                    e["subscription"].as_str().unwrap_or(""),
-                    e["reason"].as_str().unwrap_or(""),
-                    number("original_sequence"),
-                    number("attempts"),
-                    e["error"].as_str().unwrap_or("")
+                    e.sequence,
+                    ns_text(e.dead_lettered_ns),
+                    e.subscription,
+                    e.reason,
+                    e.original_sequence,
+                    e.attempts,
+                    e.error.as_deref().unwrap_or("")
                 );
             }
-            if let Some(next) = page["next_after"].as_u64() {
+            if let Some(next) = page.next_after {
                 println!("more: --after {next}");
             }
         }
@@ -653,55 +646,44 @@ async fn dlq_inner(client: &Client, command: DlqCommand) -> anyhow::Result<ExitC
             sequence,
             json,
         } => {
-            let entry = admin(
-                client,
-                serde_json::json!({"op": "dlq_get", "topic": topic, "sequence": sequence}),
-            )
-            .await?;
+            let entry: admin::DeadLetter = client
+                .admin_typed(&AdminRequest::DlqGet { topic, sequence })
+                .await?;
             if json {
-                println!("{entry}");
+                println!("{}", serde_json::to_string(&entry)?);
                 return Ok(ExitCode::SUCCESS);
             }
-            let text = |k: &str| entry[k].as_str().unwrap_or("").to_owned();
-            println!("dead letter {sequence} ({})", text("id"));
+            println!("dead letter {sequence} ({})", entry.id);
             println!(
                 "  topic         {} #{} ({})",
-                text("topic"),
-                entry["original_sequence"],
-                text("original_id")
+                entry.topic, entry.original_sequence, entry.original_id
             );
-            println!("  subscription  {}", text("subscription"));
+            println!("  subscription  {}", entry.subscription);
             println!(
                 "  reason        {} after {} attempts",
-                text("reason"),
-                entry["attempts"]
+                entry.reason, entry.attempts
             );
-            if let Some(error) = entry["error"].as_str() {
+            if let Some(error) = &entry.error {
                 println!("  last error    {error}");
             }
-            println!(
-                "  published     {}",
-                ns_text(entry["published_ns"].as_u64().unwrap_or(0))
-            );
-            println!(
-                "  dead-lettered {}",
-                ns_text(entry["dead_lettered_ns"].as_u64().unwrap_or(0))
-            );
-            for attempt in entry["history"].as_array().into_iter().flatten() {
+            println!("  published     {}", ns_text(entry.published_ns));
+            println!("  dead-lettered {}", ns_text(entry.dead_lettered_ns));
+            for attempt in &entry.history {
                 println!(
                     "  attempt failed {} {}{}",
-                    ns_text(attempt["at_ns"].as_u64().unwrap_or(0)),
-                    attempt["reason"].as_str().unwrap_or(""),
-                    attempt["error"]
-                        .as_str()
+                    ns_text(attempt.at_ns),
+                    attempt.reason,
+                    attempt
+                        .error
+                        .as_deref()
                         .map(|e| format!(": {e}"))
                         .unwrap_or_default()
                 );
             }
-            for (key, value) in entry["headers"].as_object().into_iter().flatten() {
-                println!("  header        {key}: {}", value.as_str().unwrap_or(""));
+            for (key, value) in &entry.headers {
+                println!("  header        {key}: {value}");
             }
-            println!("  payload       {}", text("payload"));
+            println!("  payload       {}", entry.payload);
         }
         DlqCommand::Replay {
             topic,
@@ -713,21 +695,23 @@ async fn dlq_inner(client: &Client, command: DlqCommand) -> anyhow::Result<ExitC
             if !all && !has_filter(&filter) {
                 bail!("say which dead letters: --seq N, --reason, --subscription, or --all");
             }
-            let report = admin(
-                client,
-                serde_json::json!({"op": "dlq_replay", "topic": topic, "filter": dlq_filter(&filter),
-                    "target": to, "rate": rate}),
-            )
-            .await?;
-            let failed = report["failed"].as_array().map_or(0, Vec::len);
+            let request = AdminRequest::DlqReplay {
+                topic,
+                filter: dlq_filter(&filter),
+                target: to,
+                rate,
+            };
+            let report: admin::ReplayReport = client.admin_typed(&request).await?;
             println!(
-                "replayed {}, already replayed {}, failed {failed}",
-                report["replayed"], report["duplicates"]
+                "replayed {}, already replayed {}, failed {}",
+                report.replayed,
+                report.duplicates,
+                report.failed.len()
             );
-            for f in report["failed"].as_array().into_iter().flatten() {
-                eprintln!("  {}: {}", f[0], f[1].as_str().unwrap_or(""));
+            for (sequence, reason) in &report.failed {
+                eprintln!("  {sequence}: {reason}");
             }
-            if failed > 0 {
+            if !report.failed.is_empty() {
                 return Ok(ExitCode::FAILURE);
             }
         }
@@ -735,12 +719,12 @@ async fn dlq_inner(client: &Client, command: DlqCommand) -> anyhow::Result<ExitC
             if !all && !has_filter(&filter) {
                 bail!("say which dead letters: --seq N, --reason, --subscription, or --all");
             }
-            let answer = admin(
-                client,
-                serde_json::json!({"op": "dlq_purge", "topic": topic, "filter": dlq_filter(&filter)}),
-            )
-            .await?;
-            println!("purged {}", answer["purged"]);
+            let request = AdminRequest::DlqPurge {
+                topic,
+                filter: dlq_filter(&filter),
+            };
+            let answer: admin::PurgeReport = client.admin_typed(&request).await?;
+            println!("purged {}", answer.purged);
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -748,7 +732,10 @@ async fn dlq_inner(client: &Client, command: DlqCommand) -> anyhow::Result<ExitC
 
 async fn health(url: &str, json: bool) -> anyhow::Result<ExitCode> {
     let client = connect(url).await?;
-    let node = admin(&client, serde_json::json!({"op": "health"})).await;
+    let node: anyhow::Result<serde_json::Value> = client
+        .admin_typed(&AdminRequest::Health)
+        .await
+        .map_err(Into::into);
     client.close().await;
     let node = node?;
     if json {

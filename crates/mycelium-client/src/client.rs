@@ -270,6 +270,26 @@ impl Client {
         }
     }
 
+    /// Sends a typed ADMIN request and reads its answer as `R` (the answer type the request's
+    /// operation names in [`mycelium_protocol::admin`]).
+    ///
+    /// # Errors
+    /// As [`Client::admin`]; `Protocol` when the answer is not an `R`.
+    pub async fn admin_typed<R: serde::de::DeserializeOwned>(
+        &self,
+        request: &mycelium_protocol::admin::AdminRequest,
+    ) -> Result<R, Error> {
+        let body = serde_json::to_vec(request)
+            .map_err(|e| Error::new(ErrorKind::Protocol, format!("encoding the ADMIN request: {e}")))?;
+        let answer = self.admin(&body).await?;
+        serde_json::from_slice(&answer).map_err(|e| {
+            Error::new(
+                ErrorKind::Protocol,
+                format!("the ADMIN answer is not what the operation returns: {e}"),
+            )
+        })
+    }
+
     /// Waits until the broker has processed everything sent before this call.
     ///
     /// # Errors

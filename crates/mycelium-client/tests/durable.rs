@@ -1,12 +1,10 @@
 //! Durable topics through the client: confirms mean stored; sequences continue across restarts;
 //! a full disk is a clear error to the publisher.
 
-mod support;
-
 use std::time::Duration;
 
 use mycelium_client::{Client, ErrorCode, ErrorKind};
-use support::TestServer;
+use mycelium_test_support::TestServer;
 
 fn disk_topic(config: &mut mycelium_server::Config, data_dir: &std::path::Path, fsync: &str) {
     config.storage.data_dir = data_dir.display().to_string();

@@ -2,13 +2,11 @@
 //! the ack deadline, NACK and TERM to the dead-letter queue, shared consumers, prefetch, and
 //! progress that survives a broker restart.
 
-mod support;
-
 use std::collections::HashMap;
 use std::time::Duration;
 
 use mycelium_client::{Client, DurableOptions, Message, StartPosition, Subscription};
-use support::TestServer;
+use mycelium_test_support::TestServer;
 
 async fn server(dir: &tempfile::TempDir) -> TestServer {
     let data = dir.path().join("data");

@@ -2,13 +2,11 @@
 //! subscribers, one published natively is consumed and acknowledged over HTTP, and a DLQ filled
 //! natively is replayed over HTTP. A real HTTP client (reqwest) against the served API.
 
-mod support;
-
 use std::time::Duration;
 
 use mycelium_client::{Client, DurableOptions, StartPosition};
+use mycelium_test_support::TestServer;
 use serde_json::{Value, json};
-use support::TestServer;
 
 const SECRET: &str = "a-shared-secret-of-at-least-32-bytes!";
 

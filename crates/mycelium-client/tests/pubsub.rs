@@ -1,11 +1,9 @@
 //! The client against an in-process broker: fanout, queue groups, order, errors, the breaker.
 
-mod support;
-
 use std::time::Duration;
 
 use mycelium_client::{Client, ClientOptions, ConnectionState, ErrorCode, ErrorKind};
-use support::TestServer;
+use mycelium_test_support::TestServer;
 
 async fn server(dir: &tempfile::TempDir) -> TestServer {
     TestServer::start_at(&dir.path().join("b.sock"), |_| {}).await

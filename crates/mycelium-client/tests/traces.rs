@@ -3,14 +3,12 @@
 //! trace, and the consumer receives a context that continues it. Spans go to an in-memory
 //! exporter (this test binary installs the global subscriber, so it holds one test).
 
-mod support;
-
 use std::time::Duration;
 
 use mycelium_client::{Client, DurableOptions, PublishOptions, StartPosition};
+use mycelium_test_support::TestServer;
 use opentelemetry::trace::{SpanId, TraceContextExt, TracerProvider as _};
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
-use support::TestServer;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 

@@ -231,9 +231,9 @@ impl PullConsumers {
                 let request_id = consumer.next_request.fetch_add(1, Ordering::Relaxed).max(1);
                 let (tx, rx) = tokio::sync::oneshot::channel();
                 consumer.acks.lock().insert(request_id, tx);
-                if let Err(text) = broker.acknowledge(&consumer.conn, Verdict::Ack(ack), request_id) {
+                if let Err(error) = broker.acknowledge(&consumer.conn, Verdict::Ack(ack), request_id) {
                     consumer.acks.lock().remove(&request_id);
-                    return Err(conflict(text));
+                    return Err(conflict(error.to_string()));
                 }
                 self.handles.lock().remove(id);
                 let mut rx = rx;
@@ -266,7 +266,7 @@ impl PullConsumers {
                 };
                 broker
                     .acknowledge(&consumer.conn, Verdict::Nack(nack), 0)
-                    .map_err(conflict)?;
+                    .map_err(|e| conflict(e.to_string()))?;
                 self.handles.lock().remove(id);
                 Ok(())
             }
@@ -274,13 +274,13 @@ impl PullConsumers {
                 let term = Term { ack, reason: &error };
                 broker
                     .acknowledge(&consumer.conn, Verdict::Term(term), 0)
-                    .map_err(conflict)?;
+                    .map_err(|e| conflict(e.to_string()))?;
                 self.handles.lock().remove(id);
                 Ok(())
             }
             HttpVerdict::InProgress => broker
                 .acknowledge(&consumer.conn, Verdict::InProgress(ack), 0)
-                .map_err(conflict),
+                .map_err(|e| conflict(e.to_string())),
         }
     }
 

@@ -181,10 +181,10 @@ impl From<mycelium_broker::PublishError> for ApiError {
 
 impl From<mycelium_broker::dlq::DlqError> for ApiError {
     fn from(error: mycelium_broker::dlq::DlqError) -> Self {
-        use mycelium_broker::dlq::DlqError as E;
-        let kind = match &error {
-            E::Unknown(_) | E::NotFound { .. } => Kind::NotFound,
-            E::Invalid(_) => Kind::Invalid,
+        use mycelium_protocol::ErrorCode;
+        let kind = match error.code() {
+            ErrorCode::NotFound => Kind::NotFound,
+            ErrorCode::InvalidRequest => Kind::Invalid,
             _ => Kind::Storage,
         };
         ApiError::new(kind, error.to_string())

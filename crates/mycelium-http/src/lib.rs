@@ -227,3 +227,22 @@ async fn authenticate(
     request.extensions_mut().insert(principal);
     Ok(next.run(request).await)
 }
+
+/// How the topics API (`POST` and `PUT /api/v1/topics`) reads a topic's `settings` object: the
+/// same deserialization and the broker's one topic validator, so the config file and this API
+/// give the same answer for the same settings (a property test holds them to it). Problems are
+/// (field of this API's body, reason).
+///
+/// # Errors
+/// The JSON does not have the settings' shape (one problem, field `settings`), or the settings
+/// are invalid (every problem).
+pub fn topic_settings(
+    json: &str,
+    limits: &mycelium_broker::draft::SpecLimits,
+) -> Result<mycelium_broker::spec::TopicSpec, Vec<(String, String)>> {
+    let settings: routes::topics::TopicSettings =
+        serde_json::from_str(json).map_err(|e| vec![("settings".to_owned(), e.to_string())])?;
+    settings
+        .spec_or_problems(limits)
+        .map_err(|problems| problems.into_iter().map(|p| (p.field, p.message)).collect())
+}

@@ -17,6 +17,7 @@
 //! is on its type and in `docs/PROTOCOL.md`.
 
 mod ack;
+pub mod admin;
 mod deliver;
 mod error;
 mod frame;

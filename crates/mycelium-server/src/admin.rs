@@ -1,54 +1,14 @@
-//! ADMIN requests over the native protocol: a JSON body naming an operation, answered with
-//! ADMIN_OK (JSON) or ERROR. The operations call the broker core, the same functions the HTTP API
-//! calls.
+//! ADMIN requests over the native protocol: a JSON body naming an operation
+//! ([`mycelium_protocol::admin::AdminRequest`]), answered with ADMIN_OK (the operation's answer
+//! type, as JSON) or ERROR. The operations call the broker core, the same functions the HTTP API
+//! calls; the broker's records are mapped onto the protocol's types here, at the edge.
 
 use std::sync::Arc;
 
 use mycelium_broker::Broker;
-use mycelium_broker::dlq::{DlqError, DlqFilter};
+use mycelium_broker::dlq::{DlqEntry, DlqError, DlqFilter, DlqPage, ReplayReport, payload_text};
 use mycelium_protocol::ErrorCode;
-use serde::Deserialize;
-
-/// One administrative operation.
-#[derive(Debug, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
-#[allow(clippy::enum_variant_names)] // the DLQ operations are the first of the admin set
-enum AdminRequest {
-    /// A page of a topic's dead letters.
-    DlqList {
-        topic: String,
-        #[serde(default)]
-        filter: DlqFilter,
-        #[serde(default)]
-        after: u64,
-        #[serde(default = "default_limit")]
-        limit: usize,
-    },
-    /// One dead letter by DLQ sequence.
-    DlqGet { topic: String, sequence: u64 },
-    /// Publish dead letters again.
-    DlqReplay {
-        topic: String,
-        #[serde(default)]
-        filter: DlqFilter,
-        #[serde(default)]
-        target: Option<String>,
-        #[serde(default)]
-        rate: Option<u32>,
-    },
-    /// Remove dead letters.
-    DlqPurge {
-        topic: String,
-        #[serde(default)]
-        filter: DlqFilter,
-    },
-    /// The node record and its last health report.
-    Health,
-}
-
-fn default_limit() -> usize {
-    100
-}
+use mycelium_protocol::admin::{self, AdminRequest};
 
 /// Runs the request in `body`; the answer's JSON, or an error code and text.
 pub(crate) async fn handle(broker: Arc<Broker>, body: Vec<u8>) -> Result<Vec<u8>, (ErrorCode, String)> {
@@ -60,28 +20,31 @@ pub(crate) async fn handle(broker: Arc<Broker>, body: Vec<u8>) -> Result<Vec<u8>
             filter,
             after,
             limit,
-        } => serde_json::to_vec(
-            &broker
-                .dlq_list(&topic, &filter, after, limit)
-                .map_err(dlq_error)?,
-        ),
-        AdminRequest::DlqGet { topic, sequence } => {
-            serde_json::to_vec(&broker.dlq_get(&topic, sequence).map_err(dlq_error)?)
+        } => {
+            let page = broker
+                .dlq_list(&topic, &filter_of(filter), after, limit)
+                .map_err(dlq_error)?;
+            serde_json::to_vec(&page_view(page))
         }
+        AdminRequest::DlqGet { topic, sequence } => serde_json::to_vec(&dead_letter_view(
+            broker.dlq_get(&topic, sequence).map_err(dlq_error)?,
+        )),
         AdminRequest::DlqReplay {
             topic,
             filter,
             target,
             rate,
-        } => serde_json::to_vec(
-            &broker
-                .dlq_replay(&topic, &filter, target.as_deref(), rate)
+        } => {
+            let report = broker
+                .dlq_replay(&topic, &filter_of(filter), target.as_deref(), rate)
                 .await
-                .map_err(dlq_error)?,
-        ),
-        AdminRequest::DlqPurge { topic, filter } => serde_json::to_vec(&serde_json::json!({
-            "purged": broker.dlq_purge(&topic, &filter).map_err(dlq_error)?
-        })),
+                .map_err(dlq_error)?;
+            serde_json::to_vec(&replay_view(report))
+        }
+        AdminRequest::DlqPurge { topic, filter } => {
+            let purged = broker.dlq_purge(&topic, &filter_of(filter)).map_err(dlq_error)?;
+            serde_json::to_vec(&admin::PurgeReport { purged })
+        }
         AdminRequest::Health => match broker.health() {
             Some(health) => serde_json::to_vec(&health.node()),
             None => {
@@ -95,11 +58,53 @@ pub(crate) async fn handle(broker: Arc<Broker>, body: Vec<u8>) -> Result<Vec<u8>
     json.map_err(|e| (ErrorCode::Internal, format!("encoding the answer: {e}")))
 }
 
+fn filter_of(filter: admin::DlqFilter) -> DlqFilter {
+    DlqFilter {
+        sequences: filter.sequences,
+        reason: filter.reason,
+        subscription: filter.subscription,
+        since_ns: filter.since_ns,
+        until_ns: filter.until_ns,
+    }
+}
+
+fn dead_letter_view(entry: DlqEntry) -> admin::DeadLetter {
+    admin::DeadLetter {
+        sequence: entry.sequence,
+        id: entry.id,
+        topic: entry.topic,
+        subscription: entry.subscription,
+        original_sequence: entry.original_sequence,
+        original_id: entry.original_id,
+        attempts: entry.attempts,
+        reason: entry.reason,
+        error: entry.error,
+        dead_lettered_ns: entry.dead_lettered_ns,
+        published_ns: entry.published_ns,
+        history: serde_json::from_value(entry.history).unwrap_or_default(),
+        headers: entry.headers,
+        payload: payload_text(&entry.payload),
+    }
+}
+
+fn page_view(page: DlqPage) -> admin::DlqPage {
+    admin::DlqPage {
+        dlq: page.dlq,
+        entries: page.entries.into_iter().map(dead_letter_view).collect(),
+        next_after: page.next_after,
+        depth: page.depth,
+    }
+}
+
+fn replay_view(report: ReplayReport) -> admin::ReplayReport {
+    admin::ReplayReport {
+        replayed: report.replayed,
+        duplicates: report.duplicates,
+        failed: report.failed,
+    }
+}
+
+/// The wire code of a DLQ error (the HTTP door maps the same errors to statuses).
 fn dlq_error(error: DlqError) -> (ErrorCode, String) {
-    let code = match error {
-        DlqError::Unknown(_) | DlqError::NotFound { .. } => ErrorCode::NotFound,
-        DlqError::Invalid(_) => ErrorCode::InvalidRequest,
-        _ => ErrorCode::StorageFailed,
-    };
-    (code, error.to_string())
+    (error.code(), error.to_string())
 }

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use mycelium_broker::BrokerConfig;
+use mycelium_broker::draft::{SpecField, SpecLimits, TopicDraft};
 use mycelium_broker::name::validate_topic;
 use mycelium_broker::spec::TopicSpec;
 use mycelium_codec::RelayDomain;
@@ -214,6 +215,43 @@ pub struct TopicSection {
     pub retention_age: Option<HumanDuration>,
     /// `skip` or `dead_letter`: a message a durable subscription's filter refuses.
     pub unmatched: String,
+}
+
+/// Framing a PUBLISH needs beyond its payload, at most (topic, headers' length, properties).
+const FRAME_OVERHEAD_BYTES: u64 = 1024;
+
+impl TopicSection {
+    /// The settings as the broker's one topic validator takes them.
+    pub fn draft(&self) -> TopicDraft {
+        let derived = |text: &String| (!text.is_empty()).then(|| text.clone());
+        TopicDraft {
+            routing: Some(self.routing.clone()),
+            balance: Some(self.balance.clone()),
+            buffer_bytes: Some(self.buffer_size.0),
+            message_bytes_max: Some(self.max_message_size.0),
+            overflow: Some(self.overflow.clone()),
+            block_timeout: Some(self.block_timeout.0),
+            codec: Some(self.codec.clone()),
+            storage: derived(&self.storage),
+            fsync: Some(self.fsync.clone()),
+            delivery: derived(&self.delivery),
+            priority: Some(self.priority),
+            ttl: self.ttl.map(|d| d.0),
+            on_expired: Some(self.on_expired.clone()),
+            dedup_window: Some(self.dedup_window.0),
+            dead_letter: Some(self.dead_letter),
+            retention: Some(self.retention.clone()),
+            retention_messages: self.retention_messages,
+            retention_bytes: self.retention_bytes.map(|b| b.0),
+            retention_age: self.retention_age.map(|d| d.0),
+            unmatched: Some(self.unmatched.clone()),
+        }
+    }
+
+    /// The key of a topic setting in this file.
+    pub fn key_of(field: SpecField) -> &'static str {
+        field.as_str()
+    }
 }
 
 impl Default for TopicSection {
@@ -531,116 +569,10 @@ impl Config {
             } else if !seen.insert(t.name.as_str()) {
                 bad(key("name"), format!("topic `{}` is configured twice", t.name));
             }
-            for (field, result) in [
-                (
-                    "routing",
-                    t.routing.parse::<mycelium_broker::spec::Routing>().err(),
-                ),
-                (
-                    "balance",
-                    t.balance.parse::<mycelium_broker::spec::Balance>().err(),
-                ),
-                (
-                    "overflow",
-                    t.overflow.parse::<mycelium_broker::spec::Overflow>().err(),
-                ),
-                (
-                    "codec",
-                    t.codec.parse::<mycelium_broker::spec::PayloadCodec>().err(),
-                ),
-                (
-                    "storage",
-                    t.storage.parse::<mycelium_broker::spec::StorageKind>().err(),
-                ),
-                ("fsync", t.fsync.parse::<mycelium_broker::spec::Fsync>().err()),
-                (
-                    "delivery",
-                    t.delivery.parse::<mycelium_broker::spec::Delivery>().err(),
-                ),
-                (
-                    "on_expired",
-                    t.on_expired.parse::<mycelium_broker::spec::OnExpired>().err(),
-                ),
-                (
-                    "retention",
-                    t.retention.parse::<mycelium_broker::spec::Retention>().err(),
-                ),
-                (
-                    "unmatched",
-                    t.unmatched.parse::<mycelium_broker::spec::Unmatched>().err(),
-                ),
-            ] {
-                if let Some(reason) = result {
-                    bad(key(field), reason);
+            if let Err(found) = t.draft().resolve(&self.spec_limits()) {
+                for problem in found {
+                    bad(key(TopicSection::key_of(problem.field)), problem.reason);
                 }
-            }
-            if !(1024..=(4 << 30)).contains(&t.buffer_size.0) {
-                bad(
-                    key("buffer_size"),
-                    format!("{} is out of range (1 KiB to 4 GiB)", t.buffer_size),
-                );
-            }
-            let frame_room = s.max_frame_size.0.saturating_sub(1024);
-            if t.max_message_size.0 == 0 || t.max_message_size.0 > frame_room {
-                bad(
-                    key("max_message_size"),
-                    format!(
-                        "{} must be between 1 B and server.max_frame_size less 1 KiB of framing ({})",
-                        t.max_message_size,
-                        ByteSize(frame_room)
-                    ),
-                );
-            }
-            if t.max_message_size.0 > t.buffer_size.0 {
-                bad(
-                    key("max_message_size"),
-                    format!(
-                        "{} is larger than buffer_size ({}): no message could ever be delivered",
-                        t.max_message_size, t.buffer_size
-                    ),
-                );
-            }
-            if t.block_timeout.0.is_zero() {
-                bad(key("block_timeout"), "must be greater than 0".into());
-            }
-            let disk = t.storage == "disk";
-            match (t.delivery.as_str(), disk) {
-                ("at_most_once", true) => bad(
-                    key("delivery"),
-                    "at_most_once topics are not stored: use at_least_once (or exactly_once) with storage = \"disk\"".into(),
-                ),
-                ("at_least_once" | "exactly_once", false) => bad(
-                    key("storage"),
-                    format!("{} needs storage = \"disk\"", t.delivery),
-                ),
-                _ => {}
-            }
-            if !disk {
-                for (field, set) in [
-                    ("priority", t.priority),
-                    ("ttl", t.ttl.is_some()),
-                    ("retention_messages", t.retention_messages.is_some()),
-                    ("retention_bytes", t.retention_bytes.is_some()),
-                    ("retention_age", t.retention_age.is_some()),
-                    ("retention", t.retention == "work_queue"),
-                    ("unmatched", t.unmatched == "dead_letter"),
-                ] {
-                    if set {
-                        bad(
-                            key(field),
-                            "applies to stored topics only (storage = \"disk\")".into(),
-                        );
-                    }
-                }
-            }
-            if t.ttl.is_some_and(|ttl| ttl.0.is_zero()) {
-                bad(
-                    key("ttl"),
-                    "must be greater than 0 (leave it out for no TTL)".into(),
-                );
-            }
-            if t.dedup_window.0.is_zero() {
-                bad(key("dedup_window"), "must be greater than 0".into());
             }
         }
         if problems.is_empty() {
@@ -660,39 +592,36 @@ impl Config {
         ]
     }
 
-    /// The broker core's view of this configuration (call after `validate`).
-    pub fn broker_config(&self) -> BrokerConfig {
-        let topics = self
-            .topics
-            .iter()
-            .map(|t| {
-                let spec = TopicSpec {
-                    routing: t.routing.parse().unwrap_or_default(),
-                    balance: t.balance.parse().unwrap_or_default(),
-                    buffer_bytes: t.buffer_size.bytes(),
-                    message_bytes_max: t.max_message_size.bytes(),
-                    overflow: t.overflow.parse().unwrap_or_default(),
-                    block_timeout: t.block_timeout.0,
-                    codec: t.codec.parse().unwrap_or_default(),
-                    storage: t.storage.parse().unwrap_or_default(),
-                    fsync: t.fsync.parse().unwrap_or_default(),
-                    delivery: t.delivery.parse().unwrap_or_default(),
-                    priority: t.priority,
-                    ttl: t.ttl.map(|d| d.0),
-                    on_expired: t.on_expired.parse().unwrap_or_default(),
-                    dedup_window: t.dedup_window.0,
-                    dead_letter: t.dead_letter,
-                    retention: t.retention.parse().unwrap_or_default(),
-                    retention_messages: t.retention_messages,
-                    retention_bytes: t.retention_bytes.map(|b| b.0),
-                    retention_age: t.retention_age.map(|d| d.0),
-                    unmatched: t.unmatched.parse().unwrap_or_default(),
-                };
-                (t.name.clone(), spec)
-            })
-            .collect();
+    /// The bounds every topic spec keeps (from `server.max_frame_size`).
+    pub fn spec_limits(&self) -> SpecLimits {
+        SpecLimits {
+            message_bytes_max: self.server.max_frame_size.0.saturating_sub(FRAME_OVERHEAD_BYTES),
+        }
+    }
+
+    /// The broker core's view of this configuration.
+    ///
+    /// # Errors
+    /// A topic's settings are invalid (every problem, as [`Config::validate`] names them).
+    pub fn broker_config(&self) -> Result<BrokerConfig, Vec<Problem>> {
+        let limits = self.spec_limits();
+        let mut topics = Vec::with_capacity(self.topics.len());
+        let mut problems = Vec::new();
+        for (i, t) in self.topics.iter().enumerate() {
+            match t.draft().resolve(&limits) {
+                Ok(spec) => topics.push((t.name.clone(), spec)),
+                Err(found) => problems.extend(found.into_iter().map(|p| Problem {
+                    key: format!("topics[{i}].{}", TopicSection::key_of(p.field)),
+                    reason: p.reason,
+                })),
+            }
+        }
+        if !problems.is_empty() {
+            return Err(problems);
+        }
         let d = &self.domains;
-        BrokerConfig {
+        Ok(BrokerConfig {
+            spec_limits: limits,
             metrics_topics_max: self.metrics.topics_max,
             auto_create_topics: self.server.auto_create_topics,
             default_spec: TopicSpec::default(),
@@ -721,7 +650,7 @@ impl Config {
                 read_ahead: self.storage.read_ahead,
                 dispatch_batch: self.storage.dispatch_batch,
             },
-        }
+        })
     }
 
     /// The Unix socket mode as a number.

@@ -435,8 +435,8 @@ fn handle(
 
 /// ACK-family frames: answered only on error (or with PONG-like silence), as NATS does.
 fn verdict(info: &ConnectionInfo, broker: &Broker, request_id: u32, verdict: Verdict<'_>) {
-    if let Err(text) = broker.acknowledge(info, verdict, request_id) {
-        send_error(info, request_id, ErrorCode::UnknownSubscription, 0, &text);
+    if let Err(error) = broker.acknowledge(info, verdict, request_id) {
+        send_error(info, request_id, error.code(), 0, &error.to_string());
     }
 }
 

@@ -93,11 +93,12 @@ impl Server {
     /// Invalid configuration, a socket path in use, an address that cannot be bound.
     pub async fn bind(mut config: Config) -> Result<Server, ServerError> {
         config.resolve();
-        config.validate().map_err(|problems| ConfigError::Invalid {
+        let invalid = |problems| ConfigError::Invalid {
             file: "configuration".into(),
             problems,
-        })?;
-        let broker = Broker::new(config.broker_config())?;
+        };
+        config.validate().map_err(invalid)?;
+        let broker = Broker::new(config.broker_config().map_err(invalid)?)?;
         let unix = match config.socket_path() {
             Some(path) => Some((listener::bind_unix(&path, config.socket_mode())?, path)),
             None => None,

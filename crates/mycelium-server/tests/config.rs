@@ -29,7 +29,7 @@ fn defaults_need_no_file() {
 fn the_reference_file_loads_and_means_what_it_says() {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/mycelium.toml");
     let config = Config::load(Some(&path), no_env()).unwrap();
-    let broker = config.broker_config();
+    let broker = config.broker_config().unwrap();
     let execution = broker.topics.iter().find(|(n, _)| n == "execution").unwrap();
     assert_eq!(execution.1.routing, Routing::Queue);
     assert_eq!(execution.1.codec, PayloadCodec::Tlv);
@@ -98,7 +98,7 @@ fn every_problem_is_reported_with_file_key_and_reason() {
             "topics[0].name",
             "topics[1].routing",
             "topics[2].name",
-            "topics[2].max_message_size",
+            // Over the frame limit and over the buffer: one problem for the key, both bounds named.
             "topics[2].max_message_size",
         ]
     );
@@ -151,7 +151,7 @@ fn delivery_guarantees_and_retention_per_topic() {
          [[topics]]\nname = \"ticks\"\n",
     );
     let config = Config::load(Some(file.path()), no_env()).unwrap();
-    let broker = config.broker_config();
+    let broker = config.broker_config().unwrap();
     let spec = |name: &str| broker.topics.iter().find(|(n, _)| n == name).unwrap().1.clone();
     let payments = spec("payments");
     assert_eq!(
@@ -207,11 +207,11 @@ fn segment_reserve_zero_fill_and_inline_flush_bytes_are_read_checked_and_reach_t
     let defaults = Config::default();
     assert_eq!(defaults.storage.segment_reserve.0, 4 << 20);
     assert_eq!(
-        defaults.broker_config().durable.fsync_interval,
+        defaults.broker_config().unwrap().durable.fsync_interval,
         Duration::from_millis(1)
     );
     assert!(
-        defaults.broker_config().durable.log.zero_fill,
+        defaults.broker_config().unwrap().durable.log.zero_fill,
         "zero-filled by default"
     );
     assert_eq!(defaults.performance.inline_flush_bytes.0, 64 << 10);
@@ -219,8 +219,8 @@ fn segment_reserve_zero_fill_and_inline_flush_bytes_are_read_checked_and_reach_t
         "[storage]\nsegment_reserve = \"1 MiB\"\nsegment_zero_fill = false\n[performance]\ninline_flush_bytes = 0\n",
     );
     let config = Config::load(Some(file.path()), no_env()).unwrap();
-    assert_eq!(config.broker_config().durable.log.reserve_bytes, 1 << 20);
-    assert!(!config.broker_config().durable.log.zero_fill);
+    assert_eq!(config.broker_config().unwrap().durable.log.reserve_bytes, 1 << 20);
+    assert!(!config.broker_config().unwrap().durable.log.zero_fill);
     assert_eq!(config.performance.inline_flush_bytes.0, 0);
     let file =
         write("[storage]\nsegment_reserve = \"2 GiB\"\n[performance]\ninline_flush_bytes = \"32 MiB\"\n");
@@ -249,4 +249,166 @@ fn jwt_cache_tokens_is_read_checked_and_reaches_the_verifier_settings() {
         error.contains("http.jwt_cache_tokens: must be at most 1000000 (0 turns the cache off)"),
         "{error}"
     );
+}
+
+mod one_topic_validator {
+    //! The config file and the HTTP topics API read topic settings through one validator: fed
+    //! the same settings, both accept with the same spec or both refuse, naming the same fields.
+
+    use std::collections::BTreeSet;
+
+    use mycelium_server::Config;
+    use proptest::prelude::*;
+
+    /// One setting: its config key and HTTP field, and the value in both notations.
+    #[derive(Debug, Clone)]
+    struct Setting {
+        config_key: &'static str,
+        http_field: &'static str,
+        toml: String,
+        json: String,
+    }
+
+    fn text(key: &'static str, values: &'static [&'static str]) -> impl Strategy<Value = Option<Setting>> {
+        proptest::option::of(proptest::sample::select(values)).prop_map(move |v| {
+            v.map(|v| Setting {
+                config_key: key,
+                http_field: key,
+                toml: format!("{v:?}"),
+                json: format!("{v:?}"),
+            })
+        })
+    }
+
+    fn flag(key: &'static str) -> impl Strategy<Value = Option<Setting>> {
+        proptest::option::of(any::<bool>()).prop_map(move |v| {
+            v.map(|v| Setting {
+                config_key: key,
+                http_field: key,
+                toml: v.to_string(),
+                json: v.to_string(),
+            })
+        })
+    }
+
+    /// A duration in whole seconds: humantime text in the config, milliseconds over HTTP.
+    fn seconds(config_key: &'static str, http_field: &'static str) -> impl Strategy<Value = Option<Setting>> {
+        proptest::option::of(0u64..3).prop_map(move |v| {
+            v.map(|v| Setting {
+                config_key,
+                http_field,
+                toml: format!("\"{v}s\""),
+                json: (v * 1000).to_string(),
+            })
+        })
+    }
+
+    fn number(key: &'static str, values: &'static [u64]) -> impl Strategy<Value = Option<Setting>> {
+        proptest::option::of(proptest::sample::select(values)).prop_map(move |v| {
+            v.map(|v| Setting {
+                config_key: key,
+                http_field: key,
+                toml: v.to_string(),
+                json: v.to_string(),
+            })
+        })
+    }
+
+    fn settings() -> impl Strategy<Value = Vec<Setting>> {
+        (
+            (
+                text("routing", &["fanout", "queue", "direct", "broadcast"]),
+                text("balance", &["round_robin", "least_loaded", "random"]),
+                text(
+                    "delivery",
+                    &["at_most_once", "at_least_once", "exactly_once", "twice"],
+                ),
+                text("fsync", &["batch", "always", "never", "sometimes"]),
+                text("codec", &["raw", "tlv", "json"]),
+                text("overflow", &["block", "drop_oldest", "disconnect", "spill"]),
+            ),
+            (
+                flag("priority"),
+                flag("dead_letter"),
+                seconds("ttl", "ttl_ms"),
+                seconds("dedup_window", "dedup_window_ms"),
+                text("retention", &["limits", "work_queue", "forever"]),
+                number("retention_messages", &[1, 1000]),
+                text("unmatched", &["skip", "dead_letter", "bounce"]),
+                number("max_message_size", &[0, 1024, 1 << 20, 20 << 20]),
+            ),
+        )
+            .prop_map(|((a, b, c, d, e, f), (g, h, i, j, k, l, m, n))| {
+                [a, b, c, d, e, f, g, h, i, j, k, l, m, n]
+                    .into_iter()
+                    .flatten()
+                    .collect()
+            })
+    }
+
+    /// The config file's answer: the spec, or the keys it names under `topics[0]`.
+    fn through_config(settings: &[Setting]) -> Result<mycelium_broker::spec::TopicSpec, BTreeSet<String>> {
+        let mut toml = String::from("[[topics]]\nname = \"t\"\n");
+        for s in settings {
+            toml.push_str(&format!("{} = {}\n", s.config_key, s.toml));
+        }
+        let mut config: Config = toml::from_str(&toml).expect("well-formed TOML");
+        config.resolve();
+        match config.validate() {
+            Ok(()) => Ok(config.broker_config().expect("valid").topics.remove(0).1),
+            Err(problems) => Err(problems
+                .into_iter()
+                .map(|p| p.key.trim_start_matches("topics[0].").to_owned())
+                .collect()),
+        }
+    }
+
+    /// The HTTP API's answer, its fields renamed to the config's keys.
+    fn through_http(
+        settings: &[Setting],
+        limits: &mycelium_broker::draft::SpecLimits,
+    ) -> Result<mycelium_broker::spec::TopicSpec, BTreeSet<String>> {
+        let body: Vec<String> = settings
+            .iter()
+            .map(|s| format!("\"{}\": {}", s.http_field, s.json))
+            .collect();
+        let json = format!("{{{}}}", body.join(", "));
+        mycelium_http::topic_settings(&json, limits).map_err(|problems| {
+            problems
+                .into_iter()
+                .map(|(field, _)| {
+                    settings
+                        .iter()
+                        .find(|s| s.http_field == field)
+                        .map_or(field.clone(), |s| s.config_key.to_owned())
+                })
+                .collect()
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn both_doors_give_the_same_answer(settings in settings()) {
+            let limits = Config::default().spec_limits();
+            let config = through_config(&settings);
+            let http = through_http(&settings, &limits);
+            prop_assert_eq!(&config, &http, "settings: {:?}", settings);
+        }
+    }
+
+    #[test]
+    fn the_doors_refuse_a_stored_only_setting_on_a_memory_topic_alike() {
+        let limits = Config::default().spec_limits();
+        let work_queue = vec![Setting {
+            config_key: "retention",
+            http_field: "retention",
+            toml: "\"work_queue\"".into(),
+            json: "\"work_queue\"".into(),
+        }];
+        let expected: BTreeSet<String> = ["retention".to_owned()].into();
+        assert_eq!(through_config(&work_queue), Err(expected.clone()));
+        assert_eq!(through_http(&work_queue, &limits), Err(expected));
+    }
 }

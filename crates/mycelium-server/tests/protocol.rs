@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use mycelium_protocol::{ErrorCode, Frame, Hello, Publish, Subscribe, SubscriptionRef};
 use mycelium_server::units::{ByteSize, HumanDuration};
-use support::{Got, Raw, TestServer};
+use mycelium_test_support::TestServer;
+use support::{Got, Raw};
 
 async fn subscribe(raw: &mut Raw, request_id: u32, pattern: &str) -> u32 {
     raw.send(
@@ -49,7 +50,7 @@ async fn publish_subscribe_over_unix_and_tcp() {
     let mut sub = Raw::hello(&server).await;
     let id = subscribe(&mut sub, 7, "a.*").await;
     // A publisher over TCP reaches a subscriber over the Unix socket.
-    let tcp = tokio::net::TcpStream::connect(server.tcp).await.unwrap();
+    let tcp = tokio::net::TcpStream::connect(server.tcp_addr()).await.unwrap();
     let (mut r, mut w) = tcp.into_split();
     let mut buf = bytes::BytesMut::new();
     mycelium_protocol::encode(

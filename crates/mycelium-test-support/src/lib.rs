@@ -1,10 +1,17 @@
 //! Test support shared by Mycelium's crates. It is a dev-dependency only: no crate's normal
 //! dependencies may name it (the tidy test `crate_graph_is_the_documented_one` checks).
 //!
+//! - [`TestServer`]: the broker in-process, on a temporary socket and TCP port 0.
+//! - [`available`] and [`Need`]: tests that need root, NATS or Redis.
+//!
 //! Its own tests are the repository's tidy checks (`tests/tidy.rs`): the crate graph drawn in
 //! ARCHITECTURE.md, dependencies used by the code that lists them, and the broker's layers.
 
+mod server;
+
 use std::path::{Path, PathBuf};
+
+pub use server::TestServer;
 
 /// The workspace root (the directory holding the top-level `Cargo.toml`).
 pub fn workspace_root() -> PathBuf {

@@ -11,6 +11,7 @@ use mycelium_storage::StoredMessage;
 use tokio::sync::mpsc;
 
 use super::{Broker, ConnectionInfo, Publisher};
+use crate::consumer::state::AckError;
 use crate::consumer::{DispatchHost, DurableSub, Verdict};
 use crate::routing::SubscribeError;
 use crate::routing::spec::{StorageKind, TopicSpec};
@@ -114,21 +115,23 @@ impl Broker {
     /// answered with ACK_OK once the acknowledgement is durable.
     ///
     /// # Errors
-    /// A text for the ERROR frame: unknown subscription, or the message is not in flight.
+    /// Unknown subscription, or the message is not in flight.
     pub fn acknowledge(
         &self,
         connection: &ConnectionInfo,
         verdict: Verdict<'_>,
         request_id: u32,
-    ) -> Result<(), String> {
+    ) -> Result<(), AckError> {
         let ack = verdict.ack();
+        let unknown = || AckError::UnknownSubscription(ack.subscription_id);
         let sub = self
             .durable_consumers
             .lock()
             .get(&(connection.id, ack.subscription_id))
             .cloned()
-            .ok_or_else(|| format!("no durable subscription {} on this connection (acknowledgements apply to durable subscriptions)", ack.subscription_id))?;
-        let store = self.durable().ok_or_else(|| "no storage configured".to_owned())?;
+            .ok_or_else(unknown)?;
+        // A durable subscription exists only where storage does.
+        let store = self.durable().ok_or_else(unknown)?;
         sub.verdict(self, store.backend(), verdict, &connection.outbound, request_id)
     }
 

@@ -44,6 +44,8 @@ pub struct BrokerConfig {
     pub durable: DurableConfig,
     /// Topic labels on metrics, at most; topics past it share `topic="_other"`.
     pub metrics_topics_max: usize,
+    /// The bounds every topic spec keeps, whichever door creates the topic.
+    pub spec_limits: crate::routing::draft::SpecLimits,
 }
 
 impl Default for BrokerConfig {
@@ -60,6 +62,9 @@ impl Default for BrokerConfig {
             ],
             durable: DurableConfig::default(),
             metrics_topics_max: 1000,
+            spec_limits: crate::routing::draft::SpecLimits {
+                message_bytes_max: (16 << 20) - 1024,
+            },
         }
     }
 }

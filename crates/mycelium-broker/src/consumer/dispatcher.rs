@@ -27,7 +27,9 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 
 use super::DispatchHost;
-use crate::consumer::state::{Attrs, DeadReason, DeliveryPolicy, Outcome, Snapshot, SubscriptionState};
+use crate::consumer::state::{
+    AckError, Attrs, DeadReason, DeliveryPolicy, Outcome, Snapshot, SubscriptionState,
+};
 use crate::dlq::AttemptRecord;
 use crate::routing::outbound::Outbound;
 use crate::routing::spec::OnExpired;
@@ -273,7 +275,7 @@ impl DurableSub {
         verdict: super::Verdict<'_>,
         outbound: &Arc<Outbound>,
         request_id: u32,
-    ) -> Result<(), String> {
+    ) -> Result<(), AckError> {
         use super::Verdict;
         let now = self.now_ns();
         let sequence = match verdict {
@@ -292,8 +294,7 @@ impl DurableSub {
                 Verdict::InProgress(a) => state.in_progress(a.sequence, now),
                 Verdict::Term(t) => state.term(t.ack.sequence),
             }
-        }
-        .map_err(|e| e.to_string())?;
+        }?;
         match verdict {
             Verdict::Ack(ack) => {
                 self.trace_verdict(sequence, "mycelium.ack");

@@ -122,6 +122,18 @@ pub enum AckError {
         "message {0} is not in flight on this subscription (already acknowledged, redelivered or never delivered)"
     )]
     NotInFlight(u64),
+    /// The connection has no durable subscription with that id.
+    #[error(
+        "no durable subscription {0} on this connection (acknowledgements apply to durable subscriptions)"
+    )]
+    UnknownSubscription(u32),
+}
+
+impl AckError {
+    /// The stable wire code of the refusal.
+    pub fn code(&self) -> mycelium_protocol::ErrorCode {
+        mycelium_protocol::ErrorCode::UnknownSubscription
+    }
 }
 
 /// What the dispatcher knows about a message when it admits it (times in the state's monotonic

@@ -99,7 +99,7 @@ impl DeadLetter<'_> {
 }
 
 /// One dead letter as the tools show it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DlqEntry {
     /// Sequence in the DLQ topic.
     pub sequence: u64,
@@ -128,35 +128,19 @@ pub struct DlqEntry {
     /// The original headers (without the `x-dlq-*` record); values as UTF-8 (lossy).
     pub headers: BTreeMap<String, String>,
     /// The payload.
-    #[serde(with = "payload_text")]
     pub payload: Bytes,
 }
 
-/// Payloads travel as UTF-8 when they are, else as `base64:` text.
-mod payload_text {
+/// A payload as tools show it: UTF-8 text when it is (and does not itself start with
+/// `base64:`), else `base64:` and its base64.
+pub fn payload_text(payload: &[u8]) -> String {
     use base64::Engine;
-    use bytes::Bytes;
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub(super) fn serialize<S: Serializer>(payload: &Bytes, s: S) -> Result<S::Ok, S::Error> {
-        match std::str::from_utf8(payload) {
-            Ok(text) if !text.starts_with("base64:") => s.serialize_str(text),
-            _ => s.serialize_str(&format!(
-                "base64:{}",
-                base64::engine::general_purpose::STANDARD.encode(payload)
-            )),
-        }
-    }
-
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Bytes, D::Error> {
-        let text = String::deserialize(d)?;
-        match text.strip_prefix("base64:") {
-            Some(b64) => base64::engine::general_purpose::STANDARD
-                .decode(b64)
-                .map(Bytes::from)
-                .map_err(serde::de::Error::custom),
-            None => Ok(Bytes::from(text)),
-        }
+    match std::str::from_utf8(payload) {
+        Ok(text) if !text.starts_with("base64:") => text.to_owned(),
+        _ => format!(
+            "base64:{}",
+            base64::engine::general_purpose::STANDARD.encode(payload)
+        ),
     }
 }
 
@@ -203,8 +187,7 @@ impl DlqEntry {
 }
 
 /// Which dead letters an operation applies to. Empty: all.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DlqFilter {
     /// Only these DLQ sequences.
     pub sequences: Vec<u64>,
@@ -232,7 +215,7 @@ impl DlqFilter {
 }
 
 /// A page of dead letters.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DlqPage {
     /// The DLQ topic.
     pub dlq: String,
@@ -245,7 +228,7 @@ pub struct DlqPage {
 }
 
 /// What a replay did.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ReplayReport {
     /// Stored on the target (and removed from the DLQ).
     pub replayed: u64,
@@ -276,6 +259,18 @@ pub enum DlqError {
     /// Reading or marking failed.
     #[error("storage: {0}")]
     Storage(String),
+}
+
+impl DlqError {
+    /// The stable wire code (both doors map from it: ERROR natively, a status over HTTP).
+    pub fn code(&self) -> mycelium_protocol::ErrorCode {
+        use mycelium_protocol::ErrorCode;
+        match self {
+            DlqError::Unknown(_) | DlqError::NotFound { .. } => ErrorCode::NotFound,
+            DlqError::Invalid(_) => ErrorCode::InvalidRequest,
+            DlqError::Storage(_) => ErrorCode::StorageFailed,
+        }
+    }
 }
 
 /// Removal marks of one DLQ.

@@ -6,6 +6,7 @@
 //!
 //! **Layer rule:** nothing here names the store, consumers, the DLQ or the broker facade.
 
+pub mod draft;
 pub mod error;
 pub mod filter;
 pub mod metrics;

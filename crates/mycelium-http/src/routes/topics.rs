@@ -7,6 +7,7 @@ use axum::Extension;
 use axum::extract::State;
 use axum::http::StatusCode;
 use mycelium_broker::Broker;
+use mycelium_broker::draft::{SpecField, SpecLimits, TopicDraft};
 use mycelium_broker::spec::{Delivery, StorageKind, TopicSpec};
 use mycelium_codec::Fixed8;
 use mycelium_codec::records::Record;
@@ -80,107 +81,53 @@ pub(crate) struct CreateTopic {
     pub(crate) settings: TopicSettings,
 }
 
-fn parse<T: std::str::FromStr<Err = String>>(
-    value: &Option<String>,
-    field: &str,
-    errors: &mut Vec<FieldError>,
-) -> Option<T> {
-    value.as_ref().and_then(|v| match v.parse() {
-        Ok(parsed) => Some(parsed),
-        Err(message) => {
-            errors.push(FieldError {
-                field: field.to_owned(),
-                message,
-            });
-            None
-        }
-    })
-}
-
 impl TopicSettings {
+    /// The settings as the broker's one topic validator takes them.
+    fn draft(&self) -> TopicDraft {
+        TopicDraft {
+            routing: self.routing.clone(),
+            balance: self.balance.clone(),
+            delivery: self.delivery.clone(),
+            fsync: self.fsync.clone(),
+            codec: self.codec.clone(),
+            overflow: self.overflow.clone(),
+            message_bytes_max: self.max_message_size.map(|n| n as u64),
+            priority: self.priority,
+            ttl: self.ttl_ms.map(Duration::from_millis),
+            dedup_window: self.dedup_window_ms.map(Duration::from_millis),
+            dead_letter: self.dead_letter,
+            retention: self.retention.clone(),
+            retention_messages: self.retention_messages,
+            unmatched: self.unmatched.clone(),
+            ..TopicDraft::default()
+        }
+    }
+
+    /// The field of this API's body that carries a topic setting.
+    pub(crate) fn field_of(field: SpecField) -> &'static str {
+        match field {
+            SpecField::Ttl => "ttl_ms",
+            SpecField::DedupWindow => "dedup_window_ms",
+            other => other.as_str(),
+        }
+    }
+
+    /// The spec these settings make, or every problem, named by this API's fields.
+    pub(crate) fn spec_or_problems(&self, limits: &SpecLimits) -> Result<TopicSpec, Vec<FieldError>> {
+        self.draft().resolve(limits).map_err(|problems| {
+            problems
+                .into_iter()
+                .map(|p| FieldError {
+                    field: Self::field_of(p.field).into(),
+                    message: p.reason,
+                })
+                .collect()
+        })
+    }
+
     /// The spec these settings make, or every problem.
-    pub(crate) fn spec(&self) -> Result<TopicSpec, ApiError> {
-        let mut errors = Vec::new();
-        let mut spec = TopicSpec::default();
-        if let Some(v) = parse(&self.routing, "routing", &mut errors) {
-            spec.routing = v;
-        }
-        if let Some(v) = parse(&self.balance, "balance", &mut errors) {
-            spec.balance = v;
-        }
-        if let Some(v) = parse(&self.fsync, "fsync", &mut errors) {
-            spec.fsync = v;
-        }
-        if let Some(v) = parse(&self.codec, "codec", &mut errors) {
-            spec.codec = v;
-        }
-        if let Some(v) = parse(&self.overflow, "overflow", &mut errors) {
-            spec.overflow = v;
-        }
-        if let Some(v) = parse(&self.retention, "retention", &mut errors) {
-            spec.retention = v;
-        }
-        if let Some(v) = parse(&self.unmatched, "unmatched", &mut errors) {
-            spec.unmatched = v;
-        }
-        if let Some(delivery) = parse::<Delivery>(&self.delivery, "delivery", &mut errors) {
-            spec.delivery = delivery;
-            if delivery != Delivery::AtMostOnce {
-                spec.storage = StorageKind::Disk;
-            }
-        }
-        let stored = spec.storage == StorageKind::Disk;
-        if let Some(size) = self.max_message_size {
-            if size == 0 || size > spec.buffer_bytes {
-                errors.push(FieldError {
-                    field: "max_message_size".into(),
-                    message: format!("must be 1 to {} bytes", spec.buffer_bytes),
-                });
-            } else {
-                spec.message_bytes_max = size;
-            }
-        }
-        spec.priority = self.priority.unwrap_or(false);
-        spec.ttl = self.ttl_ms.map(Duration::from_millis);
-        if self.ttl_ms == Some(0) {
-            errors.push(FieldError {
-                field: "ttl_ms".into(),
-                message: "must be above 0 (leave it out for no TTL)".into(),
-            });
-        }
-        if let Some(ms) = self.dedup_window_ms {
-            if ms == 0 {
-                errors.push(FieldError {
-                    field: "dedup_window_ms".into(),
-                    message: "must be above 0".into(),
-                });
-            }
-            spec.dedup_window = Duration::from_millis(ms);
-        }
-        spec.dead_letter = self.dead_letter.unwrap_or(true);
-        spec.retention_messages = self.retention_messages;
-        if !stored {
-            for (field, set) in [
-                ("priority", spec.priority),
-                ("ttl_ms", spec.ttl.is_some()),
-                ("retention_messages", spec.retention_messages.is_some()),
-                ("retention", self.retention.is_some()),
-                ("fsync", self.fsync.is_some()),
-            ] {
-                if set {
-                    errors.push(FieldError {
-                        field: field.into(),
-                        message: "applies to stored topics only (delivery at_least_once or exactly_once)"
-                            .into(),
-                    });
-                }
-            }
-        }
-        if errors.is_empty() {
-            Ok(spec)
-        } else {
-            Err(ApiError::invalid(errors))
-        }
+    pub(crate) fn spec(&self, limits: &SpecLimits) -> Result<TopicSpec, ApiError> {
+        self.spec_or_problems(limits).map_err(ApiError::invalid)
     }
 }
 
@@ -316,7 +263,7 @@ pub(crate) async fn create(
     principal.require(Role::Admin)?;
     let mut errors = Vec::new();
     check_topic(&request.name, || "name".into(), &mut errors);
-    let spec = request.settings.spec();
+    let spec = request.settings.spec(&state.broker.config().spec_limits);
     match (errors.is_empty(), spec) {
         (true, Ok(spec)) => {
             if state.broker.topic(&request.name).is_some() {
@@ -391,7 +338,7 @@ pub(crate) async fn update(
     if !errors.is_empty() {
         return Err(ApiError::invalid(errors));
     }
-    let spec = settings.spec()?;
+    let spec = settings.spec(&state.broker.config().spec_limits)?;
     if state.broker.has_durable_subscriptions(&name) {
         return Err(ApiError::new(
             Kind::Conflict,

@@ -1,69 +1,14 @@
-//! Test support: an in-process server on a tempdir socket and TCP port 0, and a raw frame client.
+//! A raw frame client for protocol-level tests (the in-process server is
+//! `mycelium_test_support::TestServer`).
 #![allow(dead_code, missing_docs)]
 
-use std::path::PathBuf;
+use mycelium_test_support::TestServer;
 use std::time::Duration;
 
 use bytes::BytesMut;
 use mycelium_protocol::{Frame, Hello, decode, encode};
-use mycelium_server::{Config, Server};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
-use tokio_util::sync::CancellationToken;
-
-pub struct TestServer {
-    pub socket: PathBuf,
-    pub tcp: std::net::SocketAddr,
-    pub shutdown: CancellationToken,
-    pub task: Option<tokio::task::JoinHandle<()>>,
-    _dir: tempfile::TempDir,
-}
-
-impl TestServer {
-    pub async fn start() -> TestServer {
-        TestServer::start_with(|_| {}).await
-    }
-
-    pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> TestServer {
-        let dir = tempfile::tempdir().unwrap();
-        let socket = dir.path().join("broker.sock");
-        let mut config = Config::default();
-        // The HTTP API has its own tests; these need no port of their own.
-        config.http.enabled = false;
-        config.server.socket_path = socket.display().to_string();
-        config.server.tcp = "127.0.0.1:0".into();
-        config.server.shutdown_timeout = mycelium_server::units::HumanDuration(Duration::from_secs(2));
-        adjust(&mut config);
-        let server = Server::bind(config).await.unwrap();
-        let tcp = server.tcp_addr().unwrap();
-        let shutdown = server.shutdown_token();
-        let task = tokio::spawn(server.run());
-        TestServer {
-            socket,
-            tcp,
-            shutdown,
-            task: Some(task),
-            _dir: dir,
-        }
-    }
-
-    pub fn url(&self) -> String {
-        format!("unix://{}", self.socket.display())
-    }
-
-    pub async fn stop(mut self) {
-        self.shutdown.cancel();
-        if let Some(task) = self.task.take() {
-            task.await.unwrap();
-        }
-    }
-}
-
-impl Drop for TestServer {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-    }
-}
 
 /// A client that speaks raw frames, for protocol-level tests.
 pub struct Raw {
