@@ -348,3 +348,40 @@ async fn socket_mode_is_applied() {
     let mode = std::fs::metadata(&server.socket).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
 }
+
+#[tokio::test]
+async fn admin_requests_are_typed_and_refusals_carry_their_code() {
+    let server = TestServer::start().await;
+    let mut raw = Raw::hello(&server).await;
+    // An operation the protocol does not define, and a known one with a field it does not have.
+    for (request_id, body) in [
+        (5, r#"{"op":"drop_everything"}"#),
+        (6, r#"{"op":"dlq_get","topic":"jobs","sequence":1,"force":true}"#),
+        (7, "not json"),
+    ] {
+        raw.send(request_id, &Frame::Admin(body.as_bytes())).await;
+        match raw.recv().await {
+            Some(Got::Error {
+                request_id: r, code, ..
+            }) => {
+                assert_eq!(r, request_id);
+                assert_eq!(code, ErrorCode::InvalidRequest as u16, "{body}");
+            }
+            other => panic!("{body}: expected ERROR, got {other:?}"),
+        }
+    }
+    // A well-formed request for a dead-letter queue that does not exist.
+    let list = mycelium_protocol::admin::AdminRequest::DlqList {
+        topic: "nowhere".into(),
+        filter: Default::default(),
+        after: 0,
+        limit: 10,
+    };
+    let body = serde_json::to_vec(&list).unwrap();
+    raw.send(8, &Frame::Admin(&body)).await;
+    let got = raw.recv().await.expect("an answer");
+    assert_eq!(code_of(&got), ErrorCode::NotFound as u16);
+    // The connection is still usable after refused ADMIN requests (subscribe asserts SUBSCRIBE_OK).
+    subscribe(&mut raw, 9, "after.admin").await;
+    server.stop().await;
+}
