@@ -234,21 +234,16 @@ async fn a_full_subscriber_of_one_stored_topic_never_holds_another_topics_confir
         assert!(sequence > last, "sequences increase: {sequence} after {last}");
         last = sequence;
     }
-    // More groups of `stalled` queue behind the parked delivery instead of overtaking it.
-    let before = reader.outbound.pending_bytes();
-    let more = broker
-        .publish_local(
+    // `stalled` itself is still stored and confirmed while its subscriber stays full.
+    let more = tokio::time::timeout(
+        Duration::from_secs(10),
+        broker.publish_local(
             "stalled",
             bytes::Bytes::new(),
             payload.clone(),
             Default::default(),
-        )
-        .await;
-    assert!(more.is_ok());
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    assert_eq!(
-        reader.outbound.pending_bytes(),
-        before,
-        "nothing overtook the parked delivery"
-    );
+        ),
+    )
+    .await;
+    assert!(matches!(more, Ok(Ok(_))), "{more:?}");
 }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use mycelium_broker::BrokerConfig;
-use mycelium_broker::draft::{SpecField, SpecLimits, TopicDraft};
+use mycelium_broker::draft::{SpecLimits, TopicDraft};
 use mycelium_broker::name::validate_topic;
 use mycelium_broker::spec::TopicSpec;
 use mycelium_codec::RelayDomain;
@@ -246,11 +246,6 @@ impl TopicSection {
             retention_age: self.retention_age.map(|d| d.0),
             unmatched: Some(self.unmatched.clone()),
         }
-    }
-
-    /// The key of a topic setting in this file.
-    pub fn key_of(field: SpecField) -> &'static str {
-        field.as_str()
     }
 }
 
@@ -571,7 +566,7 @@ impl Config {
             }
             if let Err(found) = t.draft().resolve(&self.spec_limits()) {
                 for problem in found {
-                    bad(key(TopicSection::key_of(problem.field)), problem.reason);
+                    bad(key(problem.field.as_str()), problem.reason);
                 }
             }
         }
@@ -611,7 +606,7 @@ impl Config {
             match t.draft().resolve(&limits) {
                 Ok(spec) => topics.push((t.name.clone(), spec)),
                 Err(found) => problems.extend(found.into_iter().map(|p| Problem {
-                    key: format!("topics[{i}].{}", TopicSection::key_of(p.field)),
+                    key: format!("topics[{i}].{}", p.field.as_str()),
                     reason: p.reason,
                 })),
             }

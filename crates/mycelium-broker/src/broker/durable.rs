@@ -14,6 +14,7 @@ use super::{Broker, ConnectionInfo, Publisher};
 use crate::consumer::state::AckError;
 use crate::consumer::{DispatchHost, DurableSub, Verdict};
 use crate::routing::SubscribeError;
+use crate::routing::name::{DURABLE_NAME_BYTES_MAX, is_member_name};
 use crate::routing::spec::{StorageKind, TopicSpec};
 use crate::routing::topic::TopicRef;
 use crate::store::StoreEvents;
@@ -50,12 +51,7 @@ impl Broker {
                 "subscription options need a durable name (start position, ack settings and prefetch apply to durable subscriptions)".into(),
             ));
         };
-        let valid_name = !name.is_empty()
-            && name.len() <= 128
-            && name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
-        if !valid_name {
+        if !is_member_name(name, DURABLE_NAME_BYTES_MAX) {
             return Err(SubscribeError::InvalidGroup(name.to_owned()));
         }
         let topic = self.topic(pattern).filter(|t| t.spec().storage == StorageKind::Disk).ok_or_else(|| {

@@ -22,7 +22,7 @@ use parking_lot::{Mutex, RwLock};
 
 use crate::consumer::DurableSub;
 use crate::routing::error::{PublishError, SubscribeError};
-use crate::routing::name::{Pattern, validate_topic};
+use crate::routing::name::{GROUP_NAME_BYTES_MAX, Pattern, is_member_name, validate_topic};
 use crate::routing::outbound::Outbound;
 use crate::routing::spec::{StorageKind, TopicSpec};
 use crate::routing::subscription::{Route, Subscription};
@@ -395,15 +395,10 @@ impl Broker {
         before_routable: impl FnOnce(),
     ) -> Result<Arc<Subscription>, SubscribeError> {
         let pattern = Pattern::parse(pattern)?;
-        if let Some(group) = group {
-            let valid = !group.is_empty()
-                && group.len() <= 255
-                && group
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
-            if !valid {
-                return Err(SubscribeError::InvalidGroup(group.to_owned()));
-            }
+        if let Some(group) = group
+            && !is_member_name(group, GROUP_NAME_BYTES_MAX)
+        {
+            return Err(SubscribeError::InvalidGroup(group.to_owned()));
         }
         if connection.outbound.is_closing() {
             return Err(SubscribeError::Closing);

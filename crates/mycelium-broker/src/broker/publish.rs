@@ -73,12 +73,7 @@ impl Publisher {
     pub fn new(connection: Arc<ConnectionInfo>) -> Self {
         Publisher {
             connection: Some(connection),
-            batch: 0,
-            touched: Vec::new(),
-            blocked: Vec::new(),
-            durable: Vec::new(),
-            queued: Vec::new(),
-            last_topic: None,
+            ..Publisher::internal()
         }
     }
 

@@ -72,25 +72,35 @@ impl TopicHistograms {
     /// Records a publish to `topic` that took `seconds` from receipt to durable. The topic keeps
     /// its handle, so this is one bucket search and one uncontended lock.
     pub(crate) fn observe_publish(&self, metrics: &BrokerMetrics, topic: &str, seconds: f64) {
-        self.publish
-            .get_or_init(|| {
-                let label = TopicLabel {
-                    topic: metrics.label(topic),
-                };
-                metrics.publish_duration.get_or_create(&label).clone()
-            })
-            .observe(seconds);
+        observe(&self.publish, &metrics.publish_duration, metrics, topic, seconds);
     }
 
     /// Records a message of `topic` acknowledged `seconds` after it was published.
     pub(crate) fn observe_delivery(&self, metrics: &BrokerMetrics, topic: &str, seconds: f64) {
-        self.delivery
-            .get_or_init(|| {
-                let label = TopicLabel {
-                    topic: metrics.label(topic),
-                };
-                metrics.delivery_duration.get_or_create(&label).clone()
-            })
-            .observe(seconds);
+        observe(
+            &self.delivery,
+            &metrics.delivery_duration,
+            metrics,
+            topic,
+            seconds,
+        );
     }
+}
+
+/// Observes `seconds` in `topic`'s histogram of `family`, fetching the handle on first use.
+fn observe(
+    handle: &std::sync::OnceLock<Histogram>,
+    family: &Family<TopicLabel, Histogram>,
+    metrics: &BrokerMetrics,
+    topic: &str,
+    seconds: f64,
+) {
+    handle
+        .get_or_init(|| {
+            let label = TopicLabel {
+                topic: metrics.label(topic),
+            };
+            family.get_or_create(&label).clone()
+        })
+        .observe(seconds);
 }

@@ -72,6 +72,22 @@ fn check_token(what: &'static str, name: &str, index: usize, token: &str) -> Res
     Ok(())
 }
 
+/// Whether `name` is a valid queue-group or durable-subscription name: 1 to `max_bytes` of
+/// `[A-Za-z0-9_-]`.
+pub fn is_member_name(name: &str, max_bytes: usize) -> bool {
+    !name.is_empty()
+        && name.len() <= max_bytes
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+/// Longest durable subscription name, in bytes.
+pub const DURABLE_NAME_BYTES_MAX: usize = 128;
+
+/// Longest queue-group name, in bytes.
+pub const GROUP_NAME_BYTES_MAX: usize = 255;
+
 /// Checks a concrete topic name (no wildcards).
 ///
 /// # Errors
