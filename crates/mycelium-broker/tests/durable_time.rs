@@ -63,7 +63,7 @@ async fn publish(broker: &Broker, topic: &str, payload: &str, props: MessageProp
     stored.sequence
 }
 
-fn subscribe(
+async fn subscribe(
     broker: &Arc<Broker>,
     conn: &ConnectionInfo,
     name: &str,
@@ -79,13 +79,32 @@ fn subscribe(
         backoff_ms,
         filter: None,
     };
-    broker.subscribe_durable(conn, 1, "jobs", &options, 1).unwrap();
+    open(broker, conn, 1, &options).await.unwrap();
 }
 
-/// Lets the dispatcher run at the current (paused) time.
+/// A durable SUBSCRIBE as the server carries it out.
+async fn open(
+    broker: &Arc<Broker>,
+    conn: &ConnectionInfo,
+    id: u32,
+    options: &SubscribeOptions<'_>,
+) -> Result<(), mycelium_broker::SubscribeError> {
+    let request = broker.durable_request("jobs", options)?;
+    broker.subscribe_durable(conn, id, request, 1).await
+}
+
+/// Runs blocking broker calls (storage reads, state files) on a plain thread, as the server runs
+/// them off its async workers.
+fn off_worker<T: Send>(work: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| s.spawn(work).join().unwrap())
+}
+
+/// Lets the dispatcher run at the current (paused) time: it reads the log and writes its state
+/// on the blocking pool, which takes real time, so each round yields and then waits a little.
 async fn settle() {
-    for _ in 0..10 {
+    for _ in 0..20 {
         tokio::task::yield_now().await;
+        std::thread::sleep(Duration::from_millis(1));
     }
 }
 
@@ -97,13 +116,14 @@ fn ack(broker: &Broker, conn: &ConnectionInfo, sequence: u64) {
     broker.acknowledge(conn, Verdict::Ack(ack), 0).unwrap();
 }
 
-/// Polls (real time) for the storage writer thread, which runs outside the paused runtime.
-fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
-    for _ in 0..500 {
+/// Polls (real time) for the storage writer thread, which runs outside the paused runtime,
+/// letting the dispatchers run meanwhile (at the same paused time).
+async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    for _ in 0..100 {
         if done() {
             return;
         }
-        std::thread::sleep(Duration::from_millis(10));
+        settle().await;
     }
     panic!("timed out waiting for {what}");
 }
@@ -130,7 +150,7 @@ async fn priority_ttl_and_delay_decide_what_goes_out_and_when() {
     publish(&broker, "jobs", "plain", props(0, None, None)).await; // 5
 
     let conn = broker.connect("consumer".into());
-    subscribe(&broker, &conn, "workers", 2, vec![1000]);
+    subscribe(&broker, &conn, "workers", 2, vec![1000]).await;
     settle().await;
     let first = deliveries(&conn);
     assert_eq!(
@@ -167,14 +187,14 @@ async fn priority_ttl_and_delay_decide_what_goes_out_and_when() {
         .map(|t| t.expired);
     assert_eq!(expired, Some(1));
     wait_for("the expired message in the DLQ", || {
-        broker
-            .dlq_list("jobs", &DlqFilter::default(), 0, 10)
+        off_worker(|| broker.dlq_list("jobs", &DlqFilter::default(), 0, 10))
             .is_ok_and(|p| p.entries.len() == 1)
-    });
-    let page = broker.dlq_list("jobs", &DlqFilter::default(), 0, 10).unwrap();
+    })
+    .await;
+    let page = off_worker(|| broker.dlq_list("jobs", &DlqFilter::default(), 0, 10)).unwrap();
     assert_eq!(page.entries[0].reason, "expired");
     assert_eq!(page.entries[0].original_sequence, 2);
-    broker.close_storage();
+    off_worker(|| broker.close_storage());
 }
 
 #[tokio::test(start_paused = true)]
@@ -183,7 +203,7 @@ async fn deadlines_and_nacks_retry_with_backoff_then_dead_letter_with_the_story(
     let broker = broker(dir.path(), vec![("jobs", stored_spec(|_| {}))]);
     publish(&broker, "jobs", "poison", MessageProps::default()).await;
     let conn = broker.connect("consumer".into());
-    subscribe(&broker, &conn, "workers", 10, vec![2_000, 4_000]);
+    subscribe(&broker, &conn, "workers", 10, vec![2_000, 4_000]).await;
     settle().await;
     assert_eq!(deliveries(&conn), [(1, 1, "poison".into())]);
 
@@ -222,9 +242,10 @@ async fn deadlines_and_nacks_retry_with_backoff_then_dead_letter_with_the_story(
     };
     broker.acknowledge(&conn, Verdict::Nack(nack), 0).unwrap();
     wait_for("the dead letter", || {
-        broker.dlq_depth("jobs").is_ok_and(|d| d == 1)
-    });
-    let entry = broker.dlq_get("jobs", 1).unwrap();
+        off_worker(|| broker.dlq_depth("jobs")).is_ok_and(|d| d == 1)
+    })
+    .await;
+    let entry = off_worker(|| broker.dlq_get("jobs", 1)).unwrap();
     assert_eq!(entry.reason, "max_deliveries");
     assert_eq!(entry.attempts, 3);
     assert_eq!(entry.error.as_deref(), Some("still cannot parse"));
@@ -245,10 +266,10 @@ async fn deadlines_and_nacks_retry_with_backoff_then_dead_letter_with_the_story(
         .await
         .unwrap();
     assert_eq!((report.replayed, report.failed.len()), (1, 0));
-    assert_eq!(broker.dlq_depth("jobs").unwrap(), 0);
+    assert_eq!(off_worker(|| broker.dlq_depth("jobs")).unwrap(), 0);
     settle().await;
     assert_eq!(deliveries(&conn), [(2, 1, "poison".into())]);
-    broker.close_storage();
+    off_worker(|| broker.close_storage());
 }
 
 #[tokio::test]
@@ -259,7 +280,7 @@ async fn dlq_filters_paging_and_purge() {
         publish(&broker, "jobs", &format!("m{i}"), MessageProps::default()).await;
     }
     let conn = broker.connect("consumer".into());
-    subscribe(&broker, &conn, "workers", 10, vec![]);
+    subscribe(&broker, &conn, "workers", 10, vec![]).await;
     let mut got = Vec::new();
     for _ in 0..100 {
         got.extend(deliveries(&conn));
@@ -280,12 +301,13 @@ async fn dlq_filters_paging_and_purge() {
         broker.acknowledge(&conn, Verdict::Term(term), 0).unwrap();
     }
     wait_for("five dead letters", || {
-        broker.dlq_depth("jobs").is_ok_and(|d| d == 5)
-    });
-    let first = broker.dlq_list("jobs", &DlqFilter::default(), 0, 2).unwrap();
+        off_worker(|| broker.dlq_depth("jobs")).is_ok_and(|d| d == 5)
+    })
+    .await;
+    let first = off_worker(|| broker.dlq_list("jobs", &DlqFilter::default(), 0, 2)).unwrap();
     assert_eq!(first.entries.len(), 2);
     let after = first.next_after.expect("more pages");
-    let rest = broker.dlq_list("jobs", &DlqFilter::default(), after, 10).unwrap();
+    let rest = off_worker(|| broker.dlq_list("jobs", &DlqFilter::default(), after, 10)).unwrap();
     assert_eq!(rest.entries.len(), 3);
     assert_eq!(rest.next_after, None);
     assert!(rest.entries.iter().all(|e| e.reason == "terminated"));
@@ -301,19 +323,22 @@ async fn dlq_filters_paging_and_purge() {
         sequences: odd.clone(),
         ..DlqFilter::default()
     };
-    assert_eq!(broker.dlq_purge("jobs", &selection).unwrap(), 3);
-    assert_eq!(broker.dlq_depth("jobs").unwrap(), 2);
+    assert_eq!(off_worker(|| broker.dlq_purge("jobs", &selection)).unwrap(), 3);
+    assert_eq!(off_worker(|| broker.dlq_depth("jobs")).unwrap(), 2);
     assert!(matches!(
-        broker.dlq_get("jobs", odd[0]),
+        off_worker(|| broker.dlq_get("jobs", odd[0])),
         Err(mycelium_broker::dlq::DlqError::NotFound { .. })
     ));
-    assert_eq!(broker.dlq_purge("jobs", &DlqFilter::default()).unwrap(), 2);
-    assert_eq!(broker.dlq_depth("jobs").unwrap(), 0);
+    assert_eq!(
+        off_worker(|| broker.dlq_purge("jobs", &DlqFilter::default())).unwrap(),
+        2
+    );
+    assert_eq!(off_worker(|| broker.dlq_depth("jobs")).unwrap(), 0);
     assert!(matches!(
-        broker.dlq_list("nothing", &DlqFilter::default(), 0, 10),
+        off_worker(|| broker.dlq_list("nothing", &DlqFilter::default(), 0, 10)),
         Err(mycelium_broker::dlq::DlqError::Unknown(_))
     ));
-    broker.close_storage();
+    off_worker(|| broker.close_storage());
 }
 
 #[tokio::test]
@@ -354,7 +379,7 @@ async fn idempotency_keys_store_once_within_the_window_and_across_a_restart() {
             refused.unwrap_err().to_string().contains("idempotency key"),
             "exactly_once topics need a key"
         );
-        broker.close_storage();
+        off_worker(|| broker.close_storage());
         a
     };
     let broker = broker(dir.path(), vec![("jobs", spec)]);
@@ -365,7 +390,7 @@ async fn idempotency_keys_store_once_within_the_window_and_across_a_restart() {
     assert!(after_restart.duplicate, "the window is rebuilt from the log");
     assert_eq!(after_restart.id, first.id);
     assert_eq!(broker.storage().unwrap().bounds("jobs").unwrap().next, 3);
-    broker.close_storage();
+    off_worker(|| broker.close_storage());
 }
 
 #[tokio::test]
@@ -425,7 +450,7 @@ async fn retention_by_count_and_work_queue_deletion() {
 
     // Work queue: nothing goes while a subscription still needs it; acked messages do.
     let conn = broker.connect("consumer".into());
-    subscribe(&broker, &conn, "workers", 1000, vec![]);
+    subscribe(&broker, &conn, "workers", 1000, vec![]).await;
     let mut got = Vec::new();
     while got.len() < 300 {
         got.extend(deliveries(&conn));
@@ -446,7 +471,7 @@ async fn retention_by_count_and_work_queue_deletion() {
         (150..=201).contains(&first),
         "acked segments deleted, unacked kept: first = {first}"
     );
-    broker.close_storage();
+    off_worker(|| broker.close_storage());
 }
 
 #[tokio::test]
@@ -471,8 +496,8 @@ async fn a_durable_filter_skips_or_dead_letters_and_outlives_a_restart() {
             .await;
         }
         let conn = broker.connect("consumer".into());
-        broker
-            .subscribe_durable(&conn, 1, "jobs", &options(Some(r#"$.kind == "a""#)), 1)
+        open(&broker, &conn, 1, &options(Some(r#"$.kind == "a""#)))
+            .await
             .unwrap();
         let mut got = Vec::new();
         for _ in 0..200 {
@@ -487,9 +512,13 @@ async fn a_durable_filter_skips_or_dead_letters_and_outlives_a_restart() {
             ack(&broker, &conn, *sequence);
         }
         wait_for("the unmatched message in the DLQ", || {
-            broker.dlq_depth("jobs").is_ok_and(|d| d == 1)
-        });
-        assert_eq!(broker.dlq_get("jobs", 1).unwrap().reason, "unmatched");
+            off_worker(|| broker.dlq_depth("jobs")).is_ok_and(|d| d == 1)
+        })
+        .await;
+        assert_eq!(
+            off_worker(|| broker.dlq_get("jobs", 1)).unwrap().reason,
+            "unmatched"
+        );
         // A bad filter is refused with its position.
         let other = broker.connect("other".into());
         let bad = SubscribeOptions {
@@ -497,22 +526,20 @@ async fn a_durable_filter_skips_or_dead_letters_and_outlives_a_restart() {
             filter: Some("$.kind =="),
             ..SubscribeOptions::default()
         };
-        match broker.subscribe_durable(&other, 1, "jobs", &bad, 1) {
+        match open(&broker, &other, 1, &bad).await {
             Err(mycelium_broker::SubscribeError::InvalidFilter(e)) => assert_eq!(e.position, 9),
             other => panic!("{other:?}"),
         }
-        broker.close_storage();
+        off_worker(|| broker.close_storage());
     }
     // After a restart the subscription keeps its filter; asking for another one is refused.
     let broker = broker(dir.path(), vec![("jobs", spec)]);
     publish(&broker, "jobs", r#"{"kind": "b"}"#, MessageProps::default()).await;
     publish(&broker, "jobs", r#"{"kind": "a"}"#, MessageProps::default()).await;
     let conn = broker.connect("consumer".into());
-    let refused = broker.subscribe_durable(&conn, 2, "jobs", &options(Some(r#"$.kind == "b""#)), 1);
+    let refused = open(&broker, &conn, 2, &options(Some(r#"$.kind == "b""#))).await;
     assert!(refused.unwrap_err().to_string().contains("exists with filter"));
-    broker
-        .subscribe_durable(&conn, 1, "jobs", &options(None), 1)
-        .unwrap();
+    open(&broker, &conn, 1, &options(None)).await.unwrap();
     let mut got = Vec::new();
     for _ in 0..200 {
         got.extend(deliveries(&conn));
@@ -525,5 +552,5 @@ async fn a_durable_filter_skips_or_dead_letters_and_outlives_a_restart() {
         got.iter().map(|d| d.2.as_str()).collect::<Vec<_>>(),
         [r#"{"kind": "a"}"#]
     );
-    broker.close_storage();
+    off_worker(|| broker.close_storage());
 }

@@ -99,7 +99,7 @@ impl PullConsumers {
     ///
     /// # Errors
     /// The subscription cannot be opened (not a stored topic, bad name).
-    pub fn get_or_create(
+    pub async fn get_or_create(
         &self,
         broker: &Arc<Broker>,
         topic: &str,
@@ -117,7 +117,11 @@ impl PullConsumers {
             durable: Some(name),
             ..options.clone()
         };
-        if let Err(error) = broker.subscribe_durable(&conn, 1, topic, &options, 0) {
+        let opened = match broker.durable_request(topic, &options) {
+            Ok(request) => broker.subscribe_durable(&conn, 1, request, 0).await,
+            Err(error) => Err(error),
+        };
+        if let Err(error) = opened {
             broker.disconnect(conn.id);
             return Err(match error {
                 mycelium_broker::SubscribeError::InvalidFilter(e) => {

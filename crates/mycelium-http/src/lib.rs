@@ -170,9 +170,7 @@ async fn metrics_endpoint(State(state): State<SharedState>) -> Response {
     let broker = Arc::clone(&state.broker);
     let limited = state.limiter.rejected.load(std::sync::atomic::Ordering::Relaxed);
     let ready = routes::health::is_ready(&state).await;
-    let text = tokio::task::spawn_blocking(move || metrics::render(&broker, limited, ready))
-        .await
-        .unwrap_or_default();
+    let text = mycelium_broker::blocking(move || metrics::render(&broker, limited, ready)).await;
     (
         [(
             axum::http::header::CONTENT_TYPE,

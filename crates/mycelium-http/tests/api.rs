@@ -578,7 +578,11 @@ async fn consume_ack_nack_term_over_http() {
         .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["purged"], 0);
-    api.broker.close_storage();
+    mycelium_broker::blocking({
+        let b = Arc::clone(&api.broker);
+        move || b.close_storage()
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -759,7 +763,11 @@ async fn topics_and_subscriptions() {
         .call(Method::GET, "/api/v1/subscriptions", Some(&t), None)
         .await;
     assert_eq!(body["subscriptions"], json!([]));
-    api.broker.close_storage();
+    mycelium_broker::blocking({
+        let b = Arc::clone(&api.broker);
+        move || b.close_storage()
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -847,7 +855,12 @@ async fn a_json_payload_is_stored_and_returned_as_sent() {
     let id = published["results"][0]["id"].as_str().unwrap().to_owned();
     // What native consumers get: the stored bytes.
     let uuid = uuid::Uuid::parse_str(&id).unwrap();
-    let (_, stored) = api.broker.find_message(uuid.as_bytes()).unwrap();
+    let (_, stored) = mycelium_broker::blocking({
+        let b = Arc::clone(&api.broker);
+        move || b.find_message(uuid.as_bytes())
+    })
+    .await
+    .unwrap();
     assert_eq!(std::str::from_utf8(&stored.payload).unwrap(), payload);
     // What HTTP readers get: the same text inside the response.
     let request = Request::builder()
@@ -872,7 +885,11 @@ async fn a_json_payload_is_stored_and_returned_as_sent() {
         .unwrap();
     let (status, _, problem) = api.raw(request).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{problem}");
-    api.broker.close_storage();
+    mycelium_broker::blocking({
+        let b = Arc::clone(&api.broker);
+        move || b.close_storage()
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -968,5 +985,9 @@ async fn filtered_consumers_and_malformed_filters() {
             .contains("position 9"),
         "{body}"
     );
-    api.broker.close_storage();
+    mycelium_broker::blocking({
+        let b = Arc::clone(&api.broker);
+        move || b.close_storage()
+    })
+    .await;
 }

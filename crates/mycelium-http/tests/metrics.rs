@@ -107,7 +107,13 @@ async fn counters_follow_a_scripted_sequence_and_the_dashboards_query_real_metri
     let (_, again) = call(&router, "GET", consume, None).await;
     assert!(again.contains("\"attempt\":2"), "{again}");
     for _ in 0..300 {
-        if broker.dlq_depth("jobs").is_ok_and(|d| d == 1) {
+        if mycelium_broker::blocking({
+            let b = Arc::clone(&broker);
+            move || b.dlq_depth("jobs")
+        })
+        .await
+        .is_ok_and(|d| d == 1)
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -273,5 +279,9 @@ async fn the_health_monitor_reports_thresholds_and_an_exhausted_disk_turns_unrea
     assert_eq!(again.node().node_id, node.node_id);
     stop.cancel();
     monitor.await.unwrap();
-    broker.close_storage();
+    mycelium_broker::blocking({
+        let b = Arc::clone(&broker);
+        move || b.close_storage()
+    })
+    .await;
 }

@@ -5,8 +5,8 @@
 
 use std::sync::Arc;
 
-use mycelium_broker::Broker;
 use mycelium_broker::dlq::{DlqEntry, DlqError, DlqFilter, DlqPage, ReplayReport, payload_text};
+use mycelium_broker::{Broker, blocking};
 use mycelium_protocol::ErrorCode;
 use mycelium_protocol::admin::{self, AdminRequest};
 
@@ -21,13 +21,16 @@ pub(crate) async fn handle(broker: Arc<Broker>, body: Vec<u8>) -> Result<Vec<u8>
             after,
             limit,
         } => {
-            let page = broker
-                .dlq_list(&topic, &filter_of(filter), after, limit)
+            let filter = filter_of(filter);
+            let page = blocking(move || broker.dlq_list(&topic, &filter, after, limit))
+                .await
                 .map_err(dlq_error)?;
             serde_json::to_vec(&page_view(page))
         }
         AdminRequest::DlqGet { topic, sequence } => serde_json::to_vec(&dead_letter_view(
-            broker.dlq_get(&topic, sequence).map_err(dlq_error)?,
+            blocking(move || broker.dlq_get(&topic, sequence))
+                .await
+                .map_err(dlq_error)?,
         )),
         AdminRequest::DlqReplay {
             topic,
@@ -42,7 +45,10 @@ pub(crate) async fn handle(broker: Arc<Broker>, body: Vec<u8>) -> Result<Vec<u8>
             serde_json::to_vec(&replay_view(report))
         }
         AdminRequest::DlqPurge { topic, filter } => {
-            let purged = broker.dlq_purge(&topic, &filter_of(filter)).map_err(dlq_error)?;
+            let filter = filter_of(filter);
+            let purged = blocking(move || broker.dlq_purge(&topic, &filter))
+                .await
+                .map_err(dlq_error)?;
             serde_json::to_vec(&admin::PurgeReport { purged })
         }
         AdminRequest::Health => match broker.health() {

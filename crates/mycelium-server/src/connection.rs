@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
-use mycelium_broker::{Broker, ConnectionInfo, Publisher, Verdict};
+use mycelium_broker::{Broker, ConnectionInfo, DurableRequest, Publisher, Verdict};
 use mycelium_protocol::{
     Decoded, ErrorCode, ErrorFrame, Frame, ProtocolError, PublishOk, StatsSnapshot, SubscribeOptions,
     SubscriptionRef, Welcome, decode, encode,
@@ -174,10 +174,25 @@ async fn read_loop<R: AsyncRead + Unpin>(
             match decode(&buf[consumed..], settings.frame_bytes_max) {
                 Ok(Some((decoded, used))) => {
                     consumed += used;
-                    if let Some(stop) = handle(decoded, info, broker, &mut publisher, &mut next_subscription)
-                    {
+                    let mut opening = None;
+                    let step = handle(
+                        decoded,
+                        info,
+                        broker,
+                        &mut publisher,
+                        &mut next_subscription,
+                        &mut opening,
+                    );
+                    if let Some(stop) = step {
                         publisher.end_batch(broker);
                         return stop;
+                    }
+                    if let Some(open) = opening {
+                        // Opening reads and writes state files off this worker; frames after
+                        // the SUBSCRIBE wait for it.
+                        publisher.end_batch(broker);
+                        open.run(info, broker, &mut next_subscription).await;
+                        publisher.begin_batch(broker);
                     }
                     in_batch += 1;
                     if in_batch == settings.batch_size {
@@ -298,13 +313,33 @@ async fn handshake<R: AsyncRead + Unpin>(
     }
 }
 
-/// Handles one frame; `Some` stops the connection.
+/// A durable SUBSCRIBE, checked, whose subscription the read loop opens before the next frame.
+struct Opening {
+    id: u32,
+    request: DurableRequest,
+    request_id: u32,
+}
+
+impl Opening {
+    async fn run(self, info: &ConnectionInfo, broker: &Arc<Broker>, next_subscription: &mut u32) {
+        match broker
+            .subscribe_durable(info, self.id, self.request, self.request_id)
+            .await
+        {
+            Ok(()) => *next_subscription = next_subscription.wrapping_add(1).max(1),
+            Err(error) => send_error(info, self.request_id, error.code(), 0, &error.to_string()),
+        }
+    }
+}
+
+/// Handles one frame; `Some` stops the connection. A durable SUBSCRIBE is left in `opening`.
 fn handle(
     decoded: Decoded<'_>,
     info: &Arc<ConnectionInfo>,
     broker: &Arc<Broker>,
     publisher: &mut Publisher,
     next_subscription: &mut u32,
+    opening: &mut Option<Opening>,
 ) -> Option<Stop> {
     let request_id = decoded.request_id;
     match decoded.frame {
@@ -365,14 +400,21 @@ fn handle(
                                     options.filter,
                                     request_id,
                                 )
-                                .map(|_| ())
+                                .map(|_| None)
                         } else {
-                            broker.subscribe_durable(info, id, subscribe.pattern, &options, request_id)
+                            broker.durable_request(subscribe.pattern, &options).map(Some)
                         }
                         .map_err(|e| (e.code(), e.to_string()))
                     });
                 match result {
-                    Ok(()) => *next_subscription = next_subscription.wrapping_add(1).max(1),
+                    Ok(None) => *next_subscription = next_subscription.wrapping_add(1).max(1),
+                    Ok(Some(request)) => {
+                        *opening = Some(Opening {
+                            id,
+                            request,
+                            request_id,
+                        });
+                    }
                     Err((code, text)) => send_error(info, request_id, code, 0, &text),
                 }
                 return None;

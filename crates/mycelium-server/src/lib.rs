@@ -282,7 +282,7 @@ impl Server {
         tracker.wait().await;
         // Every connection is gone: store, sync and confirm what is still queued, then stop.
         let broker_for_close = Arc::clone(&accept.broker);
-        let _ = tokio::task::spawn_blocking(move || broker_for_close.close_storage()).await;
+        mycelium_broker::blocking(move || broker_for_close.close_storage()).await;
         if let Some(path) = &socket_path {
             listener::remove_socket(path);
         }

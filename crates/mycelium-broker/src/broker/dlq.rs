@@ -2,6 +2,7 @@
 //! the dead-letter record and its removal marks).
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -12,6 +13,7 @@ use crate::dlq::{
     DlqEntry, DlqError, DlqFilter, DlqPage, Marks, PAGE_MAX, ReplayReport, dlq_topic, original_headers,
 };
 use crate::store::MessageProps;
+use crate::store::io::blocking;
 
 impl Broker {
     fn dlq_backend(&self, dlq: &str) -> Result<std::sync::Arc<dyn StorageBackend>, DlqError> {
@@ -31,7 +33,7 @@ impl Broker {
         cache
             .entry(dlq.to_owned())
             .or_insert_with(|| {
-                std::fs::read(self.marks_path(dlq))
+                crate::store::io::read_state(&self.marks_path(dlq))
                     .ok()
                     .and_then(|b| serde_json::from_slice(&b).ok())
                     .unwrap_or_default()
@@ -43,7 +45,7 @@ impl Broker {
         let path = self.marks_path(dlq);
         let write = || -> std::io::Result<()> {
             let bytes = serde_json::to_vec(&marks).map_err(std::io::Error::other)?;
-            mycelium_storage::write_atomic(&path, &bytes)
+            crate::store::io::write_state(&path, &bytes)
         };
         write().map_err(|e| DlqError::Storage(format!("{}: {e}", path.display())))?;
         self.dlq_marks.lock().insert(dlq.to_owned(), marks);
@@ -183,24 +185,30 @@ impl Broker {
     }
 
     /// Publishes the matching dead letters again, to `target` (or each one's original topic), at
-    /// most `rate` per second, removing each from the DLQ once the target has it.
+    /// most `rate` per second, removing each from the DLQ once the target has it. The DLQ is read
+    /// and its marks written off the async workers.
     ///
     /// # Errors
     /// [`DlqError`]; a dead letter the target refuses is reported in
     /// [`ReplayReport::failed`] and stays in the DLQ.
     pub async fn dlq_replay(
-        &self,
+        self: &Arc<Self>,
         topic: &str,
         filter: &DlqFilter,
         target: Option<&str>,
         rate: Option<u32>,
     ) -> Result<ReplayReport, DlqError> {
         let dlq = dlq_topic(topic);
-        let mut entries = Vec::new();
-        self.dlq_scan(&dlq, 0, filter, |entry, message| {
-            entries.push((entry, original_headers(&message.headers)));
-            true
-        })?;
+        let (me, scanned, selection) = (Arc::clone(self), dlq.clone(), filter.clone());
+        let entries = blocking(move || {
+            let mut entries = Vec::new();
+            me.dlq_scan(&scanned, 0, &selection, |entry, message| {
+                entries.push((entry, original_headers(&message.headers)));
+                true
+            })
+            .map(|()| entries)
+        })
+        .await?;
         let mut report = ReplayReport::default();
         let pause = rate
             .filter(|r| *r > 0)
@@ -237,9 +245,13 @@ impl Broker {
                     } else {
                         report.replayed += 1;
                     }
-                    let mut marks = self.marks(&dlq);
-                    marks.removed.insert(entry.sequence);
-                    self.save_marks(&dlq, marks)?;
+                    let (me, marked) = (Arc::clone(self), dlq.clone());
+                    blocking(move || {
+                        let mut marks = me.marks(&marked);
+                        marks.removed.insert(entry.sequence);
+                        me.save_marks(&marked, marks)
+                    })
+                    .await?;
                 }
                 Err(error) => report.failed.push((entry.sequence, error.to_string())),
             }

@@ -11,6 +11,7 @@ use mycelium_storage::StoredMessage;
 use tokio::sync::mpsc;
 
 use super::{Broker, ConnectionInfo, Publisher};
+use crate::consumer::dispatcher::OpenRequest;
 use crate::consumer::state::AckError;
 use crate::consumer::{DispatchHost, DurableSub, Verdict};
 use crate::routing::SubscribeError;
@@ -18,6 +19,14 @@ use crate::routing::name::{DURABLE_NAME_BYTES_MAX, is_member_name};
 use crate::routing::spec::{StorageKind, TopicSpec};
 use crate::routing::topic::TopicRef;
 use crate::store::StoreEvents;
+use crate::store::io::blocking;
+
+/// A checked durable SUBSCRIBE ([`Broker::durable_request`]), owned so that opening can wait.
+#[derive(Debug, Clone)]
+pub struct DurableRequest {
+    topic: TopicRef,
+    open: OpenRequest,
+}
 
 impl Broker {
     /// Wakes the durable subscriptions of `topic` (new messages are stored).
@@ -29,20 +38,17 @@ impl Broker {
         }
     }
 
-    /// Adds a consumer to durable subscription `options.durable` on the disk topic `pattern`
-    /// (created at `options.start` if new, resumed where it left off otherwise), queueing
-    /// SUBSCRIBE_OK first.
+    /// Checks a durable SUBSCRIBE (`options.durable` on the disk topic `pattern`) and makes
+    /// the request [`Broker::subscribe_durable`] carries out.
     ///
     /// # Errors
-    /// `Unsupported` when the topic is not a disk topic or no durable name is given; `Closing`.
-    pub fn subscribe_durable(
-        self: &Arc<Self>,
-        connection: &ConnectionInfo,
-        id: u32,
+    /// `Unsupported` when the topic is not a disk topic, no durable name is given or no storage
+    /// is configured; `InvalidGroup` for a bad durable name; a filter that does not parse.
+    pub fn durable_request(
+        &self,
         pattern: &str,
         options: &mycelium_protocol::SubscribeOptions<'_>,
-        request_id: u32,
-    ) -> Result<(), SubscribeError> {
+    ) -> Result<DurableRequest, SubscribeError> {
         if let Some(filter) = options.filter {
             crate::routing::filter::Filter::parse(filter)?;
         }
@@ -59,35 +65,58 @@ impl Broker {
                 "durable subscriptions need a configured topic with storage = \"disk\"; `{pattern}` is not one"
             ))
         })?;
+        if self.durable().is_none() {
+            return Err(SubscribeError::Unsupported("no storage configured".into()));
+        }
+        Ok(DurableRequest {
+            topic,
+            open: OpenRequest::new(name, options, self.config.durable.read_ahead),
+        })
+    }
+
+    /// Adds a consumer to a durable subscription (created at the request's start position if
+    /// new, resumed where it left off otherwise), queueing SUBSCRIBE_OK first. Opening reads and
+    /// writes the subscription's state file off the async workers; opens wait for each other.
+    ///
+    /// # Errors
+    /// `Closing`; `Unsupported` when the subscription's state cannot be opened.
+    pub async fn subscribe_durable(
+        self: &Arc<Self>,
+        connection: &ConnectionInfo,
+        id: u32,
+        request: DurableRequest,
+        request_id: u32,
+    ) -> Result<(), SubscribeError> {
+        let DurableRequest { topic, open } = request;
         let store = self
             .durable()
             .ok_or_else(|| SubscribeError::Unsupported("no storage configured".into()))?;
+        let key = (topic.name().to_owned(), open.name.clone());
+        let opening = self.durable_opening.lock().await;
         if connection.outbound.is_closing() {
             return Err(SubscribeError::Closing);
         }
-        let key = (topic.name().to_owned(), name.to_owned());
-        let sub = {
-            let mut subs = self.durable_subs.lock();
-            match subs.get(&key) {
-                Some(sub) => Arc::clone(sub),
-                None => {
-                    let sub = DurableSub::open(
-                        Arc::clone(&topic),
-                        name,
-                        options,
-                        store.backend(),
-                        &self.config.durable,
-                    )
+        let existing = self.durable_subs.lock().get(&key).cloned();
+        let sub = match existing {
+            Some(sub) => sub,
+            None => {
+                let (backend, config, opened_topic) = (
+                    Arc::clone(store.backend()),
+                    self.config.durable.clone(),
+                    Arc::clone(&topic),
+                );
+                let sub = blocking(move || DurableSub::open(opened_topic, open, &backend, &config))
+                    .await
                     .map_err(|e| {
                         SubscribeError::Unsupported(format!("cannot open durable subscription: {e}"))
                     })?;
-                    subs.insert(key, Arc::clone(&sub));
-                    let host: Weak<dyn DispatchHost> = Arc::downgrade(self) as Weak<dyn DispatchHost>;
-                    tokio::spawn(Arc::clone(&sub).run(host, Arc::clone(store.backend())));
-                    sub
-                }
+                self.durable_subs.lock().insert(key, Arc::clone(&sub));
+                let host: Weak<dyn DispatchHost> = Arc::downgrade(self) as Weak<dyn DispatchHost>;
+                tokio::spawn(Arc::clone(&sub).run(host, Arc::clone(store.backend())));
+                sub
             }
         };
+        drop(opening);
         connection.outbound.append_control(|buf| {
             let ok = mycelium_protocol::Frame::SubscribeOk(mycelium_protocol::SubscriptionRef {
                 subscription_id: id,
@@ -126,9 +155,7 @@ impl Broker {
             .get(&(connection.id, ack.subscription_id))
             .cloned()
             .ok_or_else(unknown)?;
-        // A durable subscription exists only where storage does.
-        let store = self.durable().ok_or_else(unknown)?;
-        sub.verdict(self, store.backend(), verdict, &connection.outbound, request_id)
+        sub.verdict(self, verdict, &connection.outbound, request_id)
     }
 
     /// The lowest acked-up-to floor of `topic`'s durable subscriptions, open or only persisted
@@ -148,7 +175,7 @@ impl Broker {
             .filter(|(name, _)| !open.iter().any(|(n, _)| n == name))
             .filter_map(|(_, path)| {
                 let snapshot: crate::consumer::state::Snapshot =
-                    serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
+                    serde_json::from_slice(&crate::store::io::read_state(&path).ok()?).ok()?;
                 Some(snapshot.floor)
             })
             .collect::<Vec<u64>>();
@@ -215,9 +242,7 @@ impl Broker {
             sub.consumers
                 .lock()
                 .retain(|c| !(c.connection_id == connection_id && c.subscription_id == subscription_id));
-            if let Some(store) = self.durable() {
-                sub.release(self, store.backend(), connection_id, subscription_id);
-            }
+            sub.release(connection_id, subscription_id);
         }
     }
 }

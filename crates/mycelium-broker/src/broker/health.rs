@@ -169,7 +169,7 @@ impl Health {
                 let broker = Arc::clone(&broker);
                 let config = self.config.clone();
                 let cpu_cores = cpu.cores_since();
-                tokio::task::spawn_blocking(move || {
+                crate::store::io::blocking(move || {
                     measure(
                         &broker,
                         &config,
@@ -179,7 +179,6 @@ impl Health {
                     )
                 })
                 .await
-                .unwrap_or_default()
             };
             for check in report.checks.iter().filter(|c| !c.ok) {
                 tracing::warn!(check = check.check, detail = %check.detail, "health threshold crossed");

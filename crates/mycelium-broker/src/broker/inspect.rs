@@ -49,7 +49,7 @@ pub struct TopicDepth {
 }
 
 impl Broker {
-    /// Every open durable subscription, sorted by topic and name.
+    /// Every open durable subscription, sorted by topic and name. Blocking: reads the logs.
     pub fn durable_subscriptions(&self) -> Vec<DurableInfo> {
         let subs: Vec<_> = self
             .durable_subs_snapshot()
@@ -61,7 +61,15 @@ impl Broker {
         subs
     }
 
-    /// One durable subscription, if open.
+    /// The (topic, name) of every open durable subscription (no I/O).
+    pub fn durable_subscription_names(&self) -> Vec<(String, String)> {
+        self.durable_subs_snapshot()
+            .into_iter()
+            .map(|(topic, name, _)| (topic, name))
+            .collect()
+    }
+
+    /// One durable subscription, if open. Blocking: reads the log.
     pub fn durable_subscription(&self, topic: &str, name: &str) -> Option<DurableInfo> {
         self.durable_subs_snapshot()
             .into_iter()
@@ -129,6 +137,7 @@ impl Broker {
     /// # Errors
     /// Deleting the state file failed.
     pub fn delete_durable(&self, topic: &str, name: &str) -> std::io::Result<bool> {
+        crate::store::io::assert_may_block("removing a subscription's state");
         let removed = self.remove_durable_sub(topic, name);
         let file = self.data_dir().subscription_state(topic, name);
         let on_disk = match std::fs::remove_file(&file) {
@@ -145,6 +154,7 @@ impl Broker {
     /// # Errors
     /// Deleting a state file failed.
     pub fn delete_persisted_subscriptions(&self, topic: &str) -> std::io::Result<()> {
+        crate::store::io::assert_may_block("removing subscriptions' state");
         match std::fs::remove_dir_all(self.data_dir().subscriptions_dir(topic)) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),

@@ -9,6 +9,7 @@ pub mod health;
 pub mod inspect;
 mod publish;
 
+pub use durable::DurableRequest;
 pub use publish::{LocalMessage, Published, Publisher};
 
 use std::collections::HashMap;
@@ -112,6 +113,8 @@ pub struct Broker {
     pub(crate) durable_subs: Mutex<HashMap<(String, String), Arc<DurableSub>>>,
     /// Which durable subscription a (connection, subscription id) consumes.
     pub(crate) durable_consumers: Mutex<HashMap<(u64, u32), Arc<DurableSub>>>,
+    /// Held while a durable subscription is opened (so one is never opened twice).
+    durable_opening: tokio::sync::Mutex<()>,
     /// Removal marks of dead-letter queues, by DLQ topic (loaded on first use).
     pub(crate) dlq_marks: Mutex<HashMap<String, crate::dlq::Marks>>,
     /// Latency histograms.
@@ -160,6 +163,7 @@ impl Broker {
             durable: std::sync::OnceLock::new(),
             durable_subs: Mutex::new(HashMap::new()),
             durable_consumers: Mutex::new(HashMap::new()),
+            durable_opening: tokio::sync::Mutex::new(()),
             dlq_marks: Mutex::new(HashMap::new()),
             metrics: crate::routing::metrics::BrokerMetrics::new(metrics_topics_max),
             health: std::sync::OnceLock::new(),
@@ -190,11 +194,15 @@ impl Broker {
     }
 
     /// Stops the storage writer once everything queued is stored, synced and confirmed. Call
-    /// after the last connection is gone.
+    /// after the last connection is gone. Blocking: call it in [`crate::blocking`] or off the
+    /// runtime.
     pub fn close_storage(&self) {
-        for sub in self.durable_subs.lock().values() {
-            sub.stop();
-            sub.persist_now();
+        let subs: Vec<Arc<DurableSub>> = self.durable_subs.lock().values().cloned().collect();
+        if let Some(store) = self.durable() {
+            for sub in subs {
+                sub.stop();
+                sub.persist_now(self, store.backend());
+            }
         }
         if let Some(store) = self.durable() {
             store.close();
@@ -228,6 +236,7 @@ impl Broker {
     /// # Errors
     /// The data directory cannot take a write now.
     pub fn probe_data_dir(&self) -> std::io::Result<()> {
+        crate::store::io::assert_may_block("data directory probe");
         self.data_dir().probe_write()
     }
 

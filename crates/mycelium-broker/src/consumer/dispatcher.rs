@@ -14,6 +14,12 @@
 //! `ack_persist_interval`, at once when an ACK asked for a confirmation (ACK_OK is sent after
 //! the write), and when the subscription stops. After a crash, at most the acknowledgements of
 //! the last interval that nobody asked to confirm are redelivered.
+//!
+//! Every file access runs off the async workers ([`crate::store::io`]): the dispatcher reads the
+//! log and writes the state in [`blocking`]; a verdict or a departing consumer that dead-letters
+//! a message only queues it, and the dispatcher reads the original and hands it to the DLQ before
+//! it next writes the state (the queue is filled under the state's lock, so a state write never
+//! covers a dead letter that is not on its way to the DLQ).
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -22,7 +28,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use mycelium_protocol::{Deliver, DeliveryMeta, StartPosition, SubscribeOptions};
-use mycelium_storage::{DiskBackend, StorageBackend, StoredMessage};
+use mycelium_storage::{StorageBackend, StoredMessage};
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
@@ -34,6 +40,7 @@ use crate::dlq::AttemptRecord;
 use crate::routing::outbound::Outbound;
 use crate::routing::spec::OnExpired;
 use crate::routing::topic::{TopicCounters, TopicRef};
+use crate::store::io::{self, Disk, DiskRef, blocking};
 
 /// Bytes read from the log per admission pass, at most.
 const READ_BYTES: usize = 8 << 20;
@@ -62,6 +69,38 @@ struct PendingAckOk {
     ack: mycelium_protocol::Ack,
 }
 
+/// A dead letter decided but not yet handed to the DLQ: the dispatcher reads its original.
+#[derive(Debug)]
+struct PendingDead {
+    sequence: u64,
+    attempts: u32,
+    reason: &'static str,
+    history: Vec<AttemptRecord>,
+}
+
+/// What opening a durable subscription needs, owned (it runs in [`blocking`]).
+#[derive(Debug, Clone)]
+pub(crate) struct OpenRequest {
+    pub(crate) name: String,
+    pub(crate) policy: DeliveryPolicy,
+    /// The filter asked for (an existing subscription must have the same one).
+    pub(crate) filter: Option<String>,
+    /// Where a new subscription starts.
+    pub(crate) start: StartPosition,
+}
+
+impl OpenRequest {
+    /// The request a SUBSCRIBE's options make for durable subscription `name`.
+    pub(crate) fn new(name: &str, options: &SubscribeOptions<'_>, read_ahead: usize) -> OpenRequest {
+        OpenRequest {
+            name: name.to_owned(),
+            policy: policy_of(options, read_ahead),
+            filter: options.filter.map(str::to_owned),
+            start: options.start.unwrap_or_default(),
+        }
+    }
+}
+
 /// One durable subscription.
 #[derive(Debug)]
 pub(crate) struct DurableSub {
@@ -84,6 +123,8 @@ pub(crate) struct DurableSub {
     history: Mutex<HashMap<u64, Vec<AttemptRecord>>>,
     /// ACKs to confirm once the state is written.
     ack_confirms: Mutex<Vec<PendingAckOk>>,
+    /// Dead letters on their way to the DLQ (filled under the state's lock).
+    dead: Mutex<Vec<PendingDead>>,
     stopped: AtomicBool,
 }
 
@@ -124,19 +165,25 @@ pub(crate) fn policy_of(options: &SubscribeOptions<'_>, read_ahead: usize) -> De
 }
 
 impl DurableSub {
-    /// Opens (resuming a persisted state) or creates the durable subscription `name` on `topic`.
+    /// Opens (resuming a persisted state) or creates a durable subscription on `topic`.
+    /// Blocking: reads and writes its state file.
     pub(crate) fn open(
         topic: TopicRef,
-        name: &str,
-        options: &SubscribeOptions<'_>,
-        backend: &DiskBackend,
+        request: OpenRequest,
+        backend: &Disk,
         config: &crate::store::DurableConfig,
     ) -> Result<Arc<DurableSub>, mycelium_storage::StorageError> {
+        let OpenRequest {
+            name,
+            policy,
+            filter: asked_filter,
+            start,
+        } = request;
+        let name = name.as_str();
         let state_file =
             mycelium_storage::DataDir::new(&config.data_dir).subscription_state(topic.name(), name);
         let bounds = backend.bounds(topic.name())?;
-        let policy = policy_of(options, config.read_ahead);
-        let persisted = match std::fs::read(&state_file) {
+        let persisted = match io::read_state(&state_file) {
             Ok(bytes) => match serde_json::from_slice::<Snapshot>(&bytes) {
                 Ok(snapshot) => Some(snapshot),
                 Err(error) => {
@@ -148,7 +195,7 @@ impl DurableSub {
             Err(_) => None,
         };
         let seed = bounds.next ^ (name.len() as u64) << 32;
-        let filter_text = match (&persisted, options.filter) {
+        let filter_text = match (&persisted, asked_filter.as_deref()) {
             (Some(snapshot), Some(asked)) if snapshot.filter.as_deref() != Some(asked) => {
                 return Err(mycelium_storage::StorageError::Malformed {
                     reason: format!(
@@ -184,7 +231,7 @@ impl DurableSub {
                 SubscriptionState::restore(policy, &snapshot, seed)
             }
             None => {
-                let start = match options.start.unwrap_or_default() {
+                let start = match start {
                     StartPosition::New => bounds.next,
                     StartPosition::Beginning => bounds.first,
                     StartPosition::Sequence(s) => s.max(bounds.first),
@@ -212,6 +259,7 @@ impl DurableSub {
             assigned: Mutex::new(HashMap::new()),
             history: Mutex::new(HashMap::new()),
             ack_confirms: Mutex::new(Vec::new()),
+            dead: Mutex::new(Vec::new()),
             stopped: AtomicBool::new(false),
         });
         sub.persist(&snapshot)?;
@@ -228,10 +276,15 @@ impl DurableSub {
         self.wake.notify_one();
     }
 
-    /// Writes the current state now (shutdown: called after [`DurableSub::stop`], so the
-    /// dispatcher no longer writes concurrently).
-    pub(crate) fn persist_now(&self) {
-        let snapshot = self.state.lock().snapshot();
+    /// Hands the queued dead letters to the DLQ and writes the current state now (shutdown:
+    /// called after [`DurableSub::stop`], so the dispatcher no longer writes concurrently).
+    /// Blocking.
+    pub(crate) fn persist_now(&self, host: &dyn DispatchHost, backend: &Disk) {
+        let (snapshot, dead) = self.snapshot_and_dead();
+        if !dead.is_empty() {
+            let originals = read_each(backend, self.topic.name(), dead.iter().map(|d| d.sequence));
+            self.dead_letter_all(host, dead, originals);
+        }
         match self.persist(&snapshot) {
             Ok(()) => self.confirm_acks(),
             Err(error) => tracing::error!(%error, "persisting a subscription's state failed"),
@@ -249,7 +302,51 @@ impl DurableSub {
             ..snapshot.clone()
         };
         let bytes = serde_json::to_vec(&snapshot).map_err(|e| io(std::io::Error::other(e)))?;
-        mycelium_storage::write_atomic(&self.state_file, &bytes).map_err(io)
+        io::write_state(&self.state_file, &bytes).map_err(io)
+    }
+
+    /// The state to write and the dead letters it covers, taken together under the state's lock.
+    fn snapshot_and_dead(&self) -> (Snapshot, Vec<PendingDead>) {
+        let state = self.state.lock();
+        (state.snapshot(), std::mem::take(&mut *self.dead.lock()))
+    }
+
+    /// Hands dead letters to the DLQ with their originals (one gone to retention: dropped).
+    fn dead_letter_all(
+        &self,
+        host: &dyn DispatchHost,
+        dead: Vec<PendingDead>,
+        mut originals: HashMap<u64, StoredMessage>,
+    ) {
+        for PendingDead {
+            sequence,
+            attempts,
+            reason,
+            history,
+        } in dead
+        {
+            let Some(original) = originals.remove(&sequence) else {
+                tracing::debug!(
+                    topic = self.topic.name(),
+                    sequence,
+                    "dead letter gone to retention"
+                );
+                continue;
+            };
+            let _span = (mycelium_trace::enabled() && mycelium_trace::has_context(&original.headers))
+                .then(|| mycelium_trace::span("mycelium.dead_letter", self.topic.name(), &original.headers));
+            let record = crate::dlq::DeadLetter {
+                topic: self.topic.name(),
+                subscription: &self.name,
+                sequence,
+                message_id: original.id,
+                published_ns: original.publish_ns,
+                attempts,
+                reason,
+                history: &history,
+            };
+            host.dead_letter(&self.topic, record.headers(&original.headers), original);
+        }
     }
 
     /// Sends the ACK_OKs waiting for the state write that just happened.
@@ -271,7 +368,6 @@ impl DurableSub {
     pub(crate) fn verdict(
         &self,
         host: &dyn DispatchHost,
-        backend: &DiskBackend,
         verdict: super::Verdict<'_>,
         outbound: &Arc<Outbound>,
         request_id: u32,
@@ -283,17 +379,17 @@ impl DurableSub {
             Verdict::Nack(n) => n.ack.sequence,
             Verdict::Term(t) => t.ack.sequence,
         };
-        let outcome = {
-            let mut state = self.state.lock();
-            match verdict {
-                Verdict::Ack(a) => state.ack(a.sequence),
-                Verdict::Nack(n) => {
-                    let delay = (n.delay_ms > 0).then(|| Duration::from_millis(n.delay_ms.into()));
-                    state.nack(n.ack.sequence, delay, now)
-                }
-                Verdict::InProgress(a) => state.in_progress(a.sequence, now),
-                Verdict::Term(t) => state.term(t.ack.sequence),
+        // Held until the outcome is handled: a dead letter is queued before any state write can
+        // cover it.
+        let mut state = self.state.lock();
+        let outcome = match verdict {
+            Verdict::Ack(a) => state.ack(a.sequence),
+            Verdict::Nack(n) => {
+                let delay = (n.delay_ms > 0).then(|| Duration::from_millis(n.delay_ms.into()));
+                state.nack(n.ack.sequence, delay, now)
             }
+            Verdict::InProgress(a) => state.in_progress(a.sequence, now),
+            Verdict::Term(t) => state.term(t.ack.sequence),
         }?;
         match verdict {
             Verdict::Ack(ack) => {
@@ -324,7 +420,8 @@ impl DurableSub {
             }
             Verdict::InProgress(_) => {}
         }
-        self.handle_outcome(host, backend, outcome);
+        self.handle_outcome(outcome);
+        drop(state);
         self.wake.notify_one();
         Ok(())
     }
@@ -370,7 +467,7 @@ impl DurableSub {
     }
 
     /// The dispatcher loop; ends when the subscription is stopped or the broker is gone.
-    pub(crate) async fn run(self: Arc<Self>, host: Weak<dyn DispatchHost>, backend: Arc<DiskBackend>) {
+    pub(crate) async fn run(self: Arc<Self>, host: Weak<dyn DispatchHost>, backend: DiskRef) {
         let mut persisted = self.state.lock().snapshot();
         let mut last_persist = tokio::time::Instant::now();
         // Messages read during admission and ready to go out: their first delivery needs no
@@ -385,7 +482,6 @@ impl DurableSub {
                 break;
             }
             let Some(host) = host.upgrade() else { break };
-            let now = self.now_ns();
             let available = backend.bounds(self.topic.name()).map_or(0, |b| b.next);
             let mut outcomes = Vec::new();
             let mut admitted_all = true;
@@ -394,39 +490,13 @@ impl DurableSub {
                 (state.next_admit(), state.admit_room())
             };
             if room > 0 && next < available {
-                match backend.read(self.topic.name(), next, room.min(pass_max), READ_BYTES) {
+                let (reader, topic) = (Arc::clone(&backend), Arc::clone(&self.topic));
+                let count = room.min(pass_max);
+                let page = blocking(move || reader.read(topic.name(), next, count, READ_BYTES)).await;
+                match page {
                     Ok(page) => {
                         admitted_all = page.last().is_none_or(|m| m.sequence + 1 >= available);
-                        let wall = mycelium_codec::now_ns();
-                        let mut state = self.state.lock();
-                        for message in page {
-                            if let Some(filter) = &self.filter
-                                && message.sequence >= state.next_admit()
-                                && !filter.matches(&message.headers, &message.payload)
-                            {
-                                state.skip(message.sequence);
-                                let _ = state.admit(message.sequence, Attrs::default(), now);
-                                if self.topic.spec().unmatched == crate::routing::spec::Unmatched::DeadLetter
-                                {
-                                    outcomes.push(Outcome::DeadLetter {
-                                        sequence: message.sequence,
-                                        attempts: 0,
-                                        reason: DeadReason::Unmatched,
-                                    });
-                                } else {
-                                    TopicCounters::add(&self.topic.counters.filtered, 1);
-                                }
-                                continue;
-                            }
-                            let attrs = self.attrs_of(&message, now, wall);
-                            match state.admit(message.sequence, attrs, now) {
-                                Some(outcome) => outcomes.push(outcome),
-                                None if attrs.not_before_ns.is_none() => {
-                                    cache.insert(message.sequence, message);
-                                }
-                                None => {}
-                            }
-                        }
+                        self.admit(page, &mut outcomes, &mut cache);
                     }
                     Err(error) => {
                         tracing::error!(topic = self.topic.name(), %error, "reading a durable topic failed");
@@ -435,8 +505,9 @@ impl DurableSub {
             } else if next < available {
                 admitted_all = false;
             }
+            let now = self.now_ns();
             let has_consumers = !self.consumers.lock().is_empty();
-            let (deliveries, wakeup, snapshot) = {
+            let (deliveries, wakeup) = {
                 let mut state = self.state.lock();
                 outcomes.extend(state.expire(now));
                 let deliveries = if has_consumers {
@@ -451,49 +522,54 @@ impl DurableSub {
                 } else {
                     state.next_deadline_ns()
                 };
-                (deliveries, wakeup, state.snapshot())
+                for outcome in outcomes {
+                    if let Outcome::Retry { sequence, .. } = outcome {
+                        self.record(sequence, "ack_timeout", None);
+                    } else if let Outcome::DeadLetter {
+                        sequence,
+                        reason: DeadReason::MaxDeliveries,
+                        ..
+                    } = outcome
+                    {
+                        self.record(sequence, "ack_timeout", None);
+                    }
+                    if let Outcome::Expired { sequence, .. } | Outcome::DeadLetter { sequence, .. } = outcome
+                    {
+                        cache.remove(&sequence);
+                    }
+                    self.handle_outcome(outcome);
+                }
+                (deliveries, wakeup)
             };
-            for outcome in outcomes {
-                if let Outcome::Retry { sequence, .. } = outcome {
-                    self.record(sequence, "ack_timeout", None);
-                } else if let Outcome::DeadLetter {
-                    sequence,
-                    reason: DeadReason::MaxDeliveries,
-                    ..
-                } = outcome
-                {
-                    self.record(sequence, "ack_timeout", None);
-                }
-                if let Outcome::Expired { sequence, .. } | Outcome::DeadLetter { sequence, .. } = outcome {
-                    cache.remove(&sequence);
-                }
-                self.handle_outcome(host.as_ref(), &backend, outcome);
-            }
+            let missing: Vec<u64> = deliveries
+                .iter()
+                .map(|d| d.sequence)
+                .filter(|s| !cache.contains_key(s))
+                .collect();
+            let mut reread = read_each_off_worker(&backend, &self.topic, missing).await;
             for delivery in &deliveries {
-                let message = match cache.remove(&delivery.sequence) {
-                    Some(message) => Some(message),
-                    None => match backend.read(self.topic.name(), delivery.sequence, 1, usize::MAX) {
-                        Ok(found) => found
-                            .into_iter()
-                            .next()
-                            .filter(|m| m.sequence == delivery.sequence),
-                        Err(error) => {
-                            tracing::error!(topic = self.topic.name(), %error, "reading a durable message failed");
-                            None
-                        }
-                    },
-                };
+                let message = cache
+                    .remove(&delivery.sequence)
+                    .or_else(|| reread.remove(&delivery.sequence));
                 match message {
                     Some(message) => self.send(&message, delivery.attempt),
                     None => self.state.lock().skip(delivery.sequence), // removed by retention
                 }
+            }
+            // Dead letters go to the DLQ before the state that no longer holds them is written.
+            let (snapshot, dead) = self.snapshot_and_dead();
+            if !dead.is_empty() {
+                let sequences = dead.iter().map(|d| d.sequence).collect();
+                let originals = read_each_off_worker(&backend, &self.topic, sequences).await;
+                self.dead_letter_all(host.as_ref(), dead, originals);
             }
             let confirms_waiting = !self.ack_confirms.lock().is_empty();
             if snapshot != persisted
                 && (confirms_waiting || last_persist.elapsed() >= self.settings.persist_every)
                 && !self.stopped.load(Ordering::Acquire)
             {
-                match self.persist(&snapshot) {
+                let (sub, written) = (Arc::clone(&self), snapshot.clone());
+                match blocking(move || sub.persist(&written)).await {
                     Ok(()) => {
                         persisted = snapshot;
                         last_persist = tokio::time::Instant::now();
@@ -522,6 +598,46 @@ impl DurableSub {
             }
         }
         // Stopped: the broker persists the final state itself (`Broker::close_storage`).
+    }
+
+    /// Admits a page read from the log: filtered out (skipped or dead-lettered as unmatched), or
+    /// into the state machine, keeping what is ready to go in `cache`.
+    fn admit(
+        &self,
+        page: Vec<StoredMessage>,
+        outcomes: &mut Vec<Outcome>,
+        cache: &mut HashMap<u64, StoredMessage>,
+    ) {
+        let now = self.now_ns();
+        let wall = mycelium_codec::now_ns();
+        let mut state = self.state.lock();
+        for message in page {
+            if let Some(filter) = &self.filter
+                && message.sequence >= state.next_admit()
+                && !filter.matches(&message.headers, &message.payload)
+            {
+                state.skip(message.sequence);
+                let _ = state.admit(message.sequence, Attrs::default(), now);
+                if self.topic.spec().unmatched == crate::routing::spec::Unmatched::DeadLetter {
+                    outcomes.push(Outcome::DeadLetter {
+                        sequence: message.sequence,
+                        attempts: 0,
+                        reason: DeadReason::Unmatched,
+                    });
+                } else {
+                    TopicCounters::add(&self.topic.counters.filtered, 1);
+                }
+                continue;
+            }
+            let attrs = self.attrs_of(&message, now, wall);
+            match state.admit(message.sequence, attrs, now) {
+                Some(outcome) => outcomes.push(outcome),
+                None if attrs.not_before_ns.is_none() => {
+                    cache.insert(message.sequence, message);
+                }
+                None => {}
+            }
+        }
     }
 
     /// Sends one delivery to the next live consumer.
@@ -580,13 +696,7 @@ impl DurableSub {
 
     /// A consumer left (disconnect or unsubscribe): what it held unacknowledged is redelivered now
     /// to the others (the attempt counts), instead of waiting out its ack deadline.
-    pub(crate) fn release(
-        &self,
-        host: &dyn DispatchHost,
-        backend: &DiskBackend,
-        connection_id: u64,
-        subscription_id: u32,
-    ) {
+    pub(crate) fn release(&self, connection_id: u64, subscription_id: u32) {
         let held: Vec<u64> = {
             let mut assigned = self.assigned.lock();
             let held: Vec<u64> = assigned
@@ -601,10 +711,10 @@ impl DurableSub {
         };
         let now = self.now_ns();
         for sequence in held {
-            let outcome = self.state.lock().nack(sequence, Some(Duration::ZERO), now);
-            if let Ok(outcome) = outcome {
+            let mut state = self.state.lock();
+            if let Ok(outcome) = state.nack(sequence, Some(Duration::ZERO), now) {
                 self.record(sequence, "consumer_left", None);
-                self.handle_outcome(host, backend, outcome);
+                self.handle_outcome(outcome);
             }
         }
         self.wake.notify_one();
@@ -615,8 +725,9 @@ impl DurableSub {
         self.assigned.lock().remove(&sequence);
     }
 
-    /// Acts on what the state machine decided.
-    pub(crate) fn handle_outcome(&self, host: &dyn DispatchHost, backend: &DiskBackend, outcome: Outcome) {
+    /// Acts on what the state machine decided: counts it, and queues a dead letter for the
+    /// dispatcher. Call with the state's lock held.
+    fn handle_outcome(&self, outcome: Outcome) {
         let spec = self.topic.spec();
         let counters = &self.topic.counters;
         let (sequence, attempts, reason) = match outcome {
@@ -660,25 +771,47 @@ impl DurableSub {
             }
         };
         let history = self.history.lock().remove(&sequence).unwrap_or_default();
-        let original = match backend.read(self.topic.name(), sequence, 1, usize::MAX) {
-            Ok(found) if found.first().is_some_and(|m| m.sequence == sequence) => found.into_iter().next(),
-            _ => None,
-        };
-        let Some(original) = original else { return };
-        let _span = (mycelium_trace::enabled() && mycelium_trace::has_context(&original.headers))
-            .then(|| mycelium_trace::span("mycelium.dead_letter", self.topic.name(), &original.headers));
-        let record = crate::dlq::DeadLetter {
-            topic: self.topic.name(),
-            subscription: &self.name,
+        self.dead.lock().push(PendingDead {
             sequence,
-            message_id: original.id,
-            published_ns: original.publish_ns,
             attempts,
             reason,
-            history: &history,
-        };
-        host.dead_letter(&self.topic, record.headers(&original.headers), original);
+            history,
+        });
+        self.wake.notify_one();
     }
+}
+
+/// Reads the messages `sequences` of `topic` (blocking); one gone to retention is missing.
+fn read_each(
+    backend: &Disk,
+    topic: &str,
+    sequences: impl IntoIterator<Item = u64>,
+) -> HashMap<u64, StoredMessage> {
+    let mut found = HashMap::new();
+    for sequence in sequences {
+        match backend.read(topic, sequence, 1, usize::MAX) {
+            Ok(page) => {
+                if let Some(message) = page.into_iter().next().filter(|m| m.sequence == sequence) {
+                    found.insert(sequence, message);
+                }
+            }
+            Err(error) => tracing::error!(topic, sequence, %error, "reading a durable message failed"),
+        }
+    }
+    found
+}
+
+/// [`read_each`] in [`blocking`].
+async fn read_each_off_worker(
+    backend: &DiskRef,
+    topic: &TopicRef,
+    sequences: Vec<u64>,
+) -> HashMap<u64, StoredMessage> {
+    if sequences.is_empty() {
+        return HashMap::new();
+    }
+    let (backend, topic) = (Arc::clone(backend), Arc::clone(topic));
+    blocking(move || read_each(&backend, topic.name(), sequences)).await
 }
 
 async fn sleep_until(at: Option<tokio::time::Instant>) {

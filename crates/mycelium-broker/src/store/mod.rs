@@ -14,6 +14,7 @@
 //!   with ERROR `StorageFailed`.
 
 mod dedup;
+pub(crate) mod io;
 mod queue;
 mod writer;
 
@@ -25,6 +26,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use mycelium_storage::{DiskBackend, LogConfig, StorageError, StoredMessage};
+
+use io::{Disk, DiskRef};
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
@@ -77,7 +80,7 @@ impl Default for DurableConfig {
 #[derive(Debug)]
 pub(crate) struct DurableStore {
     pub(crate) queue: Queue,
-    backend: Arc<DiskBackend>,
+    backend: DiskRef,
     closing: Arc<AtomicBool>,
     close_signal: Arc<Notify>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -101,7 +104,7 @@ impl DurableStore {
                 tracing::warn!(topic, ?report, "recovery dropped damaged data");
             }
         }
-        let backend = Arc::new(backend);
+        let backend = Arc::new(Disk::new(backend));
         let (queue, receiver) = Queue::new(config.queue_capacity);
         let room = Arc::clone(&queue.room);
         let closing = Arc::new(AtomicBool::new(false));
@@ -124,8 +127,8 @@ impl DurableStore {
         })
     }
 
-    /// The backend (for reads by durable subscriptions and tools).
-    pub(crate) fn backend(&self) -> &Arc<DiskBackend> {
+    /// The backend (for reads by durable subscriptions and tools; see [`io`] for where they run).
+    pub(crate) fn backend(&self) -> &DiskRef {
         &self.backend
     }
 

@@ -7,11 +7,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use mycelium_storage::{DiskBackend, LogConfig, StorageBackend, StorageError, StoredMessage};
+use mycelium_storage::{LogConfig, StorageBackend, StorageError, StoredMessage};
 use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 
 use super::dedup::{DedupIndex, Original};
+use super::io::DiskRef;
 use super::queue::{AppendRequest, Confirm, Confirms, Stored, fail, fail_confirms};
 use super::{DurableConfig, StoreEvents};
 use crate::routing::spec::Fsync;
@@ -33,7 +34,7 @@ struct Unsynced {
 
 pub(super) struct Writer {
     config: DurableConfig,
-    backend: Arc<DiskBackend>,
+    backend: DiskRef,
     events: std::sync::Weak<dyn StoreEvents>,
     next: HashMap<Box<str>, u64>,
     dedup: HashMap<Box<str>, DedupIndex>,
@@ -85,7 +86,7 @@ const RETENTION_EVERY: Duration = Duration::from_secs(1);
 impl Writer {
     pub(super) fn new(
         config: DurableConfig,
-        backend: Arc<DiskBackend>,
+        backend: DiskRef,
         events: std::sync::Weak<dyn StoreEvents>,
     ) -> Writer {
         Writer {
@@ -108,6 +109,7 @@ impl Writer {
         closing: Arc<AtomicBool>,
         close: Arc<Notify>,
     ) {
+        super::io::storage_thread();
         let runtime = match tokio::runtime::Builder::new_current_thread()
             .enable_time()
             .build()

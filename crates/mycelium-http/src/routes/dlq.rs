@@ -147,9 +147,7 @@ pub(crate) async fn list(
     };
     let broker = std::sync::Arc::clone(&state.broker);
     let after = query.after.unwrap_or(0);
-    let page = tokio::task::spawn_blocking(move || broker.dlq_list(&topic, &filter, after, limit))
-        .await
-        .map_err(|e| ApiError::internal(e.to_string()))??;
+    let page = mycelium_broker::blocking(move || broker.dlq_list(&topic, &filter, after, limit)).await?;
     Ok(axum::Json(DlqPageView {
         dlq: page.dlq,
         depth: page.depth,
@@ -340,8 +338,6 @@ pub(crate) async fn purge(
         selection.filter()?
     };
     let broker = std::sync::Arc::clone(&state.broker);
-    let purged = tokio::task::spawn_blocking(move || broker.dlq_purge(&topic, &filter))
-        .await
-        .map_err(|e| ApiError::internal(e.to_string()))??;
+    let purged = mycelium_broker::blocking(move || broker.dlq_purge(&topic, &filter)).await?;
     Ok(axum::Json(PurgeView { purged }))
 }

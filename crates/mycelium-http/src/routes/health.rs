@@ -74,13 +74,12 @@ async fn readiness(state: &SharedState) -> (bool, Vec<Check>) {
     let storage = if uses_storage {
         let broker = std::sync::Arc::clone(&state.broker);
         let data_dir = broker.config().durable.data_dir.clone();
-        tokio::task::spawn_blocking(move || {
+        mycelium_broker::blocking(move || {
             broker
                 .probe_data_dir()
                 .map_err(|e| format!("{}: {e}", data_dir.display()))
         })
         .await
-        .unwrap_or_else(|e| Err(e.to_string()))
     } else {
         Ok(())
     };

@@ -459,7 +459,8 @@ pub(crate) async fn consume(
     };
     let consumer = state
         .consumers
-        .get_or_create(&state.broker, &topic, &query.subscription, &options)?;
+        .get_or_create(&state.broker, &topic, &query.subscription, &options)
+        .await?;
     let cap = state
         .config
         .request_timeout
@@ -519,9 +520,7 @@ pub(crate) async fn get_message(
 ) -> ApiResult<axum::Json<StoredView>> {
     let id = parse_id(&id)?;
     let broker = std::sync::Arc::clone(&state.broker);
-    let found = tokio::task::spawn_blocking(move || broker.find_message(&id))
-        .await
-        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let found = mycelium_broker::blocking(move || broker.find_message(&id)).await;
     let (topic, message) = found.ok_or_else(|| ApiError::not_found("no stored message with this id"))?;
     principal.may_consume(&topic)?;
     let (headers, content_type) = show_headers(HeaderIter::new(&message.headers).map_while(Result::ok));

@@ -152,9 +152,8 @@ pub(crate) async fn create(
     if state.broker.topic(&request.topic).is_none() {
         return Err(ApiError::not_found(format!("no topic `{}`", request.topic)));
     }
-    if state
-        .broker
-        .durable_subscription(&request.topic, &request.name)
+    if durable_view(&state, &request.topic, &request.name)
+        .await
         .is_some()
     {
         return Err(ApiError::new(
@@ -173,10 +172,10 @@ pub(crate) async fn create(
     };
     state
         .consumers
-        .get_or_create(&state.broker, &request.topic, &request.name, &options)?;
-    let view = state
-        .broker
-        .durable_subscription(&request.topic, &request.name)
+        .get_or_create(&state.broker, &request.topic, &request.name, &options)
+        .await?;
+    let view = durable_view(&state, &request.topic, &request.name)
+        .await
         .ok_or_else(|| ApiError::internal("created subscription vanished"))?;
     Ok((StatusCode::CREATED, axum::Json(view.into())))
 }
@@ -200,9 +199,7 @@ pub(crate) async fn list(
 ) -> ApiResult<axum::Json<SubscriptionList>> {
     principal.require(Role::Admin)?;
     let broker = std::sync::Arc::clone(&state.broker);
-    let subs = tokio::task::spawn_blocking(move || broker.durable_subscriptions())
-        .await
-        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let subs = mycelium_broker::blocking(move || broker.durable_subscriptions()).await;
     Ok(axum::Json(SubscriptionList {
         subscriptions: subs.into_iter().map(Into::into).collect(),
     }))
@@ -229,9 +226,8 @@ pub(crate) async fn get_subscription(
     ApiPath((topic, name)): ApiPath<(String, String)>,
 ) -> ApiResult<axum::Json<SubscriptionView>> {
     principal.require(Role::Admin)?;
-    state
-        .broker
-        .durable_subscription(&topic, &name)
+    durable_view(&state, &topic, &name)
+        .await
         .map(|d| axum::Json(d.into()))
         .ok_or_else(|| ApiError::not_found(format!("no open subscription `{name}` on `{topic}`")))
 }
@@ -258,11 +254,27 @@ pub(crate) async fn delete(
 ) -> ApiResult<StatusCode> {
     principal.require(Role::Admin)?;
     state.consumers.forget(&state.broker, &topic, &name);
-    match state.broker.delete_durable(&topic, &name) {
+    let broker = std::sync::Arc::clone(&state.broker);
+    let (t, n) = (topic.clone(), name.clone());
+    match mycelium_broker::blocking(move || broker.delete_durable(&t, &n)).await {
         Ok(true) => Ok(StatusCode::NO_CONTENT),
         Ok(false) => Err(ApiError::not_found(format!(
             "no subscription `{name}` on `{topic}`"
         ))),
         Err(e) => Err(ApiError::new(Kind::Storage, e.to_string())),
     }
+}
+
+/// An open durable subscription's figures (they read the log: off the async workers).
+async fn durable_view(
+    state: &SharedState,
+    topic: &str,
+    name: &str,
+) -> Option<mycelium_broker::inspect::DurableInfo> {
+    let (broker, topic, name) = (
+        std::sync::Arc::clone(&state.broker),
+        topic.to_owned(),
+        name.to_owned(),
+    );
+    mycelium_broker::blocking(move || broker.durable_subscription(&topic, &name)).await
 }

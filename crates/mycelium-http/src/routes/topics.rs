@@ -1,6 +1,7 @@
 //! Topics: list, create, get, update, delete, metrics; and the decoded view of TLV payloads.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Extension;
@@ -339,7 +340,7 @@ pub(crate) async fn update(
         return Err(ApiError::invalid(errors));
     }
     let spec = settings.spec(&state.broker.config().spec_limits)?;
-    if state.broker.has_durable_subscriptions(&name) {
+    if has_durable_subscriptions(&state, &name).await {
         return Err(ApiError::new(
             Kind::Conflict,
             format!("topic `{name}` has durable subscriptions; delete them before changing its settings"),
@@ -389,7 +390,7 @@ pub(crate) async fn delete(
     if state.broker.topic(&name).is_none() {
         return Err(ApiError::not_found(format!("no topic `{name}`")));
     }
-    if state.broker.has_durable_subscriptions(&name) {
+    if has_durable_subscriptions(&state, &name).await {
         if !query.force.unwrap_or(false) {
             return Err(ApiError::new(
                 Kind::Conflict,
@@ -398,22 +399,23 @@ pub(crate) async fn delete(
         }
         let subs: Vec<String> = state
             .broker
-            .durable_subscriptions()
+            .durable_subscription_names()
             .into_iter()
-            .filter(|s| s.topic == name)
-            .map(|s| s.name)
+            .filter(|(topic, _)| *topic == name)
+            .map(|(_, sub)| sub)
             .collect();
-        for sub in subs {
-            state.consumers.forget(&state.broker, &name, &sub);
-            state
-                .broker
-                .delete_durable(&name, &sub)
-                .map_err(|e| ApiError::new(Kind::Storage, e.to_string()))?;
+        for sub in &subs {
+            state.consumers.forget(&state.broker, &name, sub);
         }
-        state
-            .broker
-            .delete_persisted_subscriptions(&name)
-            .map_err(|e| ApiError::new(Kind::Storage, e.to_string()))?;
+        let (broker, topic) = (Arc::clone(&state.broker), name.clone());
+        mycelium_broker::blocking(move || {
+            for sub in &subs {
+                broker.delete_durable(&topic, sub)?;
+            }
+            broker.delete_persisted_subscriptions(&topic)
+        })
+        .await
+        .map_err(|e| ApiError::new(Kind::Storage, e.to_string()))?;
     }
     state.broker.delete_topic(&name);
     Ok(StatusCode::NO_CONTENT)
@@ -511,9 +513,7 @@ pub(crate) async fn metrics(
         view(&state.broker, &name).ok_or_else(|| ApiError::not_found(format!("no topic `{name}`")))?;
     let broker = std::sync::Arc::clone(&state.broker);
     let lookup = name.clone();
-    let depth = tokio::task::spawn_blocking(move || broker.topic_depth(&lookup))
-        .await
-        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let depth = mycelium_broker::blocking(move || broker.topic_depth(&lookup)).await;
     let (publish_rate, deliver_rate) = state.rates.of(&name);
     let (stored, subscriptions, dlq_depth) = match depth {
         Some(d) => (
@@ -610,4 +610,11 @@ pub(crate) fn tlv_view(payload: &[u8]) -> serde_json::Value {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Whether `topic` has durable subscriptions, open or persisted (reads state files: off the async
+/// workers).
+async fn has_durable_subscriptions(state: &SharedState, topic: &str) -> bool {
+    let (broker, topic) = (Arc::clone(&state.broker), topic.to_owned());
+    mycelium_broker::blocking(move || broker.has_durable_subscriptions(&topic)).await
 }
