@@ -459,12 +459,12 @@ async fn stats(url: &str, json: bool) -> anyhow::Result<ExitCode> {
             .topics
             .iter()
             .map(|t| {
-                serde_json::json!({"name": t.name, "routing": t.routing, "published": t.published,
-                "delivered": t.delivered, "dropped": t.dropped, "bytes_in": t.bytes_in, "bytes_out": t.bytes_out,
-                "rejected": t.rejected, "blocked": t.blocked, "slow_disconnects": t.slow_disconnects,
-                "subscribers": t.subscribers, "stored": t.stored, "acked": t.acked,
-                "redelivered": t.redelivered, "dead_lettered": t.dead_lettered, "expired": t.expired,
-                "duplicates": t.duplicates})
+                let mut topic = serde_json::json!({"name": t.name, "routing": t.routing,
+                    "subscribers": t.subscribers, "stored": t.stored});
+                for (counter, value) in t.counters() {
+                    topic[counter.name] = value.into();
+                }
+                topic
             })
             .collect();
         let subscriptions: Vec<_> = stats

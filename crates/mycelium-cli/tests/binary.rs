@@ -135,6 +135,22 @@ fn serve_with_no_config_works_end_to_end_with_pub_and_sub() {
             ("orders.cancel", "bye")
         ]
     );
+    // `stats --json` shows every counter of the table, with its value.
+    let stats: serde_json::Value = serde_json::from_slice(&cli(&url, &["stats", "--json"]).stdout).unwrap();
+    let topic = stats["topics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "orders.new")
+        .unwrap();
+    for counter in mycelium_client::TOPIC_COUNTERS {
+        assert!(topic[counter.name].is_u64(), "{} missing: {topic}", counter.name);
+    }
+    assert_eq!(
+        (topic["published"].as_u64(), topic["delivered"].as_u64()),
+        (Some(2), Some(2))
+    );
+    assert_eq!(topic["bytes_in"].as_u64(), Some(10));
 
     // TLV publishing by domain mapping, decoded by the subscriber.
     let sub = Command::new(BIN)

@@ -17,6 +17,8 @@ mod url;
 pub use client::{Client, Confirmed, ConnectionState, DurableOptions, PendingConfirm, PublishOptions};
 pub use error::{Error, ErrorKind};
 pub use message::{Message, Subscription};
-pub use mycelium_protocol::{ErrorCode, StartPosition, StatsSnapshot, admin};
+pub use mycelium_protocol::{
+    Counter, ErrorCode, Export, StartPosition, StatsSnapshot, TOPIC_COUNTERS, TopicStats, admin,
+};
 pub use options::ClientOptions;
 pub use url::Endpoint;

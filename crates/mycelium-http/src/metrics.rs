@@ -8,6 +8,7 @@ use std::fmt::Write as _;
 
 use mycelium_broker::Broker;
 use mycelium_broker::metrics::OTHER_TOPICS;
+use mycelium_protocol::Export;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -15,6 +16,18 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 type Labels = Vec<(String, String)>;
+
+/// What a family shared by several topic counters (told apart by a label) counts.
+const SHARED_FAMILIES: &[(&str, &str)] = &[
+    (
+        "messages_failed",
+        "Publishes refused or subscribers cut off, by reason",
+    ),
+    (
+        "messages_dead_lettered",
+        "Messages given up, by reason (moved to the dead-letter queue unless it is off)",
+    ),
+];
 
 fn counter_family(registry: &mut Registry, name: &str, help: &str, values: &BTreeMap<Labels, u64>) {
     let family = Family::<Labels, Counter>::default();
@@ -44,111 +57,39 @@ pub(crate) fn render(broker: &Broker, rate_limited: u64, ready: bool) -> String 
     let stats = broker.stats();
     let mut registry = Registry::with_prefix("mycelium");
     let topic_of = |name: &str| broker.metrics.label(name);
-    let mut published = BTreeMap::new();
-    let mut delivered = BTreeMap::new();
-    let mut failed = BTreeMap::new();
-    let mut dropped = BTreeMap::new();
-    let mut redelivered = BTreeMap::new();
-    let mut dead = BTreeMap::new();
-    let mut expired = BTreeMap::new();
-    let mut filtered = BTreeMap::new();
-    let mut acked = BTreeMap::new();
+    // Every topic counter of the table (`mycelium_protocol::topic_counters!`), by family.
+    let mut families: BTreeMap<&'static str, (&'static str, BTreeMap<Labels, u64>)> = BTreeMap::new();
     let mut depth = BTreeMap::new();
-    let add = |map: &mut BTreeMap<Labels, u64>, key: Labels, value: u64| {
-        *map.entry(key).or_insert(0) += value;
-    };
     for t in &stats.topics {
         let topic = topic_of(&t.name);
-        let by_topic = labels(&[("topic", &topic)]);
-        add(&mut published, by_topic.clone(), t.published);
-        add(&mut delivered, by_topic.clone(), t.delivered);
-        add(
-            &mut failed,
-            labels(&[("topic", &topic), ("reason", "rejected")]),
-            t.rejected,
-        );
-        add(
-            &mut failed,
-            labels(&[("topic", &topic), ("reason", "slow_consumer")]),
-            t.slow_disconnects,
-        );
-        let policy = broker
-            .topic(&t.name)
-            .map_or("unknown".to_owned(), |x| x.spec().overflow.to_string());
-        add(
-            &mut dropped,
-            labels(&[("topic", &topic), ("policy", &policy)]),
-            t.dropped,
-        );
-        add(&mut redelivered, by_topic.clone(), t.redelivered);
-        if let Some(found) = broker.topic(&t.name) {
-            for (reason, count) in mycelium_broker::DEAD_REASONS
+        for (counter, value) in t.counters() {
+            let (family, key) = match counter.export {
+                Export::Family(family) => (family, labels(&[("topic", &topic)])),
+                Export::Labelled(family, key, label) => (family, labels(&[("topic", &topic), (key, label)])),
+                Export::ByPolicy(family) => {
+                    let policy = broker
+                        .topic(&t.name)
+                        .map_or("unknown".to_owned(), |x| x.spec().overflow.to_string());
+                    (family, labels(&[("topic", &topic), ("policy", &policy)]))
+                }
+                Export::Sum => continue,
+            };
+            let help = SHARED_FAMILIES
                 .iter()
-                .zip(&found.counters().dead_by_reason)
-            {
-                let value = count.load(std::sync::atomic::Ordering::Relaxed);
-                add(&mut dead, labels(&[("topic", &topic), ("reason", reason)]), value);
-            }
+                .find(|(f, _)| *f == family)
+                .map_or(counter.help, |(_, help)| help);
+            *families
+                .entry(family)
+                .or_insert_with(|| (help, BTreeMap::new()))
+                .1
+                .entry(key)
+                .or_insert(0) += value;
         }
-        add(&mut expired, by_topic.clone(), t.expired);
-        add(&mut filtered, by_topic.clone(), t.filtered);
-        add(&mut acked, by_topic.clone(), t.acked);
-        add(&mut depth, by_topic, t.stored);
+        *depth.entry(labels(&[("topic", &topic)])).or_insert(0) += t.stored;
     }
-    counter_family(
-        &mut registry,
-        "messages_published",
-        "Messages accepted from publishers",
-        &published,
-    );
-    counter_family(
-        &mut registry,
-        "messages_delivered",
-        "Deliveries handed to subscribers",
-        &delivered,
-    );
-    counter_family(
-        &mut registry,
-        "messages_failed",
-        "Publishes refused or subscribers cut off, by reason",
-        &failed,
-    );
-    counter_family(
-        &mut registry,
-        "messages_dropped",
-        "Deliveries dropped, by the topic's overflow policy",
-        &dropped,
-    );
-    counter_family(
-        &mut registry,
-        "messages_redelivered",
-        "Durable deliveries after the first attempt",
-        &redelivered,
-    );
-    counter_family(
-        &mut registry,
-        "messages_dead_lettered",
-        "Messages given up, by reason (moved to the dead-letter queue unless it is off)",
-        &dead,
-    );
-    counter_family(
-        &mut registry,
-        "messages_expired",
-        "Messages whose TTL passed before they were acknowledged",
-        &expired,
-    );
-    counter_family(
-        &mut registry,
-        "messages_filtered",
-        "Deliveries not made because a filter refused the message",
-        &filtered,
-    );
-    counter_family(
-        &mut registry,
-        "messages_acked",
-        "Acknowledged durable deliveries",
-        &acked,
-    );
+    for (family, (help, values)) in &families {
+        counter_family(&mut registry, family, help, values);
+    }
     let depth: BTreeMap<Labels, f64> = depth.into_iter().map(|(k, v)| (k, v as f64)).collect();
     gauge_family(
         &mut registry,

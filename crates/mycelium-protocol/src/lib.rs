@@ -44,6 +44,8 @@ pub use publish::{
     BatchIter, BatchWriter, PUBLISH_CONFIRM, PUBLISH_HAS_HEADERS, PUBLISH_HAS_PROPS, Publish, PublishBatch,
     PublishOk,
 };
-pub use stats::{ConnectionStats, StatsSnapshot, SubscriptionStats, TopicStats};
+pub use stats::{
+    ConnectionStats, Counter, Export, StatsSnapshot, SubscriptionStats, TOPIC_COUNTERS, TopicStats,
+};
 pub use subscribe::{SUBSCRIBE_HAS_GROUP, SUBSCRIBE_HAS_OPTIONS, Subscribe, SubscriptionRef};
 pub use tlv_fault::TlvFault;

@@ -481,27 +481,15 @@ impl Broker {
             .topics()
             .iter()
             .map(|t| {
-                let c = t.counters();
-                TopicStats {
+                let mut stats = TopicStats {
                     name: t.name().to_owned(),
                     routing: t.spec().routing.to_string(),
-                    published: load(&c.published),
-                    delivered: load(&c.delivered),
-                    dropped: load(&c.dropped),
-                    bytes_in: load(&c.bytes_in),
-                    bytes_out: load(&c.bytes_out),
-                    rejected: load(&c.rejected),
-                    blocked: load(&c.blocked),
-                    slow_disconnects: load(&c.slow_disconnects),
                     subscribers: t.subscriber_count() as u32,
-                    acked: load(&c.acked),
-                    redelivered: load(&c.redelivered),
-                    dead_lettered: load(&c.dead_lettered),
-                    expired: load(&c.expired),
-                    duplicates: load(&c.duplicates),
                     stored: stored(t),
-                    filtered: load(&c.filtered),
-                }
+                    ..TopicStats::default()
+                };
+                t.counters().load_into(&mut stats);
+                stats
             })
             .collect();
         let subscriptions = self

@@ -739,8 +739,7 @@ impl DurableSub {
                     return;
                 }
                 self.record(sequence, "expired", None);
-                TopicCounters::add(&counters.dead_lettered, 1);
-                TopicCounters::add(&counters.dead_by_reason[2], 1);
+                counters.dead(2);
                 (sequence, attempts, "expired")
             }
             Outcome::DeadLetter {
@@ -748,14 +747,13 @@ impl DurableSub {
                 attempts,
                 reason,
             } => {
-                TopicCounters::add(&counters.dead_lettered, 1);
                 let index = match reason {
                     DeadReason::MaxDeliveries => 0,
                     DeadReason::Terminated => 1,
                     DeadReason::Expired => 2,
                     DeadReason::Unmatched => 3,
                 };
-                TopicCounters::add(&counters.dead_by_reason[index], 1);
+                counters.dead(index);
                 let reason = crate::routing::topic::DEAD_REASONS[index];
                 if !spec.dead_letter {
                     tracing::debug!(

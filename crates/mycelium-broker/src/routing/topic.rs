@@ -8,42 +8,46 @@ use arc_swap::ArcSwap;
 use crate::routing::spec::TopicSpec;
 use crate::routing::subscription::Route;
 
-/// Counters of one topic (monotonic totals, relaxed atomics: exact per counter, not a snapshot
-/// across counters).
-#[derive(Debug, Default)]
-#[allow(missing_docs)]
-pub struct TopicCounters {
-    pub published: AtomicU64,
-    pub delivered: AtomicU64,
-    pub dropped: AtomicU64,
-    pub bytes_in: AtomicU64,
-    pub bytes_out: AtomicU64,
-    pub rejected: AtomicU64,
-    pub blocked: AtomicU64,
-    pub slow_disconnects: AtomicU64,
-    /// Durable publishes recognised as duplicates (idempotency key within the dedup window).
-    pub duplicates: AtomicU64,
-    /// Durable deliveries after the first attempt.
-    pub redelivered: AtomicU64,
-    /// Messages moved to the dead-letter queue (or dropped there when it is off).
-    pub dead_lettered: AtomicU64,
-    /// Messages whose TTL passed before they were acknowledged.
-    pub expired: AtomicU64,
-    /// Acknowledgements of durable deliveries.
-    pub acked: AtomicU64,
-    /// Dead letters by reason, in [`DEAD_REASONS`] order.
-    pub dead_by_reason: [AtomicU64; 4],
-    /// Deliveries not made because a subscription's filter (or every member of a group) refused
-    /// the message.
-    pub filtered: AtomicU64,
+macro_rules! atomic_counters {
+    ($($name:ident: $export:expr, $help:literal;)*) => {
+        /// Counters of one topic (monotonic totals, relaxed atomics: exact per counter, not a
+        /// snapshot across counters), one per row of [`mycelium_protocol::topic_counters!`].
+        #[derive(Debug, Default)]
+        pub struct TopicCounters {
+            $(#[doc = $help] pub $name: AtomicU64,)*
+        }
+
+        impl TopicCounters {
+            /// Copies every counter into `stats`.
+            pub fn load_into(&self, stats: &mut mycelium_protocol::TopicStats) {
+                $(stats.$name = self.$name.load(Ordering::Relaxed);)*
+            }
+        }
+    };
 }
 
-/// The reasons of [`TopicCounters::dead_by_reason`], in order.
+mycelium_protocol::topic_counters!(atomic_counters);
+
+/// The reasons a message is given up, as the DLQ records them.
 pub const DEAD_REASONS: [&str; 4] = ["max_deliveries", "terminated", "expired", "unmatched"];
 
 impl TopicCounters {
     pub(crate) fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Counts a message given up for `reason` (an index into [`DEAD_REASONS`]).
+    pub(crate) fn dead(&self, reason: usize) {
+        Self::add(&self.dead_lettered, 1);
+        let by_reason = [
+            &self.dead_max_deliveries,
+            &self.dead_terminated,
+            &self.dead_expired,
+            &self.dead_unmatched,
+        ];
+        if let Some(counter) = by_reason.get(reason) {
+            Self::add(counter, 1);
+        }
     }
 }
 
