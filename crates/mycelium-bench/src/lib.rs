@@ -11,7 +11,7 @@ mod stalls;
 mod system;
 mod throughput;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -244,6 +244,18 @@ fn spawn_broker(binary: Option<PathBuf>) -> anyhow::Result<Spawned> {
         Some(path) => path,
         None => std::env::current_exe().context("locating the mycelium binary")?,
     };
+    // The ports are picked free and then handed to the broker: another process may take one in
+    // between. A broker that exits at start-up is tried again on new ports.
+    for _ in 0..3 {
+        if let Some(spawned) = try_spawn_broker(&binary)? {
+            return Ok(spawned);
+        }
+    }
+    bail!("the spawned broker did not come up (Unix socket, TCP and HTTP listeners)")
+}
+
+/// One start: `None` when the broker exited before listening (a port taken meanwhile).
+fn try_spawn_broker(binary: &Path) -> anyhow::Result<Option<Spawned>> {
     let dir = tempfile::tempdir()?;
     let socket = dir.path().join("bench.sock");
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
@@ -266,7 +278,7 @@ fn spawn_broker(binary: Option<PathBuf>) -> anyhow::Result<Spawned> {
         ));
     }
     std::fs::write(&config, text)?;
-    let child = Command::new(&binary)
+    let child = Command::new(binary)
         .args([
             "serve",
             "--config",
@@ -283,7 +295,7 @@ fn spawn_broker(binary: Option<PathBuf>) -> anyhow::Result<Spawned> {
         .stderr(Stdio::inherit())
         .spawn()
         .with_context(|| format!("spawning {} serve", binary.display()))?;
-    let spawned = Spawned {
+    let mut spawned = Spawned {
         child,
         _dir: dir,
         socket,
@@ -298,7 +310,10 @@ fn spawn_broker(binary: Option<PathBuf>) -> anyhow::Result<Spawned> {
             && std::net::TcpStream::connect(&spawned.http).is_ok()
             && std::os::unix::net::UnixStream::connect(&spawned.http_unix).is_ok();
         if up {
-            return Ok(spawned);
+            return Ok(Some(spawned));
+        }
+        if spawned.child.try_wait()?.is_some() {
+            return Ok(None);
         }
         std::thread::sleep(Duration::from_millis(10));
     }

@@ -3,12 +3,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
 use mycelium_broker::name::{Pattern, validate_topic};
 use mycelium_broker::spec::{Balance, Overflow, PayloadCodec, Routing, TopicSpec};
 use mycelium_broker::{Broker, BrokerConfig, ConnectionInfo, PublishError, Publisher, pick};
 use mycelium_codec::{MessageBuilder, RelayDomain, SourceType};
-use mycelium_protocol::{Deliver, ErrorCode, Frame, Publish, decode};
+use mycelium_protocol::{Deliver, ErrorCode, Frame, Publish, frames};
 
 fn broker_with(topics: Vec<(&str, TopicSpec)>, auto_create: bool) -> Arc<Broker> {
     Broker::new(BrokerConfig {
@@ -35,13 +34,10 @@ enum Got {
 }
 
 fn drain(conn: &ConnectionInfo) -> Vec<Got> {
-    let mut buf = BytesMut::new();
-    let n = conn.outbound.take(&mut buf);
-    conn.outbound.written(n);
+    let buf = conn.outbound.take_all();
     let mut out = Vec::new();
-    let mut rest = &buf[..];
-    while let Some((decoded, used)) = decode(rest, usize::MAX).unwrap() {
-        match decoded.frame {
+    for decoded in frames(&buf) {
+        match decoded.unwrap().frame {
             Frame::Deliver(Deliver {
                 subscription_id,
                 sequence,
@@ -51,7 +47,6 @@ fn drain(conn: &ConnectionInfo) -> Vec<Got> {
             Frame::Error(e) => out.push(Got::Err(e.code)),
             other => panic!("unexpected frame {other:?}"),
         }
-        rest = &rest[used..];
     }
     out
 }
@@ -504,9 +499,7 @@ fn filtered_subscriptions_and_groups_get_only_what_they_accept() {
     }
     for c in [&eu, &us, &any] {
         // Discard the SUBSCRIBE_OK frames.
-        let mut buf = BytesMut::new();
-        let n = c.outbound.take(&mut buf);
-        c.outbound.written(n);
+        c.outbound.take_all();
     }
     let mut p = Publisher::new(Arc::clone(&eu));
     publish(&broker, &mut p, "orders", br#"{"region": "eu", "qty": 50}"#).unwrap();

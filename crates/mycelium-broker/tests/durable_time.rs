@@ -5,11 +5,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use mycelium_broker::dlq::DlqFilter;
 use mycelium_broker::spec::{Delivery, Fsync, OnExpired, StorageKind, TopicSpec};
 use mycelium_broker::{Broker, BrokerConfig, ConnectionInfo, DurableConfig, MessageProps, Verdict};
-use mycelium_protocol::{Ack, DeliveryMeta, Frame, Nack, StartPosition, SubscribeOptions, decode};
+use mycelium_protocol::{Ack, DeliveryMeta, Frame, Nack, StartPosition, SubscribeOptions, frames};
 
 fn stored_spec(adjust: impl FnOnce(&mut TopicSpec)) -> TopicSpec {
     let mut spec = TopicSpec {
@@ -36,13 +36,10 @@ fn broker(dir: &std::path::Path, topics: Vec<(&str, TopicSpec)>) -> Arc<Broker> 
 
 /// (sequence, attempt, payload) of every DELIVER waiting for `conn`.
 fn deliveries(conn: &ConnectionInfo) -> Vec<(u64, u32, String)> {
-    let mut buf = BytesMut::new();
-    let n = conn.outbound.take(&mut buf);
-    conn.outbound.written(n);
+    let buf = conn.outbound.take_all();
     let mut out = Vec::new();
-    let mut rest = &buf[..];
-    while let Some((decoded, used)) = decode(rest, usize::MAX).unwrap() {
-        if let Frame::Deliver(d) = decoded.frame {
+    for decoded in frames(&buf) {
+        if let Frame::Deliver(d) = decoded.unwrap().frame {
             let meta = DeliveryMeta::decode(d.meta).unwrap();
             out.push((
                 d.sequence,
@@ -50,7 +47,6 @@ fn deliveries(conn: &ConnectionInfo) -> Vec<(u64, u32, String)> {
                 String::from_utf8_lossy(d.payload).into_owned(),
             ));
         }
-        rest = &rest[used..];
     }
     out
 }

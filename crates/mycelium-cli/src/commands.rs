@@ -63,8 +63,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             let config = Config::load(config.as_deref(), std::env::vars())?;
             let jwt = config
-                .jwt_config()
-                .map_err(|e| anyhow::anyhow!(e))?
+                .jwt_config()?
                 .context("http.auth is \"none\": there is no key to sign tokens with")?;
             let roles = roles
                 .iter()
@@ -78,10 +77,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 publish: (!publish.is_empty()).then_some(publish),
                 consume: (!subscribe.is_empty()).then_some(subscribe),
             };
-            println!(
-                "{}",
-                mycelium_http::issue(&jwt, &request).map_err(|e| anyhow::anyhow!(e))?
-            );
+            println!("{}", mycelium_http::issue(&jwt, &request)?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Config {
@@ -128,9 +124,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .build()?;
     // The OTLP exporter needs the runtime; it flushes when dropped, after the server stops.
     let trace_config = config.trace_config();
-    let exporter = runtime
-        .block_on(async { mycelium_trace::install(&trace_config) })
-        .map_err(|e| anyhow::anyhow!(e))?;
+    let exporter = runtime.block_on(async { mycelium_trace::install(&trace_config) })?;
     install_tracing(
         args.log_format,
         exporter.as_ref().map(mycelium_trace::Exporter::tracer),

@@ -1,81 +1,47 @@
 //! The real `mycelium` binary: serve with no config, pub/sub through the CLI, a broker killed with
 //! SIGKILL and restarted under a connected client, SIGTERM, and config checks.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use mycelium_client::{Client, ClientOptions, ConnectionState};
+use mycelium_test_support::Spawned;
 
 const BIN: &str = env!("CARGO_BIN_EXE_mycelium");
 
-struct Broker {
-    child: Child,
-    socket: PathBuf,
+/// `mycelium serve` with no config file, on `socket`, TCP and HTTP off.
+fn serve(socket: &Path, log: &str, stderr: Stdio) -> Command {
+    let mut command = Command::new(BIN);
+    command
+        .args([
+            "serve",
+            "--socket",
+            &socket.display().to_string(),
+            "--tcp",
+            "",
+            "--http",
+            "",
+        ])
+        .env("MYCELIUM_LOG", log)
+        .stdout(Stdio::null())
+        .stderr(stderr);
+    command
 }
 
-impl Broker {
-    /// Starts `mycelium serve` with no config file, on `socket`, TCP off.
-    fn start(socket: &Path) -> Broker {
-        Broker::start_logging(socket, "warn", Stdio::inherit())
-    }
-
-    /// [`Broker::start`] with `MYCELIUM_LOG=log` and its log (stderr) going to `stderr`.
-    fn start_logging(socket: &Path, log: &str, stderr: Stdio) -> Broker {
-        let child = Command::new(BIN)
-            .args([
-                "serve",
-                "--socket",
-                &socket.display().to_string(),
-                "--tcp",
-                "",
-                "--http",
-                "",
-            ])
-            .env("MYCELIUM_LOG", log)
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .expect("spawn mycelium serve");
-        let broker = Broker {
-            child,
-            socket: socket.to_owned(),
-        };
-        broker.wait_ready();
-        broker
-    }
-
-    /// Waits until the socket accepts connections (start-up, not a timing assertion).
-    fn wait_ready(&self) {
-        for _ in 0..500 {
-            if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        panic!("broker did not come up on {}", self.socket.display());
-    }
-
-    fn url(&self) -> String {
-        format!("unix://{}", self.socket.display())
-    }
-
-    fn signal(&self, signal: i32) {
-        let pid = self.child.id() as i32;
-        let status = Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(pid.to_string())
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
+/// Starts `mycelium serve` with no config file, on `socket`, TCP off.
+fn start(socket: &Path) -> Spawned {
+    Spawned::start(serve(socket, "warn", Stdio::inherit()), socket)
 }
 
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// `mycelium serve --config <config>` (HTTP off), listening on `socket`.
+fn start_with_config(config: &Path, socket: &Path) -> Spawned {
+    let mut command = Command::new(BIN);
+    command
+        .args(["serve", "--config", &config.display().to_string(), "--http", ""])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    Spawned::start(command, socket)
 }
 
 fn cli(url: &str, args: &[&str]) -> Output {
@@ -90,7 +56,7 @@ fn cli(url: &str, args: &[&str]) -> Output {
 #[test]
 fn serve_with_no_config_works_end_to_end_with_pub_and_sub() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::start(&dir.path().join("m.sock"));
+    let broker = start(&dir.path().join("m.sock"));
     let url = broker.url();
     let sub = Command::new(BIN)
         .args([
@@ -203,7 +169,7 @@ fn serve_with_no_config_works_end_to_end_with_pub_and_sub() {
 fn client_reconnects_and_resubscribes_after_the_broker_is_killed_and_restarted() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("k.sock");
-    let broker = Broker::start(&socket);
+    let broker = start(&socket);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -236,7 +202,7 @@ fn client_reconnects_and_resubscribes_after_the_broker_is_killed_and_restarted()
         for i in 0..100u32 {
             client.publish("k.during", i.to_le_bytes()).await.unwrap();
         }
-        let broker = Broker::start(&socket); // replaces the stale socket file of the killed broker
+        let broker = start(&socket); // replaces the stale socket file of the killed broker
         tokio::time::timeout(
             Duration::from_secs(20),
             states.wait_for(|s| *s == ConnectionState::Connected),
@@ -265,9 +231,9 @@ fn client_reconnects_and_resubscribes_after_the_broker_is_killed_and_restarted()
 fn sigterm_stops_cleanly_and_removes_the_socket() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("t.sock");
-    let mut broker = Broker::start(&socket);
+    let mut broker = start(&socket);
     broker.signal(15);
-    let status = broker.child.wait().unwrap();
+    let status = broker.wait();
     assert!(status.success(), "{status}");
     assert!(!socket.exists());
 }
@@ -275,12 +241,13 @@ fn sigterm_stops_cleanly_and_removes_the_socket() {
 #[test]
 fn logs_piped_to_a_file_are_plain_text() {
     let dir = tempfile::tempdir().unwrap();
-    let mut broker = Broker::start_logging(&dir.path().join("p.sock"), "info", Stdio::piped());
-    let mut stderr = broker.child.stderr.take().unwrap();
+    let socket = dir.path().join("p.sock");
+    let mut broker = Spawned::start(serve(&socket, "info", Stdio::piped()), &socket);
+    let mut stderr = broker.take_stderr().unwrap();
     broker.signal(15);
     let mut log = String::new();
     std::io::Read::read_to_string(&mut stderr, &mut log).unwrap();
-    assert!(broker.child.wait().unwrap().success(), "{log}");
+    assert!(broker.wait().success(), "{log}");
     assert!(log.contains("listening on unix socket"), "{log}");
     assert!(!log.contains('\u{1b}'), "escape codes in a piped log: {log:?}");
 }
@@ -289,7 +256,7 @@ fn logs_piped_to_a_file_are_plain_text() {
 fn a_second_broker_on_a_live_socket_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("l.sock");
-    let _broker = Broker::start(&socket);
+    let _broker = start(&socket);
     let out = Command::new(BIN)
         .args([
             "serve",
@@ -361,18 +328,8 @@ fn durable_topics_through_the_cli() {
         ),
     )
     .unwrap();
-    let child = Command::new(BIN)
-        .args(["serve", "--config", &config.display().to_string(), "--http", ""])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    // Owned by `Broker`, so a failing assertion still kills it.
-    let broker = Broker {
-        child,
-        socket: socket.clone(),
-    };
-    broker.wait_ready();
+    // Owned by `Spawned`, so a failing assertion still kills it.
+    let broker = start_with_config(&config, &socket);
     let url = broker.url();
     // Confirms print `<sequence> <message id>` for stored messages.
     let out = cli(&url, &["pub", "jobs", "--confirm", "--count", "3", "job"]);
@@ -498,17 +455,7 @@ fn idempotency_keys_and_the_dead_letter_queue_through_the_cli() {
         ),
     )
     .unwrap();
-    let child = Command::new(BIN)
-        .args(["serve", "--config", &config.display().to_string(), "--http", ""])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let broker = Broker {
-        child,
-        socket: socket.clone(),
-    };
-    broker.wait_ready();
+    let broker = start_with_config(&config, &socket);
     let url = broker.url();
     let text = |out: &Output| String::from_utf8_lossy(&out.stdout).into_owned();
 
@@ -627,7 +574,8 @@ fn serve_with_no_config_serves_the_http_api_with_a_generated_key() {
         .unwrap()
         .port();
     let http = format!("127.0.0.1:{port}");
-    let child = Command::new(BIN)
+    let mut command = Command::new(BIN);
+    command
         .current_dir(dir.path())
         .args([
             "serve",
@@ -640,11 +588,8 @@ fn serve_with_no_config_serves_the_http_api_with_a_generated_key() {
         ])
         .env("MYCELIUM_LOG", "warn")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let broker = Broker { child, socket };
-    broker.wait_ready();
+        .stderr(Stdio::null());
+    let broker = Spawned::start(command, &socket);
     // Tried as a new user would: mint a token next to the broker, publish over HTTP, read it natively.
     let token = Command::new(BIN)
         .current_dir(dir.path())

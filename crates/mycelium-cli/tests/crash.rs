@@ -5,41 +5,24 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use mycelium_client::{Client, ClientOptions};
 use mycelium_storage::{DiskBackend, LogConfig, StorageBackend};
+use mycelium_test_support::Spawned;
 
 const BIN: &str = env!("CARGO_BIN_EXE_mycelium");
 
-fn start(config: &Path, socket: &Path) -> Child {
-    let mut child = Command::new(BIN)
+/// `mycelium serve --config <config>` (HTTP off), killed when dropped.
+fn start(config: &Path, socket: &Path) -> Spawned {
+    let mut command = Command::new(BIN);
+    command
         .args(["serve", "--config", &config.display().to_string(), "--http", ""])
         .env("MYCELIUM_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    for _ in 0..500 {
-        if std::os::unix::net::UnixStream::connect(socket).is_ok() {
-            return child;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    panic!("broker did not start");
-}
-
-/// Kills the broker when dropped, so a failing assertion never leaves one running.
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+        .stdout(Stdio::null());
+    Spawned::start(command, socket)
 }
 
 /// The seed of a crash test: MYCELIUM_CRASH_SEED to replay one, the clock otherwise (odd, so the
@@ -92,7 +75,7 @@ fn confirmed_messages_survive_sigkill() {
             ),
         )
         .unwrap();
-        let mut broker = Guard(start(&config, &socket));
+        let mut broker = start(&config, &socket);
         let kill_after = Duration::from_millis(50 + next(&mut rng) % 400);
         println!("round {round}: fsync={fsync}, SIGKILL after {kill_after:?}");
         let confirmed: Arc<Mutex<Vec<(u64, String)>>> = Arc::default();
@@ -119,11 +102,8 @@ fn confirmed_messages_survive_sigkill() {
                 }));
             }
             tokio::time::sleep(kill_after).await;
-            Command::new("kill")
-                .args(["-9", &broker.0.id().to_string()])
-                .status()
-                .unwrap();
-            let _ = broker.0.wait();
+            broker.signal(9);
+            broker.wait();
             for publisher in publishers {
                 let _ = tokio::time::timeout(Duration::from_secs(15), publisher).await;
             }
@@ -173,7 +153,7 @@ fn confirmed_messages_survive_sigkill() {
         expected_next = last + 1;
         drop(backend);
         // A restarted broker continues right after what is stored.
-        let broker = Guard(start(&config, &socket));
+        let broker = start(&config, &socket);
         runtime.block_on(async {
             let client = Client::connect(&format!("unix://{}", socket.display()))
                 .await
@@ -232,7 +212,7 @@ fn sigkill_during_consumption_keeps_acks_and_redelivers_the_rest() {
         .enable_all()
         .build()
         .unwrap();
-    let mut broker = Guard(start(&config, &socket));
+    let mut broker = start(&config, &socket);
     const TOTAL: u64 = 300;
     runtime.block_on(async {
         let client = Client::connect(&url).await.unwrap();
@@ -292,12 +272,9 @@ fn sigkill_during_consumption_keeps_acks_and_redelivers_the_rest() {
             }
             println!("round {round}: acked {count} of 50 out of order, then SIGKILL");
         });
-        Command::new("kill")
-            .args(["-9", &broker.0.id().to_string()])
-            .status()
-            .unwrap();
-        let _ = broker.0.wait();
-        broker = Guard(start(&config, &socket));
+        broker.signal(9);
+        broker.wait();
+        broker = start(&config, &socket);
     }
     drop(broker);
 }
@@ -325,7 +302,7 @@ fn sigkill_keeps_the_dedup_window_and_delays() {
         .enable_all()
         .build()
         .unwrap();
-    let broker = Guard(start(&config, &socket));
+    let broker = start(&config, &socket);
     let keyed = |key: &str, delay: Option<Duration>| mycelium_client::PublishOptions {
         idempotency_key: Some(key.as_bytes().to_vec()),
         delay,
@@ -348,12 +325,9 @@ fn sigkill_keeps_the_dedup_window_and_delays() {
             .unwrap();
         (original, not_before)
     });
-    Command::new("kill")
-        .args(["-9", &broker.0.id().to_string()])
-        .status()
-        .unwrap();
+    broker.signal(9);
     drop(broker);
-    let broker = Guard(start(&config, &socket));
+    let broker = start(&config, &socket);
     runtime.block_on(async {
         let client = Client::connect(&url).await.unwrap();
         let retried = client

@@ -13,6 +13,7 @@ use mycelium_broker::name::Pattern;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
+use crate::SetupError;
 use crate::error::{ApiError, Kind};
 
 /// A role, from least to most allowed.
@@ -231,23 +232,21 @@ impl Verifier {
     ///
     /// # Errors
     /// An unreadable or invalid key file.
-    pub fn new(config: JwtConfig) -> Result<Verifier, String> {
-        let read = |path: &PathBuf| std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()));
+    pub fn new(config: JwtConfig) -> Result<Verifier, SetupError> {
+        let read = |path: &PathBuf| std::fs::read(path).map_err(|e| key_error(path, e));
         let (key, algorithm) = match &config.key {
             JwtKey::Hs256(secret) => {
                 if secret.len() < 32 {
-                    return Err("the HS256 secret must be at least 32 bytes".into());
+                    return Err(SetupError::ShortSecret);
                 }
                 (DecodingKey::from_secret(secret), Algorithm::HS256)
             }
             JwtKey::Rs256 { public_key, .. } => (
-                DecodingKey::from_rsa_pem(&read(public_key)?)
-                    .map_err(|e| format!("{}: {e}", public_key.display()))?,
+                DecodingKey::from_rsa_pem(&read(public_key)?).map_err(|e| key_error(public_key, e))?,
                 Algorithm::RS256,
             ),
             JwtKey::Es256 { public_key, .. } => (
-                DecodingKey::from_ec_pem(&read(public_key)?)
-                    .map_err(|e| format!("{}: {e}", public_key.display()))?,
+                DecodingKey::from_ec_pem(&read(public_key)?).map_err(|e| key_error(public_key, e))?,
                 Algorithm::ES256,
             ),
         };
@@ -397,9 +396,13 @@ pub struct TokenRequest {
 ///
 /// # Errors
 /// No signing key, an unreadable key, a bad topic pattern.
-pub fn issue(config: &JwtConfig, request: &TokenRequest) -> Result<String, String> {
+pub fn issue(config: &JwtConfig, request: &TokenRequest) -> Result<String, SetupError> {
     for pattern in request.publish.iter().chain(&request.consume).flatten() {
-        Pattern::parse(pattern).map_err(|e| format!("topic pattern `{pattern}`: {e}"))?;
+        Pattern::parse(pattern).map_err(|e| SetupError::Pattern {
+            what: "topic pattern",
+            pattern: pattern.clone(),
+            reason: e.to_string(),
+        })?;
     }
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -422,24 +425,34 @@ pub fn issue(config: &JwtConfig, request: &TokenRequest) -> Result<String, Strin
         consume: request.consume.clone(),
         other,
     };
-    let private = |path: &Option<PathBuf>| -> Result<Vec<u8>, String> {
-        let path = path
-            .as_ref()
-            .ok_or("issuing RS256/ES256 tokens needs the private key file (http.jwt_private_key)")?;
-        std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))
+    let private = |path: &Option<PathBuf>| -> Result<(Vec<u8>, PathBuf), SetupError> {
+        let path = path.as_ref().ok_or(SetupError::NoPrivateKey)?;
+        let bytes = std::fs::read(path).map_err(|e| key_error(path, e))?;
+        Ok((bytes, path.clone()))
+    };
+    let pem = |(bytes, path): (Vec<u8>, PathBuf),
+               parse: fn(&[u8]) -> jsonwebtoken::errors::Result<EncodingKey>| {
+        parse(&bytes).map_err(|e| key_error(&path, e))
     };
     let (key, algorithm) = match &config.key {
         JwtKey::Hs256(secret) => (EncodingKey::from_secret(secret), Algorithm::HS256),
         JwtKey::Rs256 { private_key, .. } => (
-            EncodingKey::from_rsa_pem(&private(private_key)?).map_err(|e| e.to_string())?,
+            pem(private(private_key)?, EncodingKey::from_rsa_pem)?,
             Algorithm::RS256,
         ),
         JwtKey::Es256 { private_key, .. } => (
-            EncodingKey::from_ec_pem(&private(private_key)?).map_err(|e| e.to_string())?,
+            pem(private(private_key)?, EncodingKey::from_ec_pem)?,
             Algorithm::ES256,
         ),
     };
-    jsonwebtoken::encode(&Header::new(algorithm), &claims, &key).map_err(|e| e.to_string())
+    jsonwebtoken::encode(&Header::new(algorithm), &claims, &key).map_err(|e| SetupError::Sign(e.to_string()))
+}
+
+fn key_error(path: &std::path::Path, error: impl std::fmt::Display) -> SetupError {
+    SetupError::Key {
+        path: path.to_owned(),
+        reason: error.to_string(),
+    }
 }
 
 #[cfg(test)]

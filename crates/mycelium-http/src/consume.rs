@@ -11,9 +11,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use mycelium_broker::{Broker, ConnectionInfo, Verdict};
-use mycelium_protocol::{Ack, DeliveryMeta, Frame, HeaderIter, Nack, SubscribeOptions, Term, decode};
+use mycelium_protocol::{Ack, DeliveryMeta, Frame, HeaderIter, Nack, SubscribeOptions, Term, frames};
 use parking_lot::Mutex;
 
 use crate::error::{ApiError, Kind};
@@ -321,16 +321,12 @@ impl PullConsumers {
 impl PullConsumer {
     /// Moves what the broker queued for this consumer into its queue (and completes ACKs).
     fn drain(&self) {
-        let mut buf = BytesMut::new();
-        let n = self.conn.outbound.take(&mut buf);
-        if n == 0 {
+        let taken = self.conn.outbound.take_all();
+        if taken.is_empty() {
             return;
         }
-        self.conn.outbound.written(n);
-        let frames = buf.freeze();
-        let mut rest = &frames[..];
         let mut queue = self.queue.lock();
-        while let Ok(Some((decoded, used))) = decode(rest, usize::MAX) {
+        for decoded in frames(&taken).map_while(Result::ok) {
             match decoded.frame {
                 Frame::Deliver(d) => {
                     let meta = DeliveryMeta::decode(d.meta).unwrap_or(DeliveryMeta {
@@ -364,7 +360,6 @@ impl PullConsumer {
                 }
                 _ => {}
             }
-            rest = &rest[used..];
         }
     }
 }

@@ -21,6 +21,7 @@ mod metrics;
 mod openapi;
 mod routes;
 mod serve;
+mod setup;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -37,6 +38,7 @@ use mycelium_broker::Broker;
 pub use auth::{AuthConfig, JwtConfig, JwtKey, Principal, Role, TokenRequest, issue};
 pub use limits::{Quota, RateLimits};
 pub use serve::{HttpServer, bind};
+pub use setup::SetupError;
 
 use crate::auth::Verifier;
 use crate::consume::PullConsumers;
@@ -107,7 +109,7 @@ pub(crate) struct ClientAddr(pub(crate) Option<IpAddr>);
 ///
 /// # Errors
 /// An unusable key file or rate limit.
-pub fn router(broker: Arc<Broker>, config: HttpConfig) -> Result<Router, String> {
+pub fn router(broker: Arc<Broker>, config: HttpConfig) -> Result<Router, SetupError> {
     build(broker, config).map(|(router, _)| router)
 }
 
@@ -116,7 +118,7 @@ pub fn openapi_json() -> String {
     openapi::json()
 }
 
-pub(crate) fn build(broker: Arc<Broker>, config: HttpConfig) -> Result<(Router, SharedState), String> {
+pub(crate) fn build(broker: Arc<Broker>, config: HttpConfig) -> Result<(Router, SharedState), SetupError> {
     let verifier = match &config.auth {
         AuthConfig::None => None,
         AuthConfig::Jwt(jwt) => Some(Verifier::new(jwt.clone())?),

@@ -10,6 +10,7 @@ use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota as GovernorQuota, RateLimiter};
 use mycelium_broker::name::Pattern;
 
+use crate::SetupError;
 use crate::auth::{Principal, Role};
 use crate::error::{ApiError, Kind};
 
@@ -51,9 +52,9 @@ impl std::fmt::Debug for Limiter {
     }
 }
 
-fn quota(q: Quota) -> Result<GovernorQuota, String> {
-    let per_second = NonZeroU32::new(q.per_second).ok_or("a rate limit's per_second must be above 0")?;
-    let burst = NonZeroU32::new(q.burst.max(1)).ok_or("burst must be above 0")?;
+fn quota(q: Quota) -> Result<GovernorQuota, SetupError> {
+    let per_second = NonZeroU32::new(q.per_second).ok_or(SetupError::ZeroQuota("per_second"))?;
+    let burst = NonZeroU32::new(q.burst.max(1)).ok_or(SetupError::ZeroQuota("burst"))?;
     Ok(GovernorQuota::per_second(per_second).allow_burst(burst))
 }
 
@@ -62,22 +63,25 @@ impl Limiter {
     ///
     /// # Errors
     /// A zero rate or a bad topic pattern.
-    pub fn new(limits: &RateLimits) -> Result<Limiter, String> {
+    pub fn new(limits: &RateLimits) -> Result<Limiter, SetupError> {
         let per_role = limits
             .per_role
             .iter()
             .map(|(role, q)| Ok((*role, RateLimiter::keyed(quota(*q)?))))
-            .collect::<Result<_, String>>()?;
+            .collect::<Result<_, SetupError>>()?;
         let per_ip = limits.per_ip.map(quota).transpose()?.map(RateLimiter::keyed);
         let per_topic = limits
             .per_topic
             .iter()
             .map(|(pattern, q)| {
-                let pattern =
-                    Pattern::parse(pattern).map_err(|e| format!("rate limit topic `{pattern}`: {e}"))?;
+                let pattern = Pattern::parse(pattern).map_err(|e| SetupError::Pattern {
+                    what: "rate limit topic",
+                    pattern: pattern.clone(),
+                    reason: e.to_string(),
+                })?;
                 Ok((pattern, RateLimiter::keyed(quota(*q)?)))
             })
-            .collect::<Result<_, String>>()?;
+            .collect::<Result<_, SetupError>>()?;
         Ok(Limiter {
             per_role,
             per_ip,

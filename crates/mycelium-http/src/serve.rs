@@ -32,13 +32,17 @@ pub struct HttpServer {
 ///
 /// # Errors
 /// A bad key or limit, an address or socket path that cannot be bound.
-pub async fn bind(broker: Arc<Broker>, config: HttpConfig) -> Result<HttpServer, String> {
+pub async fn bind(broker: Arc<Broker>, config: HttpConfig) -> Result<HttpServer, crate::SetupError> {
     let (router, state) = crate::build(broker, config.clone())?;
     let tcp = match config.listen {
         Some(addr) => Some(
             TcpListener::bind(addr)
                 .await
-                .map_err(|e| format!("http.listen {addr}: {e}"))?,
+                .map_err(|source| crate::SetupError::Bind {
+                    what: "http.listen",
+                    target: addr.to_string(),
+                    source,
+                })?,
         ),
         None => None,
     };
@@ -47,8 +51,11 @@ pub async fn bind(broker: Arc<Broker>, config: HttpConfig) -> Result<HttpServer,
             if path.exists() && std::os::unix::net::UnixStream::connect(path).is_err() {
                 let _ = std::fs::remove_file(path);
             }
-            let listener =
-                UnixListener::bind(path).map_err(|e| format!("http.unix_socket {}: {e}", path.display()))?;
+            let listener = UnixListener::bind(path).map_err(|source| crate::SetupError::Bind {
+                what: "http.unix_socket",
+                target: path.display().to_string(),
+                source,
+            })?;
             Some((listener, path.clone()))
         }
         None => None,

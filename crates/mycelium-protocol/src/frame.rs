@@ -191,6 +191,36 @@ pub fn frame_len(buf: &[u8], frame_bytes_max: usize) -> Result<Option<usize>, Pr
     Ok((buf.len() >= total).then_some(total))
 }
 
+/// The whole frames of `buf`, in order (a trailing partial frame is left out; a malformed frame
+/// is the last item).
+pub fn frames(buf: &[u8]) -> Frames<'_> {
+    Frames { rest: buf }
+}
+
+/// Iterator of [`frames`].
+#[derive(Debug)]
+pub struct Frames<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Iterator for Frames<'a> {
+    type Item = Result<Decoded<'a>, ProtocolError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match decode(self.rest, usize::MAX) {
+            Ok(Some((decoded, used))) => {
+                self.rest = &self.rest[used..];
+                Some(Ok(decoded))
+            }
+            Ok(None) => None,
+            Err(error) => {
+                self.rest = &[];
+                Some(Err(error))
+            }
+        }
+    }
+}
+
 /// Decodes the first frame of `buf`; returns it and the bytes it used, or `None` when `buf` does
 /// not yet hold a whole frame.
 ///

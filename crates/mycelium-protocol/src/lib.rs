@@ -34,8 +34,8 @@ pub use ack::{Ack, Nack, Term};
 pub use deliver::{DELIVER_HAS_HEADERS, DELIVER_HAS_META, Deliver};
 pub use error::{ErrorCode, ErrorFrame, ProtocolError};
 pub use frame::{
-    DEFAULT_FRAME_BYTES_MAX, Decoded, FRAME_HEADER_LEN, Frame, Kind, LENGTH_LEN, begin, decode, encode, end,
-    frame_len,
+    DEFAULT_FRAME_BYTES_MAX, Decoded, FRAME_HEADER_LEN, Frame, Frames, Kind, LENGTH_LEN, begin, decode,
+    encode, end, frame_len, frames,
 };
 pub use handshake::{Hello, PROTOCOL_VERSION, PROTOCOL_VERSION_MIN, Welcome};
 pub use headers::{HeaderIter, PropId, Props, encode_headers, validate_headers};

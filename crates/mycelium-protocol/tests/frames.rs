@@ -463,3 +463,25 @@ proptest! {
         let _ = DeliveryMeta::decode(&bytes);
     }
 }
+
+#[test]
+fn frames_yields_whole_frames_then_stops_at_a_partial_one_or_after_a_malformed_one() {
+    let mut buf = BytesMut::new();
+    encode(&mut buf, 1, &Frame::Ping).unwrap();
+    encode(&mut buf, 2, &Frame::Pong).unwrap();
+    let whole = buf.len();
+    encode(&mut buf, 3, &Frame::Stats).unwrap();
+    let ids: Vec<u32> = mycelium_protocol::frames(&buf[..buf.len() - 1])
+        .map(|f| f.unwrap().request_id)
+        .collect();
+    assert_eq!(ids, [1, 2], "the partial third frame waits");
+    let mut bad = buf[..whole].to_vec();
+    let mut unknown = BytesMut::new();
+    encode(&mut unknown, 4, &Frame::Ping).unwrap();
+    unknown[4] = 0xEE; // the kind byte
+    bad.extend_from_slice(&unknown);
+    bad.extend_from_slice(&buf[..whole]);
+    let got: Vec<_> = mycelium_protocol::frames(&bad).collect();
+    assert_eq!(got.len(), 3);
+    assert!(got[2].is_err(), "an unknown kind ends the stream");
+}

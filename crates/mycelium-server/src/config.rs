@@ -335,6 +335,14 @@ pub enum ConfigError {
         /// The parser's message (it names the line and the key).
         message: String,
     },
+    /// The generated JWT secret cannot be read or written.
+    #[error("{}: {reason}", path.display())]
+    Secret {
+        /// The secret file (or the data directory holding it).
+        path: std::path::PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
     /// An environment override is malformed.
     #[error("environment variable {var}: {reason}")]
     Env {

@@ -52,7 +52,7 @@ pub enum ServerError {
     Broker(#[from] mycelium_broker::PublishError),
     /// The HTTP API could not start (key file, address).
     #[error("http: {0}")]
-    Http(String),
+    Http(#[from] mycelium_http::SetupError),
     /// The socket path is in use or is not ours to replace.
     #[error("cannot use socket path {}: {reason}", path.display())]
     SocketPathTaken {
@@ -108,7 +108,7 @@ impl Server {
             None => None,
         };
         let tcp_addr = tcp.as_ref().and_then(|l| l.local_addr().ok());
-        let http = match config.http_config().map_err(ServerError::Http)? {
+        let http = match config.http_config()? {
             Some(http) => {
                 if matches!(http.auth, mycelium_http::AuthConfig::None) && !http.metrics_only {
                     tracing::warn!(

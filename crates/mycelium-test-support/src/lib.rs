@@ -2,16 +2,19 @@
 //! dependencies may name it (the tidy test `crate_graph_is_the_documented_one` checks).
 //!
 //! - [`TestServer`]: the broker in-process, on a temporary socket and TCP port 0.
+//! - [`Spawned`]: the real binary as a process (signals, SIGKILL, restarts), killed on drop.
 //! - [`available`] and [`Need`]: tests that need root, NATS or Redis.
 //!
 //! Its own tests are the repository's tidy checks (`tests/tidy.rs`): the crate graph drawn in
 //! ARCHITECTURE.md, dependencies used by the code that lists them, and the broker's layers.
 
 mod server;
+mod spawned;
 
 use std::path::{Path, PathBuf};
 
 pub use server::TestServer;
+pub use spawned::Spawned;
 
 /// The workspace root (the directory holding the top-level `Cargo.toml`).
 pub fn workspace_root() -> PathBuf {

@@ -174,12 +174,23 @@ impl Drop for Exporter {
     }
 }
 
+/// Why the OTLP exporter cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum InstallError {
+    /// `tracing.protocol` is neither `grpc` nor `http`.
+    #[error("tracing.protocol `{0}` is not grpc or http")]
+    Protocol(String),
+    /// The exporter refused its settings (the endpoint, say).
+    #[error("OTLP exporter: {0}")]
+    Exporter(String),
+}
+
 /// Builds the OTLP exporter and turns message tracing on (`None` when no endpoint is set). Call
 /// inside a tokio runtime.
 ///
 /// # Errors
 /// An unusable endpoint or protocol.
-pub fn install(config: &TraceConfig) -> Result<Option<Exporter>, String> {
+pub fn install(config: &TraceConfig) -> Result<Option<Exporter>, InstallError> {
     use opentelemetry_otlp::WithExportConfig;
     if config.otlp_endpoint.is_empty() {
         return Ok(None);
@@ -193,9 +204,9 @@ pub fn install(config: &TraceConfig) -> Result<Option<Exporter>, String> {
             .with_http()
             .with_endpoint(config.otlp_endpoint.clone())
             .build(),
-        other => return Err(format!("tracing.protocol `{other}` is not grpc or http")),
+        other => return Err(InstallError::Protocol(other.to_owned())),
     }
-    .map_err(|e| format!("OTLP exporter: {e}"))?;
+    .map_err(|e| InstallError::Exporter(e.to_string()))?;
     let sampler = opentelemetry_sdk::trace::Sampler::ParentBased(Box::new(
         opentelemetry_sdk::trace::Sampler::TraceIdRatioBased(config.sampling_ratio.clamp(0.0, 1.0)),
     ));

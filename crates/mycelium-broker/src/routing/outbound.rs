@@ -385,6 +385,15 @@ impl Outbound {
         len
     }
 
+    /// Takes everything pending, as if written: for consumers in the same process (the HTTP
+    /// pull consumer) and tests, which read the frames with [`mycelium_protocol::frames`].
+    pub fn take_all(&self) -> bytes::Bytes {
+        let mut buf = BytesMut::new();
+        let taken = self.take(&mut buf);
+        self.written(taken);
+        buf.freeze()
+    }
+
     /// Writer side: `len` bytes taken by [`Outbound::take`] have been written.
     pub fn written(&self, len: usize) {
         self.in_flight.fetch_sub(len, Ordering::Relaxed);

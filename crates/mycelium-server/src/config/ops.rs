@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::Config;
+use super::{Config, ConfigError};
 use crate::units::{ByteSize, HumanDuration};
 
 /// `[tracing]`: OpenTelemetry spans through the broker, exported over OTLP (off by default).
@@ -298,7 +298,7 @@ impl Config {
     ///
     /// # Errors
     /// The secret file cannot be read or written.
-    pub fn jwt_config(&self) -> Result<Option<mycelium_http::JwtConfig>, String> {
+    pub fn jwt_config(&self) -> Result<Option<mycelium_http::JwtConfig>, ConfigError> {
         let h = &self.http;
         if h.auth == "none" {
             return Ok(None);
@@ -331,7 +331,7 @@ impl Config {
     ///
     /// # Errors
     /// As [`Config::jwt_config`].
-    pub fn http_config(&self) -> Result<Option<mycelium_http::HttpConfig>, String> {
+    pub fn http_config(&self) -> Result<Option<mycelium_http::HttpConfig>, ConfigError> {
         let h = &self.http;
         if !h.enabled {
             return Ok(self
@@ -417,31 +417,36 @@ impl Config {
 
 /// The generated HS256 secret of `data_dir`, created (64 hex characters, mode 0600) the first
 /// time.
-fn generated_secret(data_dir: &Path) -> Result<Vec<u8>, String> {
+fn generated_secret(data_dir: &Path) -> Result<Vec<u8>, ConfigError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let path = mycelium_storage::DataDir::new(data_dir).jwt_secret();
+    let failed = |at: &Path, reason: String| ConfigError::Secret {
+        path: at.to_owned(),
+        reason,
+    };
     if let Ok(text) = std::fs::read_to_string(&path) {
         let secret = text.trim().to_owned();
         if secret.len() >= 32 {
             return Ok(secret.into_bytes());
         }
-        return Err(format!("{}: the secret is shorter than 32 bytes", path.display()));
+        return Err(failed(&path, "the secret is shorter than 32 bytes".into()));
     }
-    mycelium_storage::create_dir_durable(data_dir).map_err(|e| format!("{}: {e}", data_dir.display()))?;
+    mycelium_storage::create_dir_durable(data_dir).map_err(|e| failed(data_dir, e.to_string()))?;
     let mut bytes = [0u8; 32];
-    getrandom::fill(&mut bytes).map_err(|e| format!("no randomness for the JWT secret: {e}"))?;
+    getrandom::fill(&mut bytes)
+        .map_err(|e| failed(&path, format!("no randomness for the JWT secret: {e}")))?;
     let secret: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .open(&path)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+        .map_err(|e| failed(&path, e.to_string()))?;
     file.write_all(secret.as_bytes())
         .and_then(|()| file.sync_all())
         .and_then(|()| mycelium_storage::sync_dir(data_dir))
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+        .map_err(|e| failed(&path, e.to_string()))?;
     tracing::info!(path = %path.display(), "generated the HTTP API's JWT secret (mint tokens with `mycelium token issue`)");
     Ok(secret.into_bytes())
 }
