@@ -257,18 +257,7 @@ fn a_second_broker_on_a_live_socket_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("l.sock");
     let _broker = start(&socket);
-    let out = Command::new(BIN)
-        .args([
-            "serve",
-            "--socket",
-            &socket.display().to_string(),
-            "--tcp",
-            "",
-            "--http",
-            "",
-        ])
-        .output()
-        .unwrap();
+    let out = serve(&socket, "warn", Stdio::piped()).output().unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("a running broker is listening on it"), "{stderr}");
