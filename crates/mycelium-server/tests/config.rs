@@ -251,6 +251,131 @@ fn jwt_cache_tokens_is_read_checked_and_reaches_the_verifier_settings() {
     );
 }
 
+fn problem_keys(text: &str) -> Vec<String> {
+    let file = write(text);
+    match Config::load(Some(file.path()), no_env()).unwrap_err() {
+        ConfigError::Invalid { problems, .. } => problems.into_iter().map(|p| p.key).collect(),
+        other => panic!("{other}"),
+    }
+}
+
+#[test]
+fn http_settings_are_checked_each_under_its_key() {
+    let keys = problem_keys(
+        "[http]\nlisten = \"nowhere\"\njwt_algorithm = \"HS512\"\njwt_role_claim = \"\"\n\
+         max_body_size = 100\nheader_timeout = \"0s\"\n\
+         [http.rate_limits]\nproducer = { per_second = 0 }\n\
+         [[http.rate_limits.topics]]\npattern = \"a..b\"\nper_second = 0\n",
+    );
+    assert_eq!(
+        keys,
+        [
+            "http.listen",
+            "http.jwt_algorithm",
+            "http.jwt_role_claim",
+            "http.max_body_size",
+            "http.header_timeout",
+            "http.rate_limits.producer.per_second",
+            "http.rate_limits.topics[0].pattern",
+            "http.rate_limits.topics[0].per_second",
+        ]
+    );
+    assert_eq!(
+        problem_keys("[http]\nauth = \"basic\"\njwt_secret = \"short\"\n"),
+        ["http.auth"]
+    );
+    assert_eq!(
+        problem_keys("[http]\njwt_secret = \"short\"\n"),
+        ["http.jwt_secret"]
+    );
+    assert_eq!(
+        problem_keys("[http]\njwt_algorithm = \"RS256\"\n"),
+        ["http.jwt_public_key"]
+    );
+    assert_eq!(
+        problem_keys("[http]\nlisten = \"\"\nunix_socket = \"\"\n"),
+        ["http"]
+    );
+}
+
+#[test]
+fn http_config_carries_keys_limits_and_timeouts() {
+    let file = write(
+        "[http]\nlisten = \"127.0.0.1:7421\"\nunix_socket = \"/tmp/m-http.sock\"\njwt_algorithm = \"ES256\"\n\
+         jwt_public_key = \"/keys/pub.pem\"\njwt_issuer = \"issuer\"\nrequest_timeout = \"7s\"\n\
+         [http.rate_limits]\nconsumer = { per_second = 5, burst = 9 }\nper_ip = { per_second = 3 }\n\
+         [[http.rate_limits.topics]]\npattern = \"orders.>\"\nper_second = 4\n",
+    );
+    let config = Config::load(Some(file.path()), no_env()).unwrap();
+    let http = config.http_config().unwrap().unwrap();
+    assert_eq!(http.listen, Some("127.0.0.1:7421".parse().unwrap()));
+    assert_eq!(
+        http.unix_socket.as_deref(),
+        Some(std::path::Path::new("/tmp/m-http.sock"))
+    );
+    assert_eq!(http.request_timeout, Duration::from_secs(7));
+    let mycelium_http::AuthConfig::Jwt(jwt) = &http.auth else {
+        panic!("{:?}", http.auth)
+    };
+    assert!(
+        matches!(&jwt.key, mycelium_http::JwtKey::Es256 { public_key, private_key: None }
+            if public_key == std::path::Path::new("/keys/pub.pem")),
+        "{:?}",
+        jwt.key
+    );
+    assert_eq!(jwt.issuer.as_deref(), Some("issuer"));
+    let consumer = http.limits.per_role[&mycelium_http::Role::Consumer];
+    assert_eq!((consumer.per_second, consumer.burst), (5, 9));
+    let per_ip = http.limits.per_ip.unwrap();
+    assert_eq!(
+        (per_ip.per_second, per_ip.burst),
+        (3, 3),
+        "burst defaults to the rate"
+    );
+    assert_eq!(http.limits.per_topic[0].0, "orders.>");
+
+    let off = write("[http]\nauth = \"none\"\n");
+    let config = Config::load(Some(off.path()), no_env()).unwrap();
+    assert!(matches!(
+        config.http_config().unwrap().unwrap().auth,
+        mycelium_http::AuthConfig::None
+    ));
+    let metrics_only = write("[http]\nenabled = false\n[metrics]\nlisten = \"127.0.0.1:9464\"\n");
+    let config = Config::load(Some(metrics_only.path()), no_env()).unwrap();
+    let http = config.http_config().unwrap().unwrap();
+    assert!(http.metrics_only);
+    assert_eq!(http.listen, Some("127.0.0.1:9464".parse().unwrap()));
+}
+
+#[test]
+fn the_generated_jwt_secret_is_private_kept_and_checked() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let file = write(&format!("[storage]\ndata_dir = \"{}\"\n", data.display()));
+    let config = Config::load(Some(file.path()), no_env()).unwrap();
+    let secret = |config: &Config| match config.jwt_config().unwrap().unwrap().key {
+        mycelium_http::JwtKey::Hs256(secret) => secret,
+        other => panic!("{other:?}"),
+    };
+    let first = secret(&config);
+    assert_eq!(first.len(), 64, "32 random bytes, hex");
+    assert_eq!(secret(&config), first, "kept across starts");
+    let path = mycelium_storage::DataDir::new(&data).jwt_secret();
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    std::fs::write(&path, "too short").unwrap();
+    match config.jwt_config().unwrap_err() {
+        ConfigError::Secret { path: at, reason } => {
+            assert_eq!(at, path);
+            assert!(reason.contains("shorter than 32 bytes"), "{reason}");
+        }
+        other => panic!("{other}"),
+    }
+}
+
 mod one_topic_validator {
     //! The config file and the HTTP topics API read topic settings through one validator: fed
     //! the same settings, both accept with the same spec or both refuse, naming the same fields.

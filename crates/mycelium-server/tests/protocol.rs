@@ -385,3 +385,196 @@ async fn admin_requests_are_typed_and_refusals_carry_their_code() {
     subscribe(&mut raw, 9, "after.admin").await;
     server.stop().await;
 }
+
+/// Sends one ADMIN request and returns its ADMIN_OK answer, decoded.
+async fn admin<T: serde::de::DeserializeOwned>(
+    raw: &mut Raw,
+    request_id: u32,
+    request: &mycelium_protocol::admin::AdminRequest,
+) -> T {
+    let body = serde_json::to_vec(request).unwrap();
+    raw.send(request_id, &Frame::Admin(&body)).await;
+    loop {
+        match raw.recv().await.expect("an answer") {
+            Got::AdminOk { request_id: r, json } if r == request_id => {
+                return serde_json::from_slice(&json).unwrap();
+            }
+            Got::Deliver { .. } => {}
+            other => panic!("{request:?}: expected ADMIN_OK, got {other:?}"),
+        }
+    }
+}
+
+/// Publishes `payload` to the stored topic `jobs` (confirmed), has the durable consumer `sub`
+/// TERM it, and waits until the dead-letter queue holds `depth` dead letters.
+async fn dead_letter(raw: &mut Raw, request_id: u32, sub: u32, payload: &[u8], depth: u64) {
+    use mycelium_protocol::admin::{AdminRequest, DlqPage};
+    let publish = Publish {
+        topic: "jobs",
+        payload,
+        confirm: true,
+        ..Default::default()
+    };
+    raw.send(request_id, &Frame::Publish(publish)).await;
+    let mut delivered = None;
+    while delivered.is_none() {
+        match raw.recv().await.expect("a frame") {
+            Got::PublishOk { .. } => {}
+            Got::Deliver { sub: s, sequence, .. } if s == sub => delivered = Some(sequence),
+            other => panic!("expected PUBLISH_OK and DELIVER, got {other:?}"),
+        }
+    }
+    let term = mycelium_protocol::Term {
+        ack: mycelium_protocol::Ack {
+            subscription_id: sub,
+            sequence: delivered.unwrap(),
+        },
+        reason: "cannot parse",
+    };
+    raw.send(0, &Frame::Term(term)).await;
+    let list = AdminRequest::DlqList {
+        topic: "jobs".into(),
+        filter: Default::default(),
+        after: 0,
+        limit: 10,
+    };
+    // The DLQ is written by the storage writer after the dispatcher hands the message over.
+    for attempt in 0.. {
+        let body = serde_json::to_vec(&list).unwrap();
+        raw.send(request_id + 1, &Frame::Admin(&body)).await;
+        match raw.recv().await.expect("an answer") {
+            Got::AdminOk { json, .. } => {
+                let page: DlqPage = serde_json::from_slice(&json).unwrap();
+                if page.depth == depth {
+                    return;
+                }
+            }
+            Got::Error { code, .. } if code == ErrorCode::NotFound as u16 => {}
+            other => panic!("expected ADMIN_OK, got {other:?}"),
+        }
+        assert!(attempt < 500, "the dead letter never reached the DLQ");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn admin_lists_gets_replays_and_purges_dead_letters_and_reports_health() {
+    use mycelium_protocol::admin::{AdminRequest, DeadLetter, DlqFilter, DlqPage, PurgeReport, ReplayReport};
+    let data = tempfile::tempdir().unwrap();
+    let file = data.path().join("topics.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[storage]\ndata_dir = \"{}\"\n\
+             [[topics]]\nname = \"jobs\"\ndelivery = \"at_least_once\"\n\
+             [[topics]]\nname = \"redo\"\ndelivery = \"at_least_once\"\n",
+            data.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let stored = mycelium_server::Config::load(Some(&file), Vec::<(String, String)>::new()).unwrap();
+    let server = TestServer::start_with(|c| {
+        c.topics = stored.topics.clone();
+        c.storage = stored.storage.clone();
+    })
+    .await;
+    let mut raw = Raw::hello(&server).await;
+    let mut options = bytes::BytesMut::new();
+    mycelium_protocol::SubscribeOptions {
+        durable: Some("workers"),
+        start: Some(mycelium_protocol::StartPosition::Beginning),
+        ..Default::default()
+    }
+    .encode(&mut options)
+    .unwrap();
+    let subscribe = Subscribe {
+        pattern: "jobs",
+        group: None,
+        options: &options,
+    };
+    raw.send(1, &Frame::Subscribe(subscribe)).await;
+    let Some(Got::SubscribeOk { id: sub, .. }) = raw.recv().await else {
+        panic!("expected SUBSCRIBE_OK")
+    };
+    dead_letter(&mut raw, 10, sub, b"first", 1).await;
+
+    let page: DlqPage = admin(
+        &mut raw,
+        20,
+        &AdminRequest::DlqList {
+            topic: "jobs".into(),
+            filter: DlqFilter::default(),
+            after: 0,
+            limit: 10,
+        },
+    )
+    .await;
+    assert_eq!((page.dlq.as_str(), page.entries.len()), ("jobs.dlq", 1));
+    let entry: DeadLetter = admin(
+        &mut raw,
+        21,
+        &AdminRequest::DlqGet {
+            topic: "jobs".into(),
+            sequence: page.entries[0].sequence,
+        },
+    )
+    .await;
+    assert_eq!(
+        (
+            entry.reason.as_str(),
+            entry.error.as_deref(),
+            entry.payload.as_str()
+        ),
+        ("terminated", Some("cannot parse"), "first")
+    );
+    assert_eq!(
+        (entry.topic.as_str(), entry.subscription.as_str()),
+        ("jobs", "workers")
+    );
+
+    // Replayed to another topic: gone from the DLQ, stored in the target.
+    let report: ReplayReport = admin(
+        &mut raw,
+        22,
+        &AdminRequest::DlqReplay {
+            topic: "jobs".into(),
+            filter: DlqFilter::default(),
+            target: Some("redo".into()),
+            rate: None,
+        },
+    )
+    .await;
+    assert_eq!(
+        (report.replayed, report.duplicates, report.failed.len()),
+        (1, 0, 0)
+    );
+    let page: DlqPage = admin(
+        &mut raw,
+        23,
+        &AdminRequest::DlqList {
+            topic: "jobs".into(),
+            filter: DlqFilter::default(),
+            after: 0,
+            limit: 10,
+        },
+    )
+    .await;
+    assert_eq!((page.depth, page.entries.len()), (0, 0));
+
+    // Purged: a second dead letter, removed for good.
+    dead_letter(&mut raw, 30, sub, b"second", 1).await;
+    let purged: PurgeReport = admin(
+        &mut raw,
+        40,
+        &AdminRequest::DlqPurge {
+            topic: "jobs".into(),
+            filter: DlqFilter::default(),
+        },
+    )
+    .await;
+    assert_eq!(purged.purged, 1);
+
+    let health: serde_json::Value = admin(&mut raw, 41, &AdminRequest::Health).await;
+    assert!(health["health"]["checks"].is_array(), "{health}");
+    server.stop().await;
+}

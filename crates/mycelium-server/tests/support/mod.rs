@@ -41,6 +41,10 @@ pub enum Got {
         sequence: u64,
     },
     Pong(u32),
+    AdminOk {
+        request_id: u32,
+        json: Vec<u8>,
+    },
     Other(String),
 }
 
@@ -106,6 +110,10 @@ impl Raw {
                         sequence: p.sequence,
                     },
                     Frame::Pong => Got::Pong(decoded.request_id),
+                    Frame::AdminOk(json) => Got::AdminOk {
+                        request_id: decoded.request_id,
+                        json: json.to_vec(),
+                    },
                     other => Got::Other(format!("{other:?}")),
                 };
                 let _ = self.buf.split_to(used);
