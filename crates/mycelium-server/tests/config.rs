@@ -348,7 +348,7 @@ fn http_config_carries_keys_limits_and_timeouts() {
 }
 
 #[test]
-fn the_generated_jwt_secret_is_private_kept_and_checked() {
+fn the_generated_jwt_secret_is_private_kept_and_refused_when_others_could_read_or_replace_it() {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
@@ -366,6 +366,26 @@ fn the_generated_jwt_secret_is_private_kept_and_checked() {
         std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
         0o600
     );
+    // Readable by others: refused, saying how to fix it.
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let error = config.jwt_config().unwrap_err().to_string();
+    assert!(error.contains("chmod 600"), "{error}");
+    // A link planted in its place: refused.
+    let elsewhere = dir.path().join("elsewhere");
+    std::fs::rename(&path, &elsewhere).unwrap();
+    std::fs::set_permissions(&elsewhere, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, &path).unwrap();
+    let error = config.jwt_config().unwrap_err().to_string();
+    assert!(error.contains("symbolic link"), "{error}");
+    std::fs::remove_file(&path).unwrap();
+    // Someone else's: refused (changing the owner needs root).
+    std::fs::rename(&elsewhere, &path).unwrap();
+    if mycelium_test_support::available(&[mycelium_test_support::Need::Root]) {
+        std::os::unix::fs::chown(&path, Some(65534), None).unwrap();
+        let error = config.jwt_config().unwrap_err().to_string();
+        assert!(error.contains("owned by uid 65534"), "{error}");
+        std::os::unix::fs::chown(&path, Some(0), None).unwrap();
+    }
     std::fs::write(&path, "too short").unwrap();
     match config.jwt_config().unwrap_err() {
         ConfigError::Secret { path: at, reason } => {

@@ -9,7 +9,8 @@
 //! <data_dir>/http-jwt.secret                    the generated HS256 secret (mode 0600)
 //! ```
 
-use std::io::Write;
+use std::io::{Read, Write};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -122,10 +123,16 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
     tmp_name.push(".tmp");
     let tmp = dir.join(tmp_name);
-    let written = std::fs::File::create(&tmp).and_then(|mut file| {
-        file.write_all(bytes)?;
-        file.sync_all()
-    });
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(FILE_MODE)
+        .open(&tmp)
+        .and_then(|mut file| {
+            file.write_all(bytes)?;
+            file.sync_all()
+        });
     if let Err(error) = written.and_then(|()| std::fs::rename(&tmp, path)) {
         let _ = std::fs::remove_file(&tmp);
         return Err(error);
@@ -133,8 +140,59 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     sync_dir(dir)
 }
 
-/// Creates `dir` and any missing parents, fsyncing each new directory's parent so that the new
-/// entry survives a crash.
+/// Files the broker creates in the data directory: its user only.
+pub const FILE_MODE: u32 = 0o600;
+/// Directories the broker creates for its data: its user only.
+pub const DIR_MODE: u32 = 0o700;
+
+/// Reads a file holding a secret, refusing one that someone else could have read or replaced: a
+/// symbolic link, not a regular file, owned by another user than this process's, or with any
+/// permission for group or others. `Ok(None)`: there is no such file.
+///
+/// # Errors
+/// `PermissionDenied` with the reason for a refused file; other I/O errors.
+pub fn read_private(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
+    let refuse = |why: String| std::io::Error::new(std::io::ErrorKind::PermissionDenied, why);
+    // Opened without following a link, then checked through the open file: nothing can be
+    // swapped in between the check and the read.
+    let opened = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(path);
+    let mut file = match opened {
+        Ok(file) => file,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(error) if error.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) => {
+            return Err(refuse(
+                "is a symbolic link; a secret must be a regular file".into(),
+            ));
+        }
+        Err(error) => return Err(error),
+    };
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(refuse("is not a regular file".into()));
+    }
+    let me = rustix::process::geteuid().as_raw();
+    if meta.uid() != me {
+        return Err(refuse(format!(
+            "is owned by uid {}, not by the broker's user (uid {me})",
+            meta.uid()
+        )));
+    }
+    let mode = meta.mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(refuse(format!(
+            "has mode {mode:04o}: others may read it (`chmod 600` it)"
+        )));
+    }
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)?;
+    Ok(Some(bytes))
+}
+
+/// Creates `dir` and any missing parents (mode [`DIR_MODE`]), fsyncing each new directory's
+/// parent so that the new entry survives a crash.
 ///
 /// # Errors
 /// I/O errors.
@@ -145,7 +203,7 @@ pub fn create_dir_durable(dir: &Path) -> std::io::Result<()> {
     if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
         create_dir_durable(parent)?;
     }
-    match std::fs::create_dir(dir) {
+    match std::fs::DirBuilder::new().mode(DIR_MODE).create(dir) {
         Ok(()) => {}
         // Another thread made it meanwhile.
         Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => return Ok(()),
@@ -241,6 +299,40 @@ mod tests {
         assert_eq!(synced(), vec![dir.path().to_path_buf(), topics]);
         create_dir_durable(&topic).unwrap();
         assert!(synced().is_empty(), "nothing new, nothing synced");
+    }
+
+    #[test]
+    fn new_directories_and_state_files_are_the_broker_users_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let state = data.join("subscriptions/orders/workers.state");
+        write_atomic(&state, b"{}").unwrap();
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&data), 0o700);
+        assert_eq!(mode(state.parent().unwrap()), 0o700);
+        assert_eq!(mode(&state), 0o600);
+    }
+
+    #[test]
+    fn a_secret_file_others_could_read_or_replace_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        assert!(super::read_private(&secret).unwrap().is_none(), "none yet");
+        write_atomic(&secret, b"s3cret").unwrap();
+        assert_eq!(super::read_private(&secret).unwrap().unwrap(), b"s3cret");
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let error = super::read_private(&secret).unwrap_err();
+        assert_eq!(error.kind(), std::io::ErrorKind::PermissionDenied);
+        assert!(error.to_string().contains("mode 0644"), "{error}");
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&secret, &link).unwrap();
+        let error = super::read_private(&link).unwrap_err();
+        assert!(error.to_string().contains("symbolic link"), "{error}");
+        let error = super::read_private(dir.path()).unwrap_err();
+        assert!(error.to_string().contains("not a regular file"), "{error}");
     }
 
     #[test]

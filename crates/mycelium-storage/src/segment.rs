@@ -2,7 +2,7 @@
 //! and the recovery scan that rebuilds it.
 
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -81,6 +81,7 @@ impl Segment {
             .read(true)
             .write(true)
             .create_new(true)
+            .mode(crate::layout::FILE_MODE)
             .open(&path)
             .map_err(|e| StorageError::io(&path, e))?;
         Ok(Segment::empty(base, path, file))

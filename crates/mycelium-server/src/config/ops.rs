@@ -425,8 +425,9 @@ fn generated_secret(data_dir: &Path) -> Result<Vec<u8>, ConfigError> {
         path: at.to_owned(),
         reason,
     };
-    if let Ok(text) = std::fs::read_to_string(&path) {
-        let secret = text.trim().to_owned();
+    // Refused when it is a link, someone else's, or readable by others.
+    if let Some(bytes) = mycelium_storage::read_private(&path).map_err(|e| failed(&path, e.to_string()))? {
+        let secret = String::from_utf8_lossy(&bytes).trim().to_owned();
         if secret.len() >= 32 {
             return Ok(secret.into_bytes());
         }
@@ -440,7 +441,7 @@ fn generated_secret(data_dir: &Path) -> Result<Vec<u8>, ConfigError> {
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
-        .mode(0o600)
+        .mode(mycelium_storage::FILE_MODE)
         .open(&path)
         .map_err(|e| failed(&path, e.to_string()))?;
     file.write_all(secret.as_bytes())
