@@ -12,6 +12,11 @@ const BIN: &str = env!("CARGO_BIN_EXE_mycelium");
 
 /// `mycelium serve` with no config file, on `socket`, TCP and HTTP off.
 fn serve(socket: &Path, log: &str, stderr: Stdio) -> Command {
+    serve_http(socket, "", log, stderr)
+}
+
+/// [`serve`] with the HTTP API on `http` (empty: off).
+fn serve_http(socket: &Path, http: &str, log: &str, stderr: Stdio) -> Command {
     let mut command = Command::new(BIN);
     command
         .args([
@@ -21,7 +26,7 @@ fn serve(socket: &Path, log: &str, stderr: Stdio) -> Command {
             "--tcp",
             "",
             "--http",
-            "",
+            http,
         ])
         .env("MYCELIUM_LOG", log)
         .stdout(Stdio::null())
@@ -563,21 +568,8 @@ fn serve_with_no_config_serves_the_http_api_with_a_generated_key() {
         .unwrap()
         .port();
     let http = format!("127.0.0.1:{port}");
-    let mut command = Command::new(BIN);
-    command
-        .current_dir(dir.path())
-        .args([
-            "serve",
-            "--socket",
-            &socket.display().to_string(),
-            "--tcp",
-            "",
-            "--http",
-            &http,
-        ])
-        .env("MYCELIUM_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+    let mut command = serve_http(&socket, &http, "warn", Stdio::null());
+    command.current_dir(dir.path());
     let broker = Spawned::start(command, &socket);
     // Tried as a new user would: mint a token next to the broker, publish over HTTP, read it natively.
     let token = Command::new(BIN)

@@ -405,10 +405,20 @@ async fn admin<T: serde::de::DeserializeOwned>(
     }
 }
 
+/// ADMIN: the first page of `jobs`'s dead letters.
+fn list_jobs_dlq() -> mycelium_protocol::admin::AdminRequest {
+    mycelium_protocol::admin::AdminRequest::DlqList {
+        topic: "jobs".into(),
+        filter: Default::default(),
+        after: 0,
+        limit: 10,
+    }
+}
+
 /// Publishes `payload` to the stored topic `jobs` (confirmed), has the durable consumer `sub`
 /// TERM it, and waits until the dead-letter queue holds `depth` dead letters.
 async fn dead_letter(raw: &mut Raw, request_id: u32, sub: u32, payload: &[u8], depth: u64) {
-    use mycelium_protocol::admin::{AdminRequest, DlqPage};
+    use mycelium_protocol::admin::DlqPage;
     let publish = Publish {
         topic: "jobs",
         payload,
@@ -432,12 +442,7 @@ async fn dead_letter(raw: &mut Raw, request_id: u32, sub: u32, payload: &[u8], d
         reason: "cannot parse",
     };
     raw.send(0, &Frame::Term(term)).await;
-    let list = AdminRequest::DlqList {
-        topic: "jobs".into(),
-        filter: Default::default(),
-        after: 0,
-        limit: 10,
-    };
+    let list = list_jobs_dlq();
     // The DLQ is written by the storage writer after the dispatcher hands the message over.
     for attempt in 0.. {
         let body = serde_json::to_vec(&list).unwrap();
@@ -498,17 +503,7 @@ async fn admin_lists_gets_replays_and_purges_dead_letters_and_reports_health() {
     };
     dead_letter(&mut raw, 10, sub, b"first", 1).await;
 
-    let page: DlqPage = admin(
-        &mut raw,
-        20,
-        &AdminRequest::DlqList {
-            topic: "jobs".into(),
-            filter: DlqFilter::default(),
-            after: 0,
-            limit: 10,
-        },
-    )
-    .await;
+    let page: DlqPage = admin(&mut raw, 20, &list_jobs_dlq()).await;
     assert_eq!((page.dlq.as_str(), page.entries.len()), ("jobs.dlq", 1));
     let entry: DeadLetter = admin(
         &mut raw,
@@ -548,17 +543,7 @@ async fn admin_lists_gets_replays_and_purges_dead_letters_and_reports_health() {
         (report.replayed, report.duplicates, report.failed.len()),
         (1, 0, 0)
     );
-    let page: DlqPage = admin(
-        &mut raw,
-        23,
-        &AdminRequest::DlqList {
-            topic: "jobs".into(),
-            filter: DlqFilter::default(),
-            after: 0,
-            limit: 10,
-        },
-    )
-    .await;
+    let page: DlqPage = admin(&mut raw, 23, &list_jobs_dlq()).await;
     assert_eq!((page.depth, page.entries.len()), (0, 0));
 
     // Purged: a second dead letter, removed for good.
