@@ -356,12 +356,14 @@ fn durable_topics_through_the_cli() {
         String::from_utf8(out.stdout).unwrap(),
         "[jobs #1] job\n[jobs #2] job\n"
     );
-    // Acking #1 refilled the first consumer's prefetch with #3, which it never printed: when it
-    // left, #3 went straight back (as RabbitMQ requeues on channel close), as a second attempt.
+    // Acking #1 may have refilled the first consumer's prefetch with #3, which it never printed:
+    // then #3 went straight back when it left (as RabbitMQ requeues on channel close), as a
+    // second attempt. Either way it is next, and #1 and #2 never come back.
     let out = cli(&url, &["sub", "jobs", "--durable", "w", "--count", "1"]);
-    assert_eq!(
-        String::from_utf8(out.stdout).unwrap(),
-        "[jobs #3 attempt 2] job\n"
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text == "[jobs #3 attempt 2] job\n" || text == "[jobs #3] job\n",
+        "{text}"
     );
     // --nack sends it back; the next consumer sees the second attempt.
     let out = cli(
@@ -379,12 +381,15 @@ fn durable_topics_through_the_cli() {
         ],
     );
     assert_eq!(String::from_utf8(out.stdout).unwrap(), "[jobs #2] job\n");
-    // The NACK freed the prefetch slot, so #3 went to that consumer too and came back when it
-    // left (due at once); #2 waits out its 2 s backoff.
+    // #3 comes first (due at once) and #2 after its 2 s backoff, as its second attempt. The NACK
+    // freed the prefetch slot, so #3 may have reached that consumer before it left and come back
+    // as a second attempt, or not: that race is the client's exit against the broker's refill.
     let out = cli(&url, &["sub", "jobs", "--durable", "n", "--count", "2"]);
-    assert_eq!(
-        String::from_utf8(out.stdout).unwrap(),
-        "[jobs #3 attempt 2] job\n[jobs #2 attempt 2] job\n"
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text == "[jobs #3 attempt 2] job\n[jobs #2 attempt 2] job\n"
+            || text == "[jobs #3] job\n[jobs #2 attempt 2] job\n",
+        "{text}"
     );
     // Many confirmed publishes (more than are kept in flight at once): one line each, in the
     // order sent, each with its own sequence and id.
