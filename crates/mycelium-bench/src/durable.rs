@@ -115,6 +115,7 @@ async fn mycelium(system: &System, w: &Workload, progress: &ProgressBar) -> anyh
     let connect = |name: &str| {
         let options = ClientOptions {
             name: name.into(),
+            token: system.token.clone(),
             ..ClientOptions::default()
         };
         Client::connect_with(&system.url, options)

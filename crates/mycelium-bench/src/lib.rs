@@ -267,7 +267,7 @@ fn try_spawn_broker(binary: &Path) -> anyhow::Result<Option<Spawned>> {
     let config = dir.path().join("bench.toml");
     let data = dir.path().join("data");
     let mut text = format!(
-        "[storage]\ndata_dir = \"{}\"\n[http]\njwt_secret = \"{BENCH_JWT_SECRET}\"\nunix_socket = \"{}\"\n",
+        "[storage]\ndata_dir = \"{}\"\n[auth]\njwt_secret = \"{BENCH_JWT_SECRET}\"\n[http]\nunix_socket = \"{}\"\n",
         data.display(),
         http_unix.display()
     );
@@ -342,6 +342,7 @@ fn parse_compare(spec: &str) -> anyhow::Result<Vec<System>> {
                 url: url.to_owned(),
                 transport: "tcp",
                 pid,
+                token: None,
             })
         })
         .collect()
@@ -394,6 +395,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
         None => Some(spawn_broker(args.broker_bin.clone())?),
     };
     let mut systems = Vec::new();
+    let native_token = native_bench_token()?;
     match (&args.target, &spawned) {
         (Some(url), _) => {
             let transport = if url.starts_with("tcp://") { "tcp" } else { "unix" };
@@ -402,6 +404,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
                 url: url.clone(),
                 transport,
                 pid: None,
+                // A running broker: the credential the CLI was given.
+                token: std::env::var("MYCELIUM_TOKEN")
+                    .ok()
+                    .map(mycelium_client::Token::new),
             });
         }
         (None, Some(s)) => {
@@ -413,6 +419,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
                     url,
                     transport: "unix",
                     pid,
+                    token: Some(native_token.clone()),
                 });
             }
             if args.transport != Transport::Unix {
@@ -421,6 +428,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
                     url: format!("tcp://{}", s.tcp),
                     transport: "tcp",
                     pid,
+                    token: Some(native_token.clone()),
                 });
             }
         }
@@ -645,8 +653,17 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
 }
 
 /// A token for the spawned broker's HTTP API: HS256 over the secret the bench gives that broker,
-/// with the claims its HTTP door reads (`sub`, `exp`, the `roles` claim).
+/// with the claims its doors read (`sub`, `exp`, the `roles` claim).
 fn bench_token() -> anyhow::Result<String> {
+    bench_token_with(&["producer"])
+}
+
+/// The credential the bench's native clients send the spawned broker (both doors check it).
+fn native_bench_token() -> anyhow::Result<mycelium_client::Token> {
+    Ok(mycelium_client::Token::new(bench_token_with(&["admin"])?))
+}
+
+fn bench_token_with(roles: &[&str]) -> anyhow::Result<String> {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_secs();
@@ -655,7 +672,7 @@ fn bench_token() -> anyhow::Result<String> {
         "iat": now,
         "nbf": now,
         "exp": now + 3600,
-        "roles": ["producer"],
+        "roles": roles,
     });
     let key = jsonwebtoken::EncodingKey::from_secret(BENCH_JWT_SECRET.as_bytes());
     Ok(jsonwebtoken::encode(

@@ -41,6 +41,8 @@ pub struct System {
     pub transport: &'static str,
     /// Its process id, when known (for RSS).
     pub pid: Option<u32>,
+    /// Mycelium: the credential its clients send in HELLO.
+    pub token: Option<mycelium_client::Token>,
 }
 
 /// Redis publishes are sent in pipelines of this many commands (the peer's fastest publish mode).
@@ -82,6 +84,7 @@ impl System {
             Kind::Mycelium => {
                 let options = ClientOptions {
                     name: "bench-pub".into(),
+                    token: self.token.clone(),
                     ..ClientOptions::default()
                 };
                 Publisher::Mycelium(Client::connect_with(&self.url, options).await?)
@@ -105,6 +108,7 @@ impl System {
             Kind::Mycelium => {
                 let options = ClientOptions {
                     name: "bench-sub".into(),
+                    token: self.token.clone(),
                     ..ClientOptions::default()
                 };
                 let client = Client::connect_with(&self.url, options).await?;

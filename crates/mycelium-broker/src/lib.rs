@@ -23,13 +23,15 @@ pub mod routing;
 pub mod store;
 
 pub use broker::{
-    Broker, BrokerConfig, ConnectionInfo, DurableRequest, LocalMessage, Published, Publisher, health, inspect,
+    Action, AuditLog, Broker, BrokerConfig, ConnectionInfo, DurableRequest, LocalMessage, Published,
+    Publisher, health, inspect,
 };
 pub use consumer::Verdict;
 pub use consumer::state as delivery;
+pub use routing::access::{Denied, DenyReason, Door, Principal, Role};
 pub use routing::outbound::{Append, DirectWrite, Outbound};
 pub use routing::subscription::{Subscription, pick};
 pub use routing::topic::{DEAD_REASONS, Topic, TopicCounters, TopicRef};
-pub use routing::{PublishError, SubscribeError, draft, filter, metrics, name, spec};
+pub use routing::{PublishError, SubscribeError, access, draft, filter, metrics, name, spec};
 pub use store::io::{blocking, may_block};
 pub use store::{DurableConfig, MessageProps, Stored};

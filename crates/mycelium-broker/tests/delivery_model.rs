@@ -579,6 +579,7 @@ fn a_restored_state_keeps_acks_out_of_order_and_attempt_counts() {
             finished: vec![2, 4],
             attempts: vec![(1, 1), (3, 1)],
             filter: None,
+            owner: None,
         }
     );
     let json = serde_json::to_string(&snapshot).unwrap();
@@ -614,6 +615,7 @@ fn a_restored_message_out_of_attempts_is_dead_lettered_on_admission() {
         finished: vec![],
         attempts: vec![(1, 2)],
         filter: None,
+        owner: None,
     };
     let mut restored = SubscriptionState::restore(policy, &snapshot, 1);
     assert_eq!(

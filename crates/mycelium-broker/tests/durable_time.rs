@@ -85,7 +85,7 @@ async fn open(
     id: u32,
     options: &SubscribeOptions<'_>,
 ) -> Result<(), mycelium_broker::SubscribeError> {
-    let request = broker.durable_request("jobs", options)?;
+    let request = broker.durable_request(conn, "jobs", options)?;
     broker.subscribe_durable(conn, id, request, 1).await
 }
 

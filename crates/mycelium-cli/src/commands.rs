@@ -62,22 +62,59 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 },
         } => {
             let config = Config::load(config.as_deref(), std::env::vars())?;
-            let jwt = config
-                .jwt_config()?
-                .context("http.auth is \"none\": there is no key to sign tokens with")?;
-            let roles = roles
-                .iter()
-                .map(|r| r.parse::<mycelium_http::Role>().map_err(|e| anyhow::anyhow!(e)))
-                .collect::<anyhow::Result<Vec<_>>>()?;
+            if config.auth.mode == "none" {
+                bail!("auth.mode is \"none\": the broker checks no tokens");
+            }
+            let jwt = config.jwt_config()?;
+            let roles = parse_roles(&roles)?;
             let ttl = humantime::parse_duration(&ttl).with_context(|| format!("--ttl `{ttl}`"))?;
-            let request = mycelium_http::TokenRequest {
+            let request = mycelium_auth::TokenRequest {
                 subject,
                 roles,
                 ttl,
                 publish: (!publish.is_empty()).then_some(publish),
                 consume: (!subscribe.is_empty()).then_some(subscribe),
             };
-            println!("{}", mycelium_http::issue(&jwt, &request)?);
+            println!("{}", mycelium_auth::issue(&jwt, &request)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Token {
+            command:
+                TokenCommand::User {
+                    name,
+                    roles,
+                    publish,
+                    subscribe,
+                },
+        } => {
+            parse_roles(&roles)?;
+            for pattern in publish.iter().chain(&subscribe) {
+                mycelium_broker::name::Pattern::parse(pattern)
+                    .with_context(|| format!("pattern `{pattern}`"))?;
+            }
+            let token = mycelium_auth::new_token().map_err(|e| anyhow::anyhow!(e))?;
+            let list = |items: &[String]| {
+                items
+                    .iter()
+                    .map(|i| format!("{i:?}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            let mut entry = format!(
+                "[[auth.users]]\nname = {name:?}\ntoken_sha256 = \"{}\"\nroles = [{}]\n",
+                mycelium_auth::token_hash_hex(&token),
+                list(&roles)
+            );
+            if !publish.is_empty() {
+                entry.push_str(&format!("publish = [{}]\n", list(&publish)));
+            }
+            if !subscribe.is_empty() {
+                entry.push_str(&format!("subscribe = [{}]\n", list(&subscribe)));
+            }
+            eprintln!("# The token (give it to the service; it is not stored anywhere):");
+            println!("{token}");
+            eprintln!("# Add to the broker's configuration:");
+            eprint!("{entry}");
             Ok(ExitCode::SUCCESS)
         }
         Command::Config {
@@ -92,7 +129,19 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .enable_all()
                 .build()?;
             let url = cli.url.as_deref().unwrap_or(DEFAULT_URL);
-            runtime.block_on(client_command(url, command))
+            let token = match (cli.token, cli.token_file) {
+                (Some(token), _) => Some(token),
+                (None, Some(file)) => Some(
+                    std::fs::read_to_string(&file)
+                        .with_context(|| format!("--token-file {}", file.display()))?,
+                ),
+                (None, None) => None,
+            };
+            runtime.block_on(client_command(
+                url,
+                token.map(mycelium_client::Token::new),
+                command,
+            ))
         }
     }
 }
@@ -188,15 +237,34 @@ fn install_tracing(format: LogFormat, tracer: Option<opentelemetry_sdk::trace::T
         .init();
 }
 
-async fn connect(url: &str) -> anyhow::Result<Client> {
-    let options = ClientOptions {
-        name: "mycelium-cli".into(),
-        ..ClientOptions::default()
-    };
-    Ok(Client::connect_with(url, options).await?)
+fn parse_roles(roles: &[String]) -> anyhow::Result<Vec<mycelium_broker::Role>> {
+    roles
+        .iter()
+        .map(|r| r.parse::<mycelium_broker::Role>().map_err(|e| anyhow::anyhow!(e)))
+        .collect()
 }
 
-async fn client_command(url: &str, command: Command) -> anyhow::Result<ExitCode> {
+/// Where the broker is and the credential to show it.
+struct Target<'a> {
+    url: &'a str,
+    token: Option<mycelium_client::Token>,
+}
+
+async fn connect(target: &Target<'_>) -> anyhow::Result<Client> {
+    let options = ClientOptions {
+        name: "mycelium-cli".into(),
+        token: target.token.clone(),
+        ..ClientOptions::default()
+    };
+    Ok(Client::connect_with(target.url, options).await?)
+}
+
+async fn client_command(
+    url: &str,
+    token: Option<mycelium_client::Token>,
+    command: Command,
+) -> anyhow::Result<ExitCode> {
+    let url = &Target { url, token };
     match command {
         Command::Pub(args) => publish(url, args).await,
         Command::Sub(args) => subscribe(url, args).await,
@@ -210,7 +278,7 @@ async fn client_command(url: &str, command: Command) -> anyhow::Result<ExitCode>
     }
 }
 
-async fn publish(url: &str, args: PubArgs) -> anyhow::Result<ExitCode> {
+async fn publish(url: &Target<'_>, args: PubArgs) -> anyhow::Result<ExitCode> {
     let fixed_payload: Option<Vec<u8>> = match (&args.message, &args.file, &args.tlv) {
         (Some(text), _, _) => Some(text.clone().into_bytes()),
         (None, Some(path), _) => {
@@ -324,7 +392,7 @@ async fn publish(url: &str, args: PubArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn subscribe(url: &str, args: SubArgs) -> anyhow::Result<ExitCode> {
+async fn subscribe(url: &Target<'_>, args: SubArgs) -> anyhow::Result<ExitCode> {
     let client = connect(url).await?;
     let mut subscription = match (&args.durable, &args.group) {
         (Some(name), _) => {
@@ -444,7 +512,7 @@ fn render(message: &Message, format: Format) -> String {
     }
 }
 
-async fn stats(url: &str, json: bool) -> anyhow::Result<ExitCode> {
+async fn stats(url: &Target<'_>, json: bool) -> anyhow::Result<ExitCode> {
     let client = connect(url).await?;
     let stats = client.stats().await?;
     client.close().await;
@@ -541,7 +609,7 @@ async fn stats(url: &str, json: bool) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn topics(url: &str, json: bool) -> anyhow::Result<ExitCode> {
+async fn topics(url: &Target<'_>, json: bool) -> anyhow::Result<ExitCode> {
     let client = connect(url).await?;
     let stats = client.stats().await?;
     client.close().await;
@@ -587,7 +655,7 @@ fn ns_text(ns: u64) -> String {
     humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + std::time::Duration::from_nanos(ns)).to_string()
 }
 
-async fn dlq(url: &str, command: DlqCommand) -> anyhow::Result<ExitCode> {
+async fn dlq(url: &Target<'_>, command: DlqCommand) -> anyhow::Result<ExitCode> {
     let client = connect(url).await?;
     let result = dlq_inner(&client, command).await;
     client.close().await;
@@ -724,7 +792,7 @@ async fn dlq_inner(client: &Client, command: DlqCommand) -> anyhow::Result<ExitC
     Ok(ExitCode::SUCCESS)
 }
 
-async fn health(url: &str, json: bool) -> anyhow::Result<ExitCode> {
+async fn health(url: &Target<'_>, json: bool) -> anyhow::Result<ExitCode> {
     let client = connect(url).await?;
     let node: anyhow::Result<serde_json::Value> = client
         .admin_typed(&AdminRequest::Health)

@@ -20,6 +20,19 @@ struct Cli {
     /// For `bench`: measure this running broker instead of spawning one.
     #[arg(long, global = true, env = "MYCELIUM_URL")]
     url: Option<String>,
+    /// Credential sent to the broker: a service user's token or a JWT (not needed on the Unix
+    /// socket by the broker's own user).
+    #[arg(
+        long,
+        global = true,
+        env = "MYCELIUM_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "token_file"
+    )]
+    token: Option<String>,
+    /// Read the credential from this file (keep it mode 0600).
+    #[arg(long, global = true, env = "MYCELIUM_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -57,7 +70,7 @@ enum Command {
     },
     /// Measure throughput, latency and connection scaling, side by side with NATS and Redis.
     Bench(mycelium_bench::BenchArgs),
-    /// HTTP API tokens.
+    /// Credentials: JWTs and service users' tokens.
     Token {
         #[command(subcommand)]
         command: TokenCommand,
@@ -281,6 +294,21 @@ enum TokenCommand {
         /// The broker's configuration file (for the key; default: embedded defaults).
         #[arg(long, short)]
         config: Option<PathBuf>,
+    },
+    /// Make a service user: a new random token, and the `[[auth.users]]` entry (with the
+    /// token's SHA-256, never the token) to paste into the broker's configuration.
+    User {
+        /// The user's name.
+        name: String,
+        /// Role: producer, consumer or admin (repeatable).
+        #[arg(long = "role", required = true)]
+        roles: Vec<String>,
+        /// Topics it may publish to (patterns; repeatable; default: any).
+        #[arg(long = "pub")]
+        publish: Vec<String>,
+        /// Topics it may subscribe to (patterns; repeatable; default: any).
+        #[arg(long = "subscribe")]
+        subscribe: Vec<String>,
     },
 }
 

@@ -20,5 +20,5 @@ pub use message::{Message, Subscription};
 pub use mycelium_protocol::{
     Counter, ErrorCode, Export, StartPosition, StatsSnapshot, TOPIC_COUNTERS, TopicStats, admin,
 };
-pub use options::ClientOptions;
+pub use options::{ClientOptions, Token};
 pub use url::Endpoint;

@@ -4,11 +4,36 @@ use std::time::Duration;
 
 use crate::resilience::Backoff;
 
+/// A credential: shown as `<redacted>` in debug output and logs.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Token(String);
+
+impl Token {
+    /// Wraps the token text (surrounding whitespace, as a token file often ends, is dropped).
+    pub fn new(text: impl Into<String>) -> Token {
+        Token(text.into().trim().to_owned())
+    }
+
+    /// The token text.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Token(<redacted>)")
+    }
+}
+
 /// Every knob of the client, with defaults a service can start from.
 #[derive(Debug, Clone)]
 pub struct ClientOptions {
     /// Name shown in the broker's stats.
     pub name: String,
+    /// The credential sent in HELLO: a service user's token or a JWT (`None`: none; on the Unix
+    /// socket the broker may know the process by its uid).
+    pub token: Option<Token>,
     /// Reconnect delays.
     pub backoff: Backoff,
     /// Time allowed for one connection attempt (connect + handshake).
@@ -41,6 +66,7 @@ impl Default for ClientOptions {
     fn default() -> Self {
         ClientOptions {
             name: "mycelium-client".into(),
+            token: None,
             backoff: Backoff::default(),
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(10),

@@ -16,7 +16,7 @@ async fn server(dir: &tempfile::TempDir) -> TestServer {
         c.storage.data_dir = data.display().to_string();
         c.http.enabled = true;
         c.http.listen = "127.0.0.1:0".into();
-        c.http.jwt_secret = SECRET.into();
+        c.auth.jwt_secret = SECRET.into();
         c.topics.push(mycelium_server::config_topic("orders", |t| {
             t.delivery = "at_least_once".into();
         }));
@@ -26,22 +26,22 @@ async fn server(dir: &tempfile::TempDir) -> TestServer {
 }
 
 fn token(roles: &[&str]) -> String {
-    let jwt = mycelium_http::JwtConfig {
-        key: mycelium_http::JwtKey::Hs256(SECRET.as_bytes().to_vec()),
+    let jwt = mycelium_auth::JwtConfig {
+        key: mycelium_auth::JwtKey::Hs256(SECRET.as_bytes().to_vec()),
         role_claim: "roles".into(),
         leeway: Duration::from_secs(5),
         issuer: None,
         audience: None,
         cache_tokens: 4096,
     };
-    let request = mycelium_http::TokenRequest {
+    let request = mycelium_auth::TokenRequest {
         subject: "test".into(),
         roles: roles.iter().map(|r| r.parse().unwrap()).collect(),
         ttl: Duration::from_secs(600),
         publish: None,
         consume: None,
     };
-    mycelium_http::issue(&jwt, &request).unwrap()
+    mycelium_auth::issue(&jwt, &request).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -174,7 +174,7 @@ async fn open_http_server(
         c.storage.data_dir = data.display().to_string();
         c.http.enabled = true;
         c.http.listen = "127.0.0.1:0".into();
-        c.http.auth = "none".into();
+        c.auth.mode = "none".into();
         http(&mut c.http);
     })
     .await

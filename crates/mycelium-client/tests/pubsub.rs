@@ -340,10 +340,15 @@ async fn paced_and_burst_publishes_mix_inline_and_writer_task_writes_in_order() 
     })
     .await;
     for url in [server.url(), server.tcp_url()] {
-        let subscriber = Client::connect(&url).await.unwrap();
+        // TCP needs a credential; the Unix socket knows this process by its uid.
+        let options = || mycelium_client::ClientOptions {
+            token: Some(mycelium_client::Token::new(mycelium_test_support::TEST_TOKEN)),
+            ..mycelium_client::ClientOptions::default()
+        };
+        let subscriber = Client::connect_with(&url, options()).await.unwrap();
         let mut sub = subscriber.subscribe("paced.>").await.unwrap();
         subscriber.flush().await.unwrap();
-        let publisher = Client::connect(&url).await.unwrap();
+        let publisher = Client::connect_with(&url, options()).await.unwrap();
         const PUBLISHERS: u32 = 3;
         const EACH: u32 = 3_000;
         let mut tasks = Vec::new();

@@ -42,7 +42,7 @@ async fn broker_spans_continue_the_publisher_and_hand_the_context_to_the_consume
         c.storage.data_dir = data.display().to_string();
         c.http.enabled = true;
         c.http.listen = "127.0.0.1:0".into();
-        c.http.auth = "none".into();
+        c.auth.mode = "none".into();
         c.topics.push(mycelium_server::config_topic("orders", |t| {
             t.delivery = "at_least_once".into();
         }));

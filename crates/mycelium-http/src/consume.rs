@@ -12,7 +12,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use mycelium_broker::{Broker, ConnectionInfo, Verdict};
+use mycelium_broker::{Action, Broker, ConnectionInfo, Door, Principal, Verdict};
+
+use crate::auth::Allow;
 use mycelium_protocol::{Ack, DeliveryMeta, Frame, HeaderIter, Nack, SubscribeOptions, Term, frames};
 use parking_lot::Mutex;
 
@@ -102,22 +104,35 @@ impl PullConsumers {
     pub async fn get_or_create(
         &self,
         broker: &Arc<Broker>,
+        principal: &Principal,
         topic: &str,
         name: &str,
         options: &SubscribeOptions<'_>,
     ) -> Result<Arc<PullConsumer>, ApiError> {
         let key = (topic.to_owned(), name.to_owned());
-        if let Some(existing) = self.consumers.lock().get(&key) {
+        let existing = self.consumers.lock().get(&key).cloned();
+        if let Some(existing) = existing {
+            // Someone else's subscription: refused, as over the native door.
+            let owner = broker.durable_owner(topic, name);
+            principal.allow(
+                broker,
+                Action::Durable {
+                    topic,
+                    name,
+                    owner: owner.as_deref(),
+                },
+            )?;
             *existing.last_used.lock() = Instant::now();
-            return Ok(Arc::clone(existing));
+            return Ok(existing);
         }
-        let conn = broker.connect(format!("http:{topic}/{name}"));
+        let conn = broker.connect_unauthenticated(Door::Http, format!("http:{topic}/{name}"));
+        conn.authenticate(principal.clone());
         conn.set_name("http-pull-consumer");
         let options = SubscribeOptions {
             durable: Some(name),
             ..options.clone()
         };
-        let opened = match broker.durable_request(topic, &options) {
+        let opened = match broker.durable_request(&conn, topic, &options) {
             Ok(request) => broker.subscribe_durable(&conn, 1, request, 0).await,
             Err(error) => Err(error),
         };
@@ -130,6 +145,7 @@ impl PullConsumers {
                         message: e.to_string(),
                     }])
                 }
+                mycelium_broker::SubscribeError::Denied(denied) => ApiError::from(denied),
                 other => ApiError::new(Kind::Invalid, other.to_string()),
             });
         }
@@ -205,14 +221,32 @@ impl PullConsumers {
     pub async fn verdict(
         &self,
         broker: &Broker,
+        principal: &Principal,
         id: &[u8; 16],
         verdict: HttpVerdict,
     ) -> Result<(), ApiError> {
-        let handle = self.handles.lock().get(id).cloned().ok_or_else(|| {
+        // A message handed to someone else's subscription, or of a topic the caller may not
+        // consume, gets the answer of an id never handed out: the refusal is counted, not told.
+        let unknown = || {
             ApiError::not_found(
-                "no message with this id was delivered to an HTTP consumer (or it was long ago)",
+                "no message with this id was delivered to an HTTP consumer of yours (or it was long ago)",
             )
-        })?;
+        };
+        let handle = self.handles.lock().get(id).cloned().ok_or_else(unknown)?;
+        let owner = broker.durable_owner(&handle.topic, &handle.name);
+        principal
+            .allow(broker, Action::Consume(&handle.topic))
+            .and_then(|()| {
+                principal.allow(
+                    broker,
+                    Action::Durable {
+                        topic: &handle.topic,
+                        name: &handle.name,
+                        owner: owner.as_deref(),
+                    },
+                )
+            })
+            .map_err(|_| unknown())?;
         let consumer = self
             .consumers
             .lock()

@@ -3,7 +3,7 @@
 //! durable subscriptions, acknowledgements and dead-letter queues are the core's.
 //!
 //! - `routes/`: the endpoints (messages, topics, subscriptions, DLQ, health) and their JSON shapes.
-//! - `auth.rs`: JWT bearer tokens, roles, topic patterns in the token.
+//! - `auth.rs`: the bearer token of each request (checked by `mycelium-auth`), 401 and 403.
 //! - `limits.rs`: token-bucket rate limits per principal, per client IP, per topic.
 //! - `consume.rs`: pull consumers, the way HTTP clients consume durable subscriptions.
 //! - `error.rs`: RFC 9457 problem documents.
@@ -35,15 +35,24 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use mycelium_broker::Broker;
 
-pub use auth::{AuthConfig, JwtConfig, JwtKey, Principal, Role, TokenRequest, issue};
 pub use limits::{Quota, RateLimits};
 pub use serve::{HttpServer, bind};
 pub use setup::SetupError;
 
-use crate::auth::Verifier;
 use crate::consume::PullConsumers;
 use crate::error::{ApiError, REQUEST_ID};
 use crate::limits::Limiter;
+
+/// Who may read `/metrics` and the health probes without a token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenProbes {
+    /// Clients on loopback (and the Unix socket); others need a valid token (the default).
+    Loopback,
+    /// Everyone.
+    Always,
+    /// Nobody: every request needs a valid token.
+    Never,
+}
 
 /// Settings of the HTTP door.
 #[derive(Debug, Clone)]
@@ -52,8 +61,10 @@ pub struct HttpConfig {
     pub listen: Option<SocketAddr>,
     /// Unix socket path (`None`: none).
     pub unix_socket: Option<PathBuf>,
-    /// Authentication.
-    pub auth: AuthConfig,
+    /// Who is calling: shared with the native door.
+    pub auth: Arc<mycelium_auth::Authenticator>,
+    /// Whether `/metrics` and the health probes need a token.
+    pub open_probes: OpenProbes,
     /// Rate limits.
     pub limits: RateLimits,
     /// Largest request body.
@@ -75,7 +86,8 @@ impl Default for HttpConfig {
         HttpConfig {
             listen: Some(SocketAddr::from(([127, 0, 0, 1], 7421))),
             unix_socket: None,
-            auth: AuthConfig::None,
+            auth: Arc::new(mycelium_auth::Authenticator::none()),
+            open_probes: OpenProbes::Loopback,
             limits: RateLimits::default(),
             body_limit_bytes: 16 << 20,
             header_timeout: Duration::from_secs(10),
@@ -92,7 +104,6 @@ impl Default for HttpConfig {
 pub(crate) struct AppState {
     pub(crate) broker: Arc<Broker>,
     pub(crate) config: HttpConfig,
-    pub(crate) verifier: Option<Verifier>,
     pub(crate) limiter: Limiter,
     pub(crate) consumers: PullConsumers,
     pub(crate) rates: routes::topics::Rates,
@@ -119,14 +130,9 @@ pub fn openapi_json() -> String {
 }
 
 pub(crate) fn build(broker: Arc<Broker>, config: HttpConfig) -> Result<(Router, SharedState), SetupError> {
-    let verifier = match &config.auth {
-        AuthConfig::None => None,
-        AuthConfig::Jwt(jwt) => Some(Verifier::new(jwt.clone())?),
-    };
     let limiter = Limiter::new(&config.limits)?;
     let state = Arc::new(AppState {
         broker,
-        verifier,
         limiter,
         consumers: PullConsumers::default(),
         rates: routes::topics::Rates::default(),
@@ -135,7 +141,9 @@ pub(crate) fn build(broker: Arc<Broker>, config: HttpConfig) -> Result<(Router, 
     let body_limit = state.config.body_limit_bytes;
     let api =
         routes::api_routes().route_layer(middleware::from_fn_with_state(Arc::clone(&state), authenticate));
-    let open = routes::open_routes();
+    let open = routes::open_routes()
+        .route("/metrics", axum::routing::get(metrics_endpoint))
+        .route_layer(middleware::from_fn_with_state(Arc::clone(&state), probe_access));
     let api = if state.config.metrics_only {
         open
     } else {
@@ -143,7 +151,6 @@ pub(crate) fn build(broker: Arc<Broker>, config: HttpConfig) -> Result<(Router, 
     };
     let router = Router::new()
         .merge(api)
-        .route("/metrics", axum::routing::get(metrics_endpoint))
         .fallback(routes::not_found)
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(middleware::from_fn(request_id))
@@ -166,8 +173,7 @@ pub(crate) async fn background(state: SharedState, shutdown: tokio_util::sync::C
     }
 }
 
-/// `GET /metrics` (no token: scrapers are configured on the network side, and the default
-/// listener is loopback only).
+/// `GET /metrics` (a token only when `open_probes` asks for one).
 async fn metrics_endpoint(State(state): State<SharedState>) -> Response {
     let broker = Arc::clone(&state.broker);
     let limited = state.limiter.rejected.load(std::sync::atomic::Ordering::Relaxed);
@@ -212,16 +218,36 @@ async fn request_id(request: Request, next: Next) -> Response {
     response
 }
 
+/// `/metrics`, the health probes and the OpenAPI document: open or not by `open_probes`; when
+/// not, any valid token will do.
+async fn probe_access(
+    State(state): State<SharedState>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let open = match state.config.open_probes {
+        OpenProbes::Always => true,
+        OpenProbes::Never => false,
+        // No address: the Unix socket, or in-process.
+        OpenProbes::Loopback => request
+            .extensions()
+            .get::<ClientAddr>()
+            .and_then(|c| c.0)
+            .is_none_or(|ip| ip.is_loopback()),
+    };
+    if !open {
+        auth::principal(&state.broker, &state.config.auth, request.headers())?;
+    }
+    Ok(next.run(request).await)
+}
+
 /// Checks the token (when auth is on) and the rate limits, and hands the principal on.
 async fn authenticate(
     State(state): State<SharedState>,
     mut request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    let principal = match &state.verifier {
-        None => Principal::anonymous_admin(),
-        Some(verifier) => verifier.principal(request.headers())?,
-    };
+    let principal = auth::principal(&state.broker, &state.config.auth, request.headers())?;
     let ip = request.extensions().get::<ClientAddr>().and_then(|c| c.0);
     state.limiter.request(&principal, ip)?;
     request.extensions_mut().insert(principal);

@@ -11,8 +11,8 @@ use governor::{DefaultKeyedRateLimiter, Quota as GovernorQuota, RateLimiter};
 use mycelium_broker::name::Pattern;
 
 use crate::SetupError;
-use crate::auth::{Principal, Role};
 use crate::error::{ApiError, Kind};
+use mycelium_broker::{Principal, Role};
 
 /// A token bucket: `per_second` sustained, `burst` at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,7 +115,7 @@ impl Limiter {
             return Err(self.refuse("per-IP", not_until.wait_time_from(self.clock.now())));
         }
         if let Some(limiter) = self.per_role.get(&principal.top_role())
-            && let Err(not_until) = limiter.check_key(&principal.subject)
+            && let Err(not_until) = limiter.check_key(&principal.name)
         {
             return Err(self.refuse("per-principal", not_until.wait_time_from(self.clock.now())));
         }

@@ -219,6 +219,23 @@ pub(crate) fn render(broker: &Broker, rate_limited: u64, ready: bool) -> String 
         "HTTP requests refused with 429",
         &BTreeMap::from([(Labels::new(), rate_limited)]),
     );
+    let refusals = broker
+        .refusal_counts()
+        .into_iter()
+        .map(|(door, reason, n)| (labels(&[("door", door.as_str()), ("reason", reason.as_str())]), n))
+        .collect();
+    counter_family(
+        &mut registry,
+        "auth_refusals",
+        "Requests refused by authentication or authorization, by door and reason",
+        &refusals,
+    );
+    counter_family(
+        &mut registry,
+        "audit_dropped",
+        "Audit lines the audit file could not keep up with",
+        &BTreeMap::from([(Labels::new(), broker.audit().dropped())]),
+    );
     registry.register(
         "publish_duration_seconds",
         "Receipt to durable, stored topics",

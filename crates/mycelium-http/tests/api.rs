@@ -8,9 +8,11 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
+use mycelium_auth::{AuthConfig, Authenticator, JwtConfig, JwtKey, Mode, TokenRequest};
+use mycelium_broker::Role;
 use mycelium_broker::spec::{Delivery, StorageKind, TopicSpec};
 use mycelium_broker::{Broker, BrokerConfig, DurableConfig};
-use mycelium_http::{AuthConfig, HttpConfig, JwtConfig, JwtKey, Quota, RateLimits, Role, TokenRequest};
+use mycelium_http::{HttpConfig, Quota, RateLimits};
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
@@ -35,7 +37,18 @@ fn token(roles: &[Role], publish: Option<&[&str]>, consume: Option<&[&str]>) -> 
         publish: publish.map(|p| p.iter().map(|s| (*s).to_owned()).collect()),
         consume: consume.map(|p| p.iter().map(|s| (*s).to_owned()).collect()),
     };
-    mycelium_http::issue(&jwt(), &request).unwrap()
+    mycelium_auth::issue(&jwt(), &request).unwrap()
+}
+
+fn token_as(subject: &str, roles: &[Role], consume: &[&str]) -> String {
+    let request = TokenRequest {
+        subject: subject.into(),
+        roles: roles.to_vec(),
+        ttl: Duration::from_secs(3600),
+        publish: None,
+        consume: Some(consume.iter().map(|s| (*s).to_owned()).collect()),
+    };
+    mycelium_auth::issue(&jwt(), &request).unwrap()
 }
 
 fn admin() -> String {
@@ -79,7 +92,15 @@ fn api_with(limits: RateLimits) -> Api {
     })
     .unwrap();
     let config = HttpConfig {
-        auth: AuthConfig::Jwt(jwt()),
+        auth: Arc::new(
+            Authenticator::new(AuthConfig {
+                mode: Mode::Required,
+                jwt: Some(jwt()),
+                users: Vec::new(),
+                local_admins: false,
+            })
+            .unwrap(),
+        ),
         limits,
         body_limit_bytes: 64 * 1024,
         ..HttpConfig::default()
@@ -185,7 +206,7 @@ async fn the_auth_matrix() {
             publish: None,
             consume: None,
         };
-        mycelium_http::issue(&other, &request).unwrap()
+        mycelium_auth::issue(&other, &request).unwrap()
     };
     let (status, body) = api.publish(&forged, publish.clone()).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
@@ -990,4 +1011,124 @@ async fn filtered_consumers_and_malformed_filters() {
         move || b.close_storage()
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_principals_messages_and_subscriptions_are_out_of_reach() {
+    let api = api();
+    let admin = admin();
+    api.publish(&admin, json!({"topic": "jobs", "payload": "job"}))
+        .await;
+    api.publish(
+        &admin,
+        json!({"topic": "payments", "payload": "pay", "idempotency_key": "pay-1"}),
+    )
+    .await;
+    let a = token_as("a", &[Role::Consumer], &["jobs"]);
+    let b = token_as("b", &[Role::Consumer], &["payments"]);
+    let c = token_as("c", &[Role::Consumer], &["jobs"]);
+    let take = |token: String, topic: &'static str, subscription: &'static str| {
+        let api = &api;
+        async move {
+            let path = format!(
+                "/api/v1/messages/consume/{topic}?subscription={subscription}&start=beginning&max=1&wait_ms=2000"
+            );
+            let (status, body) = api.call(Method::GET, &path, Some(&token), None).await;
+            (status, body)
+        }
+    };
+    let (status, body) = take(a.clone(), "jobs", "a-sub").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let id_a = body["messages"][0]["id"].as_str().unwrap().to_owned();
+    let (status, body) = take(b.clone(), "payments", "b-sub").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let id_b = body["messages"][0]["id"].as_str().unwrap().to_owned();
+
+    // `a` may not settle `b`'s message: the answer is the one for an id never handed out.
+    let unknown = uuid::Uuid::now_v7().to_string();
+    let (status, never) = api
+        .call(
+            Method::POST,
+            &format!("/api/v1/messages/{unknown}/ack"),
+            Some(&a),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    for verb in ["ack", "term", "nack", "in-progress"] {
+        let (status, body) = api
+            .call(
+                Method::POST,
+                &format!("/api/v1/messages/{id_b}/{verb}"),
+                Some(&a),
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{verb}: {body}");
+        assert_eq!(body["detail"], never["detail"], "{verb}: no existence oracle");
+    }
+    // Nor read it by id.
+    let (status, missing) = api
+        .call(
+            Method::GET,
+            &format!("/api/v1/messages/{unknown}"),
+            Some(&a),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, body) = api
+        .call(Method::GET, &format!("/api/v1/messages/{id_b}"), Some(&a), None)
+        .await;
+    assert_eq!(
+        (status, &body["detail"]),
+        (StatusCode::NOT_FOUND, &missing["detail"])
+    );
+    // `c` may consume `jobs`, but not from `a`'s subscription, nor settle what `a` holds.
+    let (status, body) = take(c.clone(), "jobs", "a-sub").await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    let (status, _) = api
+        .call(
+            Method::POST,
+            &format!("/api/v1/messages/{id_a}/ack"),
+            Some(&c),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    // The owners still can: nothing was touched.
+    let (status, _) = api
+        .call(
+            Method::POST,
+            &format!("/api/v1/messages/{id_b}/ack"),
+            Some(&b),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _) = api
+        .call(
+            Method::POST,
+            &format!("/api/v1/messages/{id_a}/ack"),
+            Some(&a),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    // Counted by door and reason.
+    let count = |reason: mycelium_broker::DenyReason| {
+        api.broker
+            .refusal_counts()
+            .into_iter()
+            .find(|(door, r, _)| *door == mycelium_broker::Door::Http && *r == reason)
+            .map_or(0, |(_, _, n)| n)
+    };
+    assert!(
+        count(mycelium_broker::DenyReason::Topic) >= 5,
+        "a's four verdicts and its read"
+    );
+    assert!(
+        count(mycelium_broker::DenyReason::Owner) >= 2,
+        "c's consume and c's ack"
+    );
 }

@@ -121,6 +121,8 @@ error_codes! {
     TooManyConnections = 6,
     /// The server is shutting down.
     ShuttingDown = 7,
+    /// HELLO's credential is missing or does not check out; the connection is closed.
+    NotAuthenticated = 8,
     /// A topic name that breaks the naming rules.
     InvalidTopic = 10,
     /// Publishing to a topic that does not exist while `auto_create_topics` is off.
@@ -139,7 +141,8 @@ error_codes! {
     SlowConsumer = 16,
     /// A PUBLISH without a topic whose payload is not a TLV message with a mapped domain.
     NoRoute = 17,
-    /// The request is not allowed for this principal (reserved for authentication).
+    /// The request is not allowed for this connection's principal (role, topic grants,
+    /// someone else's durable subscription, a dead-letter queue); nothing was done.
     NotPermitted = 18,
     /// A header or property that breaks the rules (unknown property id, bad value).
     InvalidHeaders = 19,

@@ -344,6 +344,7 @@ fn error_codes_are_stable() {
         (ErrorCode::HandshakeTimeout, 5),
         (ErrorCode::TooManyConnections, 6),
         (ErrorCode::ShuttingDown, 7),
+        (ErrorCode::NotAuthenticated, 8),
         (ErrorCode::InvalidTopic, 10),
         (ErrorCode::UnknownTopic, 11),
         (ErrorCode::MessageTooLarge, 12),

@@ -6,14 +6,29 @@
 use std::sync::Arc;
 
 use mycelium_broker::dlq::{DlqEntry, DlqError, DlqFilter, DlqPage, ReplayReport, payload_text};
-use mycelium_broker::{Broker, blocking};
+use mycelium_broker::{Action, Broker, ConnectionInfo, blocking};
 use mycelium_protocol::ErrorCode;
 use mycelium_protocol::admin::{self, AdminRequest};
 
 /// Runs the request in `body`; the answer's JSON, or an error code and text.
-pub(crate) async fn handle(broker: Arc<Broker>, body: Vec<u8>) -> Result<Vec<u8>, (ErrorCode, String)> {
+/// Admin only: the operation is checked (and audited) before anything is read.
+pub(crate) async fn handle(
+    broker: Arc<Broker>,
+    connection: &ConnectionInfo,
+    body: Vec<u8>,
+) -> Result<Vec<u8>, (ErrorCode, String)> {
     let request: AdminRequest = serde_json::from_slice(&body)
         .map_err(|e| (ErrorCode::InvalidRequest, format!("ADMIN request: {e}")))?;
+    let (what, target) = match &request {
+        AdminRequest::DlqList { topic, .. } => ("dlq.list", topic.as_str()),
+        AdminRequest::DlqGet { topic, .. } => ("dlq.get", topic.as_str()),
+        AdminRequest::DlqReplay { topic, .. } => ("dlq.replay", topic.as_str()),
+        AdminRequest::DlqPurge { topic, .. } => ("dlq.purge", topic.as_str()),
+        AdminRequest::Health => ("health", ""),
+    };
+    broker
+        .authorize_connection(connection, Action::Admin { what, target })
+        .map_err(|denied| (ErrorCode::NotPermitted, denied.to_string()))?;
     let json = match request {
         AdminRequest::DlqList {
             topic,

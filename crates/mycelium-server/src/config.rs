@@ -15,7 +15,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::units::{ByteSize, HumanDuration};
 
+mod auth;
 mod ops;
+
+pub use auth::{AuthSection, UserSection};
 
 pub use ops::{
     HealthSection, HttpSection, MetricsSection, QuotaSection, RateLimitSection, TopicQuotaSection,
@@ -36,6 +39,8 @@ pub struct Config {
     pub performance: PerformanceSection,
     /// Where `storage = "disk"` topics keep their logs, and group commit.
     pub storage: StorageSection,
+    /// Who may connect through either door.
+    pub auth: AuthSection,
     /// The HTTP API.
     pub http: HttpSection,
     /// Prometheus metrics.
@@ -400,21 +405,35 @@ impl Config {
                 message: e.to_string().trim_end().to_owned(),
             })
         };
+        let moved = |table: &toml::Table, file: &str| {
+            let problems = moved_keys(table);
+            if problems.is_empty() {
+                Ok(())
+            } else {
+                Err(ConfigError::Invalid {
+                    file: file.to_owned(),
+                    problems,
+                })
+            }
+        };
+        let mut table: toml::Table = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            file: name.clone(),
+            message: e.to_string().trim_end().to_owned(),
+        })?;
+        moved(&table, &name)?;
         let mut config = parse(&text)?;
         let overrides: Vec<(String, String)> = env
             .into_iter()
             .filter(|(k, _)| k.starts_with(ENV_PREFIX) && k.contains("__"))
             .collect();
         if !overrides.is_empty() {
-            let mut table: toml::Table = toml::from_str(&text).map_err(|e| ConfigError::Parse {
-                file: name.clone(),
-                message: e.to_string(),
-            })?;
             for (var, value) in overrides {
                 apply_env(&mut table, &var, &value)?;
             }
+            let file = format!("{name} (with environment overrides)");
+            moved(&table, &file)?;
             config = Config::deserialize(toml::Value::Table(table)).map_err(|e| ConfigError::Parse {
-                file: format!("{name} (with environment overrides)"),
+                file,
                 message: e.to_string().trim_end().to_owned(),
             })?;
         }
@@ -535,6 +554,7 @@ impl Config {
             );
         }
         self.validate_ops(&mut bad);
+        self.validate_auth(&mut bad);
         if self.performance.worker_threads == 0 {
             bad(
                 "performance.worker_threads".into(),
@@ -672,6 +692,23 @@ impl Config {
     }
 }
 
+/// Keys that moved to another section, each a problem naming the new key.
+fn moved_keys(table: &toml::Table) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    for (section, value) in table {
+        let Some(keys) = value.as_table() else { continue };
+        for key in keys.keys() {
+            if let Some(new) = auth::moved_key(section, key) {
+                problems.push(Problem {
+                    key: format!("{section}.{key}"),
+                    reason: format!("moved: set `{new}` instead (one [auth] section serves both doors)"),
+                });
+            }
+        }
+    }
+    problems
+}
+
 fn apply_env(table: &mut toml::Table, var: &str, value: &str) -> Result<(), ConfigError> {
     let path: Vec<String> = var[ENV_PREFIX.len()..]
         .split("__")
@@ -702,9 +739,21 @@ fn apply_env(table: &mut toml::Table, var: &str, value: &str) -> Result<(), Conf
     Ok(())
 }
 
+/// The configuration as TOML with every secret replaced by `<redacted>` (what `config show`
+/// prints).
 impl fmt::Display for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match toml::to_string_pretty(self) {
+        let mut shown = self.clone();
+        let redact = |value: &mut String| {
+            if !value.is_empty() {
+                *value = "<redacted>".into();
+            }
+        };
+        redact(&mut shown.auth.jwt_secret);
+        for user in &mut shown.auth.users {
+            redact(&mut user.token_sha256);
+        }
+        match toml::to_string_pretty(&shown) {
             Ok(text) => f.write_str(&text),
             Err(_) => f.write_str("<configuration>"),
         }

@@ -4,7 +4,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
-use mycelium_broker::{Broker, ConnectionInfo, DurableRequest, Publisher, Verdict};
+use mycelium_broker::{
+    Action, Broker, ConnectionInfo, Denied, DenyReason, Door, DurableRequest, Publisher, Verdict,
+};
 use mycelium_protocol::{
     Decoded, ErrorCode, ErrorFrame, Frame, ProtocolError, PublishOk, StatsSnapshot, SubscribeOptions,
     SubscriptionRef, Welcome, decode, encode,
@@ -24,6 +26,16 @@ pub(crate) struct Settings {
     /// `[performance] inline_flush_bytes` (0: no inline flushes).
     pub(crate) inline_flush_bytes: usize,
     pub(crate) shutdown_timeout: Duration,
+    /// Checks HELLO's credential.
+    pub(crate) auth: Arc<mycelium_auth::Authenticator>,
+}
+
+/// Who connected: the door, the address shown in stats, the peer's uid (Unix socket).
+#[derive(Debug)]
+pub(crate) struct Peer {
+    pub(crate) door: Door,
+    pub(crate) address: String,
+    pub(crate) uid: Option<u32>,
 }
 
 /// Initial size of a connection's read buffer and writer buffer; both grow with traffic.
@@ -76,7 +88,7 @@ impl<W: SocketWrite> mycelium_broker::DirectWrite for Socket<W> {
 pub(crate) async fn serve<R, W>(
     mut read: R,
     write: W,
-    peer: String,
+    peer: Peer,
     broker: Arc<Broker>,
     settings: Arc<Settings>,
     shutdown: CancellationToken,
@@ -84,14 +96,15 @@ pub(crate) async fn serve<R, W>(
     R: AsyncRead + Unpin + Send + 'static,
     W: SocketWrite,
 {
-    let info = broker.connect(peer);
+    let uid = peer.uid;
+    let info = broker.connect_unauthenticated(peer.door, peer.address);
     let write = Arc::new(Socket(write));
     if settings.inline_flush_bytes > 0 {
         let direct = Arc::clone(&write) as Arc<dyn mycelium_broker::DirectWrite>;
         info.outbound.set_direct(direct, settings.inline_flush_bytes);
     }
     let writer = tokio::spawn(write_loop(write, Arc::clone(&info), Arc::clone(&settings)));
-    let stop = read_loop(&mut read, &info, &broker, &settings, &shutdown).await;
+    let stop = read_loop(&mut read, &info, uid, &broker, &settings, &shutdown).await;
     if let Stop::Violation = stop {
         tracing::debug!(connection = info.id, "closing after a protocol violation");
     }
@@ -148,6 +161,7 @@ fn protocol_error(info: &ConnectionInfo, error: &ProtocolError) -> Stop {
 async fn read_loop<R: AsyncRead + Unpin>(
     read: &mut R,
     info: &Arc<ConnectionInfo>,
+    uid: Option<u32>,
     broker: &Arc<Broker>,
     settings: &Settings,
     shutdown: &CancellationToken,
@@ -156,7 +170,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
     // buffer gets a larger one, up to `channel_capacity`.
     let mut read_chunk = INITIAL_BUFFER_BYTES.min(settings.buffer_capacity);
     let mut buf = BytesMut::with_capacity(read_chunk);
-    match handshake(read, &mut buf, info, settings).await {
+    match handshake(read, &mut buf, info, uid, broker, settings).await {
         Ok(()) => {}
         Err(stop) => return stop,
     }
@@ -251,6 +265,8 @@ async fn handshake<R: AsyncRead + Unpin>(
     read: &mut R,
     buf: &mut BytesMut,
     info: &ConnectionInfo,
+    uid: Option<u32>,
+    broker: &Broker,
     settings: &Settings,
 ) -> Result<(), Stop> {
     let deadline = tokio::time::Instant::now() + settings.connection_timeout;
@@ -277,6 +293,18 @@ async fn handshake<R: AsyncRead + Unpin>(
                         ),
                     ));
                 };
+                // The credential is checked before anything else is read from this client.
+                match settings.auth.connection(hello.token, uid) {
+                    Ok(principal) => {
+                        info.authenticate(principal);
+                    }
+                    Err(error) => {
+                        let denied = Denied::new(DenyReason::Unauthenticated, error.to_string());
+                        broker.refused(info.door(), None, "authenticate", "", &denied);
+                        let text = format!("authentication failed: {error}");
+                        return Err(fatal(info, request_id, ErrorCode::NotAuthenticated, &text));
+                    }
+                }
                 info.set_name(hello.client_name);
                 let welcome = Welcome {
                     version,
@@ -402,7 +430,9 @@ fn handle(
                                 )
                                 .map(|_| None)
                         } else {
-                            broker.durable_request(subscribe.pattern, &options).map(Some)
+                            broker
+                                .durable_request(info, subscribe.pattern, &options)
+                                .map(Some)
                         }
                         .map_err(|e| (e.code(), e.to_string()))
                     });
@@ -439,8 +469,17 @@ fn handle(
         Frame::Ping => reply(info, request_id, &Frame::Pong),
         Frame::Pong => {}
         Frame::Stats => {
-            let stats: StatsSnapshot = broker.stats();
-            reply(info, request_id, &Frame::StatsOk(stats));
+            let action = Action::Admin {
+                what: "stats",
+                target: "",
+            };
+            match broker.authorize_connection(info, action) {
+                Ok(()) => {
+                    let stats: StatsSnapshot = broker.stats();
+                    reply(info, request_id, &Frame::StatsOk(stats));
+                }
+                Err(denied) => not_permitted(info, request_id, &denied),
+            }
         }
         Frame::Ack(a) => verdict(info, broker, request_id, Verdict::Ack(a)),
         Frame::Nack(n) => verdict(info, broker, request_id, Verdict::Nack(n)),
@@ -449,7 +488,7 @@ fn handle(
         Frame::Admin(body) => {
             let (info, broker, body) = (Arc::clone(info), Arc::clone(broker), body.to_vec());
             tokio::spawn(async move {
-                match crate::admin::handle(broker, body).await {
+                match crate::admin::handle(broker, &info, body).await {
                     Ok(json) => reply(&info, request_id, &Frame::AdminOk(&json)),
                     Err((code, text)) => send_error(&info, request_id, code, 0, &text),
                 }
@@ -473,6 +512,10 @@ fn handle(
         }
     }
     None
+}
+
+fn not_permitted(info: &ConnectionInfo, request_id: u32, denied: &Denied) {
+    send_error(info, request_id, ErrorCode::NotPermitted, 0, &denied.to_string());
 }
 
 /// ACK-family frames: answered only on error (or with PONG-like silence), as NATS does.

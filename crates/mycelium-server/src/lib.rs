@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::BytesMut;
-use mycelium_broker::Broker;
+use mycelium_broker::{Broker, Door};
 use mycelium_protocol::{ErrorCode, ErrorFrame, Frame, encode};
 use tokio::io::AsyncRead;
 use tokio::net::{TcpListener, UnixListener};
@@ -25,8 +25,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use config::{
-    Config, ConfigError, DomainsSection, ENV_PREFIX, HttpSection, PerformanceSection, Problem, QuotaSection,
-    RateLimitSection, ServerSection, TopicQuotaSection, TopicSection,
+    AuthSection, Config, ConfigError, DomainsSection, ENV_PREFIX, HttpSection, PerformanceSection, Problem,
+    QuotaSection, RateLimitSection, ServerSection, TopicQuotaSection, TopicSection, UserSection,
 };
 
 /// A `[[topics]]` entry named `name` with defaults, adjusted by `adjust` (for tests and tools).
@@ -50,9 +50,20 @@ pub enum ServerError {
     /// A configured topic is invalid.
     #[error("configuration: {0}")]
     Broker(#[from] mycelium_broker::PublishError),
-    /// The HTTP API could not start (key file, address).
+    /// The HTTP API could not start (address, rate limit).
     #[error("http: {0}")]
     Http(#[from] mycelium_http::SetupError),
+    /// A key of `[auth]` cannot be used.
+    #[error("auth: {0}")]
+    Auth(#[from] mycelium_auth::KeyError),
+    /// The audit log cannot be opened.
+    #[error("auth.audit_log {}: {source}", path.display())]
+    Audit {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
     /// The socket path is in use or is not ours to replace.
     #[error("cannot use socket path {}: {reason}", path.display())]
     SocketPathTaken {
@@ -108,20 +119,27 @@ impl Server {
             None => None,
         };
         let tcp_addr = tcp.as_ref().and_then(|l| l.local_addr().ok());
-        let http = match config.http_config()? {
-            Some(http) => {
-                if matches!(http.auth, mycelium_http::AuthConfig::None) && !http.metrics_only {
-                    tracing::warn!(
-                        "HTTP API AUTHENTICATION IS OFF (http.auth = \"none\"): every caller is an admin; \
-                         keep http.listen on loopback or turn auth on"
-                    );
-                }
-                Some(
-                    mycelium_http::bind(Arc::clone(&broker), http)
-                        .await
-                        .map_err(ServerError::Http)?,
-                )
-            }
+        let auth = Arc::new(mycelium_auth::Authenticator::new(config.auth_config()?)?);
+        if auth.mode() == mycelium_auth::Mode::None {
+            tracing::warn!(
+                "AUTHENTICATION IS OFF (auth.mode = \"none\"): every caller of every door is an admin; \
+                 keep the listeners on loopback or set auth.mode = \"required\""
+            );
+        }
+        if !config.auth.audit_log.is_empty() {
+            let path = PathBuf::from(&config.auth.audit_log);
+            let log = mycelium_broker::AuditLog::to_file(&path).map_err(|source| ServerError::Audit {
+                path: path.clone(),
+                source,
+            })?;
+            broker.set_audit(log);
+        }
+        let http = match config.http_config(&auth) {
+            Some(http) => Some(
+                mycelium_http::bind(Arc::clone(&broker), http)
+                    .await
+                    .map_err(ServerError::Http)?,
+            ),
             None => None,
         };
         let http_addr = http.as_ref().and_then(mycelium_http::HttpServer::local_addr);
@@ -151,6 +169,7 @@ impl Server {
             flush_interval: config.performance.flush_interval.0,
             inline_flush_bytes: config.performance.inline_flush_bytes.bytes(),
             shutdown_timeout: config.server.shutdown_timeout.0,
+            auth,
         });
         Ok(Server {
             broker,
@@ -240,10 +259,15 @@ impl Server {
                                 // AF_UNIX sockets default to a ~200 KiB send buffer (TCP autotunes
                                 // to megabytes): give deliveries the same room to batch into.
                                 let _ = socket2::SockRef::from(&stream).set_send_buffer_size(UNIX_SEND_BUFFER_BYTES);
+                                // Who is on the other end, as the kernel says (SO_PEERCRED).
+                                let uid = stream.peer_cred().ok().map(|cred| cred.uid());
                                 // Watched for reading only: the client's reads do not wake us
                                 // (see mycelium-net).
                                 match mycelium_net::split(stream) {
-                                    Ok((read, write)) => accept.spawn(read, write, "unix".to_owned()),
+                                    Ok((read, write)) => {
+                                        let peer = connection::Peer { door: Door::Unix, address: "unix".to_owned(), uid };
+                                        accept.spawn(read, write, peer);
+                                    }
                                     Err(error) => tracing::warn!(%error, "unix connection not registered; dropped"),
                                 }
                             }
@@ -262,7 +286,8 @@ impl Server {
                             Ok((stream, peer)) => {
                                 let _ = stream.set_nodelay(true);
                                 let (read, write) = stream.into_split();
-                                accept.spawn(read, write, format!("tcp:{peer}"));
+                                let peer = connection::Peer { door: Door::Tcp, address: format!("tcp:{peer}"), uid: None };
+                                accept.spawn(read, write, peer);
                             }
                             Err(error) => accept_error(&error).await,
                         },
@@ -309,7 +334,7 @@ struct Accept {
 }
 
 impl Accept {
-    fn spawn<R, W>(&self, read: R, write: W, peer: String)
+    fn spawn<R, W>(&self, read: R, write: W, peer: connection::Peer)
     where
         R: AsyncRead + Unpin + Send + 'static,
         W: connection::SocketWrite,

@@ -238,17 +238,91 @@ fn segment_reserve_zero_fill_and_inline_flush_bytes_are_read_checked_and_reach_t
 #[test]
 fn jwt_cache_tokens_is_read_checked_and_reaches_the_verifier_settings() {
     let defaults = Config::default();
-    assert_eq!(defaults.http.jwt_cache_tokens, 4096);
+    assert_eq!(defaults.auth.jwt_cache_tokens, 4096);
     let file =
-        write("[http]\njwt_secret = \"a test secret of at least thirty-two bytes\"\njwt_cache_tokens = 0\n");
+        write("[auth]\njwt_secret = \"a test secret of at least thirty-two bytes\"\njwt_cache_tokens = 0\n");
     let config = Config::load(Some(file.path()), no_env()).unwrap();
-    assert_eq!(config.jwt_config().unwrap().unwrap().cache_tokens, 0);
-    let file = write("[http]\njwt_cache_tokens = 2000000\n");
+    assert_eq!(config.jwt_config().unwrap().cache_tokens, 0);
+    let file = write("[auth]\njwt_cache_tokens = 2000000\n");
     let error = Config::load(Some(file.path()), no_env()).unwrap_err().to_string();
     assert!(
-        error.contains("http.jwt_cache_tokens: must be at most 1000000 (0 turns the cache off)"),
+        error.contains("auth.jwt_cache_tokens: must be at most 1000000 (0 turns the cache off)"),
         "{error}"
     );
+}
+
+#[test]
+fn the_old_http_auth_keys_are_refused_naming_their_new_place() {
+    let keys = problem_keys(
+        "[http]\nauth = \"none\"\njwt_secret = \"a test secret of at least thirty-two bytes\"\n",
+    );
+    assert_eq!(keys, ["http.auth", "http.jwt_secret"]);
+    let file = write("[http]\njwt_issuer = \"me\"\n");
+    let error = Config::load(Some(file.path()), no_env()).unwrap_err().to_string();
+    assert!(
+        error.contains("http.jwt_issuer: moved: set `auth.jwt_issuer` instead"),
+        "{error}"
+    );
+    // Through the environment too.
+    let env = vec![("MYCELIUM_HTTP__JWT_SECRET".to_owned(), "x".repeat(40))];
+    let error = Config::load(None, env).unwrap_err().to_string();
+    assert!(
+        error.contains("http.jwt_secret: moved: set `auth.jwt_secret`"),
+        "{error}"
+    );
+}
+
+#[test]
+fn auth_settings_and_users_are_checked_each_under_its_key() {
+    let keys = problem_keys(
+        "[auth]\nmode = \"open\"\njwt_algorithm = \"HS512\"\njwt_role_claim = \"\"\nopen_probes = \"sometimes\"\n\
+         [[auth.users]]\nname = \"svc\"\ntoken_sha256 = \"abc\"\nroles = [\"boss\"]\npublish = [\"a..b\"]\n\
+         [[auth.users]]\nname = \"svc\"\nroles = []\n",
+    );
+    assert_eq!(
+        keys,
+        [
+            "auth.mode",
+            "auth.jwt_algorithm",
+            "auth.jwt_role_claim",
+            "auth.open_probes",
+            "auth.users[0].token_sha256",
+            "auth.users[0].roles",
+            "auth.users[0].publish",
+            "auth.users[1].name",
+            "auth.users[1].token_sha256",
+            "auth.users[1].roles",
+        ]
+    );
+    assert_eq!(
+        problem_keys("[auth]\njwt_secret = \"short\"\n"),
+        ["auth.jwt_secret"]
+    );
+    assert_eq!(
+        problem_keys("[auth]\njwt_algorithm = \"RS256\"\n"),
+        ["auth.jwt_public_key"]
+    );
+    // A good user reaches the authenticator's settings.
+    let hash = mycelium_auth::token_hash_hex("myc_token");
+    let file = write(&format!(
+        "[auth]\njwt_secret = \"a test secret of at least thirty-two bytes\"\n\
+         [[auth.users]]\nname = \"adapter\"\ntoken_sha256 = \"{hash}\"\nuid = 1234\nroles = [\"producer\"]\npublish = [\"md.>\"]\n"
+    ));
+    let config = Config::load(Some(file.path()), no_env()).unwrap();
+    let auth = config.auth_config().unwrap();
+    assert_eq!(auth.mode, mycelium_auth::Mode::Required);
+    let user = &auth.users[0];
+    assert_eq!(user.name, "adapter");
+    assert_eq!(user.uid, Some(1234));
+    assert_eq!(user.roles, [mycelium_broker::Role::Producer]);
+    assert_eq!(user.publish.as_ref().unwrap()[0].as_str(), "md.>");
+    assert!(user.consume.is_none());
+    let authenticator = mycelium_auth::Authenticator::new(auth).unwrap();
+    assert_eq!(authenticator.token("myc_token").unwrap().name, "adapter");
+    // `config show` never prints a secret or a token hash.
+    let shown = config.to_string();
+    assert!(!shown.contains("thirty-two") && !shown.contains(&hash), "{shown}");
+    assert!(shown.contains("jwt_secret = \"<redacted>\""), "{shown}");
 }
 
 fn problem_keys(text: &str) -> Vec<String> {
@@ -262,7 +336,7 @@ fn problem_keys(text: &str) -> Vec<String> {
 #[test]
 fn http_settings_are_checked_each_under_its_key() {
     let keys = problem_keys(
-        "[http]\nlisten = \"nowhere\"\njwt_algorithm = \"HS512\"\njwt_role_claim = \"\"\n\
+        "[http]\nlisten = \"nowhere\"\n\
          max_body_size = 100\nheader_timeout = \"0s\"\n\
          [http.rate_limits]\nproducer = { per_second = 0 }\n\
          [[http.rate_limits.topics]]\npattern = \"a..b\"\nper_second = 0\n",
@@ -271,26 +345,12 @@ fn http_settings_are_checked_each_under_its_key() {
         keys,
         [
             "http.listen",
-            "http.jwt_algorithm",
-            "http.jwt_role_claim",
             "http.max_body_size",
             "http.header_timeout",
             "http.rate_limits.producer.per_second",
             "http.rate_limits.topics[0].pattern",
             "http.rate_limits.topics[0].per_second",
         ]
-    );
-    assert_eq!(
-        problem_keys("[http]\nauth = \"basic\"\njwt_secret = \"short\"\n"),
-        ["http.auth"]
-    );
-    assert_eq!(
-        problem_keys("[http]\njwt_secret = \"short\"\n"),
-        ["http.jwt_secret"]
-    );
-    assert_eq!(
-        problem_keys("[http]\njwt_algorithm = \"RS256\"\n"),
-        ["http.jwt_public_key"]
     );
     assert_eq!(
         problem_keys("[http]\nlisten = \"\"\nunix_socket = \"\"\n"),
@@ -301,30 +361,35 @@ fn http_settings_are_checked_each_under_its_key() {
 #[test]
 fn http_config_carries_keys_limits_and_timeouts() {
     let file = write(
-        "[http]\nlisten = \"127.0.0.1:7421\"\nunix_socket = \"/tmp/m-http.sock\"\njwt_algorithm = \"ES256\"\n\
-         jwt_public_key = \"/keys/pub.pem\"\njwt_issuer = \"issuer\"\nrequest_timeout = \"7s\"\n\
+        "[auth]\njwt_algorithm = \"ES256\"\njwt_public_key = \"/keys/pub.pem\"\njwt_issuer = \"issuer\"\n\
+         open_probes = \"never\"\n\
+         [http]\nlisten = \"127.0.0.1:7421\"\nunix_socket = \"/tmp/m-http.sock\"\nrequest_timeout = \"7s\"\n\
          [http.rate_limits]\nconsumer = { per_second = 5, burst = 9 }\nper_ip = { per_second = 3 }\n\
          [[http.rate_limits.topics]]\npattern = \"orders.>\"\nper_second = 4\n",
     );
     let config = Config::load(Some(file.path()), no_env()).unwrap();
-    let http = config.http_config().unwrap().unwrap();
+    let auth = std::sync::Arc::new(mycelium_auth::Authenticator::none());
+    let http = config.http_config(&auth).unwrap();
     assert_eq!(http.listen, Some("127.0.0.1:7421".parse().unwrap()));
     assert_eq!(
         http.unix_socket.as_deref(),
         Some(std::path::Path::new("/tmp/m-http.sock"))
     );
     assert_eq!(http.request_timeout, Duration::from_secs(7));
-    let mycelium_http::AuthConfig::Jwt(jwt) = &http.auth else {
-        panic!("{:?}", http.auth)
-    };
+    assert_eq!(http.open_probes, mycelium_http::OpenProbes::Never);
     assert!(
-        matches!(&jwt.key, mycelium_http::JwtKey::Es256 { public_key, private_key: None }
+        std::sync::Arc::ptr_eq(&http.auth, &auth),
+        "both doors share one authenticator"
+    );
+    let jwt = config.jwt_config().unwrap();
+    assert!(
+        matches!(&jwt.key, mycelium_auth::JwtKey::Es256 { public_key, private_key: None }
             if public_key == std::path::Path::new("/keys/pub.pem")),
         "{:?}",
         jwt.key
     );
     assert_eq!(jwt.issuer.as_deref(), Some("issuer"));
-    let consumer = http.limits.per_role[&mycelium_http::Role::Consumer];
+    let consumer = http.limits.per_role[&mycelium_broker::Role::Consumer];
     assert_eq!((consumer.per_second, consumer.burst), (5, 9));
     let per_ip = http.limits.per_ip.unwrap();
     assert_eq!(
@@ -334,15 +399,12 @@ fn http_config_carries_keys_limits_and_timeouts() {
     );
     assert_eq!(http.limits.per_topic[0].0, "orders.>");
 
-    let off = write("[http]\nauth = \"none\"\n");
+    let off = write("[auth]\nmode = \"none\"\n");
     let config = Config::load(Some(off.path()), no_env()).unwrap();
-    assert!(matches!(
-        config.http_config().unwrap().unwrap().auth,
-        mycelium_http::AuthConfig::None
-    ));
+    assert_eq!(config.auth_config().unwrap().mode, mycelium_auth::Mode::None);
     let metrics_only = write("[http]\nenabled = false\n[metrics]\nlisten = \"127.0.0.1:9464\"\n");
     let config = Config::load(Some(metrics_only.path()), no_env()).unwrap();
-    let http = config.http_config().unwrap().unwrap();
+    let http = config.http_config(&auth).unwrap();
     assert!(http.metrics_only);
     assert_eq!(http.listen, Some("127.0.0.1:9464".parse().unwrap()));
 }
@@ -354,8 +416,8 @@ fn the_generated_jwt_secret_is_private_kept_and_refused_when_others_could_read_o
     let data = dir.path().join("data");
     let file = write(&format!("[storage]\ndata_dir = \"{}\"\n", data.display()));
     let config = Config::load(Some(file.path()), no_env()).unwrap();
-    let secret = |config: &Config| match config.jwt_config().unwrap().unwrap().key {
-        mycelium_http::JwtKey::Hs256(secret) => secret,
+    let secret = |config: &Config| match config.jwt_config().unwrap().key {
+        mycelium_auth::JwtKey::Hs256(secret) => secret,
         other => panic!("{other:?}"),
     };
     let first = secret(&config);

@@ -49,7 +49,8 @@ async fn publish_subscribe_over_unix_and_tcp() {
     let server = TestServer::start().await;
     let mut sub = Raw::hello(&server).await;
     let id = subscribe(&mut sub, 7, "a.*").await;
-    // A publisher over TCP reaches a subscriber over the Unix socket.
+    // A publisher over TCP (with a credential: TCP needs one) reaches a subscriber over the
+    // Unix socket.
     let tcp = tokio::net::TcpStream::connect(server.tcp_addr()).await.unwrap();
     let (mut r, mut w) = tcp.into_split();
     let mut buf = bytes::BytesMut::new();
@@ -60,7 +61,7 @@ async fn publish_subscribe_over_unix_and_tcp() {
             version_min: 1,
             version_max: 1,
             client_name: "t",
-            token: b"",
+            token: mycelium_test_support::TEST_TOKEN.as_bytes(),
         }),
     )
     .unwrap();

@@ -13,7 +13,7 @@ mod spawned;
 
 use std::path::{Path, PathBuf};
 
-pub use server::TestServer;
+pub use server::{TEST_TOKEN, TestServer};
 pub use spawned::Spawned;
 
 /// The workspace root (the directory holding the top-level `Cargo.toml`).

@@ -24,6 +24,10 @@ pub struct TestServer {
     _dir: Option<tempfile::TempDir>,
 }
 
+/// The token of the admin user every test server knows (`test-admin`): what a test sends in
+/// HELLO over TCP, where a credential is required.
+pub const TEST_TOKEN: &str = "myc_test-support-admin-token";
+
 impl TestServer {
     /// A broker with defaults, on a socket in a temporary directory and TCP port 0.
     ///
@@ -60,6 +64,12 @@ impl TestServer {
         config.server.socket_path = socket.display().to_string();
         config.server.tcp = String::new();
         config.server.shutdown_timeout = HumanDuration(Duration::from_secs(2));
+        config.auth.users.push(mycelium_server::UserSection {
+            name: "test-admin".into(),
+            token_sha256: mycelium_auth::token_hash_hex(TEST_TOKEN),
+            roles: vec!["admin".into()],
+            ..mycelium_server::UserSection::default()
+        });
         adjust(&mut config);
         let server = Server::bind(config).await.expect("the test server starts");
         let http = server.http_addr();

@@ -42,13 +42,17 @@ impl Broker {
     /// the request [`Broker::subscribe_durable`] carries out.
     ///
     /// # Errors
-    /// `Unsupported` when the topic is not a disk topic, no durable name is given or no storage
-    /// is configured; `InvalidGroup` for a bad durable name; a filter that does not parse.
+    /// `Denied` when the connection's principal may not subscribe to `pattern`; `Unsupported`
+    /// when the topic is not a disk topic, no durable name is given or no storage is configured;
+    /// `InvalidGroup` for a bad durable name; a filter that does not parse.
     pub fn durable_request(
         &self,
+        connection: &ConnectionInfo,
         pattern: &str,
         options: &mycelium_protocol::SubscribeOptions<'_>,
     ) -> Result<DurableRequest, SubscribeError> {
+        let asked = crate::routing::name::Pattern::parse(pattern)?;
+        self.authorize_connection(connection, super::Action::Subscribe(&asked))?;
         if let Some(filter) = options.filter {
             crate::routing::filter::Filter::parse(filter)?;
         }
@@ -68,10 +72,9 @@ impl Broker {
         if self.durable().is_none() {
             return Err(SubscribeError::Unsupported("no storage configured".into()));
         }
-        Ok(DurableRequest {
-            topic,
-            open: OpenRequest::new(name, options, self.config.durable.read_ahead),
-        })
+        let mut open = OpenRequest::new(name, options, self.config.durable.read_ahead);
+        open.owner = connection.principal().map(|p| p.name.clone());
+        Ok(DurableRequest { topic, open })
     }
 
     /// Adds a consumer to a durable subscription (created at the request's start position if
@@ -79,7 +82,8 @@ impl Broker {
     /// writes the subscription's state file off the async workers; opens wait for each other.
     ///
     /// # Errors
-    /// `Closing`; `Unsupported` when the subscription's state cannot be opened.
+    /// `Closing`; `Unsupported` when the subscription's state cannot be opened; `Denied` when
+    /// it belongs to another principal.
     pub async fn subscribe_durable(
         self: &Arc<Self>,
         connection: &ConnectionInfo,
@@ -117,6 +121,15 @@ impl Broker {
             }
         };
         drop(opening);
+        // Someone else's subscription: refused, the same whether or not it has consumers.
+        self.authorize_connection(
+            connection,
+            super::Action::Durable {
+                topic: sub.topic.name(),
+                name: &sub.name,
+                owner: sub.owner.as_deref(),
+            },
+        )?;
         connection.outbound.append_control(|buf| {
             let ok = mycelium_protocol::Frame::SubscribeOk(mycelium_protocol::SubscriptionRef {
                 subscription_id: id,

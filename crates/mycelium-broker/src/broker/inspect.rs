@@ -126,6 +126,15 @@ impl Broker {
         })
     }
 
+    /// The principal that owns the open durable subscription `name` of `topic` (`None`: not
+    /// open, or recorded without an owner).
+    pub fn durable_owner(&self, topic: &str, name: &str) -> Option<String> {
+        self.durable_subs
+            .lock()
+            .get(&(topic.to_owned(), name.to_owned()))
+            .and_then(|sub| sub.owner.clone())
+    }
+
     /// Whether `topic` has durable subscriptions (open, or persisted by an earlier run).
     pub fn has_durable_subscriptions(&self, topic: &str) -> bool {
         self.durable_floor(topic).is_some()

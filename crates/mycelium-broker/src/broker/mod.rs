@@ -1,14 +1,17 @@
 //! The broker facade: it owns the registries (topics, subscriptions, connections, durable
 //! subscriptions, DLQ marks) and ties the layers together. `publish.rs` is the hot path,
 //! `durable.rs` durable subscriptions and the store's callbacks, `dlq.rs` the DLQ operations,
-//! [`inspect`] and [`health`] what tools and probes read.
+//! [`inspect`] and [`health`] what tools and probes read, `access.rs` the authorization check
+//! both doors call, its refusal counters and the audit log.
 
+mod access;
 mod dlq;
 mod durable;
 pub mod health;
 pub mod inspect;
 mod publish;
 
+pub use access::{Action, AuditLog};
 pub use durable::DurableRequest;
 pub use publish::{LocalMessage, Published, Publisher};
 
@@ -22,6 +25,7 @@ use mycelium_protocol::{ConnectionStats, StatsSnapshot, SubscriptionStats, Topic
 use parking_lot::{Mutex, RwLock};
 
 use crate::consumer::DurableSub;
+use crate::routing::access::{Door, Principal};
 use crate::routing::error::{PublishError, SubscribeError};
 use crate::routing::name::{GROUP_NAME_BYTES_MAX, Pattern, is_member_name, validate_topic};
 use crate::routing::outbound::Outbound;
@@ -82,9 +86,30 @@ pub struct ConnectionInfo {
     pub outbound: Arc<Outbound>,
     pub(crate) published: AtomicU64,
     subscriptions: AtomicU32,
+    /// The door it came through.
+    door: Door,
+    /// Who it is: set once, when it authenticates (in-process connections are admins from
+    /// the start); until then every check refuses it.
+    principal: std::sync::OnceLock<Principal>,
 }
 
 impl ConnectionInfo {
+    /// The door it came through.
+    pub fn door(&self) -> Door {
+        self.door
+    }
+
+    /// Who it is, once authenticated.
+    pub fn principal(&self) -> Option<&Principal> {
+        self.principal.get()
+    }
+
+    /// Records who it is (the door checked the credential). Returns false, changing nothing,
+    /// when it was already set.
+    pub fn authenticate(&self, principal: Principal) -> bool {
+        self.principal.set(principal).is_ok()
+    }
+
     /// Sets the client's name (from HELLO).
     pub fn set_name(&self, name: &str) {
         *self.name.lock() = name.to_owned();
@@ -126,6 +151,10 @@ pub struct Broker {
     runtime: Option<tokio::runtime::Handle>,
     /// This broker, for tasks it starts.
     me: std::sync::Weak<Broker>,
+    /// Refusals by door and reason.
+    refusals: access::Refusals,
+    /// Where audit lines go (the log only until one is set).
+    audit: std::sync::OnceLock<AuditLog>,
 }
 
 impl Broker {
@@ -170,6 +199,8 @@ impl Broker {
             stored_routers: durable::StoredRouters::default(),
             runtime: tokio::runtime::Handle::try_current().ok(),
             me: me.clone(),
+            refusals: access::Refusals::default(),
+            audit: std::sync::OnceLock::new(),
         });
         if needs_storage {
             let store = DurableStore::start(
@@ -245,8 +276,16 @@ impl Broker {
         self.next_batch.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Registers a new connection.
+    /// Registers a connection made inside the process (tests, tools): an admin from the start.
     pub fn connect(&self, peer: String) -> Arc<ConnectionInfo> {
+        let info = self.connect_unauthenticated(Door::Unix, peer);
+        info.authenticate(Principal::admin("internal"));
+        info
+    }
+
+    /// Registers a connection that came through `door`; it may do nothing until
+    /// [`ConnectionInfo::authenticate`] says who it is.
+    pub fn connect_unauthenticated(&self, door: Door, peer: String) -> Arc<ConnectionInfo> {
         let id = self.next_connection.fetch_add(1, Ordering::Relaxed);
         let info = Arc::new(ConnectionInfo {
             id,
@@ -255,6 +294,8 @@ impl Broker {
             outbound: Outbound::new(id),
             published: AtomicU64::new(0),
             subscriptions: AtomicU32::new(0),
+            door,
+            principal: std::sync::OnceLock::new(),
         });
         self.connections.write().insert(id, Arc::clone(&info));
         info
@@ -404,6 +445,7 @@ impl Broker {
         before_routable: impl FnOnce(),
     ) -> Result<Arc<Subscription>, SubscribeError> {
         let pattern = Pattern::parse(pattern)?;
+        self.authorize_connection(connection, Action::Subscribe(&pattern))?;
         if let Some(group) = group
             && !is_member_name(group, GROUP_NAME_BYTES_MAX)
         {

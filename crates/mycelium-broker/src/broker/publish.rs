@@ -135,6 +135,11 @@ impl Publisher {
         {
             return Ok(Arc::clone(topic));
         }
+        // Checked before the topic is looked up or created: a refusal says nothing of whether
+        // it exists. The cached topic stands for the check until the topic changes.
+        if let Some(connection) = &self.connection {
+            broker.authorize_connection(connection, crate::broker::Action::Publish(name))?;
+        }
         let topic = broker.topic_or_create(name)?;
         self.last_topic = Some(Arc::clone(&topic));
         Ok(topic)

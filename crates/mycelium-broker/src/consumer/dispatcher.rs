@@ -87,6 +87,8 @@ pub(crate) struct OpenRequest {
     pub(crate) filter: Option<String>,
     /// Where a new subscription starts.
     pub(crate) start: StartPosition,
+    /// Who asks: the owner of a subscription this creates (or of one recorded without owner).
+    pub(crate) owner: Option<String>,
 }
 
 impl OpenRequest {
@@ -97,6 +99,7 @@ impl OpenRequest {
             policy: policy_of(options, read_ahead),
             filter: options.filter.map(str::to_owned),
             start: options.start.unwrap_or_default(),
+            owner: None,
         }
     }
 }
@@ -106,6 +109,9 @@ impl OpenRequest {
 pub(crate) struct DurableSub {
     pub(crate) topic: TopicRef,
     pub(crate) name: String,
+    /// The principal that created it (`None`: made by the broker itself, or before owners were
+    /// recorded and not opened since).
+    pub(crate) owner: Option<String>,
     pub(crate) state: Mutex<SubscriptionState>,
     pub(crate) consumers: Mutex<Vec<Consumer>>,
     pub(crate) wake: Notify,
@@ -178,6 +184,7 @@ impl DurableSub {
             policy,
             filter: asked_filter,
             start,
+            owner: asked_owner,
         } = request;
         let name = name.as_str();
         let state_file =
@@ -219,6 +226,8 @@ impl DurableSub {
                 });
             }
         };
+        // A subscription recorded without an owner is claimed by the first principal to open it.
+        let owner = persisted.as_ref().and_then(|s| s.owner.clone()).or(asked_owner);
         let state = match persisted {
             Some(snapshot) => {
                 tracing::info!(
@@ -244,6 +253,7 @@ impl DurableSub {
         let sub = Arc::new(DurableSub {
             topic,
             name: name.to_owned(),
+            owner,
             state: Mutex::new(state),
             consumers: Mutex::new(Vec::new()),
             wake: Notify::new(),
@@ -299,6 +309,7 @@ impl DurableSub {
         };
         let snapshot = Snapshot {
             filter: self.filter.as_ref().map(|f| f.text().to_owned()),
+            owner: self.owner.clone(),
             ..snapshot.clone()
         };
         let bytes = serde_json::to_vec(&snapshot).map_err(|e| io(std::io::Error::other(e)))?;

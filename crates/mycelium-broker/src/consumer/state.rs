@@ -163,6 +163,9 @@ pub struct Snapshot {
     /// The subscription's filter, if it has one (kept with its position).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub filter: Option<String>,
+    /// The principal that owns the subscription.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -269,6 +272,7 @@ impl SubscriptionState {
             finished: self.finished.iter().copied().collect(),
             attempts,
             filter: None,
+            owner: None,
         }
     }
 

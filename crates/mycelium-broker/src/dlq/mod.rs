@@ -288,10 +288,11 @@ impl Marks {
 
 /// The DLQ topic for `topic` (`orders` and `orders.dlq` both name `orders.dlq`).
 pub fn dlq_topic(topic: &str) -> String {
-    if topic.ends_with(".dlq") {
+    use crate::routing::name::{DEAD_LETTER_SUFFIX, is_dead_letter_topic};
+    if is_dead_letter_topic(topic) {
         topic.to_owned()
     } else {
-        format!("{topic}.dlq")
+        format!("{topic}{DEAD_LETTER_SUFFIX}")
     }
 }
 

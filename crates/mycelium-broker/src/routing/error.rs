@@ -42,6 +42,9 @@ pub enum PublishError {
     /// A durable topic whose storage cannot take messages.
     #[error("storage unavailable: {0}")]
     StorageUnavailable(String),
+    /// The principal may not publish there.
+    #[error(transparent)]
+    Denied(#[from] crate::routing::access::Denied),
 }
 
 impl PublishError {
@@ -55,6 +58,7 @@ impl PublishError {
             PublishError::NoRoute(_) => ErrorCode::NoRoute,
             PublishError::Unsupported(_) => ErrorCode::InvalidHeaders,
             PublishError::StorageUnavailable(_) => ErrorCode::StorageFailed,
+            PublishError::Denied(_) => ErrorCode::NotPermitted,
         }
     }
 
@@ -86,6 +90,9 @@ pub enum SubscribeError {
     /// The connection is closing.
     #[error("connection is closing")]
     Closing,
+    /// The principal may not subscribe there (or use that durable subscription).
+    #[error(transparent)]
+    Denied(#[from] crate::routing::access::Denied),
 }
 
 impl SubscribeError {
@@ -96,6 +103,7 @@ impl SubscribeError {
             SubscribeError::Unsupported(_) => ErrorCode::InvalidHeaders,
             SubscribeError::InvalidFilter(_) => ErrorCode::InvalidFilter,
             SubscribeError::Closing => ErrorCode::ShuttingDown,
+            SubscribeError::Denied(_) => ErrorCode::NotPermitted,
         }
     }
 }

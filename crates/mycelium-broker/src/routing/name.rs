@@ -144,6 +144,14 @@ enum Token {
     Tail,
 }
 
+/// The last token of a dead-letter queue's topic: `jobs` dead-letters into `jobs.dlq`.
+pub const DEAD_LETTER_SUFFIX: &str = ".dlq";
+
+/// Whether `name` (a topic, or a pattern) names a dead-letter queue.
+pub fn is_dead_letter_topic(name: &str) -> bool {
+    name.ends_with(DEAD_LETTER_SUFFIX)
+}
+
 /// A parsed subscription pattern.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pattern {
@@ -210,6 +218,27 @@ impl Pattern {
     }
 }
 
+impl Pattern {
+    /// Whether every topic `other` matches is matched by `self` (`a.>` covers `a.*.c` and
+    /// `a.b`; `a.*` does not cover `a.>`): what a grant must do for a subscription it allows.
+    pub fn covers(&self, other: &Pattern) -> bool {
+        let mut asked = other.tokens.iter();
+        for token in &self.tokens {
+            let next = asked.next();
+            match (token, next) {
+                // `>` takes one or more tokens, and `other` has at least one here.
+                (Token::Tail, Some(_)) => return true,
+                (_, None) => return false,
+                (Token::One, Some(Token::Literal(_) | Token::One)) => {}
+                (Token::One, Some(Token::Tail)) => return false,
+                (Token::Literal(mine), Some(Token::Literal(theirs))) if mine == theirs => {}
+                (Token::Literal(_), Some(_)) => return false,
+            }
+        }
+        asked.next().is_none()
+    }
+}
+
 impl fmt::Display for Pattern {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.raw)
@@ -244,5 +273,41 @@ mod tests {
         fn the_fast_path_agrees_with_the_rules(name in "[a-c0-9_.*>é -]{0,12}|[a.]{250,260}|a{250,260}|(a\\.){30,34}a") {
             prop_assert_eq!(is_plain_topic(name.as_bytes()), by_rules(&name), "{:?}", name);
         }
+
+        /// A grant that covers a pattern matches every topic the pattern matches.
+        #[test]
+        fn a_covering_grant_matches_what_the_pattern_matches(
+            grant in "[ab*](\\.[ab*]){0,3}(\\.>)?",
+            asked in "[ab*](\\.[ab*]){0,3}(\\.>)?",
+            topic in "[ab](\\.[ab]){0,5}",
+        ) {
+            let (grant, asked) = (Pattern::parse(&grant).unwrap(), Pattern::parse(&asked).unwrap());
+            if grant.covers(&asked) && asked.matches(&topic) {
+                prop_assert!(grant.matches(&topic), "{} covers {} but not {}", grant, asked, topic);
+            }
+        }
+    }
+
+    #[test]
+    fn covers_follows_the_wildcards() {
+        let covers = |grant: &str, asked: &str| {
+            Pattern::parse(grant)
+                .unwrap()
+                .covers(&Pattern::parse(asked).unwrap())
+        };
+        assert!(covers("a.>", "a.b"));
+        assert!(covers("a.>", "a.*.c"));
+        assert!(covers("a.>", "a.>"));
+        assert!(covers(">", "a.>"));
+        assert!(covers("a.*", "a.b"));
+        assert!(covers("a.*", "a.*"));
+        assert!(covers("a.b", "a.b"));
+        assert!(!covers("a.*", "a.>"), "`>` reaches deeper than `*`");
+        assert!(!covers("a.b", "a.*"));
+        assert!(!covers("a.>", "a"), "`>` needs one more token");
+        assert!(!covers("a.>", ">"));
+        assert!(!covers("a.b", "a.b.c"));
+        assert!(!covers("a.b.c", "a.b"));
+        assert!(!covers("orders.>", "payments.>"));
     }
 }

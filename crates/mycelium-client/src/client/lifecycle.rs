@@ -48,7 +48,11 @@ impl Shared {
                 version_min: PROTOCOL_VERSION_MIN,
                 version_max: PROTOCOL_VERSION,
                 client_name: &self.options.name,
-                token: &[],
+                token: self
+                    .options
+                    .token
+                    .as_ref()
+                    .map_or(&[][..], |t| t.expose().as_bytes()),
             };
             encode(&mut buf, 0, &Frame::Hello(hello)).map_err(std::io::Error::other)?;
             writer.write_all(&buf).await?;

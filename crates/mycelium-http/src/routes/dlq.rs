@@ -8,9 +8,10 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::{PayloadFields, rfc3339};
 use crate::SharedState;
-use crate::auth::{Principal, Role};
+use crate::auth::Allow;
 use crate::error::{ApiError, ApiResult, FieldError, Problem};
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
+use mycelium_broker::Principal;
 
 /// Which dead letters (every field optional).
 #[derive(Debug, Clone, Default, Deserialize, IntoParams, ToSchema)]
@@ -130,7 +131,7 @@ pub(crate) async fn list(
     ApiPath(topic): ApiPath<String>,
     ApiQuery(query): ApiQuery<DlqQuery>,
 ) -> ApiResult<axum::Json<DlqPageView>> {
-    principal.require(Role::Admin)?;
+    principal.admin(&state.broker, "dlq.list", &topic)?;
     let limit = query.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::invalid(vec![FieldError {
@@ -176,7 +177,7 @@ pub(crate) async fn get_entry(
     Extension(principal): Extension<Principal>,
     ApiPath((topic, sequence)): ApiPath<(String, u64)>,
 ) -> ApiResult<axum::Json<DeadLetterView>> {
-    principal.require(Role::Admin)?;
+    principal.admin(&state.broker, "dlq.get", &topic)?;
     let entry = state.broker.dlq_get(&topic, sequence)?;
     Ok(axum::Json(entry.into()))
 }
@@ -266,7 +267,7 @@ pub(crate) async fn replay(
     ApiPath(topic): ApiPath<String>,
     ApiJson(selection): ApiJson<DlqSelection>,
 ) -> ApiResult<axum::Json<ReplayView>> {
-    principal.require(Role::Admin)?;
+    principal.admin(&state.broker, "dlq.replay", &topic)?;
     let filter = selection.filter()?;
     if let Some(target) = &selection.target
         && let Err(e) = mycelium_broker::name::validate_topic(target)
@@ -327,7 +328,7 @@ pub(crate) async fn purge(
     ApiPath(topic): ApiPath<String>,
     ApiJson(selection): ApiJson<DlqSelection>,
 ) -> ApiResult<axum::Json<PurgeView>> {
-    principal.require(Role::Admin)?;
+    principal.admin(&state.broker, "dlq.purge", &topic)?;
     let filter = if selection.all
         && selection.sequences.is_empty()
         && selection.reason.is_none()

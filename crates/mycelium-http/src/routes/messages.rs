@@ -15,10 +15,12 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::{At, CONTENT_TYPE, PayloadFields, check_topic, parse_id, rfc3339, show_headers};
 use crate::SharedState;
-use crate::auth::Principal;
+use crate::auth::Allow;
 use crate::consume::{Delivered, HttpVerdict};
 use crate::error::{ApiError, ApiResult, FieldError, Problem};
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
+use mycelium_broker::Action;
+use mycelium_broker::Principal;
 
 /// One message to publish.
 #[derive(Debug, Clone, Deserialize, ToSchema)]
@@ -280,7 +282,7 @@ pub(crate) async fn publish(
     }
     let mut per_topic: BTreeMap<&str, u32> = BTreeMap::new();
     for message in &locals {
-        principal.may_publish(&message.topic)?;
+        principal.allow(&state.broker, Action::Publish(&message.topic))?;
         *per_topic.entry(&message.topic).or_default() += 1;
     }
     for (topic, count) in per_topic {
@@ -406,7 +408,7 @@ pub(crate) async fn consume(
     ApiPath(topic): ApiPath<String>,
     ApiQuery(query): ApiQuery<ConsumeQuery>,
 ) -> ApiResult<axum::Json<ConsumeResponse>> {
-    principal.may_consume(&topic)?;
+    principal.allow(&state.broker, Action::Consume(&topic))?;
     let mut errors = Vec::new();
     let max = query.max.unwrap_or(10);
     if !(1..=1000).contains(&max) {
@@ -459,7 +461,7 @@ pub(crate) async fn consume(
     };
     let consumer = state
         .consumers
-        .get_or_create(&state.broker, &topic, &query.subscription, &options)
+        .get_or_create(&state.broker, &principal, &topic, &query.subscription, &options)
         .await?;
     let cap = state
         .config
@@ -521,8 +523,12 @@ pub(crate) async fn get_message(
     let id = parse_id(&id)?;
     let broker = std::sync::Arc::clone(&state.broker);
     let found = mycelium_broker::blocking(move || broker.find_message(&id)).await;
-    let (topic, message) = found.ok_or_else(|| ApiError::not_found("no stored message with this id"))?;
-    principal.may_consume(&topic)?;
+    // A message the caller may not read gets the answer of one that does not exist.
+    let missing = || ApiError::not_found("no stored message with this id that you may read");
+    let (topic, message) = found.ok_or_else(missing)?;
+    principal
+        .allow(&state.broker, Action::Consume(&topic))
+        .map_err(|_| missing())?;
     let (headers, content_type) = show_headers(HeaderIter::new(&message.headers).map_while(Result::ok));
     Ok(axum::Json(StoredView {
         id: uuid::Uuid::from_bytes(message.id).to_string(),
@@ -558,9 +564,12 @@ async fn verdict(
     id: &str,
     verdict: HttpVerdict,
 ) -> ApiResult<StatusCode> {
-    principal.require(crate::auth::Role::Consumer)?;
+    principal.require(mycelium_broker::Role::Consumer)?;
     let id = parse_id(id)?;
-    state.consumers.verdict(&state.broker, &id, verdict).await?;
+    state
+        .consumers
+        .verdict(&state.broker, principal, &id, verdict)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -9,9 +9,10 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::SharedState;
-use crate::auth::{Principal, Role};
+use crate::auth::Allow;
 use crate::error::{ApiError, ApiResult, FieldError, Kind, Problem};
 use crate::extract::{ApiJson, ApiPath};
+use mycelium_broker::Principal;
 
 /// `POST /subscriptions`.
 #[derive(Debug, Clone, Deserialize, ToSchema)]
@@ -131,7 +132,7 @@ pub(crate) async fn create(
     Extension(principal): Extension<Principal>,
     ApiJson(request): ApiJson<CreateSubscription>,
 ) -> ApiResult<(StatusCode, axum::Json<SubscriptionView>)> {
-    principal.require(Role::Admin)?;
+    principal.admin(&state.broker, "subscriptions.create", &request.topic)?;
     let mut errors = Vec::new();
     let start = start_of(request.start.as_deref(), &mut errors);
     if request.ack_wait_ms == Some(0) {
@@ -172,7 +173,7 @@ pub(crate) async fn create(
     };
     state
         .consumers
-        .get_or_create(&state.broker, &request.topic, &request.name, &options)
+        .get_or_create(&state.broker, &principal, &request.topic, &request.name, &options)
         .await?;
     let view = durable_view(&state, &request.topic, &request.name)
         .await
@@ -197,7 +198,7 @@ pub(crate) async fn list(
     State(state): State<SharedState>,
     Extension(principal): Extension<Principal>,
 ) -> ApiResult<axum::Json<SubscriptionList>> {
-    principal.require(Role::Admin)?;
+    principal.admin(&state.broker, "subscriptions.list", "")?;
     let broker = std::sync::Arc::clone(&state.broker);
     let subs = mycelium_broker::blocking(move || broker.durable_subscriptions()).await;
     Ok(axum::Json(SubscriptionList {
@@ -225,7 +226,7 @@ pub(crate) async fn get_subscription(
     Extension(principal): Extension<Principal>,
     ApiPath((topic, name)): ApiPath<(String, String)>,
 ) -> ApiResult<axum::Json<SubscriptionView>> {
-    principal.require(Role::Admin)?;
+    principal.admin(&state.broker, "subscriptions.get", &topic)?;
     durable_view(&state, &topic, &name)
         .await
         .map(|d| axum::Json(d.into()))
@@ -252,7 +253,7 @@ pub(crate) async fn delete(
     Extension(principal): Extension<Principal>,
     ApiPath((topic, name)): ApiPath<(String, String)>,
 ) -> ApiResult<StatusCode> {
-    principal.require(Role::Admin)?;
+    principal.admin(&state.broker, "subscriptions.delete", &topic)?;
     state.consumers.forget(&state.broker, &topic, &name);
     let broker = std::sync::Arc::clone(&state.broker);
     let (t, n) = (topic.clone(), name.clone());

@@ -18,9 +18,10 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::check_topic;
 use crate::SharedState;
-use crate::auth::{Principal, Role};
+use crate::auth::Allow;
 use crate::error::{ApiError, ApiResult, FieldError, Kind, Problem};
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
+use mycelium_broker::Principal;
 
 /// A topic's settings, as given when creating or replacing it. Every field is optional; the
 /// defaults are those of `[[topics]]` in the configuration.
@@ -261,7 +262,7 @@ pub(crate) async fn create(
     Extension(principal): Extension<Principal>,
     ApiJson(request): ApiJson<CreateTopic>,
 ) -> ApiResult<(StatusCode, axum::Json<TopicView>)> {
-    principal.require(Role::Admin)?;
+    principal.admin(&state.broker, "topics.create", &request.name)?;
     let mut errors = Vec::new();
     check_topic(&request.name, || "name".into(), &mut errors);
     let spec = request.settings.spec(&state.broker.config().spec_limits);
@@ -333,7 +334,7 @@ pub(crate) async fn update(
     ApiPath(name): ApiPath<String>,
     ApiJson(settings): ApiJson<TopicSettings>,
 ) -> ApiResult<axum::Json<TopicView>> {
-    principal.require(Role::Admin)?;
+    principal.admin(&state.broker, "topics.update", &name)?;
     let mut errors = Vec::new();
     check_topic(&name, || "name".into(), &mut errors);
     if !errors.is_empty() {
@@ -386,7 +387,7 @@ pub(crate) async fn delete(
     ApiPath(name): ApiPath<String>,
     ApiQuery(query): ApiQuery<DeleteQuery>,
 ) -> ApiResult<StatusCode> {
-    principal.require(Role::Admin)?;
+    principal.admin(&state.broker, "topics.delete", &name)?;
     if state.broker.topic(&name).is_none() {
         return Err(ApiError::not_found(format!("no topic `{name}`")));
     }

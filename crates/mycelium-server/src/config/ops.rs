@@ -3,12 +3,12 @@
 //! and the trace exporter are built from.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Config, ConfigError};
+use super::Config;
 use crate::units::{ByteSize, HumanDuration};
 
 /// `[tracing]`: OpenTelemetry spans through the broker, exported over OTLP (off by default).
@@ -99,28 +99,6 @@ pub struct HttpSection {
     pub listen: String,
     /// Unix socket path; empty: none.
     pub unix_socket: String,
-    /// `jwt` (bearer tokens) or `none` (everyone is an admin; a warning at start-up).
-    pub auth: String,
-    /// `HS256`, `RS256` or `ES256`.
-    pub jwt_algorithm: String,
-    /// HS256 shared secret (at least 32 bytes). Empty: a random one is generated once and kept in
-    /// the data directory's generated secret file (`DataDir::jwt_secret`) (mode 0600), where `mycelium token issue` finds it.
-    pub jwt_secret: String,
-    /// RS256 / ES256: PEM public key file (verifies tokens).
-    pub jwt_public_key: String,
-    /// RS256 / ES256: PEM private key file (only `mycelium token issue` needs it).
-    pub jwt_private_key: String,
-    /// The claim with the role(s): `producer`, `consumer`, `admin`.
-    pub jwt_role_claim: String,
-    /// Clock skew allowed on `exp` and `nbf`.
-    pub jwt_leeway: HumanDuration,
-    /// Required `iss` (empty: not checked).
-    pub jwt_issuer: String,
-    /// Required `aud` (empty: not checked).
-    pub jwt_audience: String,
-    /// Verified tokens remembered (by their exact text) so their signature is not checked again
-    /// on every request; 0 checks every request in full.
-    pub jwt_cache_tokens: usize,
     /// Largest request body.
     pub max_body_size: ByteSize,
     /// Time a client has to send a request's headers.
@@ -133,25 +111,12 @@ pub struct HttpSection {
     pub rate_limits: RateLimitSection,
 }
 
-/// The most verified tokens `[http] jwt_cache_tokens` may keep.
-pub const JWT_CACHE_TOKENS_MAX: usize = 1_000_000;
-
 impl Default for HttpSection {
     fn default() -> Self {
         HttpSection {
             enabled: true,
             listen: "127.0.0.1:7421".into(),
             unix_socket: String::new(),
-            auth: "jwt".into(),
-            jwt_algorithm: "HS256".into(),
-            jwt_secret: String::new(),
-            jwt_public_key: String::new(),
-            jwt_private_key: String::new(),
-            jwt_role_claim: "roles".into(),
-            jwt_leeway: HumanDuration(Duration::from_secs(30)),
-            jwt_issuer: String::new(),
-            jwt_audience: String::new(),
-            jwt_cache_tokens: 4096,
             max_body_size: ByteSize(16 << 20),
             header_timeout: HumanDuration(Duration::from_secs(10)),
             request_timeout: HumanDuration(Duration::from_secs(60)),
@@ -218,41 +183,6 @@ impl Config {
                     "enabled with no listener: set listen or unix_socket (or enabled = false)".into(),
                 );
             }
-            match h.auth.as_str() {
-                "none" => {}
-                "jwt" => match h.jwt_algorithm.as_str() {
-                    "HS256" => {
-                        if !h.jwt_secret.is_empty() && h.jwt_secret.len() < 32 {
-                            bad(
-                                "http.jwt_secret".into(),
-                                "must be at least 32 bytes (or empty: generated)".into(),
-                            );
-                        }
-                    }
-                    "RS256" | "ES256" => {
-                        if h.jwt_public_key.is_empty() {
-                            bad(
-                                "http.jwt_public_key".into(),
-                                format!("{} needs the PEM public key file", h.jwt_algorithm),
-                            );
-                        }
-                    }
-                    other => bad(
-                        "http.jwt_algorithm".into(),
-                        format!("`{other}` is not one of: HS256, RS256, ES256"),
-                    ),
-                },
-                other => bad("http.auth".into(), format!("`{other}` is not one of: jwt, none")),
-            }
-            if h.jwt_role_claim.is_empty() {
-                bad("http.jwt_role_claim".into(), "must not be empty".into());
-            }
-            if h.jwt_cache_tokens > JWT_CACHE_TOKENS_MAX {
-                bad(
-                    "http.jwt_cache_tokens".into(),
-                    format!("must be at most {JWT_CACHE_TOKENS_MAX} (0 turns the cache off)"),
-                );
-            }
             if h.max_body_size.0 < 1024 {
                 bad("http.max_body_size".into(), "must be at least 1 KiB".into());
             }
@@ -293,48 +223,17 @@ impl Config {
         }
     }
 
-    /// The JWT settings of `[http]` (`None` with `auth = "none"`). An empty HS256 secret is read
-    /// from (or, the first time, generated into) the data directory's generated secret file (`DataDir::jwt_secret`).
-    ///
-    /// # Errors
-    /// The secret file cannot be read or written.
-    pub fn jwt_config(&self) -> Result<Option<mycelium_http::JwtConfig>, ConfigError> {
-        let h = &self.http;
-        if h.auth == "none" {
-            return Ok(None);
-        }
-        let path = |p: &str| (!p.is_empty()).then(|| PathBuf::from(p));
-        let key = match h.jwt_algorithm.as_str() {
-            "RS256" => mycelium_http::JwtKey::Rs256 {
-                public_key: PathBuf::from(&h.jwt_public_key),
-                private_key: path(&h.jwt_private_key),
-            },
-            "ES256" => mycelium_http::JwtKey::Es256 {
-                public_key: PathBuf::from(&h.jwt_public_key),
-                private_key: path(&h.jwt_private_key),
-            },
-            _ if !h.jwt_secret.is_empty() => mycelium_http::JwtKey::Hs256(h.jwt_secret.clone().into_bytes()),
-            _ => mycelium_http::JwtKey::Hs256(generated_secret(Path::new(&self.storage.data_dir))?),
-        };
-        let text = |s: &str| (!s.is_empty()).then(|| s.to_owned());
-        Ok(Some(mycelium_http::JwtConfig {
-            key,
-            role_claim: h.jwt_role_claim.clone(),
-            leeway: h.jwt_leeway.0,
-            issuer: text(&h.jwt_issuer),
-            audience: text(&h.jwt_audience),
-            cache_tokens: h.jwt_cache_tokens,
-        }))
-    }
-
     /// The HTTP door's settings (`None` when `[http] enabled = false`).
     ///
-    /// # Errors
-    /// As [`Config::jwt_config`].
-    pub fn http_config(&self) -> Result<Option<mycelium_http::HttpConfig>, ConfigError> {
+    /// `auth` is the authenticator both doors share ([`Config::authenticator`]).
+    pub fn http_config(
+        &self,
+        auth: &std::sync::Arc<mycelium_auth::Authenticator>,
+    ) -> Option<mycelium_http::HttpConfig> {
         let h = &self.http;
+        let open_probes = self.open_probes();
         if !h.enabled {
-            return Ok(self
+            return self
                 .metrics
                 .listen
                 .parse()
@@ -342,30 +241,29 @@ impl Config {
                 .map(|addr| mycelium_http::HttpConfig {
                     listen: Some(addr),
                     metrics_only: true,
+                    auth: std::sync::Arc::clone(auth),
+                    open_probes,
                     ..mycelium_http::HttpConfig::default()
-                }));
+                });
         }
-        let auth = match self.jwt_config()? {
-            Some(jwt) => mycelium_http::AuthConfig::Jwt(jwt),
-            None => mycelium_http::AuthConfig::None,
-        };
         let quota = |q: QuotaSection| mycelium_http::Quota {
             per_second: q.per_second,
             burst: q.burst.unwrap_or(q.per_second),
         };
         let r = &h.rate_limits;
         let per_role = [
-            (mycelium_http::Role::Producer, r.producer),
-            (mycelium_http::Role::Consumer, r.consumer),
-            (mycelium_http::Role::Admin, r.admin),
+            (mycelium_broker::Role::Producer, r.producer),
+            (mycelium_broker::Role::Consumer, r.consumer),
+            (mycelium_broker::Role::Admin, r.admin),
         ]
         .into_iter()
         .filter_map(|(role, q)| q.map(|q| (role, quota(q))))
         .collect();
-        Ok(Some(mycelium_http::HttpConfig {
+        Some(mycelium_http::HttpConfig {
             listen: h.listen.parse().ok(),
             unix_socket: (!h.unix_socket.is_empty()).then(|| PathBuf::from(&h.unix_socket)),
-            auth,
+            auth: std::sync::Arc::clone(auth),
+            open_probes,
             limits: mycelium_http::RateLimits {
                 per_role,
                 per_ip: r.per_ip.map(quota),
@@ -388,7 +286,7 @@ impl Config {
             request_timeout: h.request_timeout.0,
             consumer_idle_timeout: h.consumer_idle_timeout.0,
             ..mycelium_http::HttpConfig::default()
-        }))
+        })
     }
 
     /// The trace exporter's settings.
@@ -413,41 +311,4 @@ impl Config {
             max_event_loop_lag: h.max_event_loop_lag.map(|d| d.0),
         }
     }
-}
-
-/// The generated HS256 secret of `data_dir`, created (64 hex characters, mode 0600) the first
-/// time.
-fn generated_secret(data_dir: &Path) -> Result<Vec<u8>, ConfigError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let path = mycelium_storage::DataDir::new(data_dir).jwt_secret();
-    let failed = |at: &Path, reason: String| ConfigError::Secret {
-        path: at.to_owned(),
-        reason,
-    };
-    // Refused when it is a link, someone else's, or readable by others.
-    if let Some(bytes) = mycelium_storage::read_private(&path).map_err(|e| failed(&path, e.to_string()))? {
-        let secret = String::from_utf8_lossy(&bytes).trim().to_owned();
-        if secret.len() >= 32 {
-            return Ok(secret.into_bytes());
-        }
-        return Err(failed(&path, "the secret is shorter than 32 bytes".into()));
-    }
-    mycelium_storage::create_dir_durable(data_dir).map_err(|e| failed(data_dir, e.to_string()))?;
-    let mut bytes = [0u8; 32];
-    getrandom::fill(&mut bytes)
-        .map_err(|e| failed(&path, format!("no randomness for the JWT secret: {e}")))?;
-    let secret: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mycelium_storage::FILE_MODE)
-        .open(&path)
-        .map_err(|e| failed(&path, e.to_string()))?;
-    file.write_all(secret.as_bytes())
-        .and_then(|()| file.sync_all())
-        .and_then(|()| mycelium_storage::sync_dir(data_dir))
-        .map_err(|e| failed(&path, e.to_string()))?;
-    tracing::info!(path = %path.display(), "generated the HTTP API's JWT secret (mint tokens with `mycelium token issue`)");
-    Ok(secret.into_bytes())
 }

@@ -10,9 +10,13 @@ use mycelium_protocol::{Frame, Hello, decode, encode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
+/// Either socket a client can reach the broker by.
+pub trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Stream for T {}
+
 /// A client that speaks raw frames, for protocol-level tests.
 pub struct Raw {
-    pub stream: UnixStream,
+    stream: Box<dyn Stream>,
     buf: BytesMut,
 }
 
@@ -52,9 +56,34 @@ impl Raw {
     pub async fn connect(server: &TestServer) -> Raw {
         let stream = UnixStream::connect(&server.socket).await.unwrap();
         Raw {
-            stream,
+            stream: Box::new(stream),
             buf: BytesMut::new(),
         }
+    }
+
+    /// Connected to the TCP listener, nothing sent yet.
+    pub async fn connect_tcp(server: &TestServer) -> Raw {
+        let stream = tokio::net::TcpStream::connect(server.tcp_addr()).await.unwrap();
+        Raw {
+            stream: Box::new(stream),
+            buf: BytesMut::new(),
+        }
+    }
+
+    /// Sends HELLO with `token`; the broker's first answer (WELCOME, or the ERROR that closes).
+    pub async fn hello_with(mut self, token: &[u8]) -> (Raw, Option<Got>) {
+        self.send(
+            0,
+            &Frame::Hello(Hello {
+                version_min: 1,
+                version_max: 1,
+                client_name: "raw",
+                token,
+            }),
+        )
+        .await;
+        let got = self.recv().await;
+        (self, got)
     }
 
     pub async fn hello(server: &TestServer) -> Raw {
