@@ -8,6 +8,7 @@
 //! bearer token of every request (verified JWTs are remembered until they expire).
 
 pub mod jwt;
+pub mod tls;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -73,6 +74,8 @@ pub struct User {
     pub token_sha256: Option<[u8; 32]>,
     /// On the Unix socket, a peer with this uid is this user without a token.
     pub uid: Option<u32>,
+    /// Over mutual TLS, a client certificate with this subject common name is this user.
+    pub cert_common_name: Option<String>,
     /// Roles.
     pub roles: Vec<Role>,
     /// Topics it may publish to (`None`: any).
@@ -133,6 +136,7 @@ pub struct Authenticator {
     verifier: Option<Verifier>,
     by_token: HashMap<[u8; 32], Principal>,
     by_uid: HashMap<u32, Principal>,
+    by_common_name: HashMap<String, Principal>,
     local_admins: bool,
     own_uid: u32,
 }
@@ -154,11 +158,17 @@ impl Authenticator {
             .iter()
             .filter_map(|u| u.uid.map(|uid| (uid, u.principal())))
             .collect();
+        let by_common_name = config
+            .users
+            .iter()
+            .filter_map(|u| u.cert_common_name.clone().map(|cn| (cn, u.principal())))
+            .collect();
         Ok(Authenticator {
             mode: config.mode,
             verifier,
             by_token,
             by_uid,
+            by_common_name,
             local_admins: config.local_admins,
             own_uid: effective_uid(),
         })
@@ -171,6 +181,7 @@ impl Authenticator {
             verifier: None,
             by_token: HashMap::new(),
             by_uid: HashMap::new(),
+            by_common_name: HashMap::new(),
             local_admins: true,
             own_uid: effective_uid(),
         }
@@ -203,13 +214,14 @@ impl Authenticator {
         }
     }
 
-    /// The principal of a native connection: its token if it sent one, else (on the Unix
-    /// socket, `peer_uid` known) the user mapped to its uid, or an admin when the uid is the
-    /// broker's own or root and `local_admins` is on.
+    /// The principal of a connection: its token if it sent one; else the user mapped to its
+    /// verified client certificate's common name (mutual TLS); else (on the Unix socket,
+    /// `peer.uid` known) the user mapped to its uid, or an admin when the uid is the broker's own
+    /// or root and `local_admins` is on.
     ///
     /// # Errors
-    /// As [`Authenticator::token`]; no token and no uid mapping.
-    pub fn connection(&self, token: &[u8], peer_uid: Option<u32>) -> Result<Principal, AuthError> {
+    /// As [`Authenticator::token`]; no token and nothing else that names a principal.
+    pub fn connection(&self, token: &[u8], peer: &Peer<'_>) -> Result<Principal, AuthError> {
         if self.mode == Mode::None {
             return Ok(Principal::anonymous_admin());
         }
@@ -218,10 +230,16 @@ impl Authenticator {
                 .map_err(|_| AuthError::Invalid("the token is not UTF-8".into()))?;
             return self.token(text);
         }
-        let Some(uid) = peer_uid else {
+        if let Some(name) = peer.common_name {
+            return self.by_common_name.get(name).cloned().ok_or_else(|| {
+                AuthError::Invalid(format!(
+                    "the client certificate's common name `{name}` is not mapped to a principal; send a token"
+                ))
+            });
+        }
+        let Some(uid) = peer.uid else {
             return Err(AuthError::Missing(
-                "no credential: this door needs a token in HELLO (--token, MYCELIUM_TOKEN or --token-file)"
-                    .into(),
+                "no credential: this door needs a token (--token, MYCELIUM_TOKEN or --token-file)".into(),
             ));
         };
         if let Some(user) = self.by_uid.get(&uid) {
@@ -231,13 +249,38 @@ impl Authenticator {
             return Ok(Principal::admin(format!("uid:{uid}")));
         }
         Err(AuthError::Missing(format!(
-            "no credential: uid {uid} is not mapped to a principal; send a token in HELLO"
+            "no credential: uid {uid} is not mapped to a principal; send a token"
         )))
     }
 
     /// The JWT verifier, if JWTs are accepted.
     pub fn verifier(&self) -> Option<&Verifier> {
         self.verifier.as_ref()
+    }
+}
+
+/// What the transport says of a peer, beside any token it sends.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Peer<'a> {
+    /// Its uid (Unix socket, `SO_PEERCRED`).
+    pub uid: Option<u32>,
+    /// The common name of its verified client certificate (mutual TLS).
+    pub common_name: Option<&'a str>,
+}
+
+impl Peer<'_> {
+    /// A peer the transport says nothing about (TCP without client certificates).
+    pub const UNKNOWN: Peer<'static> = Peer {
+        uid: None,
+        common_name: None,
+    };
+
+    /// A Unix socket peer with `uid`.
+    pub fn uid(uid: Option<u32>) -> Peer<'static> {
+        Peer {
+            uid,
+            common_name: None,
+        }
     }
 }
 
@@ -298,6 +341,7 @@ mod tests {
             name: name.into(),
             token_sha256: Some(parse_token_hash(&token_hash_hex(token)).unwrap()),
             uid: None,
+            cert_common_name: None,
             roles,
             publish: Some(vec![Pattern::parse("md.>").unwrap()]),
             consume: None,
@@ -321,8 +365,14 @@ mod tests {
         assert!(principal.may_publish("orders").is_err());
         assert!(matches!(auth.token("myc_wrong"), Err(AuthError::Invalid(_))));
         assert!(matches!(auth.token(""), Err(AuthError::Missing(_))));
-        assert!(matches!(auth.connection(b"", None), Err(AuthError::Missing(_))));
-        assert_eq!(auth.connection(token.as_bytes(), None).unwrap().name, "adapter");
+        assert!(matches!(
+            auth.connection(b"", &Peer::UNKNOWN),
+            Err(AuthError::Missing(_))
+        ));
+        assert_eq!(
+            auth.connection(token.as_bytes(), &Peer::UNKNOWN).unwrap().name,
+            "adapter"
+        );
     }
 
     #[test]
@@ -330,6 +380,7 @@ mod tests {
         let mut mapped = user("ops", "unused", vec![Role::Consumer]);
         mapped.token_sha256 = None;
         mapped.uid = Some(4242);
+        mapped.cert_common_name = Some("ops.example".into());
         let config = AuthConfig {
             mode: Mode::Required,
             jwt: None,
@@ -338,24 +389,37 @@ mod tests {
         };
         let auth = Authenticator::new(config.clone()).unwrap();
         let own = effective_uid();
-        assert!(auth.connection(b"", Some(own)).unwrap().is_admin());
-        assert!(auth.connection(b"", Some(0)).unwrap().is_admin());
-        assert_eq!(auth.connection(b"", Some(4242)).unwrap().name, "ops");
-        assert!(auth.connection(b"", Some(4243)).is_err());
+        assert!(auth.connection(b"", &Peer::uid(Some(own))).unwrap().is_admin());
+        assert!(auth.connection(b"", &Peer::uid(Some(0))).unwrap().is_admin());
+        assert_eq!(auth.connection(b"", &Peer::uid(Some(4242))).unwrap().name, "ops");
+        assert!(auth.connection(b"", &Peer::uid(Some(4243))).is_err());
+        let by_cert = Peer {
+            uid: None,
+            common_name: Some("ops.example"),
+        };
+        assert_eq!(auth.connection(b"", &by_cert).unwrap().name, "ops");
+        let unknown_cert = Peer {
+            uid: None,
+            common_name: Some("stranger"),
+        };
+        assert!(matches!(
+            auth.connection(b"", &unknown_cert),
+            Err(AuthError::Invalid(_))
+        ));
         let strict = Authenticator::new(AuthConfig {
             local_admins: false,
             ..config
         })
         .unwrap();
-        assert!(strict.connection(b"", Some(own)).is_err());
-        assert!(strict.connection(b"", Some(0)).is_err());
+        assert!(strict.connection(b"", &Peer::uid(Some(own))).is_err());
+        assert!(strict.connection(b"", &Peer::uid(Some(0))).is_err());
     }
 
     #[test]
     fn with_mode_none_everyone_is_the_anonymous_admin() {
         let auth = Authenticator::new(AuthConfig::none()).unwrap();
         assert!(auth.token("").unwrap().is_admin());
-        assert!(auth.connection(b"garbage", None).unwrap().is_admin());
+        assert!(auth.connection(b"garbage", &Peer::UNKNOWN).unwrap().is_admin());
     }
 
     #[test]

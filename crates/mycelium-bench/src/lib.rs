@@ -30,6 +30,9 @@ pub struct BenchArgs {
     /// The running broker to measure (set from `mycelium --url`); `None` spawns one.
     #[arg(skip)]
     pub target: Option<String>,
+    /// The credential for that running broker (set from `mycelium --token`).
+    #[arg(skip)]
+    pub token: Option<String>,
     /// Peers measured in the same run: `nats=nats://127.0.0.1:4222,redis=redis://127.0.0.1:6379`.
     #[arg(long, global = true)]
     compare: Option<String>,

@@ -24,6 +24,9 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if args.target.is_none() {
                 args.target = cli.url.clone();
             }
+            if args.token.is_none() {
+                args.token = cli.token.clone();
+            }
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
@@ -137,11 +140,12 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ),
                 (None, None) => None,
             };
-            runtime.block_on(client_command(
-                url,
-                token.map(mycelium_client::Token::new),
-                command,
-            ))
+            let access = Access {
+                token: token.map(mycelium_client::Token::new),
+                tls_ca_file: cli.tls_ca,
+                tls_client_cert: cli.tls_cert.zip(cli.tls_key),
+            };
+            runtime.block_on(client_command(url, access, command))
         }
     }
 }
@@ -244,27 +248,32 @@ fn parse_roles(roles: &[String]) -> anyhow::Result<Vec<mycelium_broker::Role>> {
         .collect()
 }
 
-/// Where the broker is and the credential to show it.
+/// The credential and TLS files to reach the broker with.
+struct Access {
+    token: Option<mycelium_client::Token>,
+    tls_ca_file: Option<std::path::PathBuf>,
+    tls_client_cert: Option<(std::path::PathBuf, std::path::PathBuf)>,
+}
+
+/// Where the broker is and how to get in.
 struct Target<'a> {
     url: &'a str,
-    token: Option<mycelium_client::Token>,
+    access: Access,
 }
 
 async fn connect(target: &Target<'_>) -> anyhow::Result<Client> {
     let options = ClientOptions {
         name: "mycelium-cli".into(),
-        token: target.token.clone(),
+        token: target.access.token.clone(),
+        tls_ca_file: target.access.tls_ca_file.clone(),
+        tls_client_cert: target.access.tls_client_cert.clone(),
         ..ClientOptions::default()
     };
     Ok(Client::connect_with(target.url, options).await?)
 }
 
-async fn client_command(
-    url: &str,
-    token: Option<mycelium_client::Token>,
-    command: Command,
-) -> anyhow::Result<ExitCode> {
-    let url = &Target { url, token };
+async fn client_command(url: &str, access: Access, command: Command) -> anyhow::Result<ExitCode> {
+    let url = &Target { url, access };
     match command {
         Command::Pub(args) => publish(url, args).await,
         Command::Sub(args) => subscribe(url, args).await,

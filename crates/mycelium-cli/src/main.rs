@@ -16,7 +16,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Debug, Parser)]
 #[command(name = "mycelium", version, about, propagate_version = true)]
 struct Cli {
-    /// Broker address: unix:///path/to.sock or tcp://host:port [default: unix:///tmp/mycelium.sock].
+    /// Broker address: unix:///path/to.sock, tcp://host:port or tls://host:port [default: unix:///tmp/mycelium.sock].
     /// For `bench`: measure this running broker instead of spawning one.
     #[arg(long, global = true, env = "MYCELIUM_URL")]
     url: Option<String>,
@@ -33,6 +33,15 @@ struct Cli {
     /// Read the credential from this file (keep it mode 0600).
     #[arg(long, global = true, env = "MYCELIUM_TOKEN_FILE")]
     token_file: Option<PathBuf>,
+    /// `tls://` URLs: the PEM CA certificates that sign the broker's certificate.
+    #[arg(long, global = true, env = "MYCELIUM_TLS_CA")]
+    tls_ca: Option<PathBuf>,
+    /// `tls://` URLs with mutual TLS: this client's PEM certificate (with --tls-key).
+    #[arg(long, global = true, env = "MYCELIUM_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// `tls://` URLs with mutual TLS: this client's PEM private key (with --tls-cert).
+    #[arg(long, global = true, env = "MYCELIUM_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }

@@ -6,7 +6,7 @@ use mycelium_protocol::ErrorCode;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ErrorKind {
-    /// The URL is not `unix:///path` or `tcp://host:port`.
+    /// The URL is not `unix:///path`, `tcp://host:port` or `tls://host:port`.
     InvalidUrl,
     /// The broker could not be reached or refused the handshake.
     Connect,

@@ -12,6 +12,7 @@ mod error;
 mod message;
 mod options;
 pub mod resilience;
+mod tls;
 mod url;
 
 pub use client::{Client, Confirmed, ConnectionState, DurableOptions, PendingConfirm, PublishOptions};

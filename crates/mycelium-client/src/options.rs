@@ -34,6 +34,11 @@ pub struct ClientOptions {
     /// The credential sent in HELLO: a service user's token or a JWT (`None`: none; on the Unix
     /// socket the broker may know the process by its uid).
     pub token: Option<Token>,
+    /// `tls://` URLs: PEM CA certificates that sign the broker's certificate (`None`: the
+    /// system's roots are not read; a CA file is required).
+    pub tls_ca_file: Option<std::path::PathBuf>,
+    /// `tls://` URLs with mutual TLS: this client's PEM certificate chain and key.
+    pub tls_client_cert: Option<(std::path::PathBuf, std::path::PathBuf)>,
     /// Reconnect delays.
     pub backoff: Backoff,
     /// Time allowed for one connection attempt (connect + handshake).
@@ -67,6 +72,8 @@ impl Default for ClientOptions {
         ClientOptions {
             name: "mycelium-client".into(),
             token: None,
+            tls_ca_file: None,
+            tls_client_cert: None,
             backoff: Backoff::default(),
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(10),

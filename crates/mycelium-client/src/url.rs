@@ -1,4 +1,4 @@
-//! Broker addresses: `unix:///path/to/socket` or `tcp://host:port`.
+//! Broker addresses: `unix:///path/to/socket`, `tcp://host:port` or `tls://host:port`.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -12,6 +12,8 @@ pub enum Endpoint {
     Unix(PathBuf),
     /// A TCP `host:port`.
     Tcp(String),
+    /// A TCP `host:port` with TLS (the certificate must name `host`).
+    Tls(String),
 }
 
 impl std::str::FromStr for Endpoint {
@@ -27,21 +29,28 @@ impl std::str::FromStr for Endpoint {
             }
             return Ok(Endpoint::Unix(PathBuf::from(path)));
         }
-        if let Some(addr) = url.strip_prefix("tcp://") {
+        for (scheme, tls) in [("tcp://", false), ("tls://", true)] {
+            let Some(addr) = url.strip_prefix(scheme) else {
+                continue;
+            };
             let valid = addr
                 .rsplit_once(':')
                 .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
             if !valid {
                 return Err(Error::new(
                     ErrorKind::InvalidUrl,
-                    format!("`{url}`: expected tcp://host:port"),
+                    format!("`{url}`: expected {scheme}host:port"),
                 ));
             }
-            return Ok(Endpoint::Tcp(addr.to_owned()));
+            return Ok(if tls {
+                Endpoint::Tls(addr.to_owned())
+            } else {
+                Endpoint::Tcp(addr.to_owned())
+            });
         }
         Err(Error::new(
             ErrorKind::InvalidUrl,
-            format!("`{url}`: use unix:///path/to.sock or tcp://host:port"),
+            format!("`{url}`: use unix:///path/to.sock, tcp://host:port or tls://host:port"),
         ))
     }
 }
@@ -51,6 +60,7 @@ impl fmt::Display for Endpoint {
         match self {
             Endpoint::Unix(path) => write!(f, "unix://{}", path.display()),
             Endpoint::Tcp(addr) => write!(f, "tcp://{addr}"),
+            Endpoint::Tls(addr) => write!(f, "tls://{addr}"),
         }
     }
 }

@@ -15,7 +15,8 @@ impl From<Denied> for ApiError {
     }
 }
 
-/// The principal of the request's `Authorization: Bearer` token; a refusal is counted.
+/// The principal of the request's `Authorization: Bearer` token (or, without one, of the
+/// connection's verified client certificate); a refusal is counted.
 ///
 /// # Errors
 /// 401: missing, malformed, unknown, badly signed, expired or not yet valid token; 403: a token
@@ -24,11 +25,25 @@ pub(crate) fn principal(
     broker: &Broker,
     authenticator: &Authenticator,
     headers: &HeaderMap,
+    common_name: Option<&str>,
 ) -> Result<Principal, ApiError> {
     if authenticator.mode() == mycelium_auth::Mode::None {
         return Ok(Principal::anonymous_admin());
     }
-    let result = bearer(headers).and_then(|token| authenticator.token(token));
+    // Without a bearer token, a verified client certificate (mutual TLS) may name the caller.
+    let result = match (
+        headers.contains_key(axum::http::header::AUTHORIZATION),
+        common_name,
+    ) {
+        (false, Some(name)) => authenticator.connection(
+            b"",
+            &mycelium_auth::Peer {
+                uid: None,
+                common_name: Some(name),
+            },
+        ),
+        _ => bearer(headers).and_then(|token| authenticator.token(token)),
+    };
     result.map_err(|error| {
         let denied = Denied::new(DenyReason::Unauthenticated, error.to_string());
         broker.refused(Door::Http, None, "authenticate", "", &denied);

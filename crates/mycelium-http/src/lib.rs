@@ -65,6 +65,8 @@ pub struct HttpConfig {
     pub auth: Arc<mycelium_auth::Authenticator>,
     /// Whether `/metrics` and the health probes need a token.
     pub open_probes: OpenProbes,
+    /// TLS on the TCP listener (`None`: plain text).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Rate limits.
     pub limits: RateLimits,
     /// Largest request body.
@@ -88,6 +90,7 @@ impl Default for HttpConfig {
             unix_socket: None,
             auth: Arc::new(mycelium_auth::Authenticator::none()),
             open_probes: OpenProbes::Loopback,
+            tls: None,
             limits: RateLimits::default(),
             body_limit_bytes: 16 << 20,
             header_timeout: Duration::from_secs(10),
@@ -114,6 +117,10 @@ pub(crate) type SharedState = Arc<AppState>;
 /// The address of the client, per connection.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct ClientAddr(pub(crate) Option<IpAddr>);
+
+/// The common name of the client's verified certificate (mutual TLS), per connection.
+#[derive(Debug, Clone)]
+pub(crate) struct ClientCert(pub(crate) String);
 
 /// Builds the router over `broker` (without the listener's timeouts; for tests through
 /// `oneshot`, and used by [`bind`]).
@@ -236,7 +243,8 @@ async fn probe_access(
             .is_none_or(|ip| ip.is_loopback()),
     };
     if !open {
-        auth::principal(&state.broker, &state.config.auth, request.headers())?;
+        let cert = request.extensions().get::<ClientCert>().map(|c| c.0.as_str());
+        auth::principal(&state.broker, &state.config.auth, request.headers(), cert)?;
     }
     Ok(next.run(request).await)
 }
@@ -247,7 +255,8 @@ async fn authenticate(
     mut request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    let principal = auth::principal(&state.broker, &state.config.auth, request.headers())?;
+    let cert = request.extensions().get::<ClientCert>().map(|c| c.0.as_str());
+    let principal = auth::principal(&state.broker, &state.config.auth, request.headers(), cert)?;
     let ip = request.extensions().get::<ClientAddr>().and_then(|c| c.0);
     state.limiter.request(&principal, ip)?;
     request.extensions_mut().insert(principal);

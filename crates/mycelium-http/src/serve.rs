@@ -15,7 +15,7 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
-use crate::{ClientAddr, HttpConfig};
+use crate::{ClientAddr, ClientCert, HttpConfig};
 
 /// The bound HTTP door, ready to run.
 #[derive(Debug)]
@@ -26,6 +26,7 @@ pub struct HttpServer {
     unix: Option<(UnixListener, PathBuf)>,
     header_timeout: Duration,
     request_timeout: Duration,
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// Builds the router and binds the configured listeners.
@@ -67,6 +68,7 @@ pub async fn bind(broker: Arc<Broker>, config: HttpConfig) -> Result<HttpServer,
         unix,
         header_timeout: config.header_timeout,
         request_timeout: config.request_timeout,
+        tls: config.tls,
     })
 }
 
@@ -85,7 +87,9 @@ impl HttpServer {
             unix,
             header_timeout,
             request_timeout,
+            tls,
         } = self;
+        let tls = tls.map(tokio_rustls::TlsAcceptor::from);
         if let Some(addr) = tcp.as_ref().and_then(|l| l.local_addr().ok()) {
             tracing::info!(%addr, "http listening on tcp");
         }
@@ -103,21 +107,48 @@ impl HttpServer {
             ),
             router,
         );
+        // TLS handshakes run on tasks of their own (within `header_timeout`); finished ones come
+        // back here to be served and watched for shutdown.
+        let (handshaken, mut ready) = tokio::sync::mpsc::channel::<Handshaken>(64);
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => break,
                 accepted = accept_tcp(tcp.as_ref()) => match accepted {
                     Ok((stream, peer)) => {
                         let _ = stream.set_nodelay(true);
-                        spawn_connection(&router, &graceful, TokioIo::new(stream), Some(peer.ip()), header_timeout);
+                        match &tls {
+                            None => spawn_connection(&router, &graceful, TokioIo::new(stream), Peer { ip: Some(peer.ip()), common_name: None }, header_timeout),
+                            Some(acceptor) => {
+                                let (acceptor, handshaken) = (acceptor.clone(), handshaken.clone());
+                                tokio::spawn(async move {
+                                    match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
+                                        Ok(Ok(stream)) => {
+                                            let common_name = stream
+                                                .get_ref()
+                                                .1
+                                                .peer_certificates()
+                                                .and_then(|chain| chain.first())
+                                                .and_then(mycelium_auth::tls::common_name);
+                                            let peer = Peer { ip: Some(peer.ip()), common_name };
+                                            let _ = handshaken.send(Handshaken { stream, peer }).await;
+                                        }
+                                        Ok(Err(error)) => tracing::debug!(%error, "http TLS handshake failed"),
+                                        Err(_) => tracing::debug!("no http TLS handshake within header_timeout"),
+                                    }
+                                });
+                            }
+                        }
                     }
                     Err(error) => {
                         tracing::warn!(%error, "http accept failed");
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
                 },
+                Some(Handshaken { stream, peer }) = ready.recv() => {
+                    spawn_connection(&router, &graceful, TokioIo::new(stream), peer, header_timeout);
+                }
                 accepted = accept_unix(unix.as_ref().map(|(l, _)| l)) => match accepted {
-                    Ok(stream) => spawn_connection(&router, &graceful, TokioIo::new(stream), None, header_timeout),
+                    Ok(stream) => spawn_connection(&router, &graceful, TokioIo::new(stream), Peer { ip: None, common_name: None }, header_timeout),
                     Err(error) => {
                         tracing::warn!(%error, "http accept failed");
                         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -137,13 +168,27 @@ impl HttpServer {
     }
 }
 
+/// What is known of a connection's peer: its address (none: the Unix socket), the common name
+/// of its verified client certificate (mutual TLS).
+#[derive(Debug, Clone)]
+struct Peer {
+    ip: Option<std::net::IpAddr>,
+    common_name: Option<String>,
+}
+
+/// A TLS connection ready to serve.
+struct Handshaken {
+    stream: tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+    peer: Peer,
+}
+
 /// Serves one connection: HTTP/1.1 with keep-alive and a header read timeout, watched for
 /// graceful shutdown.
 fn spawn_connection<I>(
     router: &tower_http::timeout::Timeout<Router>,
     graceful: &GracefulShutdown,
     io: TokioIo<I>,
-    ip: Option<std::net::IpAddr>,
+    peer: Peer,
     header_timeout: Duration,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -154,7 +199,10 @@ fn spawn_connection<I>(
         .clone()
         .map_request(move |r: hyper::Request<hyper::body::Incoming>| {
             let mut request = r.map(axum::body::Body::new);
-            request.extensions_mut().insert(ClientAddr(ip));
+            request.extensions_mut().insert(ClientAddr(peer.ip));
+            if let Some(name) = &peer.common_name {
+                request.extensions_mut().insert(ClientCert(name.clone()));
+            }
             request
         });
     let connection = hyper::server::conn::http1::Builder::new()

@@ -18,7 +18,7 @@ use crate::units::{ByteSize, HumanDuration};
 mod auth;
 mod ops;
 
-pub use auth::{AuthSection, UserSection};
+pub use auth::{AuthSection, TlsSection, UserSection};
 
 pub use ops::{
     HealthSection, HttpSection, MetricsSection, QuotaSection, RateLimitSection, TopicQuotaSection,
@@ -41,6 +41,8 @@ pub struct Config {
     pub storage: StorageSection,
     /// Who may connect through either door.
     pub auth: AuthSection,
+    /// TLS on the TCP listeners.
+    pub tls: TlsSection,
     /// The HTTP API.
     pub http: HttpSection,
     /// Prometheus metrics.
@@ -555,6 +557,7 @@ impl Config {
         }
         self.validate_ops(&mut bad);
         self.validate_auth(&mut bad);
+        self.validate_tls(&mut bad);
         if self.performance.worker_threads == 0 {
             bad(
                 "performance.worker_threads".into(),

@@ -30,12 +30,14 @@ pub(crate) struct Settings {
     pub(crate) auth: Arc<mycelium_auth::Authenticator>,
 }
 
-/// Who connected: the door, the address shown in stats, the peer's uid (Unix socket).
+/// Who connected: the door, the address shown in stats, the peer's uid (Unix socket), the
+/// common name of its verified client certificate (mutual TLS).
 #[derive(Debug)]
 pub(crate) struct Peer {
     pub(crate) door: Door,
     pub(crate) address: String,
     pub(crate) uid: Option<u32>,
+    pub(crate) common_name: Option<String>,
 }
 
 /// Initial size of a connection's read buffer and writer buffer; both grow with traffic.
@@ -52,10 +54,60 @@ enum Stop {
 /// The write half of a connection's socket: written by the connection's writer task, and directly
 /// by other connections' readers for an inline flush (see `mycelium_broker::Outbound`).
 pub(crate) trait SocketWrite: Send + Sync + 'static {
+    /// Whether other connections' readers may write to it directly (inline flush): a plain
+    /// socket; not a TLS stream, whose records only its own writer may produce.
+    const DIRECT: bool = true;
     /// Writes what the socket takes now, without waiting.
     fn try_write(&self, buf: &[u8]) -> std::io::Result<usize>;
     /// Resolves when the socket may take more bytes.
     fn writable(&self) -> impl std::future::Future<Output = std::io::Result<()>> + Send;
+    /// Writes all of `buf`, waiting for the socket as needed.
+    fn write_all<'a>(
+        &'a self,
+        mut buf: &'a [u8],
+    ) -> impl std::future::Future<Output = std::io::Result<()>> + Send + 'a {
+        async move {
+            while !buf.is_empty() {
+                match self.try_write(buf) {
+                    Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                    Ok(written) => buf = &buf[written..],
+                    Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => self.writable().await?,
+                    Err(error) => return Err(error),
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+/// A TLS connection's write half.
+type TlsWriteHalf = tokio::io::WriteHalf<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>;
+
+/// The write half of a TLS connection: written by the connection's writer task only.
+pub(crate) struct TlsWrite(pub(crate) tokio::sync::Mutex<TlsWriteHalf>);
+
+impl SocketWrite for TlsWrite {
+    const DIRECT: bool = false;
+
+    fn try_write(&self, _buf: &[u8]) -> std::io::Result<usize> {
+        Err(std::io::ErrorKind::WouldBlock.into())
+    }
+
+    fn writable(&self) -> impl std::future::Future<Output = std::io::Result<()>> + Send {
+        std::future::ready(Ok(()))
+    }
+
+    fn write_all<'a>(
+        &'a self,
+        buf: &'a [u8],
+    ) -> impl std::future::Future<Output = std::io::Result<()>> + Send + 'a {
+        use tokio::io::AsyncWriteExt;
+        async move {
+            let mut write = self.0.lock().await;
+            write.write_all(buf).await?;
+            write.flush().await
+        }
+    }
 }
 
 impl SocketWrite for mycelium_net::WriteHalf {
@@ -96,15 +148,15 @@ pub(crate) async fn serve<R, W>(
     R: AsyncRead + Unpin + Send + 'static,
     W: SocketWrite,
 {
-    let uid = peer.uid;
+    let credentials = (peer.uid, peer.common_name);
     let info = broker.connect_unauthenticated(peer.door, peer.address);
     let write = Arc::new(Socket(write));
-    if settings.inline_flush_bytes > 0 {
+    if settings.inline_flush_bytes > 0 && W::DIRECT {
         let direct = Arc::clone(&write) as Arc<dyn mycelium_broker::DirectWrite>;
         info.outbound.set_direct(direct, settings.inline_flush_bytes);
     }
     let writer = tokio::spawn(write_loop(write, Arc::clone(&info), Arc::clone(&settings)));
-    let stop = read_loop(&mut read, &info, uid, &broker, &settings, &shutdown).await;
+    let stop = read_loop(&mut read, &info, &credentials, &broker, &settings, &shutdown).await;
     if let Stop::Violation = stop {
         tracing::debug!(connection = info.id, "closing after a protocol violation");
     }
@@ -161,7 +213,7 @@ fn protocol_error(info: &ConnectionInfo, error: &ProtocolError) -> Stop {
 async fn read_loop<R: AsyncRead + Unpin>(
     read: &mut R,
     info: &Arc<ConnectionInfo>,
-    uid: Option<u32>,
+    credentials: &(Option<u32>, Option<String>),
     broker: &Arc<Broker>,
     settings: &Settings,
     shutdown: &CancellationToken,
@@ -170,7 +222,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
     // buffer gets a larger one, up to `channel_capacity`.
     let mut read_chunk = INITIAL_BUFFER_BYTES.min(settings.buffer_capacity);
     let mut buf = BytesMut::with_capacity(read_chunk);
-    match handshake(read, &mut buf, info, uid, broker, settings).await {
+    match handshake(read, &mut buf, info, credentials, broker, settings).await {
         Ok(()) => {}
         Err(stop) => return stop,
     }
@@ -265,7 +317,7 @@ async fn handshake<R: AsyncRead + Unpin>(
     read: &mut R,
     buf: &mut BytesMut,
     info: &ConnectionInfo,
-    uid: Option<u32>,
+    (uid, common_name): &(Option<u32>, Option<String>),
     broker: &Broker,
     settings: &Settings,
 ) -> Result<(), Stop> {
@@ -294,7 +346,11 @@ async fn handshake<R: AsyncRead + Unpin>(
                     ));
                 };
                 // The credential is checked before anything else is read from this client.
-                match settings.auth.connection(hello.token, uid) {
+                let peer = mycelium_auth::Peer {
+                    uid: *uid,
+                    common_name: common_name.as_deref(),
+                };
+                match settings.auth.connection(hello.token, &peer) {
                     Ok(principal) => {
                         info.authenticate(principal);
                     }
@@ -557,14 +613,6 @@ async fn write_loop<W: SocketWrite>(
     outbound.clear_direct();
 }
 
-pub(crate) async fn write_all<W: SocketWrite>(write: &W, mut buf: &[u8]) -> std::io::Result<()> {
-    while !buf.is_empty() {
-        match write.try_write(buf) {
-            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
-            Ok(written) => buf = &buf[written..],
-            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => write.writable().await?,
-            Err(error) => return Err(error),
-        }
-    }
-    Ok(())
+pub(crate) async fn write_all<W: SocketWrite>(write: &W, buf: &[u8]) -> std::io::Result<()> {
+    write.write_all(buf).await
 }

@@ -26,7 +26,7 @@ use tokio_util::task::TaskTracker;
 
 pub use config::{
     AuthSection, Config, ConfigError, DomainsSection, ENV_PREFIX, HttpSection, PerformanceSection, Problem,
-    QuotaSection, RateLimitSection, ServerSection, TopicQuotaSection, TopicSection, UserSection,
+    QuotaSection, RateLimitSection, ServerSection, TlsSection, TopicQuotaSection, TopicSection, UserSection,
 };
 
 /// A `[[topics]]` entry named `name` with defaults, adjusted by `adjust` (for tests and tools).
@@ -56,6 +56,9 @@ pub enum ServerError {
     /// A key of `[auth]` cannot be used.
     #[error("auth: {0}")]
     Auth(#[from] mycelium_auth::KeyError),
+    /// TLS material that cannot be used.
+    #[error("tls: {0}")]
+    Tls(#[from] mycelium_auth::tls::TlsError),
     /// The audit log cannot be opened.
     #[error("auth.audit_log {}: {source}", path.display())]
     Audit {
@@ -91,6 +94,8 @@ pub struct Server {
     unix: Option<(UnixListener, PathBuf)>,
     tcp: Option<TcpListener>,
     tcp_addr: Option<SocketAddr>,
+    /// TLS on the native TCP listener.
+    tls: Option<Arc<rustls::ServerConfig>>,
     http: Option<mycelium_http::HttpServer>,
     http_addr: Option<SocketAddr>,
     shutdown_timeout: std::time::Duration,
@@ -134,12 +139,18 @@ impl Server {
             })?;
             broker.set_audit(log);
         }
+        let tls = config
+            .tls_files()
+            .map(|files| mycelium_auth::tls::server_config(&files))
+            .transpose()?;
+        let native_tls = tls.clone().filter(|_| !config.tls.plain_tcp);
         let http = match config.http_config(&auth) {
-            Some(http) => Some(
+            Some(mut http) => Some({
+                http.tls = tls.clone().filter(|_| !config.tls.plain_http);
                 mycelium_http::bind(Arc::clone(&broker), http)
                     .await
-                    .map_err(ServerError::Http)?,
-            ),
+                    .map_err(ServerError::Http)?
+            }),
             None => None,
         };
         let http_addr = http.as_ref().and_then(mycelium_http::HttpServer::local_addr);
@@ -178,6 +189,7 @@ impl Server {
             unix,
             tcp,
             tcp_addr,
+            tls: native_tls,
             http,
             http_addr,
             shutdown_timeout: config.server.shutdown_timeout.0,
@@ -218,11 +230,13 @@ impl Server {
             max_connections,
             unix,
             tcp,
+            tls,
             http,
             shutdown_timeout,
             shutdown,
             ..
         } = self;
+        let tls = tls.map(tokio_rustls::TlsAcceptor::from);
         let http_task = http.map(|http| tokio::spawn(http.run(shutdown.clone(), shutdown_timeout)));
         let monitor = broker.health().map(|health| {
             let stop = shutdown.clone();
@@ -265,7 +279,12 @@ impl Server {
                                 // (see mycelium-net).
                                 match mycelium_net::split(stream) {
                                     Ok((read, write)) => {
-                                        let peer = connection::Peer { door: Door::Unix, address: "unix".to_owned(), uid };
+                                        let peer = connection::Peer {
+                                            door: Door::Unix,
+                                            address: "unix".to_owned(),
+                                            uid,
+                                            common_name: None,
+                                        };
                                         accept.spawn(read, write, peer);
                                     }
                                     Err(error) => tracing::warn!(%error, "unix connection not registered; dropped"),
@@ -285,9 +304,19 @@ impl Server {
                         accepted = listener.accept() => match accepted {
                             Ok((stream, peer)) => {
                                 let _ = stream.set_nodelay(true);
-                                let (read, write) = stream.into_split();
-                                let peer = connection::Peer { door: Door::Tcp, address: format!("tcp:{peer}"), uid: None };
-                                accept.spawn(read, write, peer);
+                                match &tls {
+                                    Some(acceptor) => accept.spawn_tls(stream, acceptor.clone(), format!("tls:{peer}")),
+                                    None => {
+                                        let (read, write) = stream.into_split();
+                                        let peer = connection::Peer {
+                                            door: Door::Tcp,
+                                            address: format!("tcp:{peer}"),
+                                            uid: None,
+                                            common_name: None,
+                                        };
+                                        accept.spawn(read, write, peer);
+                                    }
+                                }
                             }
                             Err(error) => accept_error(&error).await,
                         },
@@ -363,6 +392,46 @@ impl Accept {
         let shutdown = self.shutdown.clone();
         self.tracker.spawn(async move {
             connection::serve(read, write, peer, broker, settings, shutdown).await;
+            active.fetch_sub(1, Ordering::AcqRel);
+        });
+    }
+
+    /// A TCP connection with TLS: the handshake (within `connection_timeout`) runs on the
+    /// connection's own task, then it is served like any other; a verified client certificate's
+    /// common name goes with it to the HELLO check.
+    fn spawn_tls(&self, stream: tokio::net::TcpStream, acceptor: tokio_rustls::TlsAcceptor, address: String) {
+        let active = Arc::clone(&self.active);
+        if active.fetch_add(1, Ordering::AcqRel) >= self.max_connections {
+            // No ERROR frame can be sent before the handshake: the client sees the close.
+            active.fetch_sub(1, Ordering::AcqRel);
+            tracing::debug!(%address, "TLS connection refused at max_connections");
+            return;
+        }
+        let broker = Arc::clone(&self.broker);
+        let settings = Arc::clone(&self.settings);
+        let shutdown = self.shutdown.clone();
+        self.tracker.spawn(async move {
+            match tokio::time::timeout(settings.connection_timeout, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => {
+                    let common_name = tls
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|chain| chain.first())
+                        .and_then(mycelium_auth::tls::common_name);
+                    let (read, write) = tokio::io::split(tls);
+                    let write = connection::TlsWrite(tokio::sync::Mutex::new(write));
+                    let peer = connection::Peer {
+                        door: Door::Tcp,
+                        address,
+                        uid: None,
+                        common_name,
+                    };
+                    connection::serve(read, write, peer, broker, settings, shutdown).await;
+                }
+                Ok(Err(error)) => tracing::debug!(%address, %error, "TLS handshake failed"),
+                Err(_) => tracing::debug!(%address, "no TLS handshake within connection_timeout"),
+            }
             active.fetch_sub(1, Ordering::AcqRel);
         });
     }

@@ -619,3 +619,41 @@ mod one_topic_validator {
         assert_eq!(through_http(&work_queue, &limits), Err(expected));
     }
 }
+
+#[test]
+fn tls_settings_are_checked_and_reach_the_listeners() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = dir.path().join("cert.pem");
+    std::fs::write(&cert, "x").unwrap();
+    assert_eq!(
+        problem_keys(&format!("[tls]\ncert_file = \"{}\"\n", cert.display())),
+        ["tls"],
+        "a certificate without its key"
+    );
+    assert_eq!(
+        problem_keys(&format!(
+            "[tls]\ncert_file = \"{0}\"\nkey_file = \"{0}.missing\"\n",
+            cert.display()
+        )),
+        ["tls.key_file"]
+    );
+    assert_eq!(
+        problem_keys("[tls]\nclient_ca_file = \"/etc/hostname\"\n"),
+        ["tls.client_ca_file"]
+    );
+    let file = write(&format!(
+        "[tls]\ncert_file = \"{0}\"\nkey_file = \"{0}\"\nclient_ca_file = \"{0}\"\nplain_http = true\n",
+        cert.display()
+    ));
+    let config = Config::load(Some(file.path()), no_env()).unwrap();
+    let files = config.tls_files().unwrap();
+    assert_eq!(
+        (files.cert.as_path(), files.client_ca.as_deref()),
+        (cert.as_path(), Some(cert.as_path()))
+    );
+    assert!(config.tls.plain_http && !config.tls.plain_tcp);
+    assert!(Config::default().tls_files().is_none(), "off by default");
+    // Unusable files are refused at start-up, naming the file.
+    let error = mycelium_auth::tls::server_config(&files).unwrap_err();
+    assert_eq!(error.path, cert);
+}

@@ -10,11 +10,13 @@
 
 mod server;
 mod spawned;
+mod tls;
 
 use std::path::{Path, PathBuf};
 
 pub use server::{TEST_TOKEN, TestServer};
 pub use spawned::Spawned;
+pub use tls::{TlsFixture, tls_fixture};
 
 /// The workspace root (the directory holding the top-level `Cargo.toml`).
 pub fn workspace_root() -> PathBuf {

@@ -42,6 +42,20 @@ impl Shared {
                     let (r, w) = stream.into_split();
                     (Box::new(r), Arc::new(Socket::Tcp(w)))
                 }
+                Endpoint::Tls(addr) => {
+                    let stream = tokio::net::TcpStream::connect(addr).await?;
+                    stream.set_nodelay(true)?;
+                    let host = addr.rsplit_once(':').map_or(addr.as_str(), |(h, _)| h);
+                    let host = host.trim_start_matches('[').trim_end_matches(']');
+                    let name = rustls::pki_types::ServerName::try_from(host.to_owned())
+                        .map_err(|e| std::io::Error::other(format!("`{host}` as a TLS server name: {e}")))?;
+                    let config = crate::tls::client_config(&self.options)?;
+                    let stream = tokio_rustls::TlsConnector::from(config)
+                        .connect(name, stream)
+                        .await?;
+                    let (r, w) = tokio::io::split(stream);
+                    (Box::new(r), Arc::new(Socket::Tls(tokio::sync::Mutex::new(w))))
+                }
             };
             let mut buf = BytesMut::new();
             let hello = Hello {

@@ -21,6 +21,9 @@ use super::Out;
 pub(super) enum Socket {
     Unix(mycelium_net::WriteHalf),
     Tcp(tokio::net::tcp::OwnedWriteHalf),
+    /// Written by the writer task only: a TLS record cannot be written halfway from another
+    /// task, so inline writes are off (`try_write` would block).
+    Tls(tokio::sync::Mutex<tokio::io::WriteHalf<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>>),
 }
 
 impl Socket {
@@ -28,6 +31,7 @@ impl Socket {
         match self {
             Socket::Unix(w) => w.try_write(buf),
             Socket::Tcp(w) => w.try_write(buf),
+            Socket::Tls(_) => Err(std::io::ErrorKind::WouldBlock.into()),
         }
     }
 
@@ -35,11 +39,18 @@ impl Socket {
         match self {
             Socket::Unix(w) => w.writable().await,
             Socket::Tcp(w) => w.writable().await,
+            Socket::Tls(_) => Ok(()),
         }
     }
 
     /// Writes all of `buf`, waiting for the socket as needed.
     pub(super) async fn write_all(&self, mut buf: &[u8]) -> std::io::Result<()> {
+        if let Socket::Tls(write) = self {
+            use tokio::io::AsyncWriteExt;
+            let mut write = write.lock().await;
+            write.write_all(buf).await?;
+            return write.flush().await;
+        }
         while !buf.is_empty() {
             match self.try_write(buf) {
                 Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),

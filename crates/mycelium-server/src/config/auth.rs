@@ -58,6 +58,8 @@ pub struct UserSection {
     pub token_sha256: String,
     /// On the Unix socket, a peer with this uid is this user without a token.
     pub uid: Option<u32>,
+    /// Over mutual TLS, a client certificate with this subject common name is this user.
+    pub cert_common_name: Option<String>,
     /// `producer`, `consumer`, `admin`.
     pub roles: Vec<String>,
     /// Topics it may publish to (patterns; absent: any).
@@ -156,10 +158,11 @@ impl Config {
             } else if !names.insert(user.name.as_str()) {
                 bad(at("name"), format!("`{}` is given twice", user.name));
             }
-            if user.token_sha256.is_empty() && user.uid.is_none() {
+            if user.token_sha256.is_empty() && user.uid.is_none() && user.cert_common_name.is_none() {
                 bad(
                     at("token_sha256"),
-                    "give the token's SHA-256, a uid, or both (`mycelium token user NAME`)".into(),
+                    "give the token's SHA-256 (`mycelium token user NAME`), a uid or a cert_common_name"
+                        .into(),
                 );
             }
             if !user.token_sha256.is_empty()
@@ -252,6 +255,7 @@ impl Config {
                 name: u.name.clone(),
                 token_sha256: mycelium_auth::parse_token_hash(&u.token_sha256).ok(),
                 uid: u.uid,
+                cert_common_name: u.cert_common_name.clone(),
                 roles: u.roles.iter().filter_map(|r| r.parse().ok()).collect(),
                 publish: patterns(&u.publish),
                 consume: patterns(&u.subscribe),
@@ -333,4 +337,56 @@ fn generated_secret(data_dir: &Path) -> Result<Vec<u8>, ConfigError> {
     mycelium_storage::sync_dir(data_dir).map_err(|e| failed(data_dir, e.to_string()))?;
     tracing::info!(path = %path.display(), "generated the JWT secret (mint tokens with `mycelium token issue`)");
     Ok(secret.into_bytes())
+}
+
+/// `[tls]`: TLS on the TCP listeners of both doors.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsSection {
+    /// PEM certificate chain, leaf first ("": TLS off).
+    pub cert_file: String,
+    /// PEM private key.
+    pub key_file: String,
+    /// PEM CA certificates: when set, every TLS client must present a certificate they signed
+    /// (mutual TLS); `[[auth.users]] cert_common_name` maps its subject to a principal.
+    pub client_ca_file: String,
+    /// Leave the native TCP listener in plain text even with a certificate.
+    pub plain_tcp: bool,
+    /// Leave the HTTP listener in plain text even with a certificate.
+    pub plain_http: bool,
+}
+
+impl Config {
+    /// Checks `[tls]`.
+    pub(super) fn validate_tls(&self, bad: &mut impl FnMut(String, String)) {
+        let t = &self.tls;
+        if t.cert_file.is_empty() != t.key_file.is_empty() {
+            bad("tls".into(), "set both cert_file and key_file, or neither".into());
+        }
+        if !t.client_ca_file.is_empty() && t.cert_file.is_empty() {
+            bad(
+                "tls.client_ca_file".into(),
+                "mutual TLS needs cert_file and key_file too".into(),
+            );
+        }
+        for (key, path) in [
+            ("cert_file", &t.cert_file),
+            ("key_file", &t.key_file),
+            ("client_ca_file", &t.client_ca_file),
+        ] {
+            if !path.is_empty() && !Path::new(path).is_file() {
+                bad(format!("tls.{key}"), format!("`{path}` is not a readable file"));
+            }
+        }
+    }
+
+    /// The TLS files, when TLS is on.
+    pub fn tls_files(&self) -> Option<mycelium_auth::tls::TlsFiles> {
+        let t = &self.tls;
+        (!t.cert_file.is_empty()).then(|| mycelium_auth::tls::TlsFiles {
+            cert: PathBuf::from(&t.cert_file),
+            key: PathBuf::from(&t.key_file),
+            client_ca: (!t.client_ca_file.is_empty()).then(|| PathBuf::from(&t.client_ca_file)),
+        })
+    }
 }
