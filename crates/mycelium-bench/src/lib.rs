@@ -408,9 +408,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
                 transport,
                 pid: None,
                 // A running broker: the credential the CLI was given.
-                token: std::env::var("MYCELIUM_TOKEN")
-                    .ok()
-                    .map(mycelium_client::Token::new),
+                token: args.token.clone().map(mycelium_client::Token::new),
             });
         }
         (None, Some(s)) => {

@@ -8,6 +8,8 @@
 mod admin;
 mod config;
 mod connection;
+#[doc(hidden)]
+pub mod harness;
 mod listener;
 pub mod units;
 
