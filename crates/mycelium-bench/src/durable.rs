@@ -116,6 +116,7 @@ async fn mycelium(system: &System, w: &Workload, progress: &ProgressBar) -> anyh
         let options = ClientOptions {
             name: name.into(),
             token: system.token.clone(),
+            tls_ca_file: system.tls_ca.clone(),
             ..ClientOptions::default()
         };
         Client::connect_with(&system.url, options)

@@ -48,6 +48,12 @@ pub struct BenchArgs {
     /// The broker binary to spawn (default: this executable).
     #[arg(long, global = true)]
     broker_bin: Option<PathBuf>,
+    /// Also measure over TLS: a directory with `ca.pem`, `server.pem` and `server.key`
+    /// (`scripts/tls-certs DIR` makes them; the certificate names `localhost`). A second broker
+    /// is spawned with TLS on its TCP listener (`tls://localhost:port`), and `--compare` peers
+    /// given as `tls://` URLs are reached with the same CA.
+    #[arg(long, global = true)]
+    tls_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -242,7 +248,7 @@ impl Drop for Spawned {
     }
 }
 
-fn spawn_broker(binary: Option<PathBuf>) -> anyhow::Result<Spawned> {
+fn spawn_broker(binary: Option<PathBuf>, tls: Option<&Path>) -> anyhow::Result<Spawned> {
     let binary = match binary {
         Some(path) => path,
         None => std::env::current_exe().context("locating the mycelium binary")?,
@@ -250,7 +256,7 @@ fn spawn_broker(binary: Option<PathBuf>) -> anyhow::Result<Spawned> {
     // The ports are picked free and then handed to the broker: another process may take one in
     // between. A broker that exits at start-up is tried again on new ports.
     for _ in 0..3 {
-        if let Some(spawned) = try_spawn_broker(&binary)? {
+        if let Some(spawned) = try_spawn_broker(&binary, tls)? {
             return Ok(spawned);
         }
     }
@@ -258,7 +264,7 @@ fn spawn_broker(binary: Option<PathBuf>) -> anyhow::Result<Spawned> {
 }
 
 /// One start: `None` when the broker exited before listening (a port taken meanwhile).
-fn try_spawn_broker(binary: &Path) -> anyhow::Result<Option<Spawned>> {
+fn try_spawn_broker(binary: &Path, tls: Option<&Path>) -> anyhow::Result<Option<Spawned>> {
     let dir = tempfile::tempdir()?;
     let socket = dir.path().join("bench.sock");
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
@@ -274,6 +280,14 @@ fn try_spawn_broker(binary: &Path) -> anyhow::Result<Option<Spawned>> {
         data.display(),
         http_unix.display()
     );
+    if let Some(tls) = tls {
+        // TLS on the native TCP listener only: the HTTP bench stays comparable.
+        text.push_str(&format!(
+            "[tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\nplain_http = true\n",
+            tls.join("server.pem").display(),
+            tls.join("server.key").display()
+        ));
+    }
     for fsync in ["batch", "always", "never"] {
         text.push_str(&format!(
             "[[topics]]\nname = \"{}\"\ndelivery = \"at_least_once\"\nfsync = \"{fsync}\"\nretention = \"work_queue\"\n",
@@ -346,6 +360,7 @@ fn parse_compare(spec: &str) -> anyhow::Result<Vec<System>> {
                 transport: "tcp",
                 pid,
                 token: None,
+                tls_ca: None,
             })
         })
         .collect()
@@ -395,8 +410,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
     }
     let spawned = match &args.target {
         Some(_) => None,
-        None => Some(spawn_broker(args.broker_bin.clone())?),
+        None => Some(spawn_broker(args.broker_bin.clone(), None)?),
     };
+    let spawned_tls = match (&args.target, &args.tls_dir) {
+        (None, Some(dir)) => Some(spawn_broker(args.broker_bin.clone(), Some(dir))?),
+        _ => None,
+    };
+    let tls_ca = args.tls_dir.as_ref().map(|dir| dir.join("ca.pem"));
     let mut systems = Vec::new();
     let native_token = native_bench_token()?;
     match (&args.target, &spawned) {
@@ -409,6 +429,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
                 pid: None,
                 // A running broker: the credential the CLI was given.
                 token: args.token.clone().map(mycelium_client::Token::new),
+                tls_ca: tls_ca.clone(),
             });
         }
         (None, Some(s)) => {
@@ -421,6 +442,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
                     transport: "unix",
                     pid,
                     token: Some(native_token.clone()),
+                    tls_ca: None,
                 });
             }
             if args.transport != Transport::Unix {
@@ -430,14 +452,30 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
                     transport: "tcp",
                     pid,
                     token: Some(native_token.clone()),
+                    tls_ca: None,
                 });
             }
         }
         (None, None) => unreachable!("spawned when no target"),
     }
+    if let Some(s) = &spawned_tls {
+        let port = s.tcp.rsplit_once(':').map_or("", |(_, p)| p);
+        systems.push(System {
+            kind: Kind::Mycelium,
+            url: format!("tls://localhost:{port}"),
+            transport: "tls",
+            pid: Some(s.child.id()),
+            token: Some(native_token.clone()),
+            tls_ca: tls_ca.clone(),
+        });
+    }
     let mut unreachable = Vec::new();
     if let Some(spec) = &args.compare {
-        for peer in parse_compare(spec)? {
+        for mut peer in parse_compare(spec)? {
+            if peer.url.starts_with("tls://") {
+                peer.transport = "tls";
+                peer.tls_ca = tls_ca.clone();
+            }
             match peer.ping().await {
                 Ok(()) => systems.push(peer),
                 Err(error) => {

@@ -43,6 +43,8 @@ pub struct System {
     pub pid: Option<u32>,
     /// Mycelium: the credential its clients send in HELLO.
     pub token: Option<mycelium_client::Token>,
+    /// `tls://` URLs: the CA that signs the broker's certificate.
+    pub tls_ca: Option<std::path::PathBuf>,
 }
 
 /// Redis publishes are sent in pipelines of this many commands (the peer's fastest publish mode).
@@ -85,11 +87,12 @@ impl System {
                 let options = ClientOptions {
                     name: "bench-pub".into(),
                     token: self.token.clone(),
+                    tls_ca_file: self.tls_ca.clone(),
                     ..ClientOptions::default()
                 };
                 Publisher::Mycelium(Client::connect_with(&self.url, options).await?)
             }
-            Kind::Nats => Publisher::Nats(nats_connect(&self.url).await?),
+            Kind::Nats => Publisher::Nats(nats_connect(&self.url, self.tls_ca.as_deref()).await?),
             Kind::Redis => {
                 let client = redis::Client::open(self.url.as_str())?;
                 let connection = client.get_multiplexed_async_connection().await?;
@@ -109,6 +112,7 @@ impl System {
                 let options = ClientOptions {
                     name: "bench-sub".into(),
                     token: self.token.clone(),
+                    tls_ca_file: self.tls_ca.clone(),
                     ..ClientOptions::default()
                 };
                 let client = Client::connect_with(&self.url, options).await?;
@@ -119,7 +123,7 @@ impl System {
                 Subscriber::Mycelium(client, sub)
             }
             Kind::Nats => {
-                let client = nats_connect(&self.url).await?;
+                let client = nats_connect(&self.url, self.tls_ca.as_deref()).await?;
                 let sub = match group {
                     Some(g) => client.queue_subscribe(topic.to_owned(), g.to_owned()).await?,
                     None => client.subscribe(topic.to_owned()).await?,
@@ -148,11 +152,14 @@ impl System {
     }
 }
 
-async fn nats_connect(url: &str) -> anyhow::Result<async_nats::Client> {
-    let options = async_nats::ConnectOptions::new()
+async fn nats_connect(url: &str, tls_ca: Option<&std::path::Path>) -> anyhow::Result<async_nats::Client> {
+    let mut options = async_nats::ConnectOptions::new()
         .subscription_capacity(1 << 20)
         .client_capacity(1 << 16)
         .connection_timeout(Duration::from_secs(3));
+    if let Some(ca) = tls_ca.filter(|_| url.starts_with("tls://")) {
+        options = options.require_tls(true).add_root_certificates(ca.to_owned());
+    }
     Ok(options.connect(url).await?)
 }
 

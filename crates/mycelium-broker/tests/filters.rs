@@ -114,3 +114,43 @@ fn malformed_filters_name_the_position() {
         assert!(error.message.contains(message), "{text}: {error}");
     }
 }
+
+#[test]
+fn nesting_tests_and_lists_are_bounded_and_refused_not_crashed() {
+    use mycelium_broker::filter::{FILTER_DEPTH_MAX, FILTER_IN_VALUES_MAX, FILTER_TESTS_MAX};
+    // Thousands of `(` (within the 4,096-byte filter limit) aborted the broker with a stack
+    // overflow; now a clear error.
+    let deep = format!("{}header.a == \"x\"", "(".repeat(2600));
+    let error = Filter::parse(&deep).unwrap_err();
+    assert!(error.to_string().contains("nested deeper than 32"), "{error}");
+    assert_eq!(
+        error.position, FILTER_DEPTH_MAX,
+        "at the first `(` past the limit"
+    );
+    let nots = format!("{}header.a exists", "not ".repeat(1000));
+    assert!(
+        Filter::parse(&nots)
+            .unwrap_err()
+            .to_string()
+            .contains("nested deeper")
+    );
+    // Up to the limits, it works.
+    let at_limit = format!(
+        "{}header.a == \"x\"{}",
+        "(".repeat(FILTER_DEPTH_MAX),
+        ")".repeat(FILTER_DEPTH_MAX)
+    );
+    let filter = Filter::parse(&at_limit).unwrap();
+    assert!(filter.matches(&headers(&[("a", "x")]), b""));
+    // A long chain of `and`s nests one level per test: bounded by the number of tests.
+    let chain = |n: usize| vec!["header.a exists"; n].join(" and ");
+    Filter::parse(&chain(FILTER_TESTS_MAX)).unwrap();
+    let error = Filter::parse(&chain(200)).unwrap_err();
+    assert!(error.to_string().contains("more than 128 tests"), "{error}");
+    let list = |n: usize| {
+        let values = vec!["0"; n];
+        format!("header.a in ({})", values.join(","))
+    };
+    Filter::parse(&list(FILTER_IN_VALUES_MAX)).unwrap();
+    assert!(Filter::parse(&list(FILTER_IN_VALUES_MAX + 1)).is_err());
+}

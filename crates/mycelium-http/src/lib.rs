@@ -281,3 +281,75 @@ pub fn topic_settings(
         .spec_or_problems(limits)
         .map_err(|problems| problems.into_iter().map(|p| (p.field, p.message)).collect())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::{Request, StatusCode};
+    use tower::ServiceExt;
+
+    fn authenticated() -> Arc<mycelium_auth::Authenticator> {
+        let token = "myc_probe-test-token";
+        let user = mycelium_auth::User {
+            name: "scraper".into(),
+            token_sha256: mycelium_auth::parse_token_hash(&mycelium_auth::token_hash_hex(token)).ok(),
+            uid: None,
+            cert_common_name: None,
+            roles: vec![mycelium_broker::Role::Consumer],
+            publish: None,
+            consume: None,
+        };
+        let config = mycelium_auth::AuthConfig {
+            mode: mycelium_auth::Mode::Required,
+            jwt: None,
+            users: vec![user],
+            local_admins: false,
+        };
+        Arc::new(mycelium_auth::Authenticator::new(config).unwrap())
+    }
+
+    async fn probe(open_probes: OpenProbes, from: Option<IpAddr>, token: Option<&str>) -> StatusCode {
+        let broker = Broker::new(mycelium_broker::BrokerConfig::default()).unwrap();
+        let config = HttpConfig {
+            auth: authenticated(),
+            open_probes,
+            ..HttpConfig::default()
+        };
+        let app = router(broker, config).unwrap();
+        let mut request = Request::get("/metrics");
+        if let Some(token) = token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        let mut request = request.body(axum::body::Body::empty()).unwrap();
+        request.extensions_mut().insert(ClientAddr(from));
+        app.oneshot(request).await.unwrap().status()
+    }
+
+    #[tokio::test]
+    async fn probes_are_open_on_loopback_and_need_a_token_elsewhere_unless_configured() {
+        let loopback = Some(IpAddr::from([127, 0, 0, 1]));
+        let remote = Some(IpAddr::from([10, 1, 2, 3]));
+        let token = Some("myc_probe-test-token");
+        assert_eq!(probe(OpenProbes::Loopback, loopback, None).await, StatusCode::OK);
+        assert_eq!(
+            probe(OpenProbes::Loopback, None, None).await,
+            StatusCode::OK,
+            "the Unix socket"
+        );
+        assert_eq!(
+            probe(OpenProbes::Loopback, remote, None).await,
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(
+            probe(OpenProbes::Loopback, remote, Some("wrong")).await,
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(probe(OpenProbes::Loopback, remote, token).await, StatusCode::OK);
+        assert_eq!(probe(OpenProbes::Always, remote, None).await, StatusCode::OK);
+        assert_eq!(
+            probe(OpenProbes::Never, loopback, None).await,
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(probe(OpenProbes::Never, loopback, token).await, StatusCode::OK);
+    }
+}

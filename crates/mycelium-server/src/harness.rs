@@ -13,17 +13,14 @@ use crate::connection::{self, Peer, Settings, SocketWrite};
 /// The token of the harness's one service user (`fuzz`: producer and consumer of `f.>`).
 pub const TOKEN: &str = "myc_fuzz";
 
-/// An in-memory connection's write half: keeps what the broker sends, up to a bound.
+/// An in-memory connection's write half: keeps everything the broker sends (each run has a
+/// broker of its own, so what one input makes the broker hold never grows the next one's answers).
 struct Sink(std::sync::Mutex<Vec<u8>>);
-
-/// Bytes of answers kept per run, at most (the rest is counted as written and dropped).
-const SINK_BYTES_MAX: usize = 1 << 20;
 
 impl SocketWrite for Sink {
     fn try_write(&self, buf: &[u8]) -> std::io::Result<usize> {
         let mut kept = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let room = SINK_BYTES_MAX.saturating_sub(kept.len()).min(buf.len());
-        kept.extend_from_slice(&buf[..room]);
+        kept.extend_from_slice(buf);
         Ok(buf.len())
     }
 
@@ -32,15 +29,15 @@ impl SocketWrite for Sink {
     }
 }
 
-/// A broker and the settings of its connections.
+/// The settings of the harness's brokers and connections.
 pub struct Harness {
-    broker: Arc<Broker>,
+    broker_config: mycelium_broker::BrokerConfig,
     settings: Arc<Settings>,
     runtime: tokio::runtime::Runtime,
 }
 
 impl Harness {
-    /// A broker with authentication on (one user, [`TOKEN`]) and default topics.
+    /// Brokers with authentication on (one user, [`TOKEN`]) and default topics.
     ///
     /// # Panics
     /// The runtime or the broker cannot start (not input-dependent).
@@ -61,10 +58,7 @@ impl Harness {
         config.http.enabled = false;
         let auth = config.auth_config().expect("the harness's auth settings");
         let auth = Arc::new(mycelium_auth::Authenticator::new(auth).expect("the harness's keys"));
-        let broker = {
-            let _entered = runtime.enter();
-            Broker::new(config.broker_config().expect("defaults")).expect("a broker")
-        };
+        let broker_config = config.broker_config().expect("defaults");
         let settings = Arc::new(Settings {
             server_name: "mycelium-harness".into(),
             frame_bytes_max: 1 << 20,
@@ -77,7 +71,7 @@ impl Harness {
             auth,
         });
         Harness {
-            broker,
+            broker_config,
             settings,
             runtime,
         }
@@ -107,11 +101,15 @@ impl Harness {
         let shared = Arc::new(sink);
         let writer = Shared(Arc::clone(&shared));
         let shutdown = tokio_util::sync::CancellationToken::new();
+        let broker = {
+            let _entered = self.runtime.enter();
+            Broker::new(self.broker_config.clone()).expect("a broker of defaults")
+        };
         self.runtime.block_on(connection::serve(
             std::io::Cursor::new(rest.to_vec()),
             writer,
             peer,
-            Arc::clone(&self.broker),
+            broker,
             Arc::clone(&self.settings),
             shutdown,
         ));

@@ -178,6 +178,8 @@ impl Filter {
             text,
             tokens: tokenize(text)?,
             at: 0,
+            depth: 0,
+            tests: 0,
         };
         let root = parser.or()?;
         if let Some(token) = parser.tokens.get(parser.at) {
@@ -588,7 +590,19 @@ struct Parser<'a> {
     text: &'a str,
     tokens: Vec<Token>,
     at: usize,
+    /// Parentheses and `not`s open around the current position.
+    depth: usize,
+    /// Tests parsed so far.
+    tests: usize,
 }
+
+/// Parentheses and `not`s nested at most this deep: parsing, evaluating and dropping a filter
+/// recurse once per level, and a filter of thousands of `(` overflowed the stack.
+pub const FILTER_DEPTH_MAX: usize = 32;
+/// Tests (`subject op value`) in one filter, at most; a chain of `and`s nests one level per test.
+pub const FILTER_TESTS_MAX: usize = 128;
+/// Values in one `in (...)` list, at most.
+pub const FILTER_IN_VALUES_MAX: usize = 1024;
 
 impl Parser<'_> {
     fn peek(&self) -> Option<&Token> {
@@ -627,13 +641,29 @@ impl Parser<'_> {
         Ok(left)
     }
 
+    /// Enters one more level of nesting, refusing past [`FILTER_DEPTH_MAX`].
+    fn nest(&mut self) -> Result<(), FilterError> {
+        self.depth += 1;
+        if self.depth > FILTER_DEPTH_MAX {
+            return Err(self.error(format!(
+                "nested deeper than {FILTER_DEPTH_MAX} levels of `(` and `not`"
+            )));
+        }
+        Ok(())
+    }
+
     fn unary(&mut self) -> Result<Node, FilterError> {
         if self.keyword("not") {
-            return Ok(Node::Not(Box::new(self.unary()?)));
+            self.nest()?;
+            let inner = self.unary()?;
+            self.depth -= 1;
+            return Ok(Node::Not(Box::new(inner)));
         }
         if matches!(self.peek(), Some(Token { kind: Kind::Open, .. })) {
+            self.nest()?;
             self.at += 1;
             let inner = self.or()?;
+            self.depth -= 1;
             if !matches!(
                 self.peek(),
                 Some(Token {
@@ -650,6 +680,10 @@ impl Parser<'_> {
     }
 
     fn test(&mut self) -> Result<Node, FilterError> {
+        self.tests += 1;
+        if self.tests > FILTER_TESTS_MAX {
+            return Err(self.error(format!("more than {FILTER_TESTS_MAX} tests in one filter")));
+        }
         let Some(token) = self.peek().cloned() else {
             return Err(self.error("expected a test like `header.kind == \"x\"` or `$.price > 100`"));
         };
@@ -682,6 +716,11 @@ impl Parser<'_> {
                 })
             ) {
                 self.at += 1;
+                if values.len() == FILTER_IN_VALUES_MAX {
+                    return Err(self.error(format!(
+                        "more than {FILTER_IN_VALUES_MAX} values in one `in` list"
+                    )));
+                }
                 values.push(self.value()?);
             }
             if !matches!(
