@@ -276,7 +276,7 @@ fn try_spawn_broker(binary: &Path, tls: Option<&Path>) -> anyhow::Result<Option<
     let config = dir.path().join("bench.toml");
     let data = dir.path().join("data");
     let mut text = format!(
-        "[storage]\ndata_dir = \"{}\"\n[auth]\njwt_secret = \"{BENCH_JWT_SECRET}\"\n[http]\nunix_socket = \"{}\"\n",
+        "[server]\nmax_connections = 100000\nmax_connections_per_ip = 100000\n[storage]\ndata_dir = \"{}\"\n[auth]\njwt_secret = \"{BENCH_JWT_SECRET}\"\n[http]\nunix_socket = \"{}\"\n",
         data.display(),
         http_unix.display()
     );

@@ -23,7 +23,7 @@ pub mod routing;
 pub mod store;
 
 pub use broker::{
-    Action, AuditLog, Broker, BrokerConfig, ConnectionInfo, DurableRequest, LocalMessage, Published,
+    Action, AuditLog, Broker, BrokerConfig, ConnectionInfo, DurableRequest, Limits, LocalMessage, Published,
     Publisher, health, inspect,
 };
 pub use consumer::Verdict;

@@ -522,3 +522,36 @@ fn filtered_subscriptions_and_groups_get_only_what_they_accept() {
     // eu refused 2 messages; the group had no taker for "not json".
     assert_eq!(orders.filtered, 3);
 }
+
+#[test]
+fn topics_and_subscriptions_per_connection_are_capped() {
+    use mycelium_broker::Limits;
+    let broker = Broker::new(BrokerConfig {
+        limits: Limits {
+            topics_max: 3,
+            subscriptions_per_connection_max: 2,
+            ..Limits::default()
+        },
+        ..BrokerConfig::default()
+    })
+    .unwrap();
+    let conn = broker.connect("test".into());
+    let mut publisher = Publisher::new(Arc::clone(&conn));
+    for topic in ["a", "b", "c"] {
+        publish(&broker, &mut publisher, topic, b"x").unwrap();
+    }
+    let error = publish(&broker, &mut publisher, "d", b"x").unwrap_err();
+    assert_eq!(error.code(), ErrorCode::LimitReached);
+    assert!(error.to_string().contains("server.max_topics"), "{error}");
+    assert!(broker.topic("d").is_none(), "nothing was created");
+    publish(&broker, &mut publisher, "a", b"x").unwrap();
+    // Subscriptions: two per connection; a third is refused, and room comes back on unsubscribe.
+    broker.subscribe(&conn, 1, "a", None).unwrap();
+    broker.subscribe(&conn, 2, "b.>", None).unwrap();
+    let error = broker.subscribe(&conn, 3, "c", None).unwrap_err();
+    assert_eq!(error.code(), ErrorCode::LimitReached);
+    let other = broker.connect("other".into());
+    broker.subscribe(&other, 1, "c", None).unwrap();
+    assert!(broker.unsubscribe(&conn, 1));
+    broker.subscribe(&conn, 3, "c", None).unwrap();
+}

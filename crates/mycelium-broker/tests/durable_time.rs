@@ -550,3 +550,88 @@ async fn a_durable_filter_skips_or_dead_letters_and_outlives_a_restart() {
     );
     off_worker(|| broker.close_storage());
 }
+
+#[tokio::test(start_paused = true)]
+async fn delivery_options_a_client_chooses_are_bounded() {
+    use mycelium_broker::delivery::bounds;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = broker(dir.path(), vec![("jobs", stored_spec(|_| {}))]);
+    let conn = broker.connect("consumer".into());
+    let base = SubscribeOptions {
+        durable: Some("w"),
+        ..SubscribeOptions::default()
+    };
+    let refused = |options: SubscribeOptions<'_>| {
+        let error = broker.durable_request(&conn, "jobs", &options).unwrap_err();
+        assert!(error.to_string().contains("is outside"), "{error}");
+    };
+    // The abusive shape: ack wait 1 ms, backoff 0, a million in flight.
+    refused(SubscribeOptions {
+        ack_wait_ms: Some(1),
+        ..base.clone()
+    });
+    refused(SubscribeOptions {
+        ack_wait_ms: Some(u32::MAX),
+        ..base.clone()
+    });
+    refused(SubscribeOptions {
+        backoff_ms: vec![0],
+        ..base.clone()
+    });
+    refused(SubscribeOptions {
+        backoff_ms: vec![1000; bounds::BACKOFF_STEPS_MAX + 1],
+        ..base.clone()
+    });
+    refused(SubscribeOptions {
+        max_in_flight: Some(1_000_000),
+        ..base.clone()
+    });
+    refused(SubscribeOptions {
+        max_in_flight: Some(0),
+        ..base.clone()
+    });
+    // The edges themselves are allowed.
+    let edges = SubscribeOptions {
+        ack_wait_ms: Some(bounds::ACK_WAIT_MIN.as_millis() as u32),
+        backoff_ms: vec![
+            bounds::BACKOFF_MIN.as_millis() as u32,
+            bounds::DELAY_MAX.as_millis() as u32,
+        ],
+        max_in_flight: Some(bounds::IN_FLIGHT_MAX),
+        ..base.clone()
+    };
+    open(&broker, &conn, 1, &edges).await.unwrap();
+    // A NACK delay longer than the bound is shortened to it: the message comes back after a day,
+    // not after 49 days.
+    publish(&broker, "jobs", "j", MessageProps::default()).await;
+    let mut got = Vec::new();
+    wait_for("the first delivery", || {
+        got.extend(deliveries(&conn));
+        !got.is_empty()
+    })
+    .await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    let nack = Nack {
+        ack: Ack {
+            subscription_id: 1,
+            sequence: got[0].0,
+        },
+        delay_ms: u32::MAX,
+        reason: "later",
+    };
+    broker.acknowledge(&conn, Verdict::Nack(nack), 0).unwrap();
+    tokio::time::advance(bounds::DELAY_MAX - Duration::from_secs(60)).await;
+    settle().await;
+    assert!(deliveries(&conn).is_empty(), "not before a day");
+    tokio::time::advance(Duration::from_secs(120)).await;
+    let mut again = Vec::new();
+    wait_for("the redelivery", || {
+        again.extend(deliveries(&conn));
+        !again.is_empty()
+    })
+    .await;
+    assert_eq!(
+        again.iter().map(|d| (d.0, d.1)).collect::<Vec<_>>(),
+        [(got[0].0, 2)]
+    );
+}

@@ -146,6 +146,9 @@ impl PullConsumers {
                     }])
                 }
                 mycelium_broker::SubscribeError::Denied(denied) => ApiError::from(denied),
+                limit @ mycelium_broker::SubscribeError::Limit(_) => {
+                    ApiError::new(Kind::Conflict, limit.to_string())
+                }
                 other => ApiError::new(Kind::Invalid, other.to_string()),
             });
         }

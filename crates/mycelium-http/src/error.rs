@@ -173,6 +173,8 @@ impl From<mycelium_broker::PublishError> for ApiError {
             E::UnknownTopic(_) => Kind::NotFound,
             E::MessageTooLarge { .. } => Kind::TooLarge,
             E::StorageUnavailable(_) => Kind::Storage,
+            E::Denied(_) => Kind::Forbidden,
+            E::Limit(_) => Kind::Conflict,
             _ => Kind::Invalid,
         };
         ApiError::new(kind, error.to_string())

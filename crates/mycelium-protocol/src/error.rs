@@ -148,6 +148,12 @@ error_codes! {
     InvalidHeaders = 19,
     /// A subscription filter that does not parse; the message names the position.
     InvalidFilter = 20,
+    /// A broker limit would be passed (topics, subscriptions per connection, durable
+    /// subscriptions per topic); the message names the limit's setting. Nothing was done.
+    LimitReached = 21,
+    /// A frame left incomplete past `frame_timeout`, or a connection silent past `idle_timeout`
+    /// that did not answer a PING; the connection is closed.
+    TimedOut = 22,
     /// The broker could not store the message (disk full, I/O error); nothing was stored.
     StorageFailed = 30,
     /// A message the broker already holds under the same idempotency key (reserved).

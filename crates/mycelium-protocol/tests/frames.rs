@@ -356,6 +356,8 @@ fn error_codes_are_stable() {
         (ErrorCode::NotPermitted, 18),
         (ErrorCode::InvalidHeaders, 19),
         (ErrorCode::InvalidFilter, 20),
+        (ErrorCode::LimitReached, 21),
+        (ErrorCode::TimedOut, 22),
         (ErrorCode::StorageFailed, 30),
         (ErrorCode::Duplicate, 31),
         (ErrorCode::InvalidRequest, 40),

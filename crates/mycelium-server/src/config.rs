@@ -126,14 +126,27 @@ pub struct ServerSection {
     pub tcp: String,
     /// Connections accepted at once; more are refused with an ERROR.
     pub max_connections: usize,
+    /// TCP connections from one address at once; more are refused with an ERROR.
+    pub max_connections_per_ip: usize,
     /// Time a new connection has to send HELLO.
     pub connection_timeout: HumanDuration,
+    /// A connection that sends nothing this long gets a PING; silent as long again, it is closed.
+    pub idle_timeout: HumanDuration,
+    /// A frame begun and not finished within this closes the connection.
+    pub frame_timeout: HumanDuration,
     /// Largest frame accepted (the length prefix is checked before reading the body).
     pub max_frame_size: ByteSize,
     /// Publishing to an unknown topic creates it (fanout, defaults) instead of failing.
     pub auto_create_topics: bool,
     /// On SIGINT/SIGTERM, time allowed to flush pending deliveries before closing anyway.
     pub shutdown_timeout: HumanDuration,
+    /// Topics the broker holds at most (configured ones included); a publish that would create
+    /// one more is refused with `LimitReached`.
+    pub max_topics: usize,
+    /// Subscriptions one connection holds at once, at most.
+    pub max_subscriptions_per_connection: usize,
+    /// Durable subscriptions of one topic, at most.
+    pub max_durables_per_topic: usize,
 }
 
 impl Default for ServerSection {
@@ -144,10 +157,16 @@ impl Default for ServerSection {
             socket_mode: "0660".into(),
             tcp: "127.0.0.1:7420".into(),
             max_connections: 10_000,
+            max_connections_per_ip: 1_024,
             connection_timeout: HumanDuration(Duration::from_secs(5)),
+            idle_timeout: HumanDuration(Duration::from_secs(120)),
+            frame_timeout: HumanDuration(Duration::from_secs(30)),
             max_frame_size: ByteSize(16 << 20),
             auto_create_topics: true,
             shutdown_timeout: HumanDuration(Duration::from_secs(10)),
+            max_topics: 10_000,
+            max_subscriptions_per_connection: 1_000,
+            max_durables_per_topic: 1_000,
         }
     }
 }
@@ -472,8 +491,37 @@ impl Config {
         let mut problems = Vec::new();
         let mut bad = |key: String, reason: String| problems.push(Problem { key, reason });
         let s = &self.server;
-        if s.max_connections == 0 {
-            bad("server.max_connections".into(), "must be greater than 0".into());
+        for (key, value) in [
+            ("max_connections", s.max_connections),
+            ("max_connections_per_ip", s.max_connections_per_ip),
+            ("max_topics", s.max_topics),
+            (
+                "max_subscriptions_per_connection",
+                s.max_subscriptions_per_connection,
+            ),
+            ("max_durables_per_topic", s.max_durables_per_topic),
+        ] {
+            if value == 0 {
+                bad(format!("server.{key}"), "must be greater than 0".into());
+            }
+        }
+        if s.max_topics < self.topics.len() {
+            bad(
+                "server.max_topics".into(),
+                format!(
+                    "{} topics are configured, more than {}",
+                    self.topics.len(),
+                    s.max_topics
+                ),
+            );
+        }
+        for (key, value) in [
+            ("idle_timeout", s.idle_timeout.0),
+            ("frame_timeout", s.frame_timeout.0),
+        ] {
+            if value.is_zero() {
+                bad(format!("server.{key}"), "must be greater than 0".into());
+            }
         }
         if s.connection_timeout.0.is_zero() {
             bad(
@@ -647,6 +695,11 @@ impl Config {
         }
         let d = &self.domains;
         Ok(BrokerConfig {
+            limits: mycelium_broker::Limits {
+                topics_max: self.server.max_topics,
+                subscriptions_per_connection_max: self.server.max_subscriptions_per_connection,
+                durables_per_topic_max: self.server.max_durables_per_topic,
+            },
             spec_limits: limits,
             metrics_topics_max: self.metrics.topics_max,
             auto_create_topics: self.server.auto_create_topics,

@@ -26,6 +26,11 @@ pub(crate) struct Settings {
     /// `[performance] inline_flush_bytes` (0: no inline flushes).
     pub(crate) inline_flush_bytes: usize,
     pub(crate) shutdown_timeout: Duration,
+    /// A connection that sends nothing this long gets a PING; nothing for as long again, closed.
+    pub(crate) idle_timeout: Duration,
+    /// A frame begun and not finished within this is cut off (a client holding a half-sent
+    /// frame holds the broker's memory for it).
+    pub(crate) frame_timeout: Duration,
     /// Checks HELLO's credential.
     pub(crate) auth: Arc<mycelium_auth::Authenticator>,
 }
@@ -231,6 +236,10 @@ async fn read_loop<R: AsyncRead + Unpin>(
     let cancelled = shutdown.cancelled();
     let closed = info.outbound.closed();
     tokio::pin!(cancelled, closed);
+    let mut last_read = tokio::time::Instant::now();
+    let mut pinged = false;
+    // When the frame at the front of the buffer began arriving (none: the buffer is empty).
+    let mut partial_since: Option<tokio::time::Instant> = None;
     loop {
         // Route every whole frame in the buffer before reading again.
         publisher.begin_batch(broker);
@@ -280,6 +289,11 @@ async fn read_loop<R: AsyncRead + Unpin>(
             }
         }
         buf.advance(consumed);
+        partial_since = match (buf.is_empty(), consumed > 0) {
+            (true, _) => None,
+            (false, true) => Some(tokio::time::Instant::now()),
+            (false, false) => partial_since.or_else(|| Some(tokio::time::Instant::now())),
+        };
         publisher.end_batch(broker);
         if publisher.has_blocked() {
             // The read's durable publishes did not fit the storage writer's queue: they go first.
@@ -288,10 +302,33 @@ async fn read_loop<R: AsyncRead + Unpin>(
         if buf.capacity() - buf.len() < read_chunk / 4 {
             buf.reserve(read_chunk);
         }
+        let idle_deadline = last_read + settings.idle_timeout * if pinged { 2 } else { 1 };
+        let deadline = partial_since.map_or(idle_deadline, |since| {
+            idle_deadline.min(since + settings.frame_timeout)
+        });
         tokio::select! {
             biased;
             () = &mut cancelled => return Stop::Quiet,
             () = &mut closed => return Stop::Quiet,
+            () = tokio::time::sleep_until(deadline) => {
+                let now = tokio::time::Instant::now();
+                if partial_since.is_some_and(|since| now >= since + settings.frame_timeout) {
+                    let message = format!(
+                        "a frame was left incomplete for frame_timeout ({:?}); closing",
+                        settings.frame_timeout
+                    );
+                    return fatal(info, 0, ErrorCode::TimedOut, &message);
+                }
+                if pinged {
+                    let message = format!(
+                        "idle: nothing received for idle_timeout ({:?}), nor an answer to PING; closing",
+                        settings.idle_timeout
+                    );
+                    return fatal(info, 0, ErrorCode::TimedOut, &message);
+                }
+                reply(info, 0, &Frame::Ping);
+                pinged = true;
+            }
             read = read.read_buf(&mut buf) => match read {
                 Ok(0) => {
                     if !buf.is_empty() {
@@ -300,6 +337,8 @@ async fn read_loop<R: AsyncRead + Unpin>(
                     return Stop::Quiet;
                 }
                 Ok(_) => {
+                    last_read = tokio::time::Instant::now();
+                    pinged = false;
                     if buf.len() == buf.capacity() && read_chunk < settings.buffer_capacity {
                         read_chunk = (read_chunk * 2).min(settings.buffer_capacity);
                     }

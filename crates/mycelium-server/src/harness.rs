@@ -68,6 +68,8 @@ impl Harness {
             flush_interval: Duration::ZERO,
             inline_flush_bytes: 0,
             shutdown_timeout: Duration::from_millis(50),
+            idle_timeout: Duration::from_secs(60),
+            frame_timeout: Duration::from_secs(60),
             auth,
         });
         Harness {

@@ -93,6 +93,7 @@ pub struct Server {
     broker: Arc<Broker>,
     settings: Arc<Settings>,
     max_connections: usize,
+    max_connections_per_ip: usize,
     unix: Option<(UnixListener, PathBuf)>,
     tcp: Option<TcpListener>,
     tcp_addr: Option<SocketAddr>,
@@ -182,12 +183,15 @@ impl Server {
             flush_interval: config.performance.flush_interval.0,
             inline_flush_bytes: config.performance.inline_flush_bytes.bytes(),
             shutdown_timeout: config.server.shutdown_timeout.0,
+            idle_timeout: config.server.idle_timeout.0,
+            frame_timeout: config.server.frame_timeout.0,
             auth,
         });
         Ok(Server {
             broker,
             settings,
             max_connections: config.server.max_connections,
+            max_connections_per_ip: config.server.max_connections_per_ip,
             unix,
             tcp,
             tcp_addr,
@@ -230,6 +234,7 @@ impl Server {
             broker,
             settings,
             max_connections,
+            max_connections_per_ip,
             unix,
             tcp,
             tls,
@@ -261,7 +266,9 @@ impl Server {
             broker,
             settings,
             max_connections,
+            max_per_ip: max_connections_per_ip,
             active,
+            per_ip: Arc::default(),
             tracker: tracker.clone(),
             shutdown: shutdown.clone(),
         };
@@ -287,7 +294,7 @@ impl Server {
                                             uid,
                                             common_name: None,
                                         };
-                                        accept.spawn(read, write, peer);
+                                        accept.spawn(read, write, peer, None);
                                     }
                                     Err(error) => tracing::warn!(%error, "unix connection not registered; dropped"),
                                 }
@@ -307,16 +314,17 @@ impl Server {
                             Ok((stream, peer)) => {
                                 let _ = stream.set_nodelay(true);
                                 match &tls {
-                                    Some(acceptor) => accept.spawn_tls(stream, acceptor.clone(), format!("tls:{peer}")),
+                                    Some(acceptor) => accept.spawn_tls(stream, acceptor.clone(), peer),
                                     None => {
                                         let (read, write) = stream.into_split();
+                                        let ip = peer.ip();
                                         let peer = connection::Peer {
                                             door: Door::Tcp,
                                             address: format!("tcp:{peer}"),
                                             uid: None,
                                             common_name: None,
                                         };
-                                        accept.spawn(read, write, peer);
+                                        accept.spawn(read, write, peer, Some(ip));
                                     }
                                 }
                             }
@@ -359,56 +367,118 @@ struct Accept {
     broker: Arc<Broker>,
     settings: Arc<Settings>,
     max_connections: usize,
+    max_per_ip: usize,
     active: Arc<AtomicUsize>,
+    per_ip: Arc<PerIp>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
 }
 
+/// Connections held by each TCP address.
+type PerIp = std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>;
+
+/// A connection's place among `max_connections` (and its address's among
+/// `max_connections_per_ip`), given back when it is dropped.
+struct Slot {
+    active: Arc<AtomicUsize>,
+    per_ip: Option<(Arc<PerIp>, std::net::IpAddr)>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.active.fetch_sub(1, Ordering::AcqRel);
+        if let Some((map, ip)) = &self.per_ip {
+            let mut map = map.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(n) = map.get_mut(ip) {
+                *n -= 1;
+                if *n == 0 {
+                    map.remove(ip);
+                }
+            }
+        }
+    }
+}
+
 impl Accept {
-    fn spawn<R, W>(&self, read: R, write: W, peer: connection::Peer)
+    /// A place for one more connection from `ip` (none: the Unix socket), or why not.
+    fn admit(&self, ip: Option<std::net::IpAddr>) -> Result<Slot, (ErrorCode, String)> {
+        if self.active.fetch_add(1, Ordering::AcqRel) >= self.max_connections {
+            self.active.fetch_sub(1, Ordering::AcqRel);
+            let max = self.max_connections;
+            return Err((
+                ErrorCode::TooManyConnections,
+                format!("the broker is at max_connections ({max}); try again later"),
+            ));
+        }
+        let mut slot = Slot {
+            active: Arc::clone(&self.active),
+            per_ip: None,
+        };
+        if let Some(ip) = ip {
+            let mut map = self
+                .per_ip
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let held = map.entry(ip).or_default();
+            if *held >= self.max_per_ip {
+                let max = self.max_per_ip;
+                return Err((
+                    ErrorCode::TooManyConnections,
+                    format!("{ip} holds {max} connections, the limit (server.max_connections_per_ip)"),
+                ));
+            }
+            *held += 1;
+            slot.per_ip = Some((Arc::clone(&self.per_ip), ip));
+        }
+        Ok(slot)
+    }
+
+    fn spawn<R, W>(&self, read: R, write: W, peer: connection::Peer, ip: Option<std::net::IpAddr>)
     where
         R: AsyncRead + Unpin + Send + 'static,
         W: connection::SocketWrite,
     {
-        let active = Arc::clone(&self.active);
-        if active.fetch_add(1, Ordering::AcqRel) >= self.max_connections {
-            active.fetch_sub(1, Ordering::AcqRel);
-            let max = self.max_connections;
-            self.tracker.spawn(async move {
-                let mut buf = BytesMut::new();
-                let text = format!("the broker is at max_connections ({max}); try again later");
-                let _ = encode(
-                    &mut buf,
-                    0,
-                    &Frame::Error(ErrorFrame::new(ErrorCode::TooManyConnections, &text)),
-                );
-                let sent = connection::write_all(&write, &buf);
-                let _ = tokio::time::timeout(std::time::Duration::from_secs(1), sent).await;
-                // Dropping the write half shuts the sending side down.
-                drop(write);
-            });
-            return;
-        }
+        let slot = match self.admit(ip) {
+            Ok(slot) => slot,
+            Err((code, text)) => {
+                self.tracker.spawn(async move {
+                    let mut buf = BytesMut::new();
+                    let _ = encode(&mut buf, 0, &Frame::Error(ErrorFrame::new(code, &text)));
+                    let sent = connection::write_all(&write, &buf);
+                    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), sent).await;
+                    // Dropping the write half shuts the sending side down.
+                    drop(write);
+                });
+                return;
+            }
+        };
         let broker = Arc::clone(&self.broker);
         let settings = Arc::clone(&self.settings);
         let shutdown = self.shutdown.clone();
         self.tracker.spawn(async move {
             connection::serve(read, write, peer, broker, settings, shutdown).await;
-            active.fetch_sub(1, Ordering::AcqRel);
+            drop(slot);
         });
     }
 
     /// A TCP connection with TLS: the handshake (within `connection_timeout`) runs on the
     /// connection's own task, then it is served like any other; a verified client certificate's
     /// common name goes with it to the HELLO check.
-    fn spawn_tls(&self, stream: tokio::net::TcpStream, acceptor: tokio_rustls::TlsAcceptor, address: String) {
-        let active = Arc::clone(&self.active);
-        if active.fetch_add(1, Ordering::AcqRel) >= self.max_connections {
-            // No ERROR frame can be sent before the handshake: the client sees the close.
-            active.fetch_sub(1, Ordering::AcqRel);
-            tracing::debug!(%address, "TLS connection refused at max_connections");
-            return;
-        }
+    fn spawn_tls(
+        &self,
+        stream: tokio::net::TcpStream,
+        acceptor: tokio_rustls::TlsAcceptor,
+        peer: SocketAddr,
+    ) {
+        let address = format!("tls:{peer}");
+        let slot = match self.admit(Some(peer.ip())) {
+            Ok(slot) => slot,
+            Err((_, text)) => {
+                // No ERROR frame can be sent before the handshake: the client sees the close.
+                tracing::debug!(%address, %text, "TLS connection refused");
+                return;
+            }
+        };
         let broker = Arc::clone(&self.broker);
         let settings = Arc::clone(&self.settings);
         let shutdown = self.shutdown.clone();
@@ -434,7 +504,7 @@ impl Accept {
                 Ok(Err(error)) => tracing::debug!(%address, %error, "TLS handshake failed"),
                 Err(_) => tracing::debug!(%address, "no TLS handshake within connection_timeout"),
             }
-            active.fetch_sub(1, Ordering::AcqRel);
+            drop(slot);
         });
     }
 }

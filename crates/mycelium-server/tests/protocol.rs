@@ -223,6 +223,33 @@ async fn max_connections_is_enforced_with_a_clear_error() {
 }
 
 #[tokio::test]
+async fn one_address_holds_at_most_max_connections_per_ip() {
+    let server = TestServer::start_with(|c| c.server.max_connections_per_ip = 2).await;
+    let token = mycelium_test_support::TEST_TOKEN.as_bytes();
+    let (a, got) = Raw::connect_tcp(&server).await.hello_with(token).await;
+    assert_eq!(got, Some(Got::Welcome));
+    let (_b, got) = Raw::connect_tcp(&server).await.hello_with(token).await;
+    assert_eq!(got, Some(Got::Welcome));
+    let mut third = Raw::connect_tcp(&server).await;
+    let got = third.recv_until_closed().await;
+    assert_eq!(code_of(&got[0]), ErrorCode::TooManyConnections as u16);
+    assert!(matches!(&got[0], Got::Error { message, .. } if message.contains("max_connections_per_ip")));
+    // The Unix socket is not an address: it is not counted.
+    let _local = Raw::hello(&server).await;
+    drop(a);
+    let mut admitted = false;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let (_, got) = Raw::connect_tcp(&server).await.hello_with(token).await;
+        if got == Some(Got::Welcome) {
+            admitted = true;
+            break;
+        }
+    }
+    assert!(admitted, "the address gets its place back after a disconnect");
+}
+
+#[tokio::test]
 async fn unknown_topics_and_oversize_messages_are_refused_per_request() {
     let server = TestServer::start_with(|c| {
         c.server.auto_create_topics = false;
@@ -563,4 +590,37 @@ async fn admin_lists_gets_replays_and_purges_dead_letters_and_reports_health() {
     let health: serde_json::Value = admin(&mut raw, 41, &AdminRequest::Health).await;
     assert!(health["health"]["checks"].is_array(), "{health}");
     server.stop().await;
+}
+
+#[tokio::test]
+async fn silent_connections_are_pinged_then_closed_and_half_sent_frames_cut_off() {
+    let server = TestServer::start_with(|c| {
+        c.server.idle_timeout = HumanDuration(Duration::from_millis(300));
+        c.server.frame_timeout = HumanDuration(Duration::from_millis(300));
+    })
+    .await;
+    // Silent: a PING first; silent still, an ERROR and the close.
+    let mut silent = Raw::hello(&server).await;
+    assert_eq!(silent.recv().await, Some(Got::Other("Ping".into())));
+    let rest = silent.recv_until_closed().await;
+    assert_eq!(rest.len(), 1, "{rest:?}");
+    assert_eq!(code_of(&rest[0]), ErrorCode::TimedOut as u16);
+    // Answering the PING keeps a connection open.
+    let mut alive = Raw::hello(&server).await;
+    for _ in 0..3 {
+        assert_eq!(alive.recv().await, Some(Got::Other("Ping".into())));
+        alive.send(0, &Frame::Pong).await;
+    }
+    alive.send(5, &Frame::Ping).await;
+    assert_eq!(alive.recv().await, Some(Got::Pong(5)));
+    // Half a frame: the prefix promises 100 bytes, 10 come; cut off, not held for ever.
+    let mut half = Raw::hello(&server).await;
+    half.send_bytes(&[100, 0, 0, 0, 0x10, 0, 0, 0, 0, 0]).await;
+    let got = half.recv_until_closed().await;
+    let last = got.last().expect("an ERROR before the close");
+    assert_eq!(code_of(last), ErrorCode::TimedOut as u16, "{got:?}");
+    assert!(
+        matches!(last, Got::Error { message, .. } if message.contains("incomplete")),
+        "{got:?}"
+    );
 }

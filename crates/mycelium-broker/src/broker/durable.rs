@@ -28,6 +28,52 @@ pub struct DurableRequest {
     open: OpenRequest,
 }
 
+/// Refuses client-chosen delivery options outside [`crate::delivery::bounds`].
+fn check_bounds(options: &mycelium_protocol::SubscribeOptions<'_>) -> Result<(), SubscribeError> {
+    use crate::consumer::state::bounds::{
+        ACK_WAIT_MAX, ACK_WAIT_MIN, BACKOFF_MIN, BACKOFF_STEPS_MAX, DELAY_MAX, IN_FLIGHT_MAX,
+    };
+    let out_of = |what: &str, value: String, range: String| {
+        Err(SubscribeError::Unsupported(format!(
+            "{what} {value} is outside {range}"
+        )))
+    };
+    let ms = |d: std::time::Duration| d.as_millis();
+    if let Some(wait) = options.ack_wait_ms
+        && !(ms(ACK_WAIT_MIN)..=ms(ACK_WAIT_MAX)).contains(&u128::from(wait))
+    {
+        return out_of(
+            "ack wait",
+            format!("{wait} ms"),
+            format!("{}..={} ms", ms(ACK_WAIT_MIN), ms(ACK_WAIT_MAX)),
+        );
+    }
+    if options.backoff_ms.len() > BACKOFF_STEPS_MAX {
+        return out_of(
+            "a backoff of",
+            format!("{} steps", options.backoff_ms.len()),
+            format!("1..={BACKOFF_STEPS_MAX} steps"),
+        );
+    }
+    if let Some(step) = options
+        .backoff_ms
+        .iter()
+        .find(|step| !(ms(BACKOFF_MIN)..=ms(DELAY_MAX)).contains(&u128::from(**step)))
+    {
+        return out_of(
+            "backoff step",
+            format!("{step} ms"),
+            format!("{}..={} ms", ms(BACKOFF_MIN), ms(DELAY_MAX)),
+        );
+    }
+    if let Some(n) = options.max_in_flight
+        && !(1..=IN_FLIGHT_MAX).contains(&n)
+    {
+        return out_of("max in flight", n.to_string(), format!("1..={IN_FLIGHT_MAX}"));
+    }
+    Ok(())
+}
+
 impl Broker {
     /// Wakes the durable subscriptions of `topic` (new messages are stored).
     fn notify_durable(&self, topic: &str) {
@@ -56,6 +102,7 @@ impl Broker {
         if let Some(filter) = options.filter {
             crate::routing::filter::Filter::parse(filter)?;
         }
+        check_bounds(options)?;
         let Some(name) = options.durable else {
             return Err(SubscribeError::Unsupported(
                 "subscription options need a durable name (start position, ack settings and prefetch apply to durable subscriptions)".into(),
@@ -100,10 +147,27 @@ impl Broker {
         if connection.outbound.is_closing() {
             return Err(SubscribeError::Closing);
         }
+        self.check_subscription_room(connection)?;
         let existing = self.durable_subs.lock().get(&key).cloned();
         let sub = match existing {
             Some(sub) => sub,
             None => {
+                let max = self.config.limits.durables_per_topic_max;
+                let (data_dir, name) = (self.data_dir(), key.0.clone());
+                let persisted = blocking(move || data_dir.persisted_subscriptions(&name)).await;
+                let opened = self
+                    .durable_subs
+                    .lock()
+                    .keys()
+                    .filter(|(t, _)| *t == key.0)
+                    .count();
+                let known = persisted.len().max(opened);
+                if known >= max && !persisted.iter().any(|(n, _)| *n == key.1) {
+                    return Err(SubscribeError::Limit(format!(
+                        "topic `{}` has {max} durable subscriptions, the limit (server.max_durables_per_topic)",
+                        key.0
+                    )));
+                }
                 let (backend, config, opened_topic) = (
                     Arc::clone(store.backend()),
                     self.config.durable.clone(),

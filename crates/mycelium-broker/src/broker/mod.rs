@@ -51,6 +51,29 @@ pub struct BrokerConfig {
     pub metrics_topics_max: usize,
     /// The bounds every topic spec keeps, whichever door creates the topic.
     pub spec_limits: crate::routing::draft::SpecLimits,
+    /// How much one client can make the broker hold.
+    pub limits: Limits,
+}
+
+/// Caps on what clients can make the broker create.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Topics, configured ones included; a publish that would create one more is refused.
+    pub topics_max: usize,
+    /// Subscriptions one connection holds at once (durable ones included).
+    pub subscriptions_per_connection_max: usize,
+    /// Durable subscriptions of one topic (open or only persisted).
+    pub durables_per_topic_max: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            topics_max: 10_000,
+            subscriptions_per_connection_max: 1_000,
+            durables_per_topic_max: 1_000,
+        }
+    }
 }
 
 impl Default for BrokerConfig {
@@ -70,6 +93,7 @@ impl Default for BrokerConfig {
             spec_limits: crate::routing::draft::SpecLimits {
                 message_bytes_max: (16 << 20) - 1024,
             },
+            limits: Limits::default(),
         }
     }
 }
@@ -354,6 +378,12 @@ impl Broker {
         if let Some(existing) = topics.get(name) {
             return Ok(Arc::clone(existing));
         }
+        let max = self.config.limits.topics_max;
+        if topics.len() >= max {
+            return Err(PublishError::Limit(format!(
+                "the broker holds {max} topics, its limit (server.max_topics); `{name}` was not created"
+            )));
+        }
         let route = Route::build(name, spec.routing, &registry);
         let topic = Arc::new(Topic::new(name, spec, route));
         topics.insert(name.into(), Arc::clone(&topic));
@@ -454,6 +484,7 @@ impl Broker {
         if connection.outbound.is_closing() {
             return Err(SubscribeError::Closing);
         }
+        self.check_subscription_room(connection)?;
         let key = self.next_subscription_key.fetch_add(1, Ordering::Relaxed);
         let sub = Arc::new(Subscription::new(
             id,
@@ -469,6 +500,17 @@ impl Broker {
         self.rebuild_routes(&registry, |topic| sub.pattern.matches(topic));
         connection.subscriptions.fetch_add(1, Ordering::Relaxed);
         Ok(sub)
+    }
+
+    /// Refuses one more subscription on a connection at its limit.
+    pub(crate) fn check_subscription_room(&self, connection: &ConnectionInfo) -> Result<(), SubscribeError> {
+        let max = self.config.limits.subscriptions_per_connection_max;
+        if connection.subscriptions.load(Ordering::Relaxed) as usize >= max {
+            return Err(SubscribeError::Limit(format!(
+                "this connection holds {max} subscriptions, the limit (server.max_subscriptions_per_connection)"
+            )));
+        }
+        Ok(())
     }
 
     /// Removes subscription `id` of `connection`. Returns whether it existed. Once this returns,

@@ -396,7 +396,9 @@ impl DurableSub {
         let outcome = match verdict {
             Verdict::Ack(a) => state.ack(a.sequence),
             Verdict::Nack(n) => {
-                let delay = (n.delay_ms > 0).then(|| Duration::from_millis(n.delay_ms.into()));
+                let delay = (n.delay_ms > 0).then(|| {
+                    Duration::from_millis(n.delay_ms.into()).min(crate::consumer::state::bounds::DELAY_MAX)
+                });
                 state.nack(n.ack.sequence, delay, now)
             }
             Verdict::InProgress(a) => state.in_progress(a.sequence, now),

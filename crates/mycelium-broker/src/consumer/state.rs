@@ -27,6 +27,25 @@ use std::time::Duration;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
+/// The bounds of what a consumer may ask for: each option a client chooses is refused outside
+/// them (ack wait 1 ms with no backoff and a million in flight kept a broker at 99% CPU).
+pub mod bounds {
+    use std::time::Duration;
+
+    /// Shortest ack wait.
+    pub const ACK_WAIT_MIN: Duration = Duration::from_millis(100);
+    /// Longest ack wait.
+    pub const ACK_WAIT_MAX: Duration = Duration::from_secs(24 * 3600);
+    /// Shortest backoff step.
+    pub const BACKOFF_MIN: Duration = Duration::from_millis(10);
+    /// Longest backoff step, and longest NACK delay (a longer NACK delay is shortened to it).
+    pub const DELAY_MAX: Duration = Duration::from_secs(24 * 3600);
+    /// Backoff steps, at most.
+    pub const BACKOFF_STEPS_MAX: usize = 32;
+    /// Messages in flight to one subscription, at most.
+    pub const IN_FLIGHT_MAX: u32 = 10_000;
+}
+
 /// How a subscription retries.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DeliveryPolicy {

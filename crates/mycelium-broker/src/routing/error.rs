@@ -45,6 +45,9 @@ pub enum PublishError {
     /// The principal may not publish there.
     #[error(transparent)]
     Denied(#[from] crate::routing::access::Denied),
+    /// A limit of the broker's (topics) would be passed.
+    #[error("limit reached: {0}")]
+    Limit(String),
 }
 
 impl PublishError {
@@ -59,6 +62,7 @@ impl PublishError {
             PublishError::Unsupported(_) => ErrorCode::InvalidHeaders,
             PublishError::StorageUnavailable(_) => ErrorCode::StorageFailed,
             PublishError::Denied(_) => ErrorCode::NotPermitted,
+            PublishError::Limit(_) => ErrorCode::LimitReached,
         }
     }
 
@@ -93,6 +97,10 @@ pub enum SubscribeError {
     /// The principal may not subscribe there (or use that durable subscription).
     #[error(transparent)]
     Denied(#[from] crate::routing::access::Denied),
+    /// A limit of the broker's (subscriptions per connection, durable subscriptions per topic)
+    /// would be passed.
+    #[error("limit reached: {0}")]
+    Limit(String),
 }
 
 impl SubscribeError {
@@ -104,6 +112,7 @@ impl SubscribeError {
             SubscribeError::InvalidFilter(_) => ErrorCode::InvalidFilter,
             SubscribeError::Closing => ErrorCode::ShuttingDown,
             SubscribeError::Denied(_) => ErrorCode::NotPermitted,
+            SubscribeError::Limit(_) => ErrorCode::LimitReached,
         }
     }
 }
