@@ -23,8 +23,8 @@ pub mod routing;
 pub mod store;
 
 pub use broker::{
-    Action, AuditLog, Broker, BrokerConfig, ConnectionInfo, DurableRequest, Limits, LocalMessage, Published,
-    Publisher, health, inspect,
+    Action, AuditLog, Broker, BrokerConfig, ConnectionInfo, DurableRequest, HEADERS_BYTES_MAX, Limits,
+    LocalMessage, Published, Publisher, health, inspect,
 };
 pub use consumer::Verdict;
 pub use consumer::state as delivery;

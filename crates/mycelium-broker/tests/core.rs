@@ -555,3 +555,25 @@ fn topics_and_subscriptions_per_connection_are_capped() {
     assert!(broker.unsubscribe(&conn, 1));
     broker.subscribe(&conn, 3, "c", None).unwrap();
 }
+
+#[test]
+fn a_header_block_too_large_to_deliver_is_refused_at_publish() {
+    let broker = broker_with(vec![], true);
+    let conn = broker.connect("test".into());
+    let subscriber = broker.connect("sub".into());
+    broker.subscribe(&subscriber, 1, "h", None).unwrap();
+    let mut publisher = Publisher::new(Arc::clone(&conn));
+    let pairs = [("k", "v".repeat(mycelium_broker::HEADERS_BYTES_MAX))];
+    let mut headers = bytes::BytesMut::new();
+    mycelium_protocol::encode_headers(&mut headers, pairs.iter().map(|(k, v)| (*k, v.as_bytes()))).unwrap();
+    let message = Publish {
+        topic: "h",
+        headers: &headers,
+        payload: b"x",
+        ..Default::default()
+    };
+    let error = broker.publish(&mut publisher, &message).unwrap_err();
+    assert_eq!(error.code(), ErrorCode::InvalidHeaders);
+    assert!(error.to_string().contains("header block"), "{error}");
+    assert!(subscriber.outbound.take_all().is_empty(), "nothing was routed");
+}

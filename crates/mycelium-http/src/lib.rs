@@ -110,6 +110,8 @@ pub(crate) struct AppState {
     pub(crate) limiter: Limiter,
     pub(crate) consumers: PullConsumers,
     pub(crate) rates: routes::topics::Rates,
+    /// The last storage probe of `/health/ready`: when, and its result.
+    pub(crate) storage_probe: tokio::sync::Mutex<Option<(std::time::Instant, Result<(), String>)>>,
 }
 
 pub(crate) type SharedState = Arc<AppState>;
@@ -143,6 +145,7 @@ pub(crate) fn build(broker: Arc<Broker>, config: HttpConfig) -> Result<(Router, 
         limiter,
         consumers: PullConsumers::default(),
         rates: routes::topics::Rates::default(),
+        storage_probe: tokio::sync::Mutex::new(None),
         config,
     });
     let body_limit = state.config.body_limit_bytes;

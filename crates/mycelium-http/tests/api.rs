@@ -1132,3 +1132,24 @@ async fn another_principals_messages_and_subscriptions_are_out_of_reach() {
         "c's consume and c's ack"
     );
 }
+
+#[tokio::test]
+async fn headers_too_large_to_deliver_are_refused_and_nothing_is_stored() {
+    let api = api();
+    let t = admin();
+    // Over what a delivery can carry, under this API's 64 KiB body limit.
+    let big = "v".repeat(62 * 1024);
+    let (status, body) = api
+        .publish(&t, json!({"topic": "jobs", "payload": 1, "headers": {"k": big}}))
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("header block"),
+        "{body}"
+    );
+    let depth = api.broker.topic_depth("jobs").map_or(0, |d| d.stored);
+    assert_eq!(depth, 0, "nothing stored");
+}

@@ -481,9 +481,15 @@ fn handle(
             Err(error) => send_error(info, request_id, error.code(), error.detail(), &error.to_string()),
         },
         Frame::PublishBatch(batch) => {
+            // Refusals are summarised in one ERROR (the first, and how many): one per entry let a
+            // batch of bad entries make the broker queue far more than it was sent.
+            let mut refused = 0usize;
+            let mut first = None;
+            let mut total = 0usize;
             for (index, entry) in batch.iter().enumerate() {
                 // The batch was checked whole on decode; entries cannot fail to parse here.
                 let Ok(message) = entry else { break };
+                total += 1;
                 match broker.publish_request(publisher, &message, request_id) {
                     Ok(published) if message.confirm && !published.queued => {
                         let ok = PublishOk {
@@ -495,10 +501,18 @@ fn handle(
                     }
                     Ok(_) => {}
                     Err(error) => {
-                        let text = format!("batch entry {index}: {error}");
-                        send_error(info, request_id, error.code(), error.detail(), &text);
+                        refused += 1;
+                        first.get_or_insert((index, error));
                     }
                 }
+            }
+            if let Some((index, error)) = first {
+                let text = if refused == 1 {
+                    format!("batch entry {index}: {error}")
+                } else {
+                    format!("{refused} of {total} batch entries refused; the first, entry {index}: {error}")
+                };
+                send_error(info, request_id, error.code(), error.detail(), &text);
             }
         }
         Frame::Subscribe(subscribe) => {

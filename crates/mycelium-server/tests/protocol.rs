@@ -624,3 +624,42 @@ async fn silent_connections_are_pinged_then_closed_and_half_sent_frames_cut_off(
         "{got:?}"
     );
 }
+
+#[tokio::test]
+async fn a_batch_of_bad_entries_gets_one_summarised_error() {
+    let server = TestServer::start().await;
+    let mut raw = Raw::hello(&server).await;
+    let mut buf = bytes::BytesMut::new();
+    let mut batch = mycelium_protocol::BatchWriter::new(&mut buf, 9);
+    for topic in ["bad..topic", "ok", "also..bad", "bad..too"] {
+        batch
+            .push(&Publish {
+                topic,
+                payload: b"x",
+                confirm: true,
+                ..Default::default()
+            })
+            .unwrap();
+    }
+    batch.finish().unwrap();
+    raw.send_bytes(&buf).await;
+    raw.send(10, &Frame::Ping).await;
+    let mut got = Vec::new();
+    loop {
+        match raw.recv().await.expect("answers") {
+            Got::Pong(10) => break,
+            other => got.push(other),
+        }
+    }
+    // One PUBLISH_OK for the good entry, one ERROR for the three bad ones.
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert!(matches!(got[0], Got::PublishOk { request_id: 9, .. }), "{got:?}");
+    let Got::Error { code, message, .. } = &got[1] else {
+        panic!("{got:?}")
+    };
+    assert_eq!(*code, ErrorCode::InvalidTopic as u16);
+    assert!(
+        message.starts_with("3 of 4 batch entries refused; the first, entry 0:"),
+        "{message}"
+    );
+}

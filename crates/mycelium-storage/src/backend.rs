@@ -202,6 +202,12 @@ impl DiskBackend {
             if check_name(&name).is_err() {
                 continue;
             }
+            // A stray file where a topic's directory would be is reported and left alone: it
+            // must not stop every other topic from opening.
+            if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+                tracing::warn!(path = %entry.path().display(), "not a topic directory; skipped (move it out of the data directory)");
+                continue;
+            }
             let (log, report) = SegmentLog::open(&entry.path(), config.clone())?;
             reports.push((name.clone(), report));
             logs.insert(name, std::sync::Arc::new(Mutex::new(log)));

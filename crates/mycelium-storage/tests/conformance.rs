@@ -166,3 +166,27 @@ mod properties {
         }
     }
 }
+
+#[test]
+fn a_stray_file_among_the_topics_is_skipped_and_the_others_open() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (backend, _) = DiskBackend::open(dir.path(), LogConfig::default()).unwrap();
+        backend.append("jobs", &support::batch(1, 3)).unwrap();
+    }
+    let topics = mycelium_storage::DataDir::new(dir.path()).topics_dir();
+    std::fs::write(topics.join("stray"), b"not a topic").unwrap();
+    let (backend, reports) = DiskBackend::open(dir.path(), LogConfig::default()).unwrap();
+    assert_eq!(
+        reports.iter().map(|(t, _)| t.as_str()).collect::<Vec<_>>(),
+        ["jobs"]
+    );
+    assert_eq!(
+        backend.bounds("jobs").unwrap().next,
+        4,
+        "the real topic kept its messages"
+    );
+    // Writing to the stray name fails cleanly; nothing else is touched.
+    assert!(backend.append("stray", &support::batch(1, 1)).is_err());
+    assert_eq!(std::fs::read(topics.join("stray")).unwrap(), b"not a topic");
+}

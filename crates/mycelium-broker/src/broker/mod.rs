@@ -13,7 +13,7 @@ mod publish;
 
 pub use access::{Action, AuditLog};
 pub use durable::DurableRequest;
-pub use publish::{LocalMessage, Published, Publisher};
+pub use publish::{HEADERS_BYTES_MAX, LocalMessage, Published, Publisher};
 
 use std::collections::HashMap;
 use std::sync::Arc;

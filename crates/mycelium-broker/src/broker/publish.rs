@@ -20,6 +20,10 @@ use crate::routing::subscription::Subscription;
 use crate::routing::topic::{TopicCounters, TopicRef};
 use crate::store::{AppendRequest, Confirm, MessageProps, QueueError, Stored};
 
+/// The largest header block a message may carry: a DELIVER's header length is 16 bits, and 4 KiB
+/// stays free for what the broker adds (trace context, a dead letter's `x-dlq-*` headers).
+pub const HEADERS_BYTES_MAX: usize = u16::MAX as usize - 4096;
+
 /// A delivery waiting for room in a full subscriber's buffer (policy `block`).
 #[derive(Debug)]
 struct Blocked {
@@ -457,6 +461,14 @@ impl Broker {
 
     fn check(&self, topic: &TopicRef, message: &Publish<'_>) -> Result<(), PublishError> {
         let spec = topic.spec();
+        // A DELIVER carries the header block in a 16-bit length, and a dead letter adds its
+        // `x-dlq-*` headers: a larger block could be accepted but never delivered.
+        if message.headers.len() > HEADERS_BYTES_MAX {
+            return Err(PublishError::Unsupported(format!(
+                "a header block of {} bytes is larger than the {HEADERS_BYTES_MAX} bytes a delivery can carry",
+                message.headers.len()
+            )));
+        }
         if message.payload.len() > spec.message_bytes_max {
             return Err(PublishError::MessageTooLarge {
                 topic: topic.name().to_owned(),

@@ -64,6 +64,9 @@ pub(crate) async fn ready(State(state): State<SharedState>) -> (StatusCode, axum
 }
 
 /// Whether the broker is ready now (for the `mycelium_ready` metric).
+/// How long a storage probe's result stands for every readiness request.
+const STORAGE_PROBE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
 pub(crate) async fn is_ready(state: &SharedState) -> bool {
     readiness(state).await.0
 }
@@ -72,14 +75,24 @@ async fn readiness(state: &SharedState) -> (bool, Vec<Check>) {
     let listeners = state.config.native_listeners_up.load(Ordering::Acquire);
     let uses_storage = state.broker.storage().is_some();
     let storage = if uses_storage {
-        let broker = std::sync::Arc::clone(&state.broker);
-        let data_dir = broker.config().durable.data_dir.clone();
-        mycelium_broker::blocking(move || {
-            broker
-                .probe_data_dir()
-                .map_err(|e| format!("{}: {e}", data_dir.display()))
-        })
-        .await
+        // One probe write per interval, whatever the number of probes: concurrent requests wait
+        // for the one in progress and read its result.
+        let mut cached = state.storage_probe.lock().await;
+        match &*cached {
+            Some((at, result)) if at.elapsed() < STORAGE_PROBE_EVERY => result.clone(),
+            _ => {
+                let broker = std::sync::Arc::clone(&state.broker);
+                let data_dir = broker.config().durable.data_dir.clone();
+                let result = mycelium_broker::blocking(move || {
+                    broker
+                        .probe_data_dir()
+                        .map_err(|e| format!("{}: {e}", data_dir.display()))
+                })
+                .await;
+                *cached = Some((std::time::Instant::now(), result.clone()));
+                result
+            }
+        }
     } else {
         Ok(())
     };
