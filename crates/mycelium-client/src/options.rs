@@ -18,6 +18,60 @@ impl Token {
     pub fn expose(&self) -> &str {
         &self.0
     }
+
+    /// The token in `path` (a token file; keep it mode 0600).
+    ///
+    /// # Errors
+    /// The file cannot be read, or holds nothing.
+    pub fn from_file(path: impl AsRef<std::path::Path>) -> std::io::Result<Token> {
+        let path = path.as_ref();
+        let token = Token::new(std::fs::read_to_string(path)?);
+        if token.0.is_empty() {
+            return Err(std::io::Error::other(format!(
+                "{}: the token file is empty",
+                path.display()
+            )));
+        }
+        Ok(token)
+    }
+
+    /// The token in `MYCELIUM_TOKEN`, or the file named by `MYCELIUM_TOKEN_FILE`, as the CLI
+    /// reads them (`None`: neither is set).
+    ///
+    /// # Errors
+    /// `MYCELIUM_TOKEN_FILE` names a file that cannot be read or is empty.
+    pub fn from_env() -> std::io::Result<Option<Token>> {
+        if let Some(text) = std::env::var_os("MYCELIUM_TOKEN") {
+            return Ok(Some(Token::new(text.to_string_lossy())));
+        }
+        std::env::var_os("MYCELIUM_TOKEN_FILE")
+            .map(Token::from_file)
+            .transpose()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_comes_from_a_file_trimmed_and_never_shows_in_debug_output() {
+        let dir = std::env::temp_dir().join(format!("mycelium-token-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("token");
+        std::fs::write(&file, "myc_secret\n").unwrap();
+        let token = Token::from_file(&file).unwrap();
+        assert_eq!(token.expose(), "myc_secret");
+        let options = ClientOptions {
+            token: Some(token),
+            ..ClientOptions::default()
+        };
+        assert!(!format!("{options:?}").contains("myc_secret"));
+        std::fs::write(&file, " \n").unwrap();
+        assert!(Token::from_file(&file).unwrap_err().to_string().contains("empty"));
+        assert!(Token::from_file(dir.join("missing")).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
 
 impl std::fmt::Debug for Token {

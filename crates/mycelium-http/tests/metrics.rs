@@ -187,10 +187,19 @@ async fn counters_follow_a_scripted_sequence_and_the_dashboards_query_real_metri
         }
     }
 
-    // The data directory becomes unwritable: unready, on the probe and the metric.
+    // The data directory becomes unwritable: unready, on the probe and the metric, once the
+    // storage probe (made at most once a second, shared by every request) runs again.
     std::fs::remove_dir_all(&data).unwrap();
     std::fs::write(&data, b"not a directory").unwrap();
-    let (status, body) = call(&router, "GET", "/api/v1/health/ready", None).await;
+    let mut answer = call(&router, "GET", "/api/v1/health/ready", None).await;
+    for _ in 0..50 {
+        if answer.0 == StatusCode::SERVICE_UNAVAILABLE {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        answer = call(&router, "GET", "/api/v1/health/ready", None).await;
+    }
+    let (status, body) = answer;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert!(body.contains("\"storage\""), "{body}");
     let (_, text) = call(&router, "GET", "/metrics", None).await;
