@@ -635,3 +635,46 @@ async fn delivery_options_a_client_chooses_are_bounded() {
         [(got[0].0, 2)]
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn on_a_work_queue_a_new_subscription_takes_the_backlog_whatever_start_it_asks() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = stored_spec(|s| s.retention = mycelium_broker::spec::Retention::WorkQueue);
+    let broker = broker(dir.path(), vec![("jobs", spec)]);
+    for i in 0..50 {
+        publish(&broker, "jobs", &format!("job {i}"), MessageProps::default()).await;
+    }
+    // A newcomer asking to start at "new" (or far ahead) still gets the 50 waiting jobs: starting
+    // after them would have let work-queue retention delete a backlog nobody acknowledged.
+    let conn = broker.connect("consumer".into());
+    for (id, (name, start)) in [
+        ("late", StartPosition::New),
+        ("ahead", StartPosition::Sequence(10_000)),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let options = SubscribeOptions {
+            durable: Some(name),
+            start: Some(start),
+            max_in_flight: Some(100),
+            ..SubscribeOptions::default()
+        };
+        open(&broker, &conn, id as u32 + 1, &options).await.unwrap();
+    }
+    let mut got = Vec::new();
+    wait_for("the backlog, to both subscriptions", || {
+        got.extend(deliveries(&conn));
+        got.len() >= 100
+    })
+    .await;
+    let mut sequences: Vec<u64> = got.iter().map(|d| d.0).collect();
+    sequences.sort_unstable();
+    sequences.dedup();
+    assert_eq!(sequences, (1..=50).collect::<Vec<_>>());
+    assert_eq!(
+        broker.storage().unwrap().bounds("jobs").unwrap().first,
+        1,
+        "nothing deleted"
+    );
+}

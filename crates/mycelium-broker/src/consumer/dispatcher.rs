@@ -240,7 +240,13 @@ impl DurableSub {
                 SubscriptionState::restore(policy, &snapshot, seed)
             }
             None => {
+                // On a work-queue topic the backlog is the work: a new subscription starts at the
+                // oldest retained message whatever it asks for. Starting later would let
+                // work-queue retention (below every subscription's floor) delete a backlog that
+                // nobody acknowledged.
+                let work_queue = topic.spec().retention == crate::routing::spec::Retention::WorkQueue;
                 let start = match start {
+                    _ if work_queue => bounds.first,
                     StartPosition::New => bounds.next,
                     StartPosition::Beginning => bounds.first,
                     StartPosition::Sequence(s) => s.max(bounds.first),
