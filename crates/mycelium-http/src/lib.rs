@@ -178,6 +178,7 @@ pub(crate) async fn background(state: SharedState, shutdown: tokio_util::sync::C
             _ = tick.tick() => {
                 state.rates.sample(&state.broker);
                 state.consumers.reap(&state.broker, state.config.consumer_idle_timeout);
+                state.limiter.shrink();
             }
         }
     }
@@ -258,10 +259,11 @@ async fn authenticate(
     mut request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
+    let ip = request.extensions().get::<ClientAddr>().and_then(|c| c.0);
+    state.limiter.address(ip)?;
     let cert = request.extensions().get::<ClientCert>().map(|c| c.0.as_str());
     let principal = auth::principal(&state.broker, &state.config.auth, request.headers(), cert)?;
-    let ip = request.extensions().get::<ClientAddr>().and_then(|c| c.0);
-    state.limiter.request(&principal, ip)?;
+    state.limiter.request(&principal)?;
     request.extensions_mut().insert(principal);
     Ok(next.run(request).await)
 }
@@ -326,6 +328,54 @@ mod tests {
         let mut request = request.body(axum::body::Body::empty()).unwrap();
         request.extensions_mut().insert(ClientAddr(from));
         app.oneshot(request).await.unwrap().status()
+    }
+
+    #[tokio::test]
+    async fn the_per_address_limit_runs_before_the_token_is_checked() {
+        let broker = Broker::new(mycelium_broker::BrokerConfig::default()).unwrap();
+        let config = HttpConfig {
+            auth: authenticated(),
+            limits: RateLimits {
+                per_ip: Some(Quota {
+                    per_second: 1,
+                    burst: 2,
+                }),
+                ..RateLimits::default()
+            },
+            ..HttpConfig::default()
+        };
+        let app = router(broker, config).unwrap();
+        let call = |token: &str, ip: [u8; 4]| {
+            let mut request = Request::get("/api/v1/topics")
+                .header("authorization", format!("Bearer {token}"))
+                .body(axum::body::Body::empty())
+                .unwrap();
+            request
+                .extensions_mut()
+                .insert(ClientAddr(Some(IpAddr::from(ip))));
+            app.clone().oneshot(request)
+        };
+        // Bad tokens from one address: refused as such until its bucket is empty, then 429
+        // without looking at the token at all.
+        assert_eq!(
+            call("forged", [10, 0, 0, 1]).await.unwrap().status(),
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(
+            call("forged", [10, 0, 0, 1]).await.unwrap().status(),
+            StatusCode::UNAUTHORIZED
+        );
+        let limited = call("forged", [10, 0, 0, 1]).await.unwrap();
+        assert_eq!(limited.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert!(limited.headers().contains_key("retry-after"));
+        // Another address is not affected.
+        assert_eq!(
+            call("myc_probe-test-token", [10, 0, 0, 2])
+                .await
+                .unwrap()
+                .status(),
+            StatusCode::OK
+        );
     }
 
     #[tokio::test]

@@ -104,16 +104,42 @@ impl Limiter {
         error
     }
 
-    /// Takes one request from the caller's and the client IP's buckets.
+    /// Takes one request from the client IP's bucket: before the token is verified, so a flood
+    /// of bad tokens costs the broker no signature checks past the limit.
     ///
     /// # Errors
     /// 429 with `Retry-After`.
-    pub fn request(&self, principal: &Principal, ip: Option<IpAddr>) -> Result<(), ApiError> {
+    pub fn address(&self, ip: Option<IpAddr>) -> Result<(), ApiError> {
         if let (Some(limiter), Some(ip)) = (&self.per_ip, ip)
             && let Err(not_until) = limiter.check_key(&ip)
         {
             return Err(self.refuse("per-IP", not_until.wait_time_from(self.clock.now())));
         }
+        Ok(())
+    }
+
+    /// Forgets buckets that are full again (callers gone quiet), so the maps keyed by address,
+    /// principal and topic do not only grow.
+    pub fn shrink(&self) {
+        if let Some(limiter) = &self.per_ip {
+            limiter.retain_recent();
+            limiter.shrink_to_fit();
+        }
+        for limiter in self.per_role.values() {
+            limiter.retain_recent();
+            limiter.shrink_to_fit();
+        }
+        for (_, limiter) in &self.per_topic {
+            limiter.retain_recent();
+            limiter.shrink_to_fit();
+        }
+    }
+
+    /// Takes one request from the caller's bucket (after [`Limiter::address`]).
+    ///
+    /// # Errors
+    /// 429 with `Retry-After`.
+    pub fn request(&self, principal: &Principal) -> Result<(), ApiError> {
         if let Some(limiter) = self.per_role.get(&principal.top_role())
             && let Err(not_until) = limiter.check_key(&principal.name)
         {
