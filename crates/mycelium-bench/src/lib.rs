@@ -7,18 +7,19 @@ mod durable;
 mod http;
 mod latency;
 mod payload;
+mod spawn;
 mod stalls;
 mod system;
 mod throughput;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
+use spawn::{bench_token, native_bench_token, spawn_broker};
 
 pub use system::{Kind, System};
 
@@ -225,116 +226,6 @@ struct ResultRow {
     median: Measured,
     /// Delivered msg/s of every run, in order.
     runs: Vec<f64>,
-}
-
-/// A spawned broker, killed on drop.
-struct Spawned {
-    child: Child,
-    _dir: tempfile::TempDir,
-    socket: PathBuf,
-    tcp: String,
-    http: String,
-    /// The HTTP API's Unix socket.
-    http_unix: PathBuf,
-}
-
-/// The spawned broker's HTTP API secret (a bench-only broker on loopback).
-const BENCH_JWT_SECRET: &str = "mycelium-bench-only-secret-0123456789abcdef";
-
-impl Drop for Spawned {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn spawn_broker(binary: Option<PathBuf>, tls: Option<&Path>) -> anyhow::Result<Spawned> {
-    let binary = match binary {
-        Some(path) => path,
-        None => std::env::current_exe().context("locating the mycelium binary")?,
-    };
-    // The ports are picked free and then handed to the broker: another process may take one in
-    // between. A broker that exits at start-up is tried again on new ports.
-    for _ in 0..3 {
-        if let Some(spawned) = try_spawn_broker(&binary, tls)? {
-            return Ok(spawned);
-        }
-    }
-    bail!("the spawned broker did not come up (Unix socket, TCP and HTTP listeners)")
-}
-
-/// One start: `None` when the broker exited before listening (a port taken meanwhile).
-fn try_spawn_broker(binary: &Path, tls: Option<&Path>) -> anyhow::Result<Option<Spawned>> {
-    let dir = tempfile::tempdir()?;
-    let socket = dir.path().join("bench.sock");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let tcp = format!("127.0.0.1:{port}");
-    let http_port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let http = format!("127.0.0.1:{http_port}");
-    let http_unix = dir.path().join("http.sock");
-    // Stored topics for `bench durable`, with their log on the data disk like any deployment.
-    let config = dir.path().join("bench.toml");
-    let data = dir.path().join("data");
-    let mut text = format!(
-        "[server]\nmax_connections = 100000\nmax_connections_per_ip = 100000\n[storage]\ndata_dir = \"{}\"\n[auth]\njwt_secret = \"{BENCH_JWT_SECRET}\"\n[http]\nunix_socket = \"{}\"\n",
-        data.display(),
-        http_unix.display()
-    );
-    if let Some(tls) = tls {
-        // TLS on the native TCP listener only: the HTTP bench stays comparable.
-        text.push_str(&format!(
-            "[tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\nplain_http = true\n",
-            tls.join("server.pem").display(),
-            tls.join("server.key").display()
-        ));
-    }
-    for fsync in ["batch", "always", "never"] {
-        text.push_str(&format!(
-            "[[topics]]\nname = \"{}\"\ndelivery = \"at_least_once\"\nfsync = \"{fsync}\"\nretention = \"work_queue\"\n",
-            durable::topic(fsync)
-        ));
-    }
-    std::fs::write(&config, text)?;
-    let child = Command::new(binary)
-        .args([
-            "serve",
-            "--config",
-            &config.display().to_string(),
-            "--socket",
-            &socket.display().to_string(),
-            "--tcp",
-            &tcp,
-            "--http",
-            &http,
-        ])
-        .env("MYCELIUM_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .with_context(|| format!("spawning {} serve", binary.display()))?;
-    let mut spawned = Spawned {
-        child,
-        _dir: dir,
-        socket,
-        tcp,
-        http,
-        http_unix,
-    };
-    // Up once every listener accepts (they bind one after another).
-    for _ in 0..500 {
-        let up = std::os::unix::net::UnixStream::connect(&spawned.socket).is_ok()
-            && std::net::TcpStream::connect(&spawned.tcp).is_ok()
-            && std::net::TcpStream::connect(&spawned.http).is_ok()
-            && std::os::unix::net::UnixStream::connect(&spawned.http_unix).is_ok();
-        if up {
-            return Ok(Some(spawned));
-        }
-        if spawned.child.try_wait()?.is_some() {
-            return Ok(None);
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    bail!("the spawned broker did not come up (Unix socket, TCP and HTTP listeners)")
 }
 
 fn parse_compare(spec: &str) -> anyhow::Result<Vec<System>> {
@@ -689,36 +580,6 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
         }
     }
     Ok(all_delivered)
-}
-
-/// A token for the spawned broker's HTTP API: HS256 over the secret the bench gives that broker,
-/// with the claims its doors read (`sub`, `exp`, the `roles` claim).
-fn bench_token() -> anyhow::Result<String> {
-    bench_token_with(&["producer"])
-}
-
-/// The credential the bench's native clients send the spawned broker (both doors check it).
-fn native_bench_token() -> anyhow::Result<mycelium_client::Token> {
-    Ok(mycelium_client::Token::new(bench_token_with(&["admin"])?))
-}
-
-fn bench_token_with(roles: &[&str]) -> anyhow::Result<String> {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)?
-        .as_secs();
-    let claims = serde_json::json!({
-        "sub": "mycelium-bench",
-        "iat": now,
-        "nbf": now,
-        "exp": now + 3600,
-        "roles": roles,
-    });
-    let key = jsonwebtoken::EncodingKey::from_secret(BENCH_JWT_SECRET.as_bytes());
-    Ok(jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &claims,
-        &key,
-    )?)
 }
 
 async fn run_stalls(duration_s: f64, json: bool) -> anyhow::Result<bool> {
