@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use mycelium_broker::delivery::{
-    AckError, Attrs, DeadReason, Delivery, DeliveryPolicy, Outcome, Snapshot, SubscriptionState,
+    AckError, Attrs, DeadReason, Delivery, DeliveryPolicy, Finished, Outcome, Snapshot, SubscriptionState,
 };
 use proptest::prelude::*;
 
@@ -576,7 +576,7 @@ fn a_restored_state_keeps_acks_out_of_order_and_attempt_counts() {
         snapshot,
         Snapshot {
             floor: 1,
-            finished: vec![2, 4],
+            finished: vec![Finished::One(2), Finished::One(4)],
             attempts: vec![(1, 1), (3, 1)],
             filter: None,
             owner: None,

@@ -236,6 +236,14 @@ pub(crate) fn render(broker: &Broker, rate_limited: u64, ready: bool) -> String 
         "Audit lines the audit file could not keep up with",
         &BTreeMap::from([(Labels::new(), broker.audit().dropped())]),
     );
+    for (name, help, count) in broker.incidents.counts() {
+        counter_family(
+            &mut registry,
+            name,
+            help,
+            &BTreeMap::from([(Labels::new(), count)]),
+        );
+    }
     registry.register(
         "publish_duration_seconds",
         "Receipt to durable, stored topics",

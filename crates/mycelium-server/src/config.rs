@@ -147,6 +147,10 @@ pub struct ServerSection {
     pub max_subscriptions_per_connection: usize,
     /// Durable subscriptions of one topic, at most.
     pub max_durables_per_topic: usize,
+    /// Bytes pending toward one connection at once, every frame counted (deliveries, replies,
+    /// errors): deliveries past it meet their topic's overflow policy; a reply past it closes the
+    /// connection (a client that asks and never reads).
+    pub max_outbound_bytes: ByteSize,
 }
 
 impl Default for ServerSection {
@@ -167,6 +171,7 @@ impl Default for ServerSection {
             max_topics: 10_000,
             max_subscriptions_per_connection: 1_000,
             max_durables_per_topic: 1_000,
+            max_outbound_bytes: ByteSize(64 << 20),
         }
     }
 }
@@ -505,6 +510,15 @@ impl Config {
                 bad(format!("server.{key}"), "must be greater than 0".into());
             }
         }
+        if s.max_outbound_bytes.0 < s.max_frame_size.0 {
+            bad(
+                "server.max_outbound_bytes".into(),
+                format!(
+                    "{} bytes is less than server.max_frame_size ({} bytes): one reply could not fit",
+                    s.max_outbound_bytes.0, s.max_frame_size.0
+                ),
+            );
+        }
         if s.max_topics < self.topics.len() {
             bad(
                 "server.max_topics".into(),
@@ -699,6 +713,7 @@ impl Config {
                 topics_max: self.server.max_topics,
                 subscriptions_per_connection_max: self.server.max_subscriptions_per_connection,
                 durables_per_topic_max: self.server.max_durables_per_topic,
+                outbound_bytes_max: self.server.max_outbound_bytes.bytes(),
             },
             spec_limits: limits,
             metrics_topics_max: self.metrics.topics_max,

@@ -107,6 +107,22 @@ impl DataDir {
     }
 }
 
+/// Moves an unreadable file out of the way, to `<path>.corrupt` (replacing an earlier one), so it
+/// can be looked at and is not read again; returns where it went.
+///
+/// # Errors
+/// I/O errors; the file is then where it was.
+pub fn set_aside(path: &Path) -> std::io::Result<PathBuf> {
+    let mut name = path.as_os_str().to_os_string();
+    name.push(".corrupt");
+    let kept = PathBuf::from(name);
+    std::fs::rename(path, &kept)?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        sync_dir(dir)?;
+    }
+    Ok(kept)
+}
+
 /// Writes `bytes` to `path` so that a crash leaves either the old file or the new one, whole:
 /// a temporary file beside it, fsync, rename over `path`, fsync of the directory (without it the
 /// rename itself may be lost). Missing parent directories are created, each fsynced in its own

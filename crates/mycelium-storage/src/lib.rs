@@ -22,7 +22,9 @@ mod segment;
 
 pub use backend::{DiskBackend, MemoryBackend, StorageBackend};
 pub use error::StorageError;
-pub use layout::{DIR_MODE, DataDir, FILE_MODE, create_dir_durable, read_private, sync_dir, write_atomic};
+pub use layout::{
+    DIR_MODE, DataDir, FILE_MODE, create_dir_durable, read_private, set_aside, sync_dir, write_atomic,
+};
 pub use log::{Bounds, LogConfig, SegmentLog};
 pub use message::{MESSAGE_MIN_BYTES, StoredMessage};
 pub use segment::SyncTarget;

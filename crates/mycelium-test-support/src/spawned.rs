@@ -71,6 +71,21 @@ impl Spawned {
         assert!(status.success(), "kill -{signal} {}", self.pid());
     }
 
+    /// The process's resident memory now (`VmRSS` in `/proc/<pid>/status`), in bytes.
+    ///
+    /// # Panics
+    /// When the process is gone.
+    pub fn rss_bytes(&self) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("the broker runs");
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc/<pid>/status");
+        kib * 1024
+    }
+
     /// SIGKILL, and reap.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

@@ -178,6 +178,11 @@ impl Broker {
                     .map_err(|e| {
                         SubscribeError::Unsupported(format!("cannot open durable subscription: {e}"))
                     })?;
+                if sub.recovered {
+                    self.incidents
+                        .states_recovered
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
                 self.durable_subs.lock().insert(key, Arc::clone(&sub));
                 let host: Weak<dyn DispatchHost> = Arc::downgrade(self) as Weak<dyn DispatchHost>;
                 tokio::spawn(Arc::clone(&sub).run(host, Arc::clone(store.backend())));

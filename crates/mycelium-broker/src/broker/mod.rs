@@ -64,6 +64,9 @@ pub struct Limits {
     pub subscriptions_per_connection_max: usize,
     /// Durable subscriptions of one topic (open or only persisted).
     pub durables_per_topic_max: usize,
+    /// Bytes one connection may have pending toward it at once, every frame counted (see
+    /// [`Outbound::budget`]).
+    pub outbound_bytes_max: usize,
 }
 
 impl Default for Limits {
@@ -72,6 +75,7 @@ impl Default for Limits {
             topics_max: 10_000,
             subscriptions_per_connection_max: 1_000,
             durables_per_topic_max: 1_000,
+            outbound_bytes_max: 64 << 20,
         }
     }
 }
@@ -168,6 +172,8 @@ pub struct Broker {
     pub(crate) dlq_marks: Mutex<HashMap<String, crate::dlq::Marks>>,
     /// Latency histograms.
     pub metrics: crate::routing::metrics::BrokerMetrics,
+    /// Things that went wrong and were handled.
+    pub incidents: crate::routing::metrics::Incidents,
     health: std::sync::OnceLock<Arc<health::Health>>,
     /// Where stored topics that may block route their committed groups.
     stored_routers: durable::StoredRouters,
@@ -224,6 +230,7 @@ impl Broker {
             runtime: tokio::runtime::Handle::try_current().ok(),
             me: me.clone(),
             refusals: access::Refusals::default(),
+            incidents: crate::routing::metrics::Incidents::default(),
             audit: std::sync::OnceLock::new(),
         });
         if needs_storage {
@@ -315,7 +322,11 @@ impl Broker {
             id,
             peer,
             name: Mutex::new(String::new()),
-            outbound: Outbound::new(id),
+            outbound: {
+                let outbound = Outbound::new(id);
+                outbound.set_budget(self.config.limits.outbound_bytes_max);
+                outbound
+            },
             published: AtomicU64::new(0),
             subscriptions: AtomicU32::new(0),
             door,
@@ -330,6 +341,9 @@ impl Broker {
         let removed = self.connections.write().remove(&connection_id);
         if let Some(info) = removed {
             info.outbound.close();
+            if info.outbound.went_over_budget() {
+                self.incidents.over_budget.fetch_add(1, Ordering::Relaxed);
+            }
         }
         self.remove_subscriptions(|s| s.connection_id() == connection_id);
         self.remove_durable_consumers(|(c, _)| *c == connection_id);

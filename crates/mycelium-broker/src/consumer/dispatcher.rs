@@ -45,11 +45,21 @@ use crate::store::io::{self, Disk, DiskRef, blocking};
 /// Bytes read from the log per admission pass, at most.
 const READ_BYTES: usize = 8 << 20;
 
+/// How often a dispatcher whose consumers all lack room looks again.
+const ROOM_POLL: Duration = Duration::from_millis(20);
+
 #[derive(Debug, Clone)]
 pub(crate) struct Consumer {
     pub(crate) outbound: Arc<Outbound>,
     pub(crate) subscription_id: u32,
     pub(crate) connection_id: u64,
+}
+
+impl Consumer {
+    /// Open, with less than `buffer` bytes (or its connection's budget) pending toward it.
+    fn has_room(&self, buffer: usize) -> bool {
+        !self.outbound.is_closing() && self.outbound.has_room(0, buffer)
+    }
 }
 
 /// Who holds an in-flight message, and when it was published.
@@ -132,6 +142,8 @@ pub(crate) struct DurableSub {
     /// Dead letters on their way to the DLQ (filled under the state's lock).
     dead: Mutex<Vec<PendingDead>>,
     stopped: AtomicBool,
+    /// Its state file was unreadable and replaced by a fallback when it was opened.
+    pub(crate) recovered: bool,
 }
 
 /// Dispatcher settings (from [`crate::store::DurableConfig`]).
@@ -190,16 +202,36 @@ impl DurableSub {
         let state_file =
             mycelium_storage::DataDir::new(&config.data_dir).subscription_state(topic.name(), name);
         let bounds = backend.bounds(topic.name())?;
+        let mut recovered = false;
         let persisted = match io::read_state(&state_file) {
             Ok(bytes) => match serde_json::from_slice::<Snapshot>(&bytes) {
                 Ok(snapshot) => Some(snapshot),
                 Err(error) => {
-                    // Written by rename, so never torn; unreadable means edited or damaged.
-                    tracing::error!(file = %state_file.display(), %error, "unreadable subscription state; starting from the subscription's start position");
-                    None
+                    // Written by rename, so never torn; unreadable means edited or damaged. What
+                    // it acknowledged is unknown: start over at the oldest retained message
+                    // (redelivering is allowed, skipping is not), and keep the file to look at.
+                    let kept = io::set_aside(&state_file);
+                    tracing::warn!(
+                        file = %state_file.display(),
+                        kept = ?kept,
+                        %error,
+                        first = bounds.first,
+                        "unreadable subscription state; redelivering from the oldest retained message"
+                    );
+                    recovered = true;
+                    Some(Snapshot {
+                        floor: bounds.first,
+                        ..Snapshot::default()
+                    })
                 }
             },
-            Err(_) => None,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
+            Err(error) => {
+                return Err(mycelium_storage::StorageError::Io {
+                    path: state_file.display().to_string(),
+                    source: error,
+                });
+            }
         };
         let seed = bounds.next ^ (name.len() as u64) << 32;
         let filter_text = match (&persisted, asked_filter.as_deref()) {
@@ -234,7 +266,7 @@ impl DurableSub {
                     topic = topic.name(),
                     subscription = name,
                     floor = snapshot.floor,
-                    acked_above_floor = snapshot.finished.len(),
+                    finished_ranges_above_floor = snapshot.finished.len(),
                     "resuming durable subscription"
                 );
                 SubscriptionState::restore(policy, &snapshot, seed)
@@ -277,6 +309,7 @@ impl DurableSub {
             ack_confirms: Mutex::new(Vec::new()),
             dead: Mutex::new(Vec::new()),
             stopped: AtomicBool::new(false),
+            recovered,
         });
         sub.persist(&snapshot)?;
         Ok(sub)
@@ -525,18 +558,28 @@ impl DurableSub {
                 admitted_all = false;
             }
             let now = self.now_ns();
-            let has_consumers = !self.consumers.lock().is_empty();
+            // A consumer that does not read gets nothing more once its connection holds a
+            // topic buffer's worth: due messages wait (their attempts not counted) until some
+            // consumer has room, instead of piling up behind a socket nobody reads.
+            let (has_consumers, has_room) = {
+                let consumers = self.consumers.lock();
+                let buffer = self.topic.spec().buffer_bytes;
+                (
+                    !consumers.is_empty(),
+                    consumers.iter().any(|c| c.has_room(buffer)),
+                )
+            };
             let (deliveries, wakeup) = {
                 let mut state = self.state.lock();
                 outcomes.extend(state.expire(now));
-                let deliveries = if has_consumers {
+                let deliveries = if has_room {
                     state.next_deliveries(now, pass_max)
                 } else {
                     Vec::new()
                 };
                 // Without consumers, due retries cannot go anywhere: wake only for deadlines and
                 // expiries (a consumer arriving wakes the dispatcher anyway).
-                let wakeup = if has_consumers {
+                let wakeup = if has_room {
                     state.next_wakeup_ns()
                 } else {
                     state.next_deadline_ns()
@@ -606,10 +649,13 @@ impl DurableSub {
             }
             let persist_due = (self.state.lock().snapshot() != persisted)
                 .then(|| last_persist + self.settings.persist_every);
+            // Consumers without room: look again soon (their writers drain without telling us).
+            let room_poll = (has_consumers && !has_room).then(|| tokio::time::Instant::now() + ROOM_POLL);
             let timer = wakeup
                 .map(|at| self.base + Duration::from_nanos(at))
                 .into_iter()
                 .chain(persist_due)
+                .chain(room_poll)
                 .min();
             tokio::select! {
                 () = &mut wake => {}
@@ -662,9 +708,14 @@ impl DurableSub {
     /// Sends one delivery to the next live consumer.
     fn send(&self, message: &StoredMessage, attempt: u32) {
         let consumers = self.consumers.lock();
-        let live: Vec<&Consumer> = consumers.iter().filter(|c| !c.outbound.is_closing()).collect();
+        let buffer = self.topic.spec().buffer_bytes;
+        let live: Vec<&Consumer> = consumers.iter().filter(|c| c.has_room(buffer)).collect();
         if live.is_empty() {
-            return; // stays in flight; its deadline brings it back
+            // None has room left (this pass filled them, or they left): ready again, the attempt
+            // not counted.
+            drop(consumers);
+            self.state.lock().undeliver(message.sequence);
+            return;
         }
         let consumer = live[self.cursor.fetch_add(1, Ordering::Relaxed) % live.len()];
         // A traced message: a deliver span continuing the stored context, handed on in the

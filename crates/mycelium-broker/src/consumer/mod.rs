@@ -6,6 +6,7 @@
 //! [`DispatchHost`].
 
 pub(crate) mod dispatcher;
+mod ranges;
 pub mod state;
 
 use bytes::Bytes;

@@ -22,6 +22,8 @@
 //! - IN_PROGRESS pushes the deadline out by `ack_wait`; TERM dead-letters at once.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use super::ranges::RangeSet;
 use std::time::Duration;
 
 use rand::rngs::SmallRng;
@@ -173,9 +175,9 @@ pub struct Attrs {
 pub struct Snapshot {
     /// Every sequence below this is finished.
     pub floor: u64,
-    /// Finished sequences above the floor.
+    /// Finished sequences above the floor: single sequences and `[start, end)` ranges.
     #[serde(default)]
-    pub finished: Vec<u64>,
+    pub finished: Vec<Finished>,
     /// `(sequence, attempts made)` of messages in flight or waiting for a retry.
     #[serde(default)]
     pub attempts: Vec<(u64, u32)>,
@@ -185,6 +187,17 @@ pub struct Snapshot {
     /// The principal that owns the subscription.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
+}
+
+/// Finished sequences in a [`Snapshot`]: one sequence, or a range (`end` exclusive). A state file
+/// of an earlier version lists single sequences only, and still reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(untagged)]
+pub enum Finished {
+    /// One sequence.
+    One(u64),
+    /// `start..end`.
+    Range(u64, u64),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -200,6 +213,100 @@ struct Waiting {
     attempts: u32,
 }
 
+/// Messages in flight, with their deadlines in order: finding the late ones costs what is late.
+#[derive(Debug, Clone, Default)]
+struct Flights {
+    by_sequence: BTreeMap<u64, InFlight>,
+    deadlines: BTreeSet<(u64, u64)>,
+}
+
+impl Flights {
+    fn insert(&mut self, sequence: u64, flight: InFlight) {
+        if let Some(old) = self.by_sequence.insert(sequence, flight) {
+            self.deadlines.remove(&(old.deadline_ns, sequence));
+        }
+        self.deadlines.insert((flight.deadline_ns, sequence));
+    }
+
+    fn remove(&mut self, sequence: u64) -> Option<InFlight> {
+        let flight = self.by_sequence.remove(&sequence)?;
+        self.deadlines.remove(&(flight.deadline_ns, sequence));
+        Some(flight)
+    }
+
+    fn get(&self, sequence: u64) -> Option<&InFlight> {
+        self.by_sequence.get(&sequence)
+    }
+
+    fn contains(&self, sequence: u64) -> bool {
+        self.by_sequence.contains_key(&sequence)
+    }
+
+    fn len(&self) -> usize {
+        self.by_sequence.len()
+    }
+
+    /// In flight past their deadline at `now_ns`, in sequence order.
+    fn late(&self, now_ns: u64) -> Vec<(u64, u32)> {
+        let mut late: Vec<(u64, u32)> = self
+            .deadlines
+            .range(..=(now_ns, u64::MAX))
+            .map(|(_, s)| (*s, self.by_sequence[s].attempt))
+            .collect();
+        late.sort_unstable();
+        late
+    }
+
+    fn first_deadline(&self) -> Option<u64> {
+        self.deadlines.first().map(|(at, _)| *at)
+    }
+}
+
+/// Messages waiting for a retry or their not-before time, with their times in order: finding the
+/// due ones costs what is due, however many wait (a million delayed by a day never slow down a
+/// message that is due now). Retries are also kept apart, for the snapshot.
+#[derive(Debug, Clone, Default)]
+struct Waits {
+    by_sequence: BTreeMap<u64, Waiting>,
+    times: BTreeSet<(u64, u64)>,
+    /// `sequence -> attempts made` of the waiting messages that were handed out before.
+    retries: BTreeMap<u64, u32>,
+}
+
+impl Waits {
+    fn insert(&mut self, sequence: u64, waiting: Waiting) {
+        self.remove(sequence);
+        self.by_sequence.insert(sequence, waiting);
+        self.times.insert((waiting.at_ns, sequence));
+        if waiting.attempts > 0 {
+            self.retries.insert(sequence, waiting.attempts);
+        }
+    }
+
+    fn remove(&mut self, sequence: u64) -> Option<Waiting> {
+        let waiting = self.by_sequence.remove(&sequence)?;
+        self.times.remove(&(waiting.at_ns, sequence));
+        self.retries.remove(&sequence);
+        Some(waiting)
+    }
+
+    fn len(&self) -> usize {
+        self.by_sequence.len()
+    }
+
+    /// Takes every message due at `now_ns`, as `(sequence, attempts)`.
+    fn take_due(&mut self, now_ns: u64) -> Vec<(u64, u32)> {
+        let due: Vec<u64> = self.times.range(..=(now_ns, u64::MAX)).map(|(_, s)| *s).collect();
+        due.into_iter()
+            .filter_map(|s| self.remove(s).map(|w| (s, w.attempts)))
+            .collect()
+    }
+
+    fn first_time(&self) -> Option<u64> {
+        self.times.first().map(|(at, _)| *at)
+    }
+}
+
 /// Orders the ready messages: higher priority first, then retries before new, then sequence.
 type ReadyKey = (std::cmp::Reverse<u8>, bool, u64);
 
@@ -211,8 +318,8 @@ pub struct SubscriptionState {
     floor: u64,
     /// The lowest sequence not yet admitted.
     next_new: u64,
-    in_flight: BTreeMap<u64, InFlight>,
-    waiting: BTreeMap<u64, Waiting>,
+    in_flight: Flights,
+    waiting: Waits,
     /// Ready to go out, best first; the value is the attempts made.
     ready: BTreeMap<ReadyKey, u32>,
     /// Priority and expiry of every admitted message that is not finished.
@@ -220,7 +327,7 @@ pub struct SubscriptionState {
     /// `(expires_ns, sequence)` of admitted, unfinished messages with an expiry.
     expiries: BTreeSet<(u64, u64)>,
     /// Finished sequences above the floor (acknowledged out of order, or before a restart).
-    finished: BTreeSet<u64>,
+    finished: RangeSet,
     /// Attempts made before a restart, for messages not yet admitted again.
     prior_attempts: HashMap<u64, u32>,
     rng: SmallRng,
@@ -233,12 +340,12 @@ impl SubscriptionState {
             policy,
             floor: start,
             next_new: start,
-            in_flight: BTreeMap::new(),
-            waiting: BTreeMap::new(),
+            in_flight: Flights::default(),
+            waiting: Waits::default(),
             ready: BTreeMap::new(),
             attrs: HashMap::new(),
             expiries: BTreeSet::new(),
-            finished: BTreeSet::new(),
+            finished: RangeSet::default(),
             prior_attempts: HashMap::new(),
             rng: SmallRng::seed_from_u64(seed),
         }
@@ -249,17 +356,18 @@ impl SubscriptionState {
     /// attempt counts kept.
     pub fn restore(policy: DeliveryPolicy, snapshot: &Snapshot, seed: u64) -> Self {
         let mut state = SubscriptionState::new(policy, snapshot.floor, seed);
-        state.finished = snapshot
-            .finished
-            .iter()
-            .copied()
-            .filter(|s| *s >= snapshot.floor)
-            .collect();
+        for finished in &snapshot.finished {
+            match *finished {
+                Finished::One(s) => state.finished.insert(s),
+                Finished::Range(start, end) => state.finished.insert_range(start, end),
+            }
+        }
+        state.finished.drop_below(snapshot.floor);
         state.prior_attempts = snapshot
             .attempts
             .iter()
             .copied()
-            .filter(|(s, n)| *s >= snapshot.floor && *n > 0 && !state.finished.contains(s))
+            .filter(|(s, n)| *s >= snapshot.floor && *n > 0 && !state.finished.contains(*s))
             .collect();
         state.advance_floor();
         state
@@ -269,14 +377,10 @@ impl SubscriptionState {
     pub fn snapshot(&self) -> Snapshot {
         let mut attempts: Vec<(u64, u32)> = self
             .in_flight
+            .by_sequence
             .iter()
             .map(|(s, f)| (*s, f.attempt))
-            .chain(
-                self.waiting
-                    .iter()
-                    .filter(|(_, w)| w.attempts > 0)
-                    .map(|(s, w)| (*s, w.attempts)),
-            )
+            .chain(self.waiting.retries.iter().map(|(s, n)| (*s, *n)))
             .chain(
                 self.ready
                     .iter()
@@ -288,7 +392,17 @@ impl SubscriptionState {
         attempts.sort_unstable();
         Snapshot {
             floor: self.floor,
-            finished: self.finished.iter().copied().collect(),
+            finished: self
+                .finished
+                .ranges()
+                .map(|(start, end)| {
+                    if end == start + 1 {
+                        Finished::One(start)
+                    } else {
+                        Finished::Range(start, end)
+                    }
+                })
+                .collect(),
             attempts,
             filter: None,
             owner: None,
@@ -317,7 +431,7 @@ impl SubscriptionState {
 
     /// The attempt count of an in-flight message.
     pub fn attempt_of(&self, sequence: u64) -> Option<u32> {
-        self.in_flight.get(&sequence).map(|f| f.attempt)
+        self.in_flight.get(sequence).map(|f| f.attempt)
     }
 
     /// The next sequence to admit.
@@ -344,7 +458,7 @@ impl SubscriptionState {
             self.finish(gap);
         }
         self.next_new = sequence + 1;
-        if self.finished.contains(&sequence) || sequence < self.floor {
+        if self.finished.contains(sequence) || sequence < self.floor {
             return None;
         }
         let attempts = self.prior_attempts.remove(&sequence).unwrap_or(0);
@@ -376,14 +490,7 @@ impl SubscriptionState {
     /// Hands out up to `max` deliveries at `now_ns` from the admitted messages, best first (see the
     /// module rules), within `max_in_flight`.
     pub fn next_deliveries(&mut self, now_ns: u64, max: usize) -> Vec<Delivery> {
-        let due: Vec<(u64, u32)> = self
-            .waiting
-            .iter()
-            .filter(|(_, w)| w.at_ns <= now_ns)
-            .map(|(s, w)| (*s, w.attempts))
-            .collect();
-        for (sequence, attempts) in due {
-            self.waiting.remove(&sequence);
+        for (sequence, attempts) in self.waiting.take_due(now_ns) {
             self.make_ready(sequence, attempts);
         }
         let room = self
@@ -409,13 +516,21 @@ impl SubscriptionState {
         out
     }
 
+    /// Takes back a delivery [`SubscriptionState::next_deliveries`] handed out that could not be
+    /// sent (no consumer had room): ready again, its attempt not counted.
+    pub fn undeliver(&mut self, sequence: u64) {
+        if let Some(flight) = self.in_flight.remove(sequence) {
+            self.make_ready(sequence, flight.attempt.saturating_sub(1));
+        }
+    }
+
     /// The consumer finished `sequence`.
     ///
     /// # Errors
     /// [`AckError::NotInFlight`].
     pub fn ack(&mut self, sequence: u64) -> Result<Outcome, AckError> {
         self.in_flight
-            .remove(&sequence)
+            .remove(sequence)
             .ok_or(AckError::NotInFlight(sequence))?;
         self.finish(sequence);
         Ok(Outcome::Done)
@@ -428,7 +543,7 @@ impl SubscriptionState {
     pub fn nack(&mut self, sequence: u64, delay: Option<Duration>, now_ns: u64) -> Result<Outcome, AckError> {
         let flight = self
             .in_flight
-            .remove(&sequence)
+            .remove(sequence)
             .ok_or(AckError::NotInFlight(sequence))?;
         Ok(self.failed(sequence, flight.attempt, delay, now_ns))
     }
@@ -438,11 +553,17 @@ impl SubscriptionState {
     /// # Errors
     /// [`AckError::NotInFlight`].
     pub fn in_progress(&mut self, sequence: u64, now_ns: u64) -> Result<Outcome, AckError> {
-        let flight = self
+        let flight = *self
             .in_flight
-            .get_mut(&sequence)
+            .get(sequence)
             .ok_or(AckError::NotInFlight(sequence))?;
-        flight.deadline_ns = now_ns + nanos(self.policy.ack_wait);
+        self.in_flight.insert(
+            sequence,
+            InFlight {
+                deadline_ns: now_ns + nanos(self.policy.ack_wait),
+                ..flight
+            },
+        );
         Ok(Outcome::Done)
     }
 
@@ -453,7 +574,7 @@ impl SubscriptionState {
     pub fn term(&mut self, sequence: u64) -> Result<Outcome, AckError> {
         let flight = self
             .in_flight
-            .remove(&sequence)
+            .remove(sequence)
             .ok_or(AckError::NotInFlight(sequence))?;
         self.finish(sequence);
         Ok(Outcome::DeadLetter {
@@ -465,8 +586,8 @@ impl SubscriptionState {
 
     /// Finishes a message without delivering it (the log no longer has it).
     pub fn skip(&mut self, sequence: u64) {
-        self.in_flight.remove(&sequence);
-        self.waiting.remove(&sequence);
+        self.in_flight.remove(sequence);
+        self.waiting.remove(sequence);
         self.unready(sequence);
         if sequence >= self.floor {
             self.finish(sequence);
@@ -476,16 +597,11 @@ impl SubscriptionState {
     /// Handles every in-flight message whose deadline passed by `now_ns` (in sequence order), then
     /// every message not in flight whose expiry passed (in sequence order).
     pub fn expire(&mut self, now_ns: u64) -> Vec<Outcome> {
-        let late: Vec<(u64, u32)> = self
-            .in_flight
-            .iter()
-            .filter(|(_, f)| f.deadline_ns <= now_ns)
-            .map(|(s, f)| (*s, f.attempt))
-            .collect();
+        let late = self.in_flight.late(now_ns);
         let mut outcomes: Vec<Outcome> = late
             .into_iter()
             .map(|(sequence, attempt)| {
-                self.in_flight.remove(&sequence);
+                self.in_flight.remove(sequence);
                 self.failed(sequence, attempt, None, now_ns)
             })
             .collect();
@@ -493,11 +609,11 @@ impl SubscriptionState {
             .expiries
             .range(..=(now_ns, u64::MAX))
             .map(|(_, s)| *s)
-            .filter(|s| !self.in_flight.contains_key(s) && !self.finished.contains(s) && *s >= self.floor)
+            .filter(|s| !self.in_flight.contains(*s) && !self.finished.contains(*s) && *s >= self.floor)
             .collect();
         expired.sort_unstable();
         for sequence in expired {
-            let attempts = match self.waiting.remove(&sequence) {
+            let attempts = match self.waiting.remove(sequence) {
                 Some(w) => w.attempts,
                 None => self.unready(sequence).unwrap_or(0),
             };
@@ -509,18 +625,18 @@ impl SubscriptionState {
 
     /// The earliest ack deadline of an in-flight message.
     pub fn next_deadline_ns(&self) -> Option<u64> {
-        self.in_flight.values().map(|f| f.deadline_ns).min()
+        self.in_flight.first_deadline()
     }
 
     /// When something next needs doing (a deadline, a retry, a not-before time or an expiry), if
     /// anything is pending.
     pub fn next_wakeup_ns(&self) -> Option<u64> {
         let deadline = self.next_deadline_ns();
-        let retry = self.waiting.values().map(|w| w.at_ns).min();
+        let retry = self.waiting.first_time();
         let expiry = self
             .expiries
             .iter()
-            .find(|(_, s)| !self.in_flight.contains_key(s))
+            .find(|(_, s)| !self.in_flight.contains(*s))
             .map(|(at, _)| *at);
         deadline.into_iter().chain(retry).chain(expiry).min()
     }
@@ -590,8 +706,8 @@ impl SubscriptionState {
     }
 
     fn advance_floor(&mut self) {
-        while self.finished.remove(&self.floor) {
-            self.floor += 1;
+        while let Some(end) = self.finished.take_from(self.floor) {
+            self.floor = end;
         }
     }
 }

@@ -104,3 +104,32 @@ fn observe(
         })
         .observe(seconds);
 }
+
+/// Things that went wrong and were handled, counted for `/metrics` (each also logged, once per
+/// condition where it could flood).
+#[derive(Debug, Default)]
+pub struct Incidents {
+    /// Connections closed for having more pending toward them than `server.max_outbound_bytes`.
+    pub over_budget: std::sync::atomic::AtomicU64,
+    /// Durable subscription state files that could not be read and were replaced by a fallback.
+    pub states_recovered: std::sync::atomic::AtomicU64,
+}
+
+impl Incidents {
+    /// `(name, help, count)` of each counter.
+    pub fn counts(&self) -> [(&'static str, &'static str, u64); 2] {
+        use std::sync::atomic::Ordering::Relaxed;
+        [
+            (
+                "connections_over_budget",
+                "Connections closed for having more pending toward them than server.max_outbound_bytes",
+                self.over_budget.load(Relaxed),
+            ),
+            (
+                "subscription_states_recovered",
+                "Unreadable durable subscription state files replaced by the last good copy or the oldest retained message",
+                self.states_recovered.load(Relaxed),
+            ),
+        ]
+    }
+}

@@ -103,6 +103,12 @@ pub struct Outbound {
     close_signal: Notify,
     delivered: AtomicU64,
     dropped: AtomicU64,
+    /// Bytes this connection may have pending (queued and in flight) at once, every kind of frame
+    /// counted: deliveries beyond it meet their topic's overflow policy, and a reply or error
+    /// beyond it closes the connection (a client that asks and never reads).
+    budget: AtomicUsize,
+    /// Closed for going over `budget`.
+    over_budget: AtomicBool,
 }
 
 /// What happened to a delivery offered to a full outbound.
@@ -145,7 +151,24 @@ impl Outbound {
             close_signal: Notify::new(),
             delivered: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
+            budget: AtomicUsize::new(usize::MAX),
+            over_budget: AtomicBool::new(false),
         })
+    }
+
+    /// Sets the bytes this connection may have pending at once (see [`Outbound::budget`]).
+    pub fn set_budget(&self, bytes: usize) {
+        self.budget.store(bytes, Ordering::Relaxed);
+    }
+
+    /// The bytes this connection may have pending at once, every kind of frame counted.
+    pub fn budget(&self) -> usize {
+        self.budget.load(Ordering::Relaxed)
+    }
+
+    /// Whether the connection was closed for going over its budget.
+    pub fn went_over_budget(&self) -> bool {
+        self.over_budget.load(Ordering::Relaxed)
     }
 
     /// The connection this outbound belongs to.
@@ -192,6 +215,7 @@ impl Outbound {
             return false;
         }
         self.push(false, write);
+        self.check_budget();
         true
     }
 
@@ -210,7 +234,9 @@ impl Outbound {
             .into_iter()
             .map(|item| state.push_frame(false, |buf| write(buf, item)))
             .sum();
+        drop(state);
         self.queued.fetch_add(total, Ordering::Relaxed);
+        self.check_budget();
         true
     }
 
@@ -223,6 +249,32 @@ impl Outbound {
     fn push(&self, droppable: bool, write: impl FnOnce(&mut BytesMut)) {
         let len = self.state.lock().push_frame(droppable, write);
         self.queued.fetch_add(len, Ordering::Relaxed);
+    }
+
+    /// Closes the connection, with a last ERROR, when more than its budget is pending: replies
+    /// and errors are never dropped, so a client that asks and never reads is cut off instead.
+    fn check_budget(&self) {
+        let pending = self.pending_bytes();
+        let budget = self.budget();
+        if pending <= budget || self.over_budget.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let message = format!(
+            "slow consumer: {pending} bytes pending for this connection, over its budget of {budget} bytes \
+             (server.max_outbound_bytes); the client does not read its replies; disconnecting"
+        );
+        let len = self.state.lock().push_frame(false, |buf| {
+            let _ = mycelium_protocol::encode(
+                buf,
+                0,
+                &mycelium_protocol::Frame::Error(mycelium_protocol::ErrorFrame::new(
+                    mycelium_protocol::ErrorCode::SlowConsumer,
+                    &message,
+                )),
+            );
+        });
+        self.queued.fetch_add(len, Ordering::Relaxed);
+        self.close();
     }
 
     /// Appends a delivery of `frame_len` bytes written by `write`, if it fits under `limit` bytes
@@ -241,6 +293,7 @@ impl Outbound {
         if self.is_closing() {
             return (Append::Closed, false);
         }
+        let limit = limit.min(self.budget());
         let mut state = self.state.lock();
         let in_flight = self.in_flight.load(Ordering::Relaxed);
         let mut dropped = 0u64;
@@ -344,7 +397,7 @@ impl Outbound {
 
     /// Whether a delivery of `frame_len` bytes would fit under `limit` now.
     pub fn has_room(&self, frame_len: usize, limit: usize) -> bool {
-        self.pending_bytes() + frame_len <= limit
+        self.pending_bytes() + frame_len <= limit.min(self.budget())
     }
 
     /// Waits until a delivery of `frame_len` bytes fits under `limit`, or `timeout` passes, or the
@@ -465,6 +518,42 @@ mod tests {
         socket.room.store(room, Ordering::Relaxed);
         outbound.set_direct(Arc::clone(&socket) as Arc<dyn DirectWrite>, bytes_max);
         (outbound, socket)
+    }
+
+    #[test]
+    fn one_budget_bounds_deliveries_and_closes_a_connection_whose_replies_pile_up() {
+        let outbound = Outbound::new(1);
+        outbound.set_budget(1000);
+        // Deliveries: the budget caps a larger topic buffer.
+        assert!(matches!(
+            deliver(&outbound, 1, 600, 1 << 20, false),
+            Append::Done { .. }
+        ));
+        assert_eq!(deliver(&outbound, 2, 600, 1 << 20, false), Append::Full);
+        assert!(!outbound.has_room(600, 1 << 20));
+        // Replies are never dropped: one past the budget closes the connection with an ERROR.
+        assert!(outbound.append_control(|buf| buf.extend_from_slice(&[3; 300])));
+        assert!(!outbound.is_closing());
+        assert!(outbound.append_control(|buf| buf.extend_from_slice(&[4; 300])));
+        assert!(outbound.is_closing() && outbound.went_over_budget());
+        assert!(
+            !outbound.append_control(|buf| buf.extend_from_slice(&[5; 300])),
+            "nothing after"
+        );
+        let bytes = outbound.take_all();
+        let last = mycelium_protocol::frames(&bytes[1200..])
+            .next()
+            .expect("a frame after the deliveries and replies")
+            .expect("it decodes");
+        let mycelium_protocol::Frame::Error(error) = last.frame else {
+            panic!("{:?}", last.frame)
+        };
+        assert_eq!(error.code, mycelium_protocol::ErrorCode::SlowConsumer as u16);
+        assert!(
+            error.message.contains("server.max_outbound_bytes"),
+            "{}",
+            error.message
+        );
     }
 
     #[test]

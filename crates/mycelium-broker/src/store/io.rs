@@ -145,6 +145,12 @@ pub(crate) fn read_state(path: &std::path::Path) -> std::io::Result<Vec<u8>> {
     std::fs::read(path)
 }
 
+/// Moves an unreadable state file aside ([`mycelium_storage::set_aside`]), checking where it runs.
+pub(crate) fn set_aside(path: &std::path::Path) -> std::io::Result<std::path::PathBuf> {
+    assert_may_block("state file set aside");
+    mycelium_storage::set_aside(path)
+}
+
 /// The shared handle.
 pub(crate) type DiskRef = Arc<Disk>;
 
