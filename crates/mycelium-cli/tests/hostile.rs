@@ -156,3 +156,109 @@ fn a_client_that_asks_for_stats_and_never_reads_is_cut_off_at_its_budget() {
         .unwrap();
     assert!(metrics.status.success());
 }
+
+/// The broker's resident memory at its highest while `work` runs (sampled every 2 ms).
+fn peak_rss_during(broker: &Spawned, work: impl FnOnce()) -> u64 {
+    let done = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let sampler = s.spawn(|| {
+            let mut peak = 0;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = peak.max(broker.rss_bytes());
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            peak.max(broker.rss_bytes())
+        });
+        work();
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        sampler.join().unwrap()
+    })
+}
+
+fn cli(broker: &Spawned, args: &[&str]) -> std::process::Output {
+    Command::new(BIN)
+        .args(["--url", &broker.url()])
+        .args(args)
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn dead_letters_are_listed_and_replayed_a_bounded_page_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(
+        dir.path(),
+        "[[topics]]\nname = \"jobs\"\ndelivery = \"at_least_once\"\nfsync = \"never\"\n",
+    );
+    // 400 dead letters of 200 KB each: 80 MB in the DLQ.
+    let mut producer = connect(&broker);
+    let payload = vec![b'j'; 200_000];
+    for _ in 0..400 {
+        let publish = Publish {
+            topic: "jobs",
+            payload: &payload,
+            ..Default::default()
+        };
+        producer.write_all(&frame(0, &Frame::Publish(publish))).unwrap();
+    }
+    let out = Command::new(BIN)
+        .args([
+            "--url",
+            &broker.url(),
+            "sub",
+            "jobs",
+            "--durable",
+            "w",
+            "--from-beginning",
+        ])
+        .args([
+            "--count",
+            "400",
+            "--nack",
+            "--max-deliveries",
+            "1",
+            "--format",
+            "hex",
+        ])
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(out.success());
+    let depth = |broker: &Spawned| -> serde_json::Value {
+        serde_json::from_slice(&cli(broker, &["dlq", "list", "jobs", "--json", "--limit", "1000"]).stdout)
+            .unwrap()
+    };
+    let mut page = depth(&broker);
+    for _ in 0..500 {
+        if page["depth"] == 400 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        page = depth(&broker);
+    }
+    assert_eq!(page["depth"], 400, "every message dead-lettered");
+    // A listing of 1,000 asked stops at the page weight, and says where to go on.
+    let listed = page["entries"].as_array().unwrap().len();
+    assert!(
+        (1..=30).contains(&listed),
+        "{listed} entries of 200 KB in one page"
+    );
+    assert_eq!(page["next_after"], page["entries"][listed - 1]["sequence"]);
+
+    let before = broker.rss_bytes();
+    let peak = peak_rss_during(&broker, || {
+        let out = cli(&broker, &["dlq", "replay", "jobs", "--all"]);
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "replayed 400, already replayed 0, failed 0\n"
+        );
+    });
+    let grown = peak.saturating_sub(before);
+    assert!(
+        grown < 48 * MIB,
+        "replaying 80 MB of dead letters grew the broker by {} MiB",
+        grown / MIB
+    );
+    assert_eq!(depth(&broker)["depth"], 0);
+}

@@ -48,6 +48,9 @@ pub(crate) struct Peer {
 /// Initial size of a connection's read buffer and writer buffer; both grow with traffic.
 const INITIAL_BUFFER_BYTES: usize = 4096;
 
+/// An ADMIN_OK frame's bytes besides its JSON body (length prefix, kind, request id).
+const ADMIN_OK_OVERHEAD: usize = 16;
+
 /// Why the reader stopped.
 enum Stop {
     /// Peer closed, shutdown, or the broker closed the connection (slow consumer).
@@ -257,6 +260,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
                         &mut publisher,
                         &mut next_subscription,
                         &mut opening,
+                        settings.frame_bytes_max,
                     );
                     if let Some(stop) = step {
                         publisher.end_batch(broker);
@@ -463,6 +467,7 @@ fn handle(
     publisher: &mut Publisher,
     next_subscription: &mut u32,
     opening: &mut Option<Opening>,
+    frame_bytes_max: usize,
 ) -> Option<Stop> {
     let request_id = decoded.request_id;
     match decoded.frame {
@@ -598,6 +603,16 @@ fn handle(
             let (info, broker, body) = (Arc::clone(info), Arc::clone(broker), body.to_vec());
             tokio::spawn(async move {
                 match crate::admin::handle(broker, &info, body).await {
+                    // A frame the client would refuse is never sent: a dead letter whose payload
+                    // alone is near the frame limit is read over HTTP.
+                    Ok(json) if json.len() + ADMIN_OK_OVERHEAD > frame_bytes_max => {
+                        let text = format!(
+                            "the answer is {} bytes, over the frame limit of {frame_bytes_max}; \
+                             ask for fewer entries, or read this dead letter over HTTP",
+                            json.len()
+                        );
+                        send_error(&info, request_id, ErrorCode::LimitReached, 0, &text);
+                    }
                     Ok(json) => reply(&info, request_id, &Frame::AdminOk(&json)),
                     Err((code, text)) => send_error(&info, request_id, code, 0, &text),
                 }

@@ -10,7 +10,8 @@ use mycelium_storage::{StorageBackend, StoredMessage};
 
 use super::Broker;
 use crate::dlq::{
-    DlqEntry, DlqError, DlqFilter, DlqPage, Marks, PAGE_MAX, ReplayReport, dlq_topic, original_headers,
+    DlqEntry, DlqError, DlqFilter, DlqPage, Marks, PAGE_BYTES_MAX, PAGE_MAX, ReplayReport, dlq_topic,
+    listed_bytes, original_headers,
 };
 use crate::store::MessageProps;
 use crate::store::io::blocking;
@@ -84,7 +85,7 @@ impl Broker {
     }
 
     /// Dead letters of `topic`'s DLQ matching `filter`, after DLQ sequence `after`, at most
-    /// `limit` (capped at 1,000).
+    /// `limit` (capped at 1,000) and at most [`PAGE_BYTES_MAX`] as listed (at least one).
     ///
     /// # Errors
     /// [`DlqError`].
@@ -96,17 +97,7 @@ impl Broker {
         limit: usize,
     ) -> Result<DlqPage, DlqError> {
         let dlq = dlq_topic(topic);
-        let limit = limit.clamp(1, PAGE_MAX);
-        let mut entries = Vec::new();
-        let mut more = false;
-        self.dlq_scan(&dlq, after, filter, |entry, _| {
-            if entries.len() == limit {
-                more = true;
-                return false;
-            }
-            entries.push(entry);
-            true
-        })?;
+        let (entries, more) = self.dlq_page(&dlq, after, u64::MAX, filter, limit, |entry, _| entry)?;
         let next_after = more.then(|| entries.last().map_or(after, |e| e.sequence));
         let depth = self.dlq_depth(&dlq)?;
         Ok(DlqPage {
@@ -115,6 +106,35 @@ impl Broker {
             next_after,
             depth,
         })
+    }
+
+    /// A page of `dlq`'s matching dead letters after `after` and below `end`: at most `limit`
+    /// (capped at 1,000) and [`PAGE_BYTES_MAX`] as listed, at least one; and whether more match.
+    fn dlq_page<T>(
+        &self,
+        dlq: &str,
+        after: u64,
+        end: u64,
+        filter: &DlqFilter,
+        limit: usize,
+        mut keep: impl FnMut(DlqEntry, &StoredMessage) -> T,
+    ) -> Result<(Vec<T>, bool), DlqError> {
+        let limit = limit.clamp(1, PAGE_MAX);
+        let (mut page, mut bytes, mut more) = (Vec::new(), 0, false);
+        self.dlq_scan(dlq, after, filter, |entry, message| {
+            if entry.sequence >= end {
+                return false;
+            }
+            let weight = listed_bytes(message);
+            if page.len() == limit || (!page.is_empty() && bytes + weight > PAGE_BYTES_MAX) {
+                more = true;
+                return false;
+            }
+            bytes += weight;
+            page.push(keep(entry, message));
+            true
+        })?;
+        Ok((page, more))
     }
 
     /// Dead letters in `topic`'s DLQ.
@@ -199,25 +219,55 @@ impl Broker {
         rate: Option<u32>,
     ) -> Result<ReplayReport, DlqError> {
         let dlq = dlq_topic(topic);
-        let (me, scanned, selection) = (Arc::clone(self), dlq.clone(), filter.clone());
-        let entries = blocking(move || {
-            let mut entries = Vec::new();
-            me.dlq_scan(&scanned, 0, &selection, |entry, message| {
-                entries.push((entry, original_headers(&message.headers)));
-                true
-            })
-            .map(|()| entries)
+        // What is in the DLQ now; dead letters added while the replay runs wait for the next.
+        let (me, bounded) = (Arc::clone(self), dlq.clone());
+        let end = blocking(move || {
+            me.dlq_backend(&bounded)?
+                .bounds(&bounded)
+                .map_err(|e| DlqError::Storage(e.to_string()))
         })
-        .await?;
+        .await?
+        .next;
         let mut report = ReplayReport::default();
         let pause = rate
             .filter(|r| *r > 0)
             .map(|r| Duration::from_secs_f64(1.0 / f64::from(r)));
         let mut next_at = tokio::time::Instant::now();
-        for (entry, headers) in entries {
+        // A page at a time: the replay holds at most one page of dead letters.
+        let mut after = 0;
+        loop {
+            let (me, scanned, selection) = (Arc::clone(self), dlq.clone(), filter.clone());
+            let (page, more) = blocking(move || {
+                me.dlq_page(&scanned, after, end, &selection, PAGE_MAX, |entry, message| {
+                    (entry, original_headers(&message.headers))
+                })
+            })
+            .await?;
+            if let Some((last, _)) = page.last() {
+                after = last.sequence;
+            }
+            self.replay_page(&dlq, page, target, pause, &mut next_at, &mut report)
+                .await?;
+            if !more {
+                return Ok(report);
+            }
+        }
+    }
+
+    /// Publishes one page of a replay; see [`Broker::dlq_replay`].
+    async fn replay_page(
+        self: &Arc<Self>,
+        dlq: &str,
+        page: Vec<(DlqEntry, Bytes)>,
+        target: Option<&str>,
+        pause: Option<Duration>,
+        next_at: &mut tokio::time::Instant,
+        report: &mut ReplayReport,
+    ) -> Result<(), DlqError> {
+        for (entry, headers) in page {
             if let Some(pause) = pause {
-                tokio::time::sleep_until(next_at).await;
-                next_at += pause;
+                tokio::time::sleep_until(*next_at).await;
+                *next_at += pause;
             }
             let to = target.map_or(entry.topic.as_str(), |t| t);
             if to.is_empty() {
@@ -245,7 +295,7 @@ impl Broker {
                     } else {
                         report.replayed += 1;
                     }
-                    let (me, marked) = (Arc::clone(self), dlq.clone());
+                    let (me, marked) = (Arc::clone(self), dlq.to_owned());
                     blocking(move || {
                         let mut marks = me.marks(&marked);
                         marks.removed.insert(entry.sequence);
@@ -256,6 +306,6 @@ impl Broker {
                 Err(error) => report.failed.push((entry.sequence, error.to_string())),
             }
         }
-        Ok(report)
+        Ok(())
     }
 }

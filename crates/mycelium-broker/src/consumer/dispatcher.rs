@@ -45,6 +45,45 @@ use crate::store::io::{self, Disk, DiskRef, blocking};
 /// Bytes read from the log per admission pass, at most.
 const READ_BYTES: usize = 8 << 20;
 
+/// Bytes of admitted messages a dispatcher keeps in memory for their first delivery; past it,
+/// messages are read again when they go out (read-ahead counts messages, whatever their size).
+const CACHE_BYTES_MAX: usize = 8 << 20;
+
+/// Admitted messages ready to go out, kept from admission for their first delivery, at most
+/// [`CACHE_BYTES_MAX`] of them.
+#[derive(Default)]
+struct Cache {
+    messages: HashMap<u64, StoredMessage>,
+    bytes: usize,
+}
+
+impl Cache {
+    fn weight(message: &StoredMessage) -> usize {
+        message.payload.len() + message.headers.len() + 64
+    }
+
+    /// Keeps `message` if it fits.
+    fn insert(&mut self, message: StoredMessage) {
+        let weight = Cache::weight(&message);
+        if self.bytes + weight <= CACHE_BYTES_MAX {
+            self.bytes += weight;
+            if let Some(old) = self.messages.insert(message.sequence, message) {
+                self.bytes -= Cache::weight(&old);
+            }
+        }
+    }
+
+    fn remove(&mut self, sequence: u64) -> Option<StoredMessage> {
+        let message = self.messages.remove(&sequence)?;
+        self.bytes -= Cache::weight(&message);
+        Some(message)
+    }
+
+    fn contains(&self, sequence: u64) -> bool {
+        self.messages.contains_key(&sequence)
+    }
+}
+
 /// How often a dispatcher whose consumers all lack room looks again.
 const ROOM_POLL: Duration = Duration::from_millis(20);
 
@@ -524,7 +563,7 @@ impl DurableSub {
         let mut last_persist = tokio::time::Instant::now();
         // Messages read during admission and ready to go out: their first delivery needs no
         // second read.
-        let mut cache: HashMap<u64, StoredMessage> = HashMap::new();
+        let mut cache = Cache::default();
         let pass_max = self.settings.pass_max;
         loop {
             let wake = self.wake.notified();
@@ -597,7 +636,7 @@ impl DurableSub {
                     }
                     if let Outcome::Expired { sequence, .. } | Outcome::DeadLetter { sequence, .. } = outcome
                     {
-                        cache.remove(&sequence);
+                        cache.remove(sequence);
                     }
                     self.handle_outcome(outcome);
                 }
@@ -606,12 +645,12 @@ impl DurableSub {
             let missing: Vec<u64> = deliveries
                 .iter()
                 .map(|d| d.sequence)
-                .filter(|s| !cache.contains_key(s))
+                .filter(|s| !cache.contains(*s))
                 .collect();
             let mut reread = read_each_off_worker(&backend, &self.topic, missing).await;
             for delivery in &deliveries {
                 let message = cache
-                    .remove(&delivery.sequence)
+                    .remove(delivery.sequence)
                     .or_else(|| reread.remove(&delivery.sequence));
                 match message {
                     Some(message) => self.send(&message, delivery.attempt),
@@ -667,12 +706,7 @@ impl DurableSub {
 
     /// Admits a page read from the log: filtered out (skipped or dead-lettered as unmatched), or
     /// into the state machine, keeping what is ready to go in `cache`.
-    fn admit(
-        &self,
-        page: Vec<StoredMessage>,
-        outcomes: &mut Vec<Outcome>,
-        cache: &mut HashMap<u64, StoredMessage>,
-    ) {
+    fn admit(&self, page: Vec<StoredMessage>, outcomes: &mut Vec<Outcome>, cache: &mut Cache) {
         let now = self.now_ns();
         let wall = mycelium_codec::now_ns();
         let mut state = self.state.lock();
@@ -698,7 +732,7 @@ impl DurableSub {
             match state.admit(message.sequence, attrs, now) {
                 Some(outcome) => outcomes.push(outcome),
                 None if attrs.not_before_ns.is_none() => {
-                    cache.insert(message.sequence, message);
+                    cache.insert(message);
                 }
                 None => {}
             }

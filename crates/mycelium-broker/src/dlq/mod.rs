@@ -299,6 +299,17 @@ pub fn dlq_topic(topic: &str) -> String {
 /// Dead letters read per page, at most.
 pub(crate) const PAGE_MAX: usize = 1000;
 
+/// What one page of dead letters may weigh, as its tools show it (JSON, binary payloads in
+/// base64): a listing stops there (with at least one entry) and says where to go on, and a
+/// replay works through the DLQ a page at a time, so neither holds more than this at once.
+pub const PAGE_BYTES_MAX: usize = 4 << 20;
+
+/// About what `message` weighs as a listed dead letter: its headers (escaped), its payload in
+/// base64, the fixed fields.
+pub(crate) fn listed_bytes(message: &mycelium_storage::StoredMessage) -> usize {
+    message.headers.len() * 2 + message.payload.len().div_ceil(3) * 4 + 512
+}
+
 /// A dead letter's header block without its `x-dlq-*` record: the headers as first published.
 pub(crate) fn original_headers(block: &[u8]) -> Bytes {
     let mut out = BytesMut::with_capacity(block.len());
