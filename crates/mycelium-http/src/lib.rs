@@ -81,6 +81,10 @@ pub struct HttpConfig {
     pub native_listeners_up: Arc<std::sync::atomic::AtomicBool>,
     /// Serve only `/metrics` and the health probes (the HTTP API is off).
     pub metrics_only: bool,
+    /// Connections served at once; more get 503 and are closed.
+    pub max_connections: usize,
+    /// TCP connections from one address at once; more get 503 and are closed.
+    pub max_connections_per_ip: usize,
 }
 
 impl Default for HttpConfig {
@@ -98,6 +102,8 @@ impl Default for HttpConfig {
             consumer_idle_timeout: Duration::from_secs(300),
             native_listeners_up: Arc::new(std::sync::atomic::AtomicBool::new(true)),
             metrics_only: false,
+            max_connections: 1_024,
+            max_connections_per_ip: 256,
         }
     }
 }

@@ -27,6 +27,7 @@ pub struct HttpServer {
     header_timeout: Duration,
     request_timeout: Duration,
     tls: Option<Arc<rustls::ServerConfig>>,
+    admission: mycelium_net::admission::Admission,
 }
 
 /// Builds the router and binds the configured listeners.
@@ -69,6 +70,10 @@ pub async fn bind(broker: Arc<Broker>, config: HttpConfig) -> Result<HttpServer,
         header_timeout: config.header_timeout,
         request_timeout: config.request_timeout,
         tls: config.tls,
+        admission: mycelium_net::admission::Admission::new(
+            config.max_connections,
+            config.max_connections_per_ip,
+        ),
     })
 }
 
@@ -88,6 +93,7 @@ impl HttpServer {
             header_timeout,
             request_timeout,
             tls,
+            admission,
         } = self;
         let tls = tls.map(tokio_rustls::TlsAcceptor::from);
         if let Some(addr) = tcp.as_ref().and_then(|l| l.local_addr().ok()) {
@@ -115,9 +121,13 @@ impl HttpServer {
                 () = shutdown.cancelled() => break,
                 accepted = accept_tcp(tcp.as_ref()) => match accepted {
                     Ok((stream, peer)) => {
+                        let slot = match admit(&admission, Some(peer.ip())) {
+                            Ok(slot) => slot,
+                            Err(why) => { refuse(stream, why); continue; }
+                        };
                         let _ = stream.set_nodelay(true);
                         match &tls {
-                            None => spawn_connection(&router, &graceful, TokioIo::new(stream), Peer { ip: Some(peer.ip()), common_name: None }, header_timeout),
+                            None => spawn_connection(&router, &graceful, TokioIo::new(stream), Peer { ip: Some(peer.ip()), common_name: None, slot }, header_timeout),
                             Some(acceptor) => {
                                 let (acceptor, handshaken) = (acceptor.clone(), handshaken.clone());
                                 tokio::spawn(async move {
@@ -129,7 +139,7 @@ impl HttpServer {
                                                 .peer_certificates()
                                                 .and_then(|chain| chain.first())
                                                 .and_then(mycelium_auth::tls::common_name);
-                                            let peer = Peer { ip: Some(peer.ip()), common_name };
+                                            let peer = Peer { ip: Some(peer.ip()), common_name, slot };
                                             let _ = handshaken.send(Handshaken { stream, peer }).await;
                                         }
                                         Ok(Err(error)) => tracing::debug!(%error, "http TLS handshake failed"),
@@ -148,7 +158,13 @@ impl HttpServer {
                     spawn_connection(&router, &graceful, TokioIo::new(stream), peer, header_timeout);
                 }
                 accepted = accept_unix(unix.as_ref().map(|(l, _)| l)) => match accepted {
-                    Ok(stream) => spawn_connection(&router, &graceful, TokioIo::new(stream), Peer { ip: None, common_name: None }, header_timeout),
+                    Ok(stream) => {
+                        let slot = match admit(&admission, None) {
+                            Ok(slot) => slot,
+                            Err(why) => { refuse(stream, why); continue; }
+                        };
+                        spawn_connection(&router, &graceful, TokioIo::new(stream), Peer { ip: None, common_name: None, slot }, header_timeout);
+                    }
                     Err(error) => {
                         tracing::warn!(%error, "http accept failed");
                         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -170,10 +186,70 @@ impl HttpServer {
 
 /// What is known of a connection's peer: its address (none: the Unix socket), the common name
 /// of its verified client certificate (mutual TLS).
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 struct Peer {
     ip: Option<std::net::IpAddr>,
     common_name: Option<String>,
+    /// Its place among `max_connections`, held for as long as it is served.
+    slot: mycelium_net::admission::Slot,
+}
+
+/// A place for a new connection, or why not.
+fn admit(
+    admission: &mycelium_net::admission::Admission,
+    ip: Option<std::net::IpAddr>,
+) -> Result<mycelium_net::admission::Slot, String> {
+    use mycelium_net::admission::Refused;
+    admission.admit(ip).map_err(|refused| match refused {
+        Refused::Full(max) => {
+            format!("the HTTP door serves {max} connections, its limit (http.max_connections)")
+        }
+        Refused::PerIp(ip, max) => {
+            format!("{ip} holds {max} connections, the limit (http.max_connections_per_ip)")
+        }
+    })
+}
+
+/// Answers a connection that got no place with 503 and closes it, on a task of its own: the
+/// request it sent is read (up to 64 KiB, for at most a second) so the close does not reset the
+/// connection before the answer is read.
+fn refuse<S>(mut stream: S, why: String)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    /// Refusals being answered; past [`REFUSING_MAX`] a refused connection is just closed, so a
+    /// flood of them holds no more than that many sockets.
+    static REFUSING: AtomicUsize = AtomicUsize::new(0);
+    const REFUSING_MAX: usize = 256;
+    tracing::debug!(%why, "http connection refused");
+    if REFUSING.fetch_add(1, Ordering::AcqRel) >= REFUSING_MAX {
+        REFUSING.fetch_sub(1, Ordering::AcqRel);
+        return;
+    }
+    tokio::spawn(async move {
+        let response = format!(
+            "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\
+             retry-after: 1\r\nconnection: close\r\n\r\n{why}",
+            why.len()
+        );
+        let answer = async {
+            stream.write_all(response.as_bytes()).await?;
+            stream.shutdown().await?;
+            let mut sink = [0u8; 4096];
+            let mut read = 0;
+            while read < 64 << 10 {
+                match stream.read(&mut sink).await? {
+                    0 => break,
+                    n => read += n,
+                }
+            }
+            std::io::Result::Ok(())
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(1), answer).await;
+        REFUSING.fetch_sub(1, Ordering::AcqRel);
+    });
 }
 
 /// A TLS connection ready to serve.
@@ -195,12 +271,17 @@ fn spawn_connection<I>(
 {
     // The peer's address goes into each request as it arrives (a `Router::layer` per connection
     // would wrap every route again).
+    let Peer {
+        ip,
+        common_name,
+        slot,
+    } = peer;
     let service = router
         .clone()
         .map_request(move |r: hyper::Request<hyper::body::Incoming>| {
             let mut request = r.map(axum::body::Body::new);
-            request.extensions_mut().insert(ClientAddr(peer.ip));
-            if let Some(name) = &peer.common_name {
+            request.extensions_mut().insert(ClientAddr(ip));
+            if let Some(name) = &common_name {
                 request.extensions_mut().insert(ClientCert(name.clone()));
             }
             request
@@ -215,6 +296,7 @@ fn spawn_connection<I>(
         if let Err(error) = watched.await {
             tracing::debug!(%error, "http connection ended with an error");
         }
+        drop(slot);
     });
 }
 

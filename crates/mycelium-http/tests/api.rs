@@ -384,6 +384,27 @@ async fn topics_and_subscriptions() {
         .map(|t| t["name"].as_str().unwrap())
         .collect();
     assert!(names.contains(&"orders") && names.contains(&"jobs"), "{names:?}");
+    assert!(body["next_after"].is_null(), "one page: {body}");
+    // Paged by name: `after` and `limit`, each topic once, `next_after` until the last page.
+    let mut paged = Vec::new();
+    let mut after = String::new();
+    loop {
+        let path = format!("/api/v1/topics?limit=1&after={after}");
+        let (status, body) = api.call(Method::GET, &path, Some(&producer), None).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let page = body["topics"].as_array().unwrap();
+        assert_eq!(page.len(), 1, "{body}");
+        paged.push(page[0]["name"].as_str().unwrap().to_owned());
+        match body["next_after"].as_str() {
+            Some(next) => after = next.to_owned(),
+            None => break,
+        }
+    }
+    assert_eq!(paged, names, "the pages together are the listing");
+    let (status, _) = api
+        .call(Method::GET, "/api/v1/topics?limit=0", Some(&producer), None)
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     let (status, body) = api
         .call(Method::GET, "/api/v1/topics/orders", Some(&t), None)
         .await;

@@ -12,6 +12,8 @@
 //! ([`WriteHalf::try_write`]); a write that finds the buffer full waits on a second descriptor of
 //! the same socket, registered for writing for that wait only ([`WriteHalf::writable`]).
 
+pub mod admission;
+
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
 use std::os::unix::net::UnixStream as StdStream;

@@ -16,7 +16,6 @@ pub mod units;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::BytesMut;
 use mycelium_broker::{Broker, Door};
@@ -252,7 +251,6 @@ impl Server {
             )
         });
         let tracker = TaskTracker::new();
-        let active = Arc::new(AtomicUsize::new(0));
         let socket_path = unix.as_ref().map(|(_, p)| p.clone());
         if let Some(path) = &socket_path {
             tracing::info!(path = %path.display(), "listening on unix socket");
@@ -265,10 +263,7 @@ impl Server {
         let accept = Accept {
             broker,
             settings,
-            max_connections,
-            max_per_ip: max_connections_per_ip,
-            active,
-            per_ip: Arc::default(),
+            admission: mycelium_net::admission::Admission::new(max_connections, max_connections_per_ip),
             tracker: tracker.clone(),
             shutdown: shutdown.clone(),
         };
@@ -366,71 +361,27 @@ async fn accept_error(error: &std::io::Error) {
 struct Accept {
     broker: Arc<Broker>,
     settings: Arc<Settings>,
-    max_connections: usize,
-    max_per_ip: usize,
-    active: Arc<AtomicUsize>,
-    per_ip: Arc<PerIp>,
+    admission: mycelium_net::admission::Admission,
     tracker: TaskTracker,
     shutdown: CancellationToken,
 }
 
-/// Connections held by each TCP address.
-type PerIp = std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>;
-
-/// A connection's place among `max_connections` (and its address's among
-/// `max_connections_per_ip`), given back when it is dropped.
-struct Slot {
-    active: Arc<AtomicUsize>,
-    per_ip: Option<(Arc<PerIp>, std::net::IpAddr)>,
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.active.fetch_sub(1, Ordering::AcqRel);
-        if let Some((map, ip)) = &self.per_ip {
-            let mut map = map.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            if let Some(n) = map.get_mut(ip) {
-                *n -= 1;
-                if *n == 0 {
-                    map.remove(ip);
-                }
-            }
-        }
-    }
-}
-
 impl Accept {
     /// A place for one more connection from `ip` (none: the Unix socket), or why not.
-    fn admit(&self, ip: Option<std::net::IpAddr>) -> Result<Slot, (ErrorCode, String)> {
-        if self.active.fetch_add(1, Ordering::AcqRel) >= self.max_connections {
-            self.active.fetch_sub(1, Ordering::AcqRel);
-            let max = self.max_connections;
-            return Err((
-                ErrorCode::TooManyConnections,
-                format!("the broker is at max_connections ({max}); try again later"),
-            ));
-        }
-        let mut slot = Slot {
-            active: Arc::clone(&self.active),
-            per_ip: None,
-        };
-        if let Some(ip) = ip {
-            let mut map = self
-                .per_ip
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let held = map.entry(ip).or_default();
-            if *held >= self.max_per_ip {
-                let max = self.max_per_ip;
-                return Err((
-                    ErrorCode::TooManyConnections,
-                    format!("{ip} holds {max} connections, the limit (server.max_connections_per_ip)"),
-                ));
-            }
-            *held += 1;
-            slot.per_ip = Some((Arc::clone(&self.per_ip), ip));
-        }
-        Ok(slot)
+    fn admit(
+        &self,
+        ip: Option<std::net::IpAddr>,
+    ) -> Result<mycelium_net::admission::Slot, (ErrorCode, String)> {
+        use mycelium_net::admission::Refused;
+        self.admission.admit(ip).map_err(|refused| {
+            let text = match refused {
+                Refused::Full(max) => format!("the broker is at max_connections ({max}); try again later"),
+                Refused::PerIp(ip, max) => {
+                    format!("{ip} holds {max} connections, the limit (server.max_connections_per_ip)")
+                }
+            };
+            (ErrorCode::TooManyConnections, text)
+        })
     }
 
     fn spawn<R, W>(&self, read: R, write: W, peer: connection::Peer, ip: Option<std::net::IpAddr>)

@@ -663,3 +663,50 @@ async fn a_batch_of_bad_entries_gets_one_summarised_error() {
         "{message}"
     );
 }
+
+#[tokio::test]
+async fn the_http_door_caps_connections_per_address_and_gives_places_back() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = TestServer::start_at(&dir.path().join("h.sock"), move |c| {
+        c.storage.data_dir = data.display().to_string();
+        c.http.enabled = true;
+        c.http.listen = "127.0.0.1:0".into();
+        c.auth.jwt_secret = "a-shared-secret-of-at-least-32-bytes!".into();
+        c.http.max_connections_per_ip = 2;
+    })
+    .await;
+    let addr = server.http.expect("http listening");
+    let probe = |mut stream: tokio::net::TcpStream| async move {
+        stream
+            .write_all(b"GET /api/v1/health/live HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        let _ = stream.read_to_string(&mut answer).await;
+        answer
+    };
+    // Two idle connections hold this address's places: a third (accepted after them, in
+    // order) is refused with 503.
+    let held = vec![
+        tokio::net::TcpStream::connect(addr).await.unwrap(),
+        tokio::net::TcpStream::connect(addr).await.unwrap(),
+    ];
+    let third = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let answer = probe(third).await;
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("http.max_connections_per_ip"), "{answer}");
+    // A place given back is taken again.
+    drop(held);
+    let mut answer = String::new();
+    for _ in 0..100 {
+        answer = probe(tokio::net::TcpStream::connect(addr).await.unwrap()).await;
+        if answer.starts_with("HTTP/1.1 200") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    server.stop().await;
+}

@@ -565,31 +565,30 @@ impl Broker {
         }
     }
 
-    /// Every counter, for STATS and the metrics exporter.
-    pub fn stats(&self) -> StatsSnapshot {
-        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let backend = self.storage();
-        let stored = |t: &TopicRef| match (&backend, t.spec().storage) {
+    /// One topic's counters (what [`Broker::stats`] lists for each). Blocking for a stored
+    /// topic: its log's bounds are read.
+    pub fn topic_stats(&self, topic: &TopicRef) -> TopicStats {
+        let stored = match (self.storage(), topic.spec().storage) {
             (Some(backend), StorageKind::Disk) => backend
-                .bounds(t.name())
+                .bounds(topic.name())
                 .map_or(0, |b| b.next.saturating_sub(b.first)),
             _ => 0,
         };
-        let topics = self
-            .topics()
-            .iter()
-            .map(|t| {
-                let mut stats = TopicStats {
-                    name: t.name().to_owned(),
-                    routing: t.spec().routing.to_string(),
-                    subscribers: t.subscriber_count() as u32,
-                    stored: stored(t),
-                    ..TopicStats::default()
-                };
-                t.counters().load_into(&mut stats);
-                stats
-            })
-            .collect();
+        let mut stats = TopicStats {
+            name: topic.name().to_owned(),
+            routing: topic.spec().routing.to_string(),
+            subscribers: topic.subscriber_count() as u32,
+            stored,
+            ..TopicStats::default()
+        };
+        topic.counters().load_into(&mut stats);
+        stats
+    }
+
+    /// Every counter, for STATS and the metrics exporter.
+    pub fn stats(&self) -> StatsSnapshot {
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let topics = self.topics().iter().map(|t| self.topic_stats(t)).collect();
         let subscriptions = self
             .registry
             .lock()

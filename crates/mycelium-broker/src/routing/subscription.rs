@@ -165,20 +165,23 @@ impl Route {
             .filter(|s| s.pattern.matches(topic))
             .collect();
         let mut plain = Vec::new();
-        let mut named: Vec<(&str, Vec<Arc<Subscription>>)> = Vec::new();
+        // Groups in order of first appearance, found by name in O(1): with a distinct group per
+        // subscription a linear search made every subscribe cost the square of their number.
+        let mut named: Vec<Vec<Arc<Subscription>>> = Vec::new();
+        let mut index: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
         for sub in &matching {
             match sub.group.as_deref() {
                 None => plain.push(Arc::clone(sub)),
-                Some(name) => match named.iter_mut().find(|(n, _)| *n == name) {
-                    Some((_, members)) => members.push(Arc::clone(sub)),
-                    None => named.push((name, vec![Arc::clone(sub)])),
+                Some(name) => match index.get(name) {
+                    Some(&at) => named[at].push(Arc::clone(sub)),
+                    None => {
+                        index.insert(name, named.len());
+                        named.push(vec![Arc::clone(sub)]);
+                    }
                 },
             }
         }
-        let mut groups: Vec<Group> = named
-            .into_iter()
-            .map(|(_, members)| Group::new(members))
-            .collect();
+        let mut groups: Vec<Group> = named.into_iter().map(Group::new).collect();
         match routing {
             Routing::Fanout => Route {
                 each: plain,

@@ -172,15 +172,20 @@ pub(crate) struct TopicView {
 
 fn view(broker: &Broker, name: &str) -> Option<TopicView> {
     let topic = broker.topic(name)?;
-    let stats = broker.stats();
-    let t = stats.topics.iter().find(|t| t.name == name)?;
+    Some(view_of(broker, &topic))
+}
+
+/// The view of one topic: its own counters only (a listing of n topics costs n, not n squared).
+fn view_of(broker: &Broker, topic: &mycelium_broker::TopicRef) -> TopicView {
+    let name = topic.name();
+    let t = &broker.topic_stats(topic);
     let spec = topic.spec();
     let delivery = if spec.storage == StorageKind::Disk && spec.delivery == Delivery::AtMostOnce {
         Delivery::AtLeastOnce
     } else {
         spec.delivery
     };
-    Some(TopicView {
+    TopicView {
         name: name.to_owned(),
         routing: spec.routing.to_string(),
         balance: spec.balance.to_string(),
@@ -209,20 +214,36 @@ fn view(broker: &Broker, name: &str) -> Option<TopicView> {
             duplicates: t.duplicates,
             stored: t.stored,
         },
-    })
+    }
 }
 
-/// Topics.
+/// A page of topics, by name.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub(crate) struct TopicList {
     topics: Vec<TopicView>,
+    /// Pass as `after` for the next page; `null` on the last.
+    next_after: Option<String>,
+}
+
+/// Which page of topics.
+#[derive(Debug, Clone, Default, Deserialize, IntoParams, ToSchema)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TopicsQuery {
+    /// Start after this topic name (paging).
+    #[serde(default)]
+    after: Option<String>,
+    /// At most this many (1-1,000, default 1,000).
+    #[serde(default)]
+    limit: Option<usize>,
 }
 
 /// List topics.
 #[utoipa::path(
     get, path = "/api/v1/topics", tag = "topics",
+    params(TopicsQuery),
     responses(
-        (status = 200, description = "Every topic", body = TopicList),
+        (status = 200, description = "A page of topics, by name", body = TopicList),
         (status = 401, description = "No or bad token", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "Rate limited", body = Problem, content_type = "application/problem+json"),
         (status = 400, description = "Bad request", body = Problem, content_type = "application/problem+json"),
@@ -230,14 +251,36 @@ pub(crate) struct TopicList {
     ),
     security(("bearer" = []))
 )]
-pub(crate) async fn list(State(state): State<SharedState>) -> axum::Json<TopicList> {
-    let topics = state
-        .broker
-        .topics()
-        .iter()
-        .filter_map(|t| view(&state.broker, t.name()))
-        .collect();
-    axum::Json(TopicList { topics })
+pub(crate) async fn list(
+    State(state): State<SharedState>,
+    ApiQuery(query): ApiQuery<TopicsQuery>,
+) -> ApiResult<axum::Json<TopicList>> {
+    let limit = query.limit.unwrap_or(1000);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::invalid(vec![FieldError {
+            field: "limit".into(),
+            message: "must be 1-1,000".into(),
+        }]));
+    }
+    // Off the async workers: stored topics' bounds are read under their logs' locks.
+    let broker = Arc::clone(&state.broker);
+    let list = mycelium_broker::blocking(move || {
+        let topics = broker.topics();
+        let from = query
+            .after
+            .as_deref()
+            .map_or(0, |after| topics.partition_point(|t| t.name() <= after));
+        let page = &topics[from..(from + limit).min(topics.len())];
+        let next_after = (from + limit < topics.len())
+            .then(|| page.last().map(|t| t.name().to_owned()))
+            .flatten();
+        TopicList {
+            topics: page.iter().map(|t| view_of(&broker, t)).collect(),
+            next_after,
+        }
+    })
+    .await;
+    Ok(axum::Json(list))
 }
 
 /// Create a topic (admin).

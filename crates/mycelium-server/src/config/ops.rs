@@ -107,6 +107,10 @@ pub struct HttpSection {
     pub request_timeout: HumanDuration,
     /// HTTP consumers idle this long are detached (their unacked messages are redelivered).
     pub consumer_idle_timeout: HumanDuration,
+    /// Connections served at once; more get 503 and are closed.
+    pub max_connections: usize,
+    /// TCP connections from one address at once; more get 503 and are closed.
+    pub max_connections_per_ip: usize,
     /// Rate limits.
     pub rate_limits: RateLimitSection,
 }
@@ -121,6 +125,8 @@ impl Default for HttpSection {
             header_timeout: HumanDuration(Duration::from_secs(10)),
             request_timeout: HumanDuration(Duration::from_secs(60)),
             consumer_idle_timeout: HumanDuration(Duration::from_secs(300)),
+            max_connections: 1_024,
+            max_connections_per_ip: 256,
             rate_limits: RateLimitSection::default(),
         }
     }
@@ -182,6 +188,14 @@ impl Config {
                     "http".into(),
                     "enabled with no listener: set listen or unix_socket (or enabled = false)".into(),
                 );
+            }
+            for (key, value) in [
+                ("max_connections", h.max_connections),
+                ("max_connections_per_ip", h.max_connections_per_ip),
+            ] {
+                if value == 0 {
+                    bad(format!("http.{key}"), "must be greater than 0".into());
+                }
             }
             if h.max_body_size.0 < 1024 {
                 bad("http.max_body_size".into(), "must be at least 1 KiB".into());
@@ -285,6 +299,8 @@ impl Config {
             header_timeout: h.header_timeout.0,
             request_timeout: h.request_timeout.0,
             consumer_idle_timeout: h.consumer_idle_timeout.0,
+            max_connections: h.max_connections,
+            max_connections_per_ip: h.max_connections_per_ip,
             ..mycelium_http::HttpConfig::default()
         })
     }
