@@ -195,30 +195,41 @@ async fn confirmed_messages_are_stored_and_sequences_continue_after_restart() {
     }
 }
 
+/// A tmpfs of `size` mounted at `dir/small` (the project's machines run tests as root),
+/// unmounted when dropped.
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn mount(dir: &tempfile::TempDir, size: &str) -> SmallDisk {
+        let data = dir.path().join("small");
+        std::fs::create_dir(&data).unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&data)
+            .status()
+            .unwrap();
+        assert!(
+            status.success(),
+            "mounting a tmpfs needs root, which the project's machines give tests"
+        );
+        SmallDisk(data)
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_is_a_clear_error_for_the_publisher() {
     if !mycelium_test_support::available(&[mycelium_test_support::Need::Root]) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("small");
-    std::fs::create_dir(&data).unwrap();
-    let status = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=512k", "tmpfs"])
-        .arg(&data)
-        .status()
-        .unwrap();
-    assert!(
-        status.success(),
-        "mounting a tmpfs needs root, which the project's machines give tests"
-    );
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg(&self.0).status();
-        }
-    }
-    let _unmount = Unmount(data.clone());
+    let disk = SmallDisk::mount(&dir, "512k");
+    let data = disk.0.clone();
     let server = TestServer::start_at(&dir.path().join("b.sock"), |c| disk_topic(c, &data, "always")).await;
     let client = Client::connect(&server.url()).await.unwrap();
     let payload = vec![7u8; 16 * 1024];
@@ -252,4 +263,85 @@ async fn a_full_disk_is_a_clear_error_for_the_publisher() {
         stored + 1,
         "exactly the confirmed messages are stored"
     );
+}
+
+/// A dead letter the DLQ cannot take (the disk is full) is kept, not lost: its message stays
+/// unfinished and the DLQ write is tried again until there is room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_on_a_full_disk_is_kept_and_stored_once_there_is_room() {
+    use mycelium_client::{DurableOptions, StartPosition};
+    use mycelium_protocol::admin::{AdminRequest, DlqFilter, DlqPage};
+    if !mycelium_test_support::available(&[mycelium_test_support::Need::Root]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let disk = SmallDisk::mount(&dir, "64m");
+    let data = disk.0.join("data");
+    let server = TestServer::start_at(&dir.path().join("b.sock"), |c| disk_topic(c, &data, "always")).await;
+    let client = Client::connect(&server.url()).await.unwrap();
+    for i in 0..3 {
+        client
+            .publish_confirmed("orders", format!("job {i}").as_bytes())
+            .await
+            .unwrap();
+    }
+    let options = DurableOptions {
+        start: StartPosition::Beginning,
+        ..DurableOptions::default()
+    };
+    let mut sub = client.subscribe_durable("orders", "w", options).await.unwrap();
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        got.push(
+            tokio::time::timeout(Duration::from_secs(10), sub.next())
+                .await
+                .unwrap()
+                .unwrap(),
+        );
+    }
+    // Fill the disk to the last byte, then give up on every message.
+    let filler = disk.0.join("filler");
+    {
+        use std::io::Write;
+        let mut file = std::fs::File::create(&filler).unwrap();
+        while file.write_all(&[0u8; 4096]).is_ok() {}
+    }
+    for message in &got {
+        client.term(message, "poison").await.unwrap();
+    }
+    let dlq_depth = || async {
+        let request = AdminRequest::DlqList {
+            topic: "orders".into(),
+            filter: DlqFilter::default(),
+            after: 0,
+            limit: 10,
+        };
+        client
+            .admin_typed::<DlqPage>(&request)
+            .await
+            .map(|p| p.depth)
+            .unwrap_or(0)
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        dlq_depth().await,
+        0,
+        "nothing fits in the DLQ while the disk is full"
+    );
+    // Room again: the held dead letters reach the DLQ, all three, without a consumer's help.
+    std::fs::remove_file(&filler).unwrap();
+    let mut depth = 0;
+    for _ in 0..200 {
+        depth = dlq_depth().await;
+        if depth == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        depth, 3,
+        "every dead letter was kept and stored once there was room"
+    );
+    client.close().await;
+    server.stop().await;
 }

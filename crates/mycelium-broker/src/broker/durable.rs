@@ -264,13 +264,14 @@ impl Broker {
         open.iter().map(|(_, floor)| *floor).chain(persisted).min()
     }
 
-    /// Stores a dead-lettered message in `{topic}.dlq` (a disk topic, created on first use).
+    /// Stores a dead-lettered message in `{topic}.dlq` (a disk topic, created on first use); the
+    /// answer comes once it is stored (none: refused at once).
     fn store_dead_letter(
         &self,
         topic: &TopicRef,
         headers: bytes::Bytes,
         original: mycelium_storage::StoredMessage,
-    ) {
+    ) -> Option<crate::consumer::dispatcher::DeadLetterAnswer> {
         let name = crate::dlq::dlq_topic(topic.name());
         let spec = TopicSpec {
             storage: StorageKind::Disk,
@@ -286,16 +287,17 @@ impl Broker {
             Ok(dlq) => dlq,
             Err(error) => {
                 tracing::error!(%error, topic = %name, "cannot create the dead-letter topic");
-                return;
+                return None;
             }
         };
-        let Some(store) = self.durable() else { return };
+        let store = self.durable()?;
+        let (reply, answer) = tokio::sync::oneshot::channel();
         let request = crate::store::AppendRequest {
             topic: dlq,
             headers,
             payload: original.payload,
             props: crate::store::MessageProps::default(),
-            confirm: crate::store::Confirm::None,
+            confirm: crate::store::Confirm::Reply(reply),
             received_ns: mycelium_codec::now_ns(),
         };
         match store.queue.try_send(vec![request]) {
@@ -308,8 +310,10 @@ impl Broker {
             }
             Err(crate::store::QueueError::Closed(_)) => {
                 tracing::error!(topic = %name, "storage writer stopped; dead letter not stored");
+                return None;
             }
         }
+        Some(answer)
     }
 
     pub(super) fn remove_durable_consumers(&self, doomed: impl Fn(&(u64, u32)) -> bool) {
@@ -392,8 +396,23 @@ impl StoreEvents for Broker {
 }
 
 impl DispatchHost for Broker {
-    fn dead_letter(&self, topic: &TopicRef, headers: Bytes, original: StoredMessage) {
-        self.store_dead_letter(topic, headers, original);
+    fn dead_letter(
+        &self,
+        topic: &TopicRef,
+        headers: Bytes,
+        original: StoredMessage,
+    ) -> Option<crate::consumer::dispatcher::DeadLetterAnswer> {
+        self.store_dead_letter(topic, headers, original)
+    }
+
+    fn dead_letter_held(&self) {
+        self.incidents.dead_letters_held.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn state_write_failed(&self) {
+        self.incidents
+            .state_write_failures
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     fn observe_delivery(&self, topic: &TopicRef, seconds: f64) {

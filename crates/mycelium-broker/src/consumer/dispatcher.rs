@@ -84,6 +84,13 @@ impl Cache {
     }
 }
 
+/// Failed state writes in a row, and when to try the next.
+#[derive(Debug, Default)]
+struct WriteFailures {
+    count: u32,
+    retry_at: Option<tokio::time::Instant>,
+}
+
 /// How often a dispatcher whose consumers all lack room looks again.
 const ROOM_POLL: Duration = Duration::from_millis(20);
 
@@ -118,8 +125,11 @@ struct PendingAckOk {
     ack: mycelium_protocol::Ack,
 }
 
-/// A dead letter decided but not yet handed to the DLQ: the dispatcher reads its original.
-#[derive(Debug)]
+/// The DLQ's answer to one dead letter: stored, or why not.
+pub(crate) type DeadLetterAnswer = tokio::sync::oneshot::Receiver<Result<crate::store::Stored, String>>;
+
+/// A dead letter decided but not yet stored in the DLQ: the dispatcher reads its original.
+#[derive(Debug, Clone)]
 struct PendingDead {
     sequence: u64,
     attempts: u32,
@@ -180,6 +190,9 @@ pub(crate) struct DurableSub {
     ack_confirms: Mutex<Vec<PendingAckOk>>,
     /// Dead letters on their way to the DLQ (filled under the state's lock).
     dead: Mutex<Vec<PendingDead>>,
+    /// Dead letters the DLQ refused (full disk, topic limit): tried again from the instant given,
+    /// the message held unfinished meanwhile (`SubscriptionState::hold`).
+    held: Mutex<Vec<(tokio::time::Instant, u32, PendingDead)>>,
     stopped: AtomicBool,
     /// Its state file was unreadable and replaced by a fallback when it was opened.
     pub(crate) recovered: bool,
@@ -347,6 +360,7 @@ impl DurableSub {
             history: Mutex::new(HashMap::new()),
             ack_confirms: Mutex::new(Vec::new()),
             dead: Mutex::new(Vec::new()),
+            held: Mutex::new(Vec::new()),
             stopped: AtomicBool::new(false),
             recovered,
         });
@@ -368,11 +382,15 @@ impl DurableSub {
     /// called after [`DurableSub::stop`], so the dispatcher no longer writes concurrently).
     /// Blocking.
     pub(crate) fn persist_now(&self, host: &dyn DispatchHost, backend: &Disk) {
-        let (snapshot, dead) = self.snapshot_and_dead();
+        let dead = std::mem::take(&mut *self.dead.lock());
         if !dead.is_empty() {
             let originals = read_each(backend, self.topic.name(), dead.iter().map(|d| d.sequence));
-            self.dead_letter_all(host, dead, originals);
+            for (pending, answer) in self.dead_letter_all(host, dead, originals) {
+                let stored = answer.is_some_and(|a| a.blocking_recv().is_ok_and(|r| r.is_ok()));
+                self.settle_dead(host, pending, stored, 0);
+            }
         }
+        let snapshot = self.state.lock().snapshot();
         match self.persist(&snapshot) {
             Ok(()) => self.confirm_acks(),
             Err(error) => tracing::error!(%error, "persisting a subscription's state failed"),
@@ -394,32 +412,29 @@ impl DurableSub {
         io::write_state(&self.state_file, &bytes).map_err(io)
     }
 
-    /// The state to write and the dead letters it covers, taken together under the state's lock.
-    fn snapshot_and_dead(&self) -> (Snapshot, Vec<PendingDead>) {
-        let state = self.state.lock();
-        (state.snapshot(), std::mem::take(&mut *self.dead.lock()))
-    }
-
-    /// Hands dead letters to the DLQ with their originals (one gone to retention: dropped).
+    /// Hands dead letters to the DLQ with their originals (one gone to retention: dropped); each
+    /// comes back with the DLQ's answer to wait for (none: refused at once).
     fn dead_letter_all(
         &self,
         host: &dyn DispatchHost,
         dead: Vec<PendingDead>,
         mut originals: HashMap<u64, StoredMessage>,
-    ) {
-        for PendingDead {
-            sequence,
-            attempts,
-            reason,
-            history,
-        } in dead
-        {
+    ) -> Vec<(PendingDead, Option<DeadLetterAnswer>)> {
+        let mut out = Vec::with_capacity(dead.len());
+        for pending in dead {
+            let PendingDead {
+                sequence,
+                attempts,
+                reason,
+                ref history,
+            } = pending;
             let Some(original) = originals.remove(&sequence) else {
                 tracing::debug!(
                     topic = self.topic.name(),
                     sequence,
                     "dead letter gone to retention"
                 );
+                self.state.lock().unhold(sequence);
                 continue;
             };
             let _span = (mycelium_trace::enabled() && mycelium_trace::has_context(&original.headers))
@@ -432,10 +447,53 @@ impl DurableSub {
                 published_ns: original.publish_ns,
                 attempts,
                 reason,
-                history: &history,
+                history,
             };
-            host.dead_letter(&self.topic, record.headers(&original.headers), original);
+            let answer = host.dead_letter(&self.topic, record.headers(&original.headers), original);
+            out.push((pending, answer));
         }
+        out
+    }
+
+    /// Settles a dead letter by the DLQ's answer: stored, it is finished; refused, it is held
+    /// unfinished (so the state written keeps it, and a restart dead-letters it again) and tried
+    /// again after a backoff that doubles from 100 ms to 30 s.
+    fn settle_dead(&self, host: &dyn DispatchHost, pending: PendingDead, stored: bool, tries: u32) {
+        if stored {
+            self.state.lock().unhold(pending.sequence);
+            self.history.lock().remove(&pending.sequence);
+            return;
+        }
+        if tries == 0 {
+            host.dead_letter_held();
+            tracing::warn!(
+                topic = self.topic.name(),
+                subscription = %self.name,
+                sequence = pending.sequence,
+                "the dead-letter queue refused a dead letter (storage full or failing); it is kept and tried again"
+            );
+        }
+        let backoff = Duration::from_millis(100)
+            .saturating_mul(1 << tries.min(9))
+            .min(Duration::from_secs(30));
+        self.state.lock().hold(pending.sequence, pending.attempts);
+        self.held
+            .lock()
+            .push((tokio::time::Instant::now() + backoff, tries + 1, pending));
+    }
+
+    /// Held dead letters whose retry is due, taken out of the held list.
+    fn due_held(&self) -> Vec<(u32, PendingDead)> {
+        let now = tokio::time::Instant::now();
+        let mut held = self.held.lock();
+        let (due, later): (Vec<_>, Vec<_>) = held.drain(..).partition(|(at, _, _)| *at <= now);
+        *held = later;
+        due.into_iter().map(|(_, tries, p)| (tries, p)).collect()
+    }
+
+    /// When the next held dead letter is to be tried again.
+    fn next_held_retry(&self) -> Option<tokio::time::Instant> {
+        self.held.lock().iter().map(|(at, _, _)| *at).min()
     }
 
     /// Sends the ACK_OKs waiting for the state write that just happened.
@@ -511,7 +569,7 @@ impl DurableSub {
             }
             Verdict::InProgress(_) => {}
         }
-        self.handle_outcome(outcome);
+        self.handle_outcome(&mut state, outcome);
         drop(state);
         self.wake.notify_one();
         Ok(())
@@ -561,6 +619,7 @@ impl DurableSub {
     pub(crate) async fn run(self: Arc<Self>, host: Weak<dyn DispatchHost>, backend: DiskRef) {
         let mut persisted = self.state.lock().snapshot();
         let mut last_persist = tokio::time::Instant::now();
+        let mut write_failures = WriteFailures::default();
         // Messages read during admission and ready to go out: their first delivery needs no
         // second read.
         let mut cache = Cache::default();
@@ -638,7 +697,7 @@ impl DurableSub {
                     {
                         cache.remove(sequence);
                     }
-                    self.handle_outcome(outcome);
+                    self.handle_outcome(&mut state, outcome);
                 }
                 (deliveries, wakeup)
             };
@@ -657,15 +716,36 @@ impl DurableSub {
                     None => self.state.lock().skip(delivery.sequence), // removed by retention
                 }
             }
-            // Dead letters go to the DLQ before the state that no longer holds them is written.
-            let (snapshot, dead) = self.snapshot_and_dead();
-            if !dead.is_empty() {
-                let sequences = dead.iter().map(|d| d.sequence).collect();
+            // Dead letters go to the DLQ, and its answer is awaited, before the state that no
+            // longer holds them is written; one it refuses is held (see `settle_dead`).
+            let dead = std::mem::take(&mut *self.dead.lock());
+            let retried = self.due_held();
+            if !dead.is_empty() || !retried.is_empty() {
+                let tries: HashMap<u64, u32> = retried.iter().map(|(t, p)| (p.sequence, *t)).collect();
+                let all: Vec<PendingDead> = dead
+                    .into_iter()
+                    .chain(retried.into_iter().map(|(_, p)| p))
+                    .collect();
+                let sequences = all.iter().map(|d| d.sequence).collect();
                 let originals = read_each_off_worker(&backend, &self.topic, sequences).await;
-                self.dead_letter_all(host.as_ref(), dead, originals);
+                for (pending, answer) in self.dead_letter_all(host.as_ref(), all, originals) {
+                    let stored = match answer {
+                        Some(answer) => answer.await.is_ok_and(|r| r.is_ok()),
+                        None => false,
+                    };
+                    let tries = tries.get(&pending.sequence).copied().unwrap_or(0);
+                    self.settle_dead(host.as_ref(), pending, stored, tries);
+                }
             }
+            let snapshot = self.state.lock().snapshot();
             let confirms_waiting = !self.ack_confirms.lock().is_empty();
+            // After a failed write (a full disk), the next waits out a backoff: no spinning, one
+            // log line when it starts failing and one when it recovers.
+            let may_write = write_failures
+                .retry_at
+                .is_none_or(|at| tokio::time::Instant::now() >= at);
             if snapshot != persisted
+                && may_write
                 && (confirms_waiting || last_persist.elapsed() >= self.settings.persist_every)
                 && !self.stopped.load(Ordering::Acquire)
             {
@@ -675,8 +755,32 @@ impl DurableSub {
                         persisted = snapshot;
                         last_persist = tokio::time::Instant::now();
                         self.confirm_acks();
+                        if write_failures.count > 0 {
+                            tracing::info!(
+                                topic = self.topic.name(),
+                                subscription = %self.name,
+                                failures = write_failures.count,
+                                "subscription state written again"
+                            );
+                        }
+                        write_failures = WriteFailures::default();
                     }
-                    Err(error) => tracing::error!(%error, "persisting a subscription's state failed"),
+                    Err(error) => {
+                        host.state_write_failed();
+                        if write_failures.count == 0 {
+                            tracing::error!(
+                                topic = self.topic.name(),
+                                subscription = %self.name,
+                                %error,
+                                "writing the subscription's state failed; retrying with a backoff (acks wait for it)"
+                            );
+                        }
+                        write_failures.count += 1;
+                        let backoff = Duration::from_millis(50)
+                            .saturating_mul(1 << write_failures.count.min(7))
+                            .min(Duration::from_secs(5));
+                        write_failures.retry_at = Some(tokio::time::Instant::now() + backoff);
+                    }
                 }
             } else if confirms_waiting && snapshot == persisted {
                 self.confirm_acks();
@@ -686,8 +790,10 @@ impl DurableSub {
                 tokio::task::yield_now().await;
                 continue; // more may be ready
             }
-            let persist_due = (self.state.lock().snapshot() != persisted)
-                .then(|| last_persist + self.settings.persist_every);
+            let persist_due = (self.state.lock().snapshot() != persisted).then(|| {
+                let due = last_persist + self.settings.persist_every;
+                write_failures.retry_at.map_or(due, |at| at.max(due))
+            });
             // Consumers without room: look again soon (their writers drain without telling us).
             let room_poll = (has_consumers && !has_room).then(|| tokio::time::Instant::now() + ROOM_POLL);
             let timer = wakeup
@@ -695,6 +801,7 @@ impl DurableSub {
                 .into_iter()
                 .chain(persist_due)
                 .chain(room_poll)
+                .chain(self.next_held_retry())
                 .min();
             tokio::select! {
                 () = &mut wake => {}
@@ -818,7 +925,7 @@ impl DurableSub {
             let mut state = self.state.lock();
             if let Ok(outcome) = state.nack(sequence, Some(Duration::ZERO), now) {
                 self.record(sequence, "consumer_left", None);
-                self.handle_outcome(outcome);
+                self.handle_outcome(&mut state, outcome);
             }
         }
         self.wake.notify_one();
@@ -831,7 +938,7 @@ impl DurableSub {
 
     /// Acts on what the state machine decided: counts it, and queues a dead letter for the
     /// dispatcher. Call with the state's lock held.
-    fn handle_outcome(&self, outcome: Outcome) {
+    fn handle_outcome(&self, state: &mut SubscriptionState, outcome: Outcome) {
         let spec = self.topic.spec();
         let counters = &self.topic.counters;
         let (sequence, attempts, reason) = match outcome {
@@ -873,6 +980,8 @@ impl DurableSub {
             }
         };
         let history = self.history.lock().remove(&sequence).unwrap_or_default();
+        // Unfinished in every state written until the DLQ has it.
+        state.hold(sequence, attempts);
         self.dead.lock().push(PendingDead {
             sequence,
             attempts,

@@ -38,8 +38,18 @@ impl Verdict<'_> {
 
 /// What a dispatcher needs of the broker. The broker implements it; dispatchers hold it weakly.
 pub(crate) trait DispatchHost: Send + Sync {
-    /// Stores a dead-lettered message of `topic` in its DLQ, with the record in `headers`.
-    fn dead_letter(&self, topic: &TopicRef, headers: Bytes, original: StoredMessage);
+    /// Stores a dead-lettered message of `topic` in its DLQ, with the record in `headers`; the
+    /// answer comes when the DLQ has it (none: refused at once, e.g. past the topic limit).
+    fn dead_letter(
+        &self,
+        topic: &TopicRef,
+        headers: Bytes,
+        original: StoredMessage,
+    ) -> Option<dispatcher::DeadLetterAnswer>;
+    /// Counts a dead letter the DLQ refused (it is held and tried again).
+    fn dead_letter_held(&self);
+    /// Counts a failed write of a subscription's state (tried again with a backoff).
+    fn state_write_failed(&self);
     /// Records a message of `topic` acknowledged `seconds` after it was published.
     fn observe_delivery(&self, topic: &TopicRef, seconds: f64);
 }

@@ -65,6 +65,26 @@ impl RangeSet {
         self.ranges.insert(lo, hi);
     }
 
+    /// Removes `sequence`, splitting the range that holds it.
+    pub(crate) fn remove(&mut self, sequence: u64) {
+        let Some((start, end)) = self
+            .ranges
+            .range(..=sequence)
+            .next_back()
+            .map(|(s, e)| (*s, *e))
+            .filter(|(_, e)| sequence < *e)
+        else {
+            return;
+        };
+        self.ranges.remove(&start);
+        if start < sequence {
+            self.ranges.insert(start, sequence);
+        }
+        if sequence + 1 < end {
+            self.ranges.insert(sequence + 1, end);
+        }
+    }
+
     /// If a range starts at `floor`, removes it and returns its end: the new floor.
     pub(crate) fn take_from(&mut self, floor: u64) -> Option<u64> {
         self.ranges.remove(&floor)
@@ -119,7 +139,10 @@ mod tests {
             let mut set = RangeSet::default();
             let mut model = BTreeSet::new();
             for (s, len, one) in ops {
-                if one {
+                if len == 5 {
+                    set.remove(s);
+                    model.remove(&s);
+                } else if one {
                     set.insert(s);
                     model.insert(s);
                 } else {

@@ -330,6 +330,9 @@ pub struct SubscriptionState {
     finished: RangeSet,
     /// Attempts made before a restart, for messages not yet admitted again.
     prior_attempts: HashMap<u64, u32>,
+    /// Dead letters the DLQ could not take yet (`sequence -> attempts`): unfinished, so the state
+    /// written keeps them, and never handed out.
+    held: BTreeMap<u64, u32>,
     rng: SmallRng,
 }
 
@@ -347,6 +350,7 @@ impl SubscriptionState {
             expiries: BTreeSet::new(),
             finished: RangeSet::default(),
             prior_attempts: HashMap::new(),
+            held: BTreeMap::new(),
             rng: SmallRng::seed_from_u64(seed),
         }
     }
@@ -388,6 +392,7 @@ impl SubscriptionState {
                     .map(|((_, _, s), n)| (*s, *n)),
             )
             .chain(self.prior_attempts.iter().map(|(s, n)| (*s, *n)))
+            .chain(self.held.iter().map(|(s, n)| (*s, *n)))
             .collect();
         attempts.sort_unstable();
         Snapshot {
@@ -514,6 +519,32 @@ impl SubscriptionState {
             out.push(Delivery { sequence, attempt });
         }
         out
+    }
+
+    /// Keeps `sequence`, finished as a dead letter that the DLQ could not take, unfinished in
+    /// what is written (a restart dead-letters it again) until [`SubscriptionState::unhold`]; it
+    /// is not handed out meanwhile.
+    pub fn hold(&mut self, sequence: u64, attempts: u32) {
+        if sequence < self.floor {
+            // Lower the floor to it; what lay between stays finished.
+            self.finished.insert_range(sequence + 1, self.floor);
+            self.floor = sequence;
+        } else {
+            self.finished.remove(sequence);
+        }
+        self.held.insert(sequence, attempts);
+    }
+
+    /// The DLQ took held dead letter `sequence` (or its original is gone): finished.
+    pub fn unhold(&mut self, sequence: u64) {
+        if self.held.remove(&sequence).is_some() {
+            self.finish(sequence);
+        }
+    }
+
+    /// Dead letters held (see [`SubscriptionState::hold`]).
+    pub fn held(&self) -> usize {
+        self.held.len()
     }
 
     /// Takes back a delivery [`SubscriptionState::next_deliveries`] handed out that could not be

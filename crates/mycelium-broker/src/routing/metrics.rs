@@ -113,11 +113,15 @@ pub struct Incidents {
     pub over_budget: std::sync::atomic::AtomicU64,
     /// Durable subscription state files that could not be read and were replaced by a fallback.
     pub states_recovered: std::sync::atomic::AtomicU64,
+    /// Dead letters the DLQ refused (full disk, failing storage, topic limit): held and retried.
+    pub dead_letters_held: std::sync::atomic::AtomicU64,
+    /// Writes of subscription state files that failed (retried with a backoff).
+    pub state_write_failures: std::sync::atomic::AtomicU64,
 }
 
 impl Incidents {
     /// `(name, help, count)` of each counter.
-    pub fn counts(&self) -> [(&'static str, &'static str, u64); 2] {
+    pub fn counts(&self) -> [(&'static str, &'static str, u64); 4] {
         use std::sync::atomic::Ordering::Relaxed;
         [
             (
@@ -129,6 +133,16 @@ impl Incidents {
                 "subscription_states_recovered",
                 "Unreadable durable subscription state files replaced by the last good copy or the oldest retained message",
                 self.states_recovered.load(Relaxed),
+            ),
+            (
+                "dead_letters_held",
+                "Dead letters the dead-letter queue refused (storage full or failing), kept and tried again",
+                self.dead_letters_held.load(Relaxed),
+            ),
+            (
+                "state_write_failures",
+                "Failed writes of durable subscription state files (tried again with a backoff)",
+                self.state_write_failures.load(Relaxed),
             ),
         ]
     }

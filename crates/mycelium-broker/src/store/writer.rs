@@ -42,6 +42,10 @@ pub(super) struct Writer {
     unsynced: Vec<Unsynced>,
     unsynced_bytes: usize,
     deadline: Option<Instant>,
+    /// Topics whose writes fail now, with the failures since the first: logged once when a
+    /// topic starts failing and once when it recovers (a full disk under a publisher that retries
+    /// must not write a log line per attempt).
+    failing: HashMap<Box<str>, u64>,
 }
 
 /// Message ids: UUIDv7 (millisecond time, then 74 bits that make ids unique and increasing within
@@ -98,6 +102,7 @@ impl Writer {
             ids: MessageIds::new(),
             unsynced: Vec::new(),
             unsynced_bytes: 0,
+            failing: HashMap::new(),
             deadline: None,
         }
     }
@@ -246,7 +251,7 @@ impl Writer {
                 Vec::new()
             };
             if let Err(error) = self.backend.append(topic.name(), &messages) {
-                tracing::error!(topic = topic.name(), %error, "append failed; publishers get StorageFailed");
+                self.failed(topic.name(), &error, "append");
                 TopicCounters::add(&topic.counters.rejected, messages.len() as u64);
                 if let Some(index) = self.dedup.get_mut(topic.name()) {
                     for key in &keys {
@@ -256,6 +261,9 @@ impl Writer {
                 fail_confirms(confirms, &error);
                 fail_confirms(duplicates.into_iter().map(|(c, _)| c), &error);
                 continue;
+            }
+            if !self.failing.is_empty() {
+                self.recovered(topic.name());
             }
             self.next
                 .insert(topic.name().into(), next + messages.len() as u64);
@@ -340,6 +348,26 @@ impl Writer {
         }
     }
 
+    /// A write to `topic` failed: logged when the topic starts failing, counted after.
+    fn failed(&mut self, topic: &str, error: &mycelium_storage::StorageError, what: &str) {
+        let count = self.failing.entry(topic.into()).or_default();
+        if *count == 0 {
+            tracing::error!(
+                topic,
+                %error,
+                "{what} failed; publishers get StorageFailed (further failures of this topic are counted, not logged, until a write succeeds)"
+            );
+        }
+        *count += 1;
+    }
+
+    /// A write to `topic` succeeded: if it was failing, say so once.
+    fn recovered(&mut self, topic: &str) {
+        if let Some(count) = self.failing.remove(topic) {
+            tracing::info!(topic, failures = count, "writes succeed again");
+        }
+    }
+
     fn sync_and_complete(&mut self, pending: Vec<Unsynced>) {
         // One fsync per topic covers every append made to it before the call.
         let mut synced: Vec<String> = Vec::new();
@@ -358,7 +386,8 @@ impl Writer {
             match result {
                 Ok(()) => ok.push(unsynced),
                 Err(error) => {
-                    tracing::error!(topic = name, %error, "fsync failed; publishers get StorageFailed");
+                    let name = name.to_owned();
+                    self.failed(&name, &error, "fsync");
                     fail_confirms(unsynced.confirms, &error);
                 }
             }
