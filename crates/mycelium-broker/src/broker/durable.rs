@@ -271,7 +271,7 @@ impl Broker {
         topic: &TopicRef,
         headers: bytes::Bytes,
         original: mycelium_storage::StoredMessage,
-    ) -> Option<crate::consumer::dispatcher::DeadLetterAnswer> {
+    ) -> Option<crate::consumer::dead::DeadLetterAnswer> {
         let name = crate::dlq::dlq_topic(topic.name());
         let spec = TopicSpec {
             storage: StorageKind::Disk,
@@ -401,7 +401,7 @@ impl DispatchHost for Broker {
         topic: &TopicRef,
         headers: Bytes,
         original: StoredMessage,
-    ) -> Option<crate::consumer::dispatcher::DeadLetterAnswer> {
+    ) -> Option<crate::consumer::dead::DeadLetterAnswer> {
         self.store_dead_letter(topic, headers, original)
     }
 

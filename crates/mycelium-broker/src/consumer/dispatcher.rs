@@ -17,9 +17,8 @@
 //!
 //! Every file access runs off the async workers ([`crate::store::io`]): the dispatcher reads the
 //! log and writes the state in [`blocking`]; a verdict or a departing consumer that dead-letters
-//! a message only queues it, and the dispatcher reads the original and hands it to the DLQ before
-//! it next writes the state (the queue is filled under the state's lock, so a state write never
-//! covers a dead letter that is not on its way to the DLQ).
+//! a message only queues it (held unfinished in the state), and the dispatcher reads the original
+//! and stores it in the DLQ (`dead.rs`).
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -33,12 +32,12 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 
 use super::DispatchHost;
+use super::dead::PendingDead;
 use crate::consumer::state::{
     AckError, Attrs, DeadReason, DeliveryPolicy, Outcome, Snapshot, SubscriptionState,
 };
 use crate::dlq::AttemptRecord;
 use crate::routing::outbound::Outbound;
-use crate::routing::spec::OnExpired;
 use crate::routing::topic::{TopicCounters, TopicRef};
 use crate::store::io::{self, Disk, DiskRef, blocking};
 
@@ -125,18 +124,6 @@ struct PendingAckOk {
     ack: mycelium_protocol::Ack,
 }
 
-/// The DLQ's answer to one dead letter: stored, or why not.
-pub(crate) type DeadLetterAnswer = tokio::sync::oneshot::Receiver<Result<crate::store::Stored, String>>;
-
-/// A dead letter decided but not yet stored in the DLQ: the dispatcher reads its original.
-#[derive(Debug, Clone)]
-struct PendingDead {
-    sequence: u64,
-    attempts: u32,
-    reason: &'static str,
-    history: Vec<AttemptRecord>,
-}
-
 /// What opening a durable subscription needs, owned (it runs in [`blocking`]).
 #[derive(Debug, Clone)]
 pub(crate) struct OpenRequest {
@@ -185,14 +172,14 @@ pub(crate) struct DurableSub {
     /// Which consumer (connection, subscription id) each in-flight message went to.
     assigned: Mutex<HashMap<u64, Assigned>>,
     /// Failed attempts of unfinished messages since the broker started.
-    history: Mutex<HashMap<u64, Vec<AttemptRecord>>>,
+    pub(super) history: Mutex<HashMap<u64, Vec<AttemptRecord>>>,
     /// ACKs to confirm once the state is written.
     ack_confirms: Mutex<Vec<PendingAckOk>>,
     /// Dead letters on their way to the DLQ (filled under the state's lock).
-    dead: Mutex<Vec<PendingDead>>,
+    pub(super) dead: Mutex<Vec<PendingDead>>,
     /// Dead letters the DLQ refused (full disk, topic limit): tried again from the instant given,
     /// the message held unfinished meanwhile (`SubscriptionState::hold`).
-    held: Mutex<Vec<(tokio::time::Instant, u32, PendingDead)>>,
+    pub(super) held: Mutex<Vec<(tokio::time::Instant, u32, PendingDead)>>,
     stopped: AtomicBool,
     /// Its state file was unreadable and replaced by a fallback when it was opened.
     pub(crate) recovered: bool,
@@ -412,90 +399,6 @@ impl DurableSub {
         io::write_state(&self.state_file, &bytes).map_err(io)
     }
 
-    /// Hands dead letters to the DLQ with their originals (one gone to retention: dropped); each
-    /// comes back with the DLQ's answer to wait for (none: refused at once).
-    fn dead_letter_all(
-        &self,
-        host: &dyn DispatchHost,
-        dead: Vec<PendingDead>,
-        mut originals: HashMap<u64, StoredMessage>,
-    ) -> Vec<(PendingDead, Option<DeadLetterAnswer>)> {
-        let mut out = Vec::with_capacity(dead.len());
-        for pending in dead {
-            let PendingDead {
-                sequence,
-                attempts,
-                reason,
-                ref history,
-            } = pending;
-            let Some(original) = originals.remove(&sequence) else {
-                tracing::debug!(
-                    topic = self.topic.name(),
-                    sequence,
-                    "dead letter gone to retention"
-                );
-                self.state.lock().unhold(sequence);
-                continue;
-            };
-            let _span = (mycelium_trace::enabled() && mycelium_trace::has_context(&original.headers))
-                .then(|| mycelium_trace::span("mycelium.dead_letter", self.topic.name(), &original.headers));
-            let record = crate::dlq::DeadLetter {
-                topic: self.topic.name(),
-                subscription: &self.name,
-                sequence,
-                message_id: original.id,
-                published_ns: original.publish_ns,
-                attempts,
-                reason,
-                history,
-            };
-            let answer = host.dead_letter(&self.topic, record.headers(&original.headers), original);
-            out.push((pending, answer));
-        }
-        out
-    }
-
-    /// Settles a dead letter by the DLQ's answer: stored, it is finished; refused, it is held
-    /// unfinished (so the state written keeps it, and a restart dead-letters it again) and tried
-    /// again after a backoff that doubles from 100 ms to 30 s.
-    fn settle_dead(&self, host: &dyn DispatchHost, pending: PendingDead, stored: bool, tries: u32) {
-        if stored {
-            self.state.lock().unhold(pending.sequence);
-            self.history.lock().remove(&pending.sequence);
-            return;
-        }
-        if tries == 0 {
-            host.dead_letter_held();
-            tracing::warn!(
-                topic = self.topic.name(),
-                subscription = %self.name,
-                sequence = pending.sequence,
-                "the dead-letter queue refused a dead letter (storage full or failing); it is kept and tried again"
-            );
-        }
-        let backoff = Duration::from_millis(100)
-            .saturating_mul(1 << tries.min(9))
-            .min(Duration::from_secs(30));
-        self.state.lock().hold(pending.sequence, pending.attempts);
-        self.held
-            .lock()
-            .push((tokio::time::Instant::now() + backoff, tries + 1, pending));
-    }
-
-    /// Held dead letters whose retry is due, taken out of the held list.
-    fn due_held(&self) -> Vec<(u32, PendingDead)> {
-        let now = tokio::time::Instant::now();
-        let mut held = self.held.lock();
-        let (due, later): (Vec<_>, Vec<_>) = held.drain(..).partition(|(at, _, _)| *at <= now);
-        *held = later;
-        due.into_iter().map(|(_, tries, p)| (tries, p)).collect()
-    }
-
-    /// When the next held dead letter is to be tried again.
-    fn next_held_retry(&self) -> Option<tokio::time::Instant> {
-        self.held.lock().iter().map(|(at, _, _)| *at).min()
-    }
-
     /// Sends the ACK_OKs waiting for the state write that just happened.
     fn confirm_acks(&self) {
         let pending = std::mem::take(&mut *self.ack_confirms.lock());
@@ -587,7 +490,7 @@ impl DurableSub {
         }
     }
 
-    fn record(&self, sequence: u64, reason: &'static str, error: Option<&str>) {
+    pub(super) fn record(&self, sequence: u64, reason: &'static str, error: Option<&str>) {
         self.history
             .lock()
             .entry(sequence)
@@ -717,26 +620,8 @@ impl DurableSub {
                 }
             }
             // Dead letters go to the DLQ, and its answer is awaited, before the state that no
-            // longer holds them is written; one it refuses is held (see `settle_dead`).
-            let dead = std::mem::take(&mut *self.dead.lock());
-            let retried = self.due_held();
-            if !dead.is_empty() || !retried.is_empty() {
-                let tries: HashMap<u64, u32> = retried.iter().map(|(t, p)| (p.sequence, *t)).collect();
-                let all: Vec<PendingDead> = dead
-                    .into_iter()
-                    .chain(retried.into_iter().map(|(_, p)| p))
-                    .collect();
-                let sequences = all.iter().map(|d| d.sequence).collect();
-                let originals = read_each_off_worker(&backend, &self.topic, sequences).await;
-                for (pending, answer) in self.dead_letter_all(host.as_ref(), all, originals) {
-                    let stored = match answer {
-                        Some(answer) => answer.await.is_ok_and(|r| r.is_ok()),
-                        None => false,
-                    };
-                    let tries = tries.get(&pending.sequence).copied().unwrap_or(0);
-                    self.settle_dead(host.as_ref(), pending, stored, tries);
-                }
-            }
+            // longer holds them is written (see `dead.rs`).
+            self.store_dead_letters(host.as_ref(), &backend).await;
             let snapshot = self.state.lock().snapshot();
             let confirms_waiting = !self.ack_confirms.lock().is_empty();
             // After a failed write (a full disk), the next waits out a backoff: no spinning, one
@@ -935,65 +820,10 @@ impl DurableSub {
     pub(crate) fn settled(&self, sequence: u64) {
         self.assigned.lock().remove(&sequence);
     }
-
-    /// Acts on what the state machine decided: counts it, and queues a dead letter for the
-    /// dispatcher. Call with the state's lock held.
-    fn handle_outcome(&self, state: &mut SubscriptionState, outcome: Outcome) {
-        let spec = self.topic.spec();
-        let counters = &self.topic.counters;
-        let (sequence, attempts, reason) = match outcome {
-            Outcome::Done | Outcome::Retry { .. } => return,
-            Outcome::Expired { sequence, attempts } => {
-                TopicCounters::add(&counters.expired, 1);
-                if spec.on_expired != OnExpired::DeadLetter || !spec.dead_letter {
-                    self.history.lock().remove(&sequence);
-                    return;
-                }
-                self.record(sequence, "expired", None);
-                counters.dead(2);
-                (sequence, attempts, "expired")
-            }
-            Outcome::DeadLetter {
-                sequence,
-                attempts,
-                reason,
-            } => {
-                let index = match reason {
-                    DeadReason::MaxDeliveries => 0,
-                    DeadReason::Terminated => 1,
-                    DeadReason::Expired => 2,
-                    DeadReason::Unmatched => 3,
-                };
-                counters.dead(index);
-                let reason = crate::routing::topic::DEAD_REASONS[index];
-                if !spec.dead_letter {
-                    tracing::debug!(
-                        topic = self.topic.name(),
-                        sequence,
-                        reason,
-                        "dropped: the topic has no dead-letter queue"
-                    );
-                    self.history.lock().remove(&sequence);
-                    return;
-                }
-                (sequence, attempts, reason)
-            }
-        };
-        let history = self.history.lock().remove(&sequence).unwrap_or_default();
-        // Unfinished in every state written until the DLQ has it.
-        state.hold(sequence, attempts);
-        self.dead.lock().push(PendingDead {
-            sequence,
-            attempts,
-            reason,
-            history,
-        });
-        self.wake.notify_one();
-    }
 }
 
 /// Reads the messages `sequences` of `topic` (blocking); one gone to retention is missing.
-fn read_each(
+pub(super) fn read_each(
     backend: &Disk,
     topic: &str,
     sequences: impl IntoIterator<Item = u64>,
@@ -1013,7 +843,7 @@ fn read_each(
 }
 
 /// [`read_each`] in [`blocking`].
-async fn read_each_off_worker(
+pub(super) async fn read_each_off_worker(
     backend: &DiskRef,
     topic: &TopicRef,
     sequences: Vec<u64>,

@@ -5,6 +5,7 @@
 //! of the broker facade (storing a dead letter, the latency histograms) comes through
 //! [`DispatchHost`].
 
+pub(crate) mod dead;
 pub(crate) mod dispatcher;
 mod ranges;
 pub mod state;
@@ -45,7 +46,7 @@ pub(crate) trait DispatchHost: Send + Sync {
         topic: &TopicRef,
         headers: Bytes,
         original: StoredMessage,
-    ) -> Option<dispatcher::DeadLetterAnswer>;
+    ) -> Option<dead::DeadLetterAnswer>;
     /// Counts a dead letter the DLQ refused (it is held and tried again).
     fn dead_letter_held(&self);
     /// Counts a failed write of a subscription's state (tried again with a backoff).
