@@ -577,3 +577,57 @@ fn a_header_block_too_large_to_deliver_is_refused_at_publish() {
     assert!(error.to_string().contains("header block"), "{error}");
     assert!(subscriber.outbound.take_all().is_empty(), "nothing was routed");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_subscriber_that_comes_back_may_not_make_publishers_wait_again() {
+    let broker = broker_with(vec![("q", small(Overflow::Block))], false);
+    let fill = |p: &mut Publisher| {
+        for i in 0..3u8 {
+            p.begin_batch(&broker);
+            broker
+                .publish(
+                    p,
+                    &Publish {
+                        topic: "q",
+                        payload: &[i; 100],
+                        ..Default::default()
+                    },
+                )
+                .unwrap();
+        }
+    };
+    let mut p = Publisher::new(broker.connect("publisher".into()));
+    // A `>` subscriber that never reads costs the publisher one block_timeout, and is cut off.
+    let slow = broker.connect("tcp:10.0.0.9:4001".into());
+    broker.subscribe(&slow, 1, ">", None).unwrap();
+    fill(&mut p);
+    let start = tokio::time::Instant::now();
+    broker.settle_blocked(&mut p).await;
+    assert_eq!(start.elapsed(), Duration::from_millis(200));
+    assert!(slow.outbound.is_closing());
+    broker.disconnect(slow.id);
+    // It reconnects (another port, same principal and address) and stops reading again: cut
+    // off at once, the publisher does not wait.
+    let again = broker.connect("tcp:10.0.0.9:4002".into());
+    broker.subscribe(&again, 1, ">", None).unwrap();
+    fill(&mut p);
+    let start = tokio::time::Instant::now();
+    broker.settle_blocked(&mut p).await;
+    assert_eq!(start.elapsed(), Duration::ZERO, "no second block_timeout");
+    assert!(again.outbound.is_closing());
+    assert_eq!(
+        drain(&again).last(),
+        Some(&Got::Err(ErrorCode::SlowConsumer as u16))
+    );
+    assert_eq!(
+        broker.incidents.counts()[4],
+        ("block_refused", broker.incidents.counts()[4].1, 1)
+    );
+    // Another address is not penalised: it may make the publisher wait.
+    let other = broker.connect("tcp:10.0.0.7:5000".into());
+    broker.subscribe(&other, 1, "q", None).unwrap();
+    fill(&mut p);
+    let start = tokio::time::Instant::now();
+    broker.settle_blocked(&mut p).await;
+    assert_eq!(start.elapsed(), Duration::from_millis(200));
+}

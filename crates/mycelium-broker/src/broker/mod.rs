@@ -183,6 +183,8 @@ pub struct Broker {
     me: std::sync::Weak<Broker>,
     /// Refusals by door and reason.
     refusals: access::Refusals,
+    /// Principals whose subscriber was cut off as slow, and when (see `BLOCK_COOLDOWN`).
+    slow_cutoffs: Mutex<HashMap<Box<str>, Instant>>,
     /// Where audit lines go (the log only until one is set).
     audit: std::sync::OnceLock<AuditLog>,
 }
@@ -230,6 +232,7 @@ impl Broker {
             runtime: tokio::runtime::Handle::try_current().ok(),
             me: me.clone(),
             refusals: access::Refusals::default(),
+            slow_cutoffs: Mutex::new(HashMap::new()),
             incidents: crate::routing::metrics::Incidents::default(),
             audit: std::sync::OnceLock::new(),
         });
@@ -500,6 +503,18 @@ impl Broker {
         }
         self.check_subscription_room(connection)?;
         let key = self.next_subscription_key.fetch_add(1, Ordering::Relaxed);
+        // Who, from where: the principal and the peer's address without its port (with
+        // authentication off everyone is `anonymous`; one slow client must not cost the others).
+        let host = connection
+            .peer
+            .rsplit_once(':')
+            .map_or(connection.peer.as_str(), |(h, _)| h);
+        let owner: Box<str> = format!(
+            "{}@{host}",
+            connection.principal().map_or("", |p| p.name.as_str())
+        )
+        .into();
+        let may_block = !self.recently_cut_off(&owner);
         let sub = Arc::new(Subscription::new(
             id,
             key,
@@ -507,6 +522,8 @@ impl Broker {
             group.map(Into::into),
             Arc::clone(&connection.outbound),
             filter,
+            owner,
+            may_block,
         ));
         let mut registry = self.registry.lock();
         before_routable();
@@ -514,6 +531,22 @@ impl Broker {
         self.rebuild_routes(&registry, |topic| sub.pattern.matches(topic));
         connection.subscriptions.fetch_add(1, Ordering::Relaxed);
         Ok(sub)
+    }
+
+    /// Whether `principal` had a subscriber cut off as slow within `BLOCK_COOLDOWN`.
+    fn recently_cut_off(&self, principal: &str) -> bool {
+        self.slow_cutoffs
+            .lock()
+            .get(principal)
+            .is_some_and(|at| at.elapsed() < crate::routing::subscription::BLOCK_COOLDOWN)
+    }
+
+    /// Remembers that `principal`'s subscriber was cut off as slow now (forgetting those older
+    /// than the cool-down, so the map holds only recent ones).
+    pub(crate) fn cut_off(&self, principal: &str) {
+        let mut cutoffs = self.slow_cutoffs.lock();
+        cutoffs.retain(|_, at| at.elapsed() < crate::routing::subscription::BLOCK_COOLDOWN);
+        cutoffs.insert(principal.into(), Instant::now());
     }
 
     /// Refuses one more subscription on a connection at its limit.

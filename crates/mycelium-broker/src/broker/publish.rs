@@ -541,6 +541,15 @@ impl Broker {
             }
             Append::DroppedNew { dropped_older } => self.count_dropped(topic, sub, dropped_older + 1),
             Append::Full => match spec.overflow {
+                Overflow::Block if !sub.may_block => {
+                    self.incidents.block_refused.fetch_add(1, Ordering::Relaxed);
+                    self.disconnect_slow(
+                        topic,
+                        sub,
+                        "overflow = block, but a subscriber of the same principal was cut off as slow within \
+                         the last 60 s: it may not make publishers wait again yet",
+                    );
+                }
                 Overflow::Block => {
                     let mut frame = BytesMut::with_capacity(frame_len);
                     let _ = deliver.encode_frame(&mut frame);
@@ -588,6 +597,13 @@ impl Broker {
             sub.outbound.pending_bytes(),
             topic.spec().buffer_bytes
         );
+        tracing::warn!(
+            topic = topic.name(),
+            subscription = sub.id,
+            connection = sub.connection_id(),
+            principal = %sub.owner,
+            "{message}"
+        );
         sub.outbound.append_final(|buf| {
             let _ = mycelium_protocol::encode(
                 buf,
@@ -596,6 +612,7 @@ impl Broker {
             );
         });
         sub.outbound.close();
+        self.cut_off(&sub.owner);
     }
 
     /// Delivers what [`Broker::publish`] left waiting for full subscribers (policy `block`): waits

@@ -117,11 +117,14 @@ pub struct Incidents {
     pub dead_letters_held: std::sync::atomic::AtomicU64,
     /// Writes of subscription state files that failed (retried with a backoff).
     pub state_write_failures: std::sync::atomic::AtomicU64,
+    /// Full subscribers of `block` topics cut off at once, not waited for: their principal was
+    /// cut off as slow within the cool-down.
+    pub block_refused: std::sync::atomic::AtomicU64,
 }
 
 impl Incidents {
     /// `(name, help, count)` of each counter.
-    pub fn counts(&self) -> [(&'static str, &'static str, u64); 4] {
+    pub fn counts(&self) -> [(&'static str, &'static str, u64); 5] {
         use std::sync::atomic::Ordering::Relaxed;
         [
             (
@@ -143,6 +146,11 @@ impl Incidents {
                 "state_write_failures",
                 "Failed writes of durable subscription state files (tried again with a backoff)",
                 self.state_write_failures.load(Relaxed),
+            ),
+            (
+                "block_refused",
+                "Full subscribers of block topics cut off at once: their principal was cut off as slow within the last 60 s",
+                self.block_refused.load(Relaxed),
             ),
         ]
     }

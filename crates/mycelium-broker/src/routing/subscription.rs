@@ -7,6 +7,11 @@ use crate::routing::name::Pattern;
 use crate::routing::outbound::Outbound;
 use crate::routing::spec::{Balance, Routing};
 
+/// How long after a principal's subscriber was cut off as slow its new subscriptions may not
+/// make publishers wait (`overflow = block`): one that reconnects and stops reading again is cut
+/// off at once instead of costing every publisher another `block_timeout`.
+pub const BLOCK_COOLDOWN: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// One subscription of one connection.
 #[derive(Debug)]
 pub struct Subscription {
@@ -22,6 +27,12 @@ pub struct Subscription {
     pub outbound: Arc<Outbound>,
     /// Only messages matching it are delivered.
     pub filter: Option<Arc<crate::routing::filter::Filter>>,
+    /// Who made it, from where: `principal@address` (the address without its port).
+    pub(crate) owner: Box<str>,
+    /// Whether a publisher to an `overflow = block` topic may wait for it when it is full: not
+    /// when the same principal from the same address had a subscriber cut off as slow within
+    /// [`BLOCK_COOLDOWN`].
+    pub(crate) may_block: bool,
     pub(crate) delivered: AtomicU64,
     pub(crate) dropped: AtomicU64,
     pub(crate) blocked: AtomicU64,
@@ -35,6 +46,8 @@ impl Subscription {
         group: Option<Box<str>>,
         outbound: Arc<Outbound>,
         filter: Option<Arc<crate::routing::filter::Filter>>,
+        owner: Box<str>,
+        may_block: bool,
     ) -> Self {
         Subscription {
             id,
@@ -43,6 +56,8 @@ impl Subscription {
             group,
             outbound,
             filter,
+            owner,
+            may_block,
             delivered: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             blocked: AtomicU64::new(0),
