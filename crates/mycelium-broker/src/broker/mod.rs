@@ -515,16 +515,17 @@ impl Broker {
         )
         .into();
         let may_block = !self.recently_cut_off(&owner);
-        let sub = Arc::new(Subscription::new(
-            id,
-            key,
-            pattern,
-            group.map(Into::into),
-            Arc::clone(&connection.outbound),
-            filter,
-            owner,
-            may_block,
-        ));
+        let sub = Arc::new(
+            Subscription::new(
+                id,
+                key,
+                pattern,
+                group.map(Into::into),
+                Arc::clone(&connection.outbound),
+                filter,
+            )
+            .owned_by(owner, may_block),
+        );
         let mut registry = self.registry.lock();
         before_routable();
         registry.push(Arc::clone(&sub));

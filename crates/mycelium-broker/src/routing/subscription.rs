@@ -46,8 +46,6 @@ impl Subscription {
         group: Option<Box<str>>,
         outbound: Arc<Outbound>,
         filter: Option<Arc<crate::routing::filter::Filter>>,
-        owner: Box<str>,
-        may_block: bool,
     ) -> Self {
         Subscription {
             id,
@@ -56,11 +54,20 @@ impl Subscription {
             group,
             outbound,
             filter,
-            owner,
-            may_block,
+            owner: Box::default(),
+            may_block: true,
             delivered: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             blocked: AtomicU64::new(0),
+        }
+    }
+
+    /// Made by `owner` (`principal@address`), which may or may not make publishers wait.
+    pub(crate) fn owned_by(self, owner: Box<str>, may_block: bool) -> Self {
+        Subscription {
+            owner,
+            may_block,
+            ..self
         }
     }
 
