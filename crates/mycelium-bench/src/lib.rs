@@ -7,6 +7,7 @@ mod durable;
 mod http;
 mod latency;
 mod payload;
+mod soak;
 mod spawn;
 mod stalls;
 mod system;
@@ -153,6 +154,15 @@ enum Mode {
         #[arg(long)]
         token: Option<String>,
     },
+    /// Good clients beside hostile ones (a STATS flood that never reads, half-sent frames, a `>`
+    /// subscriber that never reads, deeply nested filters, batches of bad entries) on a spawned
+    /// broker: the good clients' throughput and errors, what the broker did to the hostile ones,
+    /// and its resident memory. Not part of the test command.
+    Soak {
+        /// Seconds to run.
+        #[arg(long, default_value_t = 60.0)]
+        duration: f64,
+    },
     /// The machine's own floor: one thread per CPU spins for --duration and reports the time it
     /// was not running (gaps >= 0.1 ms). No broker; tail latencies measured here cannot be lower.
     Stalls {
@@ -298,6 +308,16 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
     }
     if let Mode::Stalls { duration } = &args.mode {
         return run_stalls(*duration, args.json).await;
+    }
+    if let Mode::Soak { duration } = &args.mode {
+        let spawned = std::sync::Arc::new(spawn_broker(args.broker_bin.clone(), None)?);
+        let report = soak::run(spawned, native_bench_token()?, *duration).await?;
+        if args.json {
+            println!("{}", serde_json::to_string(&report)?);
+        } else {
+            soak::print(&report);
+        }
+        return Ok(report.good_errors == 0);
     }
     let spawned = match &args.target {
         Some(_) => None,
@@ -486,7 +506,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
             durable::check(&w)?;
             ("durable", serde_json::to_value(&w)?)
         }
-        Mode::Curves { .. } | Mode::Http { .. } | Mode::Stalls { .. } => unreachable!("handled above"),
+        Mode::Curves { .. } | Mode::Http { .. } | Mode::Stalls { .. } | Mode::Soak { .. } => {
+            unreachable!("handled above")
+        }
     };
     if matches!(
         args.mode,
@@ -531,7 +553,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
                     let w: durable::Workload = serde_json_to(&workload_json)?;
                     durable::run(system, &w, &progress).await
                 }
-                Mode::Curves { .. } | Mode::Http { .. } | Mode::Stalls { .. } => {
+                Mode::Curves { .. } | Mode::Http { .. } | Mode::Stalls { .. } | Mode::Soak { .. } => {
                     unreachable!("handled above")
                 }
             };

@@ -47,6 +47,7 @@ fn connect(broker: &Spawned) -> UnixStream {
     let path = broker.url().trim_start_matches("unix://").to_owned();
     let mut stream = UnixStream::connect(path).unwrap();
     stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    stream.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
     let hello = Hello {
         version_min: 1,
         version_max: 1,
@@ -102,7 +103,9 @@ fn a_client_that_asks_for_stats_and_never_reads_is_cut_off_at_its_budget() {
     let budget = 4 * MIB;
     let broker = start(
         dir.path(),
-        &format!("max_frame_size = \"1 MiB\"\nmax_outbound_bytes = \"{budget} B\""),
+        &format!(
+            "max_frame_size = \"1 MiB\"\nmax_outbound_bytes = \"{budget} B\"\nshutdown_timeout = \"1s\""
+        ),
     );
     // 400 topics make each STATS answer tens of kilobytes.
     let mut setup = connect(&broker);
@@ -137,6 +140,20 @@ fn a_client_that_asks_for_stats_and_never_reads_is_cut_off_at_its_budget() {
         grown / MIB,
         budget / MIB
     );
+    // Cut off, it is closed within shutdown_timeout even though it never reads: its writer is
+    // stopped, not left holding the socket and its pending bytes.
+    let mut closed = false;
+    for _ in 0..100 {
+        std::thread::sleep(Duration::from_millis(50));
+        match hostile.write_all(&frame(11, &Frame::Ping)) {
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                closed = true;
+                break;
+            }
+            _ => {}
+        }
+    }
+    assert!(closed, "the broker closed the connection");
     // Its last frame is the reason, then the close.
     let mut buf = Vec::new();
     let mut last = None;

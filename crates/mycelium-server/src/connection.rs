@@ -170,10 +170,14 @@ pub(crate) async fn serve<R, W>(
     }
     // No more deliveries are routed here; the writer flushes what is queued, then closes.
     broker.disconnect(info.id);
-    if tokio::time::timeout(settings.shutdown_timeout, writer)
+    let mut writer = writer;
+    if tokio::time::timeout(settings.shutdown_timeout, &mut writer)
         .await
         .is_err()
     {
+        // Stopped, not just left behind: a detached writer stuck on a peer that never reads
+        // would keep the socket open and its pending bytes held for ever.
+        writer.abort();
         tracing::warn!(
             connection = info.id,
             "writer did not flush within shutdown_timeout; dropping it"
