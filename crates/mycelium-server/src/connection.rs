@@ -594,7 +594,21 @@ fn handle(
             match broker.authorize_connection(info, action) {
                 Ok(()) => {
                     let stats: StatsSnapshot = broker.stats();
-                    reply(info, request_id, &Frame::StatsOk(stats));
+                    // Never a frame the client would refuse: with more topics than one frame
+                    // holds, the paged HTTP listing is the way.
+                    let mut encoded = BytesMut::new();
+                    let _ = encode(&mut encoded, request_id, &Frame::StatsOk(stats));
+                    if encoded.len() > frame_bytes_max {
+                        let text = format!(
+                            "the STATS answer is {} bytes, over the frame limit of {frame_bytes_max}; \
+                             list topics page by page with GET /api/v1/topics",
+                            encoded.len()
+                        );
+                        send_error(info, request_id, ErrorCode::LimitReached, 0, &text);
+                    } else {
+                        info.outbound
+                            .append_control(|buf| buf.extend_from_slice(&encoded));
+                    }
                 }
                 Err(denied) => not_permitted(info, request_id, &denied),
             }

@@ -710,3 +710,26 @@ async fn the_http_door_caps_connections_per_address_and_gives_places_back() {
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_stats_answer_larger_than_a_frame_is_refused_not_sent() {
+    let server = TestServer::start_with(|c| {
+        c.server.max_frame_size = ByteSize(8 << 10);
+    })
+    .await;
+    let mut raw = Raw::hello(&server).await;
+    for i in 0..300 {
+        publish(&mut raw, &format!("many.topics.number.{i:04}"), b"x").await;
+    }
+    raw.send(7, &Frame::Stats).await;
+    let got = raw.recv().await.expect("an answer");
+    assert_eq!(code_of(&got), ErrorCode::LimitReached as u16, "{got:?}");
+    assert!(
+        matches!(&got, Got::Error { request_id: 7, message, .. } if message.contains("GET /api/v1/topics")),
+        "{got:?}"
+    );
+    // The connection goes on.
+    raw.send(8, &Frame::Ping).await;
+    assert_eq!(raw.recv().await, Some(Got::Pong(8)));
+    server.stop().await;
+}
