@@ -17,6 +17,7 @@ mod error;
 mod layout;
 mod log;
 mod message;
+mod range_crc;
 mod record;
 mod segment;
 

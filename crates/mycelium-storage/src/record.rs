@@ -1,6 +1,8 @@
 //! Record framing in a segment file: `length u32 | crc32c u32 | body (length bytes)`, the CRC-32C
 //! over the body. Checksum on write, verify on read.
 
+use std::ops::Range;
+
 use bytes::{BufMut, BytesMut};
 
 /// Bytes of framing before each body.
@@ -31,20 +33,43 @@ pub enum Probe {
 
 /// Checks the record at `offset` of `data`.
 pub fn probe(data: &[u8], offset: usize, body_min: usize) -> Probe {
+    probe_with(data, offset, body_min, |body| crc32c::crc32c(&data[body]))
+}
+
+/// [`probe`], with the body's CRC-32C computed by `crc` from the body's range in `data` (recovery
+/// passes one that takes constant time, see `range_crc.rs`).
+pub fn probe_with(
+    data: &[u8],
+    offset: usize,
+    body_min: usize,
+    crc: impl FnOnce(Range<usize>) -> u32,
+) -> Probe {
+    match frame_at(data, offset, body_min) {
+        Ok((len, stored)) if crc(body_range(offset, len)) == stored => Probe::Valid { len },
+        Ok(_) => Probe::Corrupt,
+        Err(probe) => probe,
+    }
+}
+
+/// The frame at `offset` if it could be a record, before its checksum is checked: the body's
+/// length (in range, and the body within `data`) and the CRC stored for it. Otherwise what
+/// [`probe`] reports. Cheap, so recovery checks this and the body's contents before the CRC.
+pub fn frame_at(data: &[u8], offset: usize, body_min: usize) -> Result<(usize, u32), Probe> {
     let Some(frame) = data.get(offset..offset + FRAME_BYTES) else {
-        return Probe::Short;
+        return Err(Probe::Short);
     };
     let len = u32::from_le_bytes([frame[0], frame[1], frame[2], frame[3]]) as usize;
     let crc = u32::from_le_bytes([frame[4], frame[5], frame[6], frame[7]]);
     if len < body_min || len > BODY_BYTES_MAX {
-        return Probe::Corrupt;
+        return Err(Probe::Corrupt);
     }
-    let Some(body) = data.get(offset + FRAME_BYTES..offset + FRAME_BYTES + len) else {
-        return Probe::Short;
-    };
-    if crc32c::crc32c(body) == crc {
-        Probe::Valid { len }
-    } else {
-        Probe::Corrupt
+    if data.len() < body_range(offset, len).end {
+        return Err(Probe::Short);
     }
+    Ok((len, crc))
+}
+
+/// Where the body of the record at `offset` lies, `len` bytes long.
+pub fn body_range(offset: usize, len: usize) -> Range<usize> {
+    offset + FRAME_BYTES..offset + FRAME_BYTES + len
 }
