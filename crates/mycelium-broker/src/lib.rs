@@ -34,4 +34,4 @@ pub use routing::subscription::{Subscription, pick};
 pub use routing::topic::{DEAD_REASONS, Topic, TopicCounters, TopicRef};
 pub use routing::{PublishError, SubscribeError, access, draft, filter, metrics, name, spec};
 pub use store::io::{blocking, may_block};
-pub use store::{DurableConfig, MessageProps, Stored};
+pub use store::{DurableConfig, FaultHook, MessageProps, Stored};

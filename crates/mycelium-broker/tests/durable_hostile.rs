@@ -230,3 +230,73 @@ async fn a_due_message_goes_out_past_many_delayed_by_a_day() {
     })
     .await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn after_a_failed_fsync_nothing_unconfirmed_is_delivered_and_the_log_is_cut_back() {
+    use mycelium_broker::spec::Fsync;
+    use mycelium_broker::{Broker, BrokerConfig, DurableConfig, FaultHook};
+    let dir = tempfile::tempdir().unwrap();
+    let faults = std::sync::Arc::new(mycelium_storage::Faults::default());
+    let open = |faults: Option<FaultHook>| {
+        Broker::new(BrokerConfig {
+            topics: vec![("jobs".to_owned(), stored_spec(|s| s.fsync = Fsync::Always))],
+            durable: DurableConfig {
+                data_dir: dir.path().to_path_buf(),
+                faults,
+                ..DurableConfig::default()
+            },
+            ..BrokerConfig::default()
+        })
+        .unwrap()
+    };
+    let broker = open(Some(FaultHook(std::sync::Arc::clone(&faults))));
+    let send = |payload: &'static str| {
+        broker.publish_local(
+            "jobs",
+            bytes::Bytes::new(),
+            bytes::Bytes::from(payload),
+            MessageProps::default(),
+        )
+    };
+    assert_eq!(send("a").await.unwrap().1.sequence, 1);
+    let conn = broker.connect("consumer".into());
+    subscribe(&broker, &conn, "w", 100, vec![]).await;
+    let mut got = Vec::new();
+    wait_for("the first message", || {
+        got.extend(deliveries(&conn));
+        !got.is_empty()
+    })
+    .await;
+    ack(&broker, &conn, got[0].0);
+    settle().await;
+    // The disk fails the next fsync: the publisher gets an error, and no consumer sees "b".
+    faults.fail_syncs("jobs", 1);
+    let error = send("b").await.unwrap_err();
+    assert!(error.to_string().contains("injected fsync failure"), "{error}");
+    settle().await;
+    assert!(
+        deliveries(&conn).is_empty(),
+        "an unconfirmed message is never delivered"
+    );
+    // The next write reopens and verifies the log, cut back to what was confirmed: "c" takes
+    // sequence 2, and "b" is gone for good.
+    assert_eq!(send("c").await.unwrap().1.sequence, 2);
+    let mut later = Vec::new();
+    wait_for("the next message", || {
+        later.extend(deliveries(&conn));
+        !later.is_empty()
+    })
+    .await;
+    assert_eq!(
+        later.iter().map(|d| (d.0, d.2.as_str())).collect::<Vec<_>>(),
+        [(2, "c")]
+    );
+    off_worker(|| broker.close_storage());
+    drop(broker);
+    let broker = open(None);
+    let stored = off_worker(|| broker.storage().unwrap().read("jobs", 1, 10, usize::MAX).unwrap());
+    assert_eq!(
+        stored.iter().map(|m| &m.payload[..]).collect::<Vec<_>>(),
+        [&b"a"[..], &b"c"[..]]
+    );
+}

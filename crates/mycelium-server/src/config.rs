@@ -743,6 +743,7 @@ impl Config {
                 ack_persist_interval: self.storage.ack_persist_interval.0,
                 read_ahead: self.storage.read_ahead,
                 dispatch_batch: self.storage.dispatch_batch,
+                faults: None,
             },
         })
     }

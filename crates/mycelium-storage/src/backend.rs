@@ -54,6 +54,42 @@ pub trait StorageBackend: Send + Sync + std::fmt::Debug {
 
     /// Every topic with a log.
     fn topics(&self) -> Vec<String>;
+
+    /// After a failed fsync: closes `topic`'s log, opens it again (verifying every record) and
+    /// drops every message from sequence `from` on (they were never confirmed). What the files
+    /// hold is then what the log says, whatever the page cache lost.
+    ///
+    /// # Errors
+    /// I/O errors; the topic stays unusable until a later call succeeds.
+    fn reopen_from(&self, topic: &str, from: u64) -> Result<(), StorageError> {
+        let _ = (topic, from);
+        Ok(())
+    }
+}
+
+/// Failures to inject into a [`DiskBackend`] (tests of what the broker does when the disk
+/// fails): the next fsyncs of a topic fail with an I/O error, as a failing disk's would.
+#[derive(Debug, Default)]
+pub struct Faults {
+    fail_syncs: Mutex<HashMap<String, u32>>,
+}
+
+impl Faults {
+    /// The next `count` fsyncs of `topic` fail.
+    pub fn fail_syncs(&self, topic: &str, count: u32) {
+        self.fail_syncs.lock().insert(topic.to_owned(), count);
+    }
+
+    fn sync_fails(&self, topic: &str) -> bool {
+        let mut plans = self.fail_syncs.lock();
+        match plans.get_mut(topic) {
+            Some(n) if *n > 0 => {
+                *n -= 1;
+                true
+            }
+            _ => false,
+        }
+    }
 }
 
 /// Keeps everything in memory: fast, lost on restart (`storage = "memory"`).
@@ -178,6 +214,7 @@ pub struct DiskBackend {
     root: PathBuf,
     config: LogConfig,
     logs: Mutex<HashMap<String, std::sync::Arc<Mutex<SegmentLog>>>>,
+    faults: Option<std::sync::Arc<Faults>>,
 }
 
 impl DiskBackend {
@@ -218,6 +255,7 @@ impl DiskBackend {
                 root,
                 config,
                 logs: Mutex::new(logs),
+                faults: None,
             },
             reports,
         ))
@@ -254,6 +292,15 @@ impl DiskBackend {
         }
     }
 
+    /// Injects `faults` (tests only: see [`Faults`]).
+    #[must_use]
+    pub fn with_faults(self, faults: std::sync::Arc<Faults>) -> DiskBackend {
+        DiskBackend {
+            faults: Some(faults),
+            ..self
+        }
+    }
+
     fn existing(&self, topic: &str) -> Option<std::sync::Arc<Mutex<SegmentLog>>> {
         self.logs.lock().get(topic).cloned()
     }
@@ -280,6 +327,12 @@ impl StorageBackend for DiskBackend {
     }
 
     fn sync(&self, topic: &str) -> Result<(), StorageError> {
+        if self.faults.as_ref().is_some_and(|f| f.sync_fails(topic)) {
+            return Err(StorageError::io(
+                &crate::DataDir::new(&self.root).topic_log(topic),
+                std::io::Error::other("injected fsync failure"),
+            ));
+        }
         // The fsync runs without the log's lock: readers (durable subscriptions) go on meanwhile.
         let target = match self.existing(topic) {
             Some(log) => log.lock().sync_target(),
@@ -327,6 +380,28 @@ impl StorageBackend for DiskBackend {
             Some(log) => log.lock().truncate_before(sequence),
             None => Ok(()),
         }
+    }
+
+    fn reopen_from(&self, topic: &str, from: u64) -> Result<(), StorageError> {
+        check_name(topic)?;
+        let dir = crate::DataDir::new(&self.root).topic_log(topic);
+        // Readers holding the old log finish on its open files; nothing appends meanwhile (the
+        // storage writer is the one caller).
+        let (mut log, report) = SegmentLog::open(&dir, self.config.clone())?;
+        log.cut_from(from)?;
+        for target in log.segment_sync_targets() {
+            target.sync()?;
+        }
+        tracing::warn!(
+            topic,
+            from,
+            ?report,
+            "log reopened after a failed fsync; unconfirmed messages dropped"
+        );
+        self.logs
+            .lock()
+            .insert(topic.to_owned(), std::sync::Arc::new(Mutex::new(log)));
+        Ok(())
     }
 
     fn topics(&self) -> Vec<String> {

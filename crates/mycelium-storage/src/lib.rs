@@ -21,7 +21,7 @@ mod range_crc;
 mod record;
 mod segment;
 
-pub use backend::{DiskBackend, MemoryBackend, StorageBackend};
+pub use backend::{DiskBackend, Faults, MemoryBackend, StorageBackend};
 pub use error::StorageError;
 pub use layout::{
     DIR_MODE, DataDir, FILE_MODE, create_dir_durable, read_private, set_aside, sync_dir, write_atomic,

@@ -169,6 +169,33 @@ impl SegmentLog {
         Ok(())
     }
 
+    /// Drops every message from sequence `from` on (whole segments deleted, the one holding
+    /// `from` cut), durably: what an fsync failure left unconfirmed is never read afterwards.
+    ///
+    /// # Errors
+    /// I/O errors.
+    pub fn cut_from(&mut self, from: u64) -> Result<(), StorageError> {
+        if from >= self.next {
+            return Ok(());
+        }
+        while let Some(last) = self.segments.last() {
+            if last.first_seq.is_some_and(|first| first >= from)
+                || (last.first_seq.is_none() && last.base >= from)
+            {
+                let segment = self.segments.pop().expect("checked above");
+                segment.remove()?;
+                continue;
+            }
+            break;
+        }
+        if let Some(last) = self.segments.last_mut() {
+            last.cut_from(from)?;
+        }
+        sync_dir(&self.dir)?;
+        self.next = from.max(self.first);
+        Ok(())
+    }
+
     /// Makes everything appended so far durable (fsync of the active segment).
     ///
     /// # Errors
@@ -178,6 +205,11 @@ impl SegmentLog {
             Some(target) => target.sync(),
             None => Ok(()),
         }
+    }
+
+    /// Every segment's file, to make all of them durable (after reopening a log).
+    pub fn segment_sync_targets(&self) -> Vec<SyncTarget> {
+        self.segments.iter().map(Segment::sync_target).collect()
     }
 
     /// The active segment, to sync after releasing whatever guards this log (the sync then

@@ -419,6 +419,56 @@ impl Segment {
         Ok(())
     }
 
+    /// Cuts the segment back to before its first record with a sequence at or above `from`, and
+    /// makes the cut durable. Returns whether anything was cut.
+    ///
+    /// # Errors
+    /// I/O errors.
+    pub(crate) fn cut_from(&mut self, from: u64) -> Result<bool, StorageError> {
+        if self.last_seq.is_none_or(|last| last < from) {
+            return Ok(false);
+        }
+        // Find the cut's offset: scan the records from the index entry before `from`.
+        let start = match self.index.partition_point(|e| e.sequence < from) {
+            0 => 0,
+            i => self.index[i - 1].offset,
+        };
+        let (mut cut, mut kept_last, mut offset) = (None, None, start);
+        let mut kept_last_ns = 0;
+        self.scan(start, |message| {
+            if message.sequence >= from {
+                cut = Some(offset);
+                return Ok(false);
+            }
+            kept_last = Some(message.sequence);
+            kept_last_ns = message.publish_ns;
+            let mut body = BytesMut::new();
+            message.encode(&mut body)?;
+            offset += (FRAME_BYTES + body.len()) as u64;
+            Ok(true)
+        })?;
+        let Some(cut) = cut else { return Ok(false) };
+        self.file
+            .set_len(cut)
+            .and_then(|()| self.file.sync_all())
+            .map_err(|e| StorageError::io(&self.path, e))?;
+        self.len = cut;
+        self.reserved = cut;
+        self.index.retain(|e| e.sequence < from);
+        self.holes.retain(|(s, _)| *s < cut);
+        if let Some(hole) = self.holes.last_mut() {
+            hole.1 = hole.1.min(cut);
+        }
+        self.last_seq = kept_last.or(self.index.last().map(|e| e.sequence));
+        if self.last_seq.is_none() {
+            self.first_seq = None;
+        }
+        if kept_last.is_some() {
+            self.last_publish_ns = kept_last_ns;
+        }
+        Ok(true)
+    }
+
     /// Deletes the file.
     pub(crate) fn remove(self) -> Result<(), StorageError> {
         std::fs::remove_file(&self.path).map_err(|e| StorageError::io(&self.path, e))

@@ -414,3 +414,33 @@ fn a_sync_target_syncs_without_holding_the_log() {
     let (log, _) = SegmentLog::open(empty.path(), LogConfig::default()).unwrap();
     assert!(log.sync_target().is_none(), "nothing to sync in an empty log");
 }
+
+#[test]
+fn a_log_cut_back_to_a_sequence_drops_everything_from_it_durably() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = LogConfig {
+        segment_bytes: 2_000,
+        ..LogConfig::default()
+    };
+    let (mut log, _) = SegmentLog::open(dir.path(), config.clone()).unwrap();
+    append_in_tens(&mut log, 100);
+    log.sync().unwrap();
+    assert!(log.segment_paths().len() > 3, "several segments");
+    // Cut inside a segment, dropping the later segments whole.
+    log.cut_from(37).unwrap();
+    assert_eq!(log.bounds().next, 37);
+    let read = log.read(1, 1000, usize::MAX).unwrap();
+    assert_eq!(read.last().map(|m| m.sequence), Some(36));
+    assert_eq!(read.len(), 36);
+    // Appends continue from the cut; a reopen sees exactly the same.
+    log.append(&batch(37, 3)).unwrap();
+    log.sync().unwrap();
+    drop(log);
+    let (log, report) = SegmentLog::open(dir.path(), config).unwrap();
+    assert_eq!(report.truncated_bytes + report.dropped_bytes, 0, "{report:?}");
+    let read = log.read(1, 1000, usize::MAX).unwrap();
+    assert_eq!(
+        read.iter().map(|m| m.sequence).collect::<Vec<_>>(),
+        (1..=39).collect::<Vec<_>>()
+    );
+}

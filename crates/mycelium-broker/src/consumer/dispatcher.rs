@@ -535,7 +535,11 @@ impl DurableSub {
                 break;
             }
             let Some(host) = host.upgrade() else { break };
-            let available = backend.bounds(self.topic.name()).map_or(0, |b| b.next);
+            // Only what is confirmed durable: a group whose fsync may still fail is not delivered.
+            let available = backend
+                .bounds(self.topic.name())
+                .map_or(0, |b| b.next)
+                .min(self.topic.committed());
             let mut outcomes = Vec::new();
             let mut admitted_all = true;
             let (next, room) = {

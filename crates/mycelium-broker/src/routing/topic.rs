@@ -61,6 +61,10 @@ pub struct Topic {
     pub(crate) route: ArcSwap<Route>,
     deleted: AtomicBool,
     pub(crate) histograms: crate::routing::metrics::TopicHistograms,
+    /// Stored topics: messages from this sequence on are written but not yet confirmed durable
+    /// (`u64::MAX`: everything in the log is). Durable subscriptions deliver only below it, so
+    /// nothing an fsync may still fail reaches a consumer.
+    committed: AtomicU64,
 }
 
 impl Topic {
@@ -74,6 +78,22 @@ impl Topic {
         self.histograms.observe_delivery(metrics, &self.name, seconds);
     }
 
+    /// Messages below this sequence are durable (see the field).
+    pub(crate) fn committed(&self) -> u64 {
+        self.committed.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// A group from `first` on was written, not yet confirmed.
+    pub(crate) fn written_from(&self, first: u64) {
+        self.committed
+            .fetch_min(first, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    /// Everything below `end` is durable; `u64::MAX`: everything in the log.
+    pub(crate) fn committed_to(&self, end: u64) {
+        self.committed.store(end, std::sync::atomic::Ordering::Release);
+    }
+
     pub(crate) fn new(name: &str, spec: TopicSpec, route: Route) -> Topic {
         Topic {
             name: name.into(),
@@ -83,6 +103,7 @@ impl Topic {
             route: ArcSwap::from_pointee(route),
             deleted: AtomicBool::new(false),
             histograms: crate::routing::metrics::TopicHistograms::default(),
+            committed: AtomicU64::new(u64::MAX),
         }
     }
 

@@ -128,6 +128,11 @@ impl StorageBackend for Disk {
         self.inner.truncate_before(topic, sequence)
     }
 
+    fn reopen_from(&self, topic: &str, from: u64) -> Result<(), StorageError> {
+        assert_may_block("reopen");
+        self.inner.reopen_from(topic, from)
+    }
+
     fn topics(&self) -> Vec<String> {
         self.inner.topics()
     }

@@ -58,6 +58,18 @@ pub struct DurableConfig {
     pub read_ahead: usize,
     /// Deliveries a durable subscription hands out per pass.
     pub dispatch_batch: usize,
+    /// Failures to inject into the disk (tests of failing storage; `None` in service).
+    pub faults: Option<FaultHook>,
+}
+
+/// Failures injected into the storage (tests only): see [`mycelium_storage::Faults`].
+#[derive(Debug, Clone)]
+pub struct FaultHook(pub Arc<mycelium_storage::Faults>);
+
+impl PartialEq for FaultHook {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
 }
 
 impl Default for DurableConfig {
@@ -72,6 +84,7 @@ impl Default for DurableConfig {
             ack_persist_interval: Duration::from_millis(20),
             read_ahead: 1000,
             dispatch_batch: 256,
+            faults: None,
         }
     }
 }
@@ -104,6 +117,10 @@ impl DurableStore {
                 tracing::warn!(topic, ?report, "recovery dropped damaged data");
             }
         }
+        let backend = match &config.faults {
+            Some(FaultHook(faults)) => backend.with_faults(Arc::clone(faults)),
+            None => backend,
+        };
         let backend = Arc::new(Disk::new(backend));
         let (queue, receiver) = Queue::new(config.queue_capacity);
         let room = Arc::clone(&queue.room);

@@ -46,6 +46,19 @@ pub(super) struct Writer {
     /// topic starts failing and once when it recovers (a full disk under a publisher that retries
     /// must not write a log line per attempt).
     failing: HashMap<Box<str>, u64>,
+    /// Topics whose log failed an fsync: what the disk holds is unknown from `from` on, so
+    /// nothing more is written to them until their log is reopened and cut back there.
+    poisoned: HashMap<Box<str>, Poisoned>,
+}
+
+/// A topic whose fsync failed.
+#[derive(Debug, Clone, Copy)]
+struct Poisoned {
+    /// The first sequence never confirmed.
+    from: u64,
+    /// When to try reopening the log.
+    retry_at: Instant,
+    tries: u32,
 }
 
 /// Message ids: UUIDv7 (millisecond time, then 74 bits that make ids unique and increasing within
@@ -103,6 +116,7 @@ impl Writer {
             unsynced: Vec::new(),
             unsynced_bytes: 0,
             failing: HashMap::new(),
+            poisoned: HashMap::new(),
             deadline: None,
         }
     }
@@ -187,6 +201,11 @@ impl Writer {
         }
         let now_ns = mycelium_codec::now_ns();
         for (topic, requests) in groups {
+            if let Err(error) = self.heal(&topic) {
+                TopicCounters::add(&topic.counters.rejected, requests.len() as u64);
+                fail(requests, &error);
+                continue;
+            }
             let next = match self.next_sequence(topic.name()) {
                 Ok(next) => next,
                 Err(error) => {
@@ -264,6 +283,9 @@ impl Writer {
             }
             if !self.failing.is_empty() {
                 self.recovered(topic.name());
+            }
+            if let Some(first) = messages.first() {
+                topic.written_from(first.sequence);
             }
             self.next
                 .insert(topic.name().into(), next + messages.len() as u64);
@@ -368,13 +390,86 @@ impl Writer {
         }
     }
 
+    /// Refuses writes to a topic whose fsync failed until its log was reopened, verified and cut
+    /// back to what was confirmed (tried with a backoff), as PostgreSQL learned to: after a
+    /// failed fsync the page cache may have dropped the data while a later fsync succeeds.
+    fn heal(&mut self, topic: &TopicRef) -> Result<(), StorageError> {
+        let Some(poisoned) = self.poisoned.get(topic.name()).copied() else {
+            return Ok(());
+        };
+        let refused = || StorageError::Io {
+            path: topic.name().to_owned(),
+            source: std::io::Error::other(
+                "an fsync of this topic's log failed; writes are refused until the log is reopened and verified",
+            ),
+        };
+        if Instant::now() < poisoned.retry_at {
+            return Err(refused());
+        }
+        match self.backend.reopen_from(topic.name(), poisoned.from) {
+            Ok(()) => {
+                self.poisoned.remove(topic.name());
+                self.next.remove(topic.name());
+                self.dedup.remove(topic.name());
+                topic.committed_to(u64::MAX);
+                tracing::info!(
+                    topic = topic.name(),
+                    from = poisoned.from,
+                    "log reopened and verified after a failed fsync; writes accepted again"
+                );
+                Ok(())
+            }
+            Err(error) => {
+                let tries = poisoned.tries + 1;
+                let backoff = Duration::from_millis(100)
+                    .saturating_mul(1 << tries.min(7))
+                    .min(Duration::from_secs(10));
+                self.poisoned.insert(
+                    topic.name().into(),
+                    Poisoned {
+                        retry_at: Instant::now() + backoff,
+                        tries,
+                        ..poisoned
+                    },
+                );
+                tracing::debug!(topic = topic.name(), %error, "reopening the log failed; tried again later");
+                Err(refused())
+            }
+        }
+    }
+
+    /// An fsync of `unsynced`'s topic failed: its group is never confirmed nor delivered, and
+    /// the topic is poisoned from its first message (see [`Writer::heal`]).
+    fn poison(&mut self, unsynced: Unsynced, error: &StorageError) {
+        let name = unsynced.topic.name();
+        let from = unsynced.messages.first().map_or(u64::MAX, |m| m.sequence);
+        let entry = self.poisoned.entry(name.into()).or_insert(Poisoned {
+            from,
+            retry_at: Instant::now(),
+            tries: 0,
+        });
+        entry.from = entry.from.min(from);
+        // Its dedup keys may name messages that will be cut: reloaded from the log after.
+        self.dedup.remove(name);
+        TopicCounters::add(&unsynced.topic.counters.rejected, unsynced.messages.len() as u64);
+        fail_confirms(unsynced.confirms, error);
+        fail_confirms(unsynced.duplicates.into_iter().map(|(c, _)| c), error);
+    }
+
     fn sync_and_complete(&mut self, pending: Vec<Unsynced>) {
-        // One fsync per topic covers every append made to it before the call.
+        // One fsync per topic covers every append made to it before the call; once one fails,
+        // every later group of that topic fails with it (a later fsync may succeed and prove
+        // nothing about the data the failed one lost).
         let mut synced: Vec<String> = Vec::new();
         let mut ok = Vec::new();
         for unsynced in pending {
             let name = unsynced.topic.name();
-            let result = if synced.iter().any(|s| s == name) {
+            let result = if self.poisoned.contains_key(name) {
+                Err(StorageError::Io {
+                    path: name.to_owned(),
+                    source: std::io::Error::other("an earlier fsync of this topic's log failed"),
+                })
+            } else if synced.iter().any(|s| s == name) {
                 Ok(())
             } else {
                 let result = self.backend.sync(name);
@@ -388,7 +483,7 @@ impl Writer {
                 Err(error) => {
                     let name = name.to_owned();
                     self.failed(&name, &error, "fsync");
-                    fail_confirms(unsynced.confirms, &error);
+                    self.poison(unsynced, &error);
                 }
             }
         }
@@ -420,6 +515,11 @@ impl Writer {
         }
         confirms.wake();
         let events = self.events.upgrade();
+        for unsynced in &done {
+            if let Some(last) = unsynced.messages.last() {
+                unsynced.topic.committed_to(last.sequence + 1);
+            }
+        }
         for unsynced in done {
             // The store spans of traced messages end once their messages are durable, confirmed
             // and handed on (when this iteration ends).
