@@ -573,6 +573,7 @@ fn serve_with_no_config_serves_the_http_api_with_a_generated_key() {
         .unwrap()
         .port();
     let http = format!("127.0.0.1:{port}");
+    let http_addr = http.clone();
     let mut command = serve_http(&socket, &http, "warn", Stdio::null());
     command.current_dir(dir.path());
     let broker = Spawned::start(command, &socket);
@@ -617,5 +618,39 @@ fn serve_with_no_config_serves_the_http_api_with_a_generated_key() {
             .unwrap();
         assert_eq!(&message.payload[..], b"\"hi\"");
         client.close().await;
+        // A topic made over HTTP survives a SIGKILL: the registry brings it back.
+        let made = http
+            .post(format!("http://{http_addr}/api/v1/topics"))
+            .bearer_auth(&token)
+            .json(&serde_json::json!({"name": "made.at.runtime", "settings": {"routing": "queue"}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(made.status(), 201);
+    });
+    let mut broker = broker;
+    broker.kill();
+    let mut command = serve_http(&socket, &http_addr, "warn", Stdio::null());
+    command.current_dir(dir.path());
+    let _broker = Spawned::start(command, &socket);
+    runtime.block_on(async {
+        // The HTTP listener comes up beside the socket: wait for it.
+        let mut got = None;
+        for _ in 0..200 {
+            let sent = reqwest::Client::new()
+                .get(format!("http://{http_addr}/api/v1/topics/made.at.runtime"))
+                .bearer_auth(&token)
+                .send()
+                .await;
+            if let Ok(response) = sent {
+                got = Some(response);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let got = got.expect("the HTTP listener is up");
+        assert_eq!(got.status(), 200, "restored after SIGKILL");
+        let view: serde_json::Value = got.json().await.unwrap();
+        assert_eq!(view["routing"], "queue");
     });
 }

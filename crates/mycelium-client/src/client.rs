@@ -112,7 +112,9 @@ struct Batch {
 
 pub(crate) struct Shared {
     options: ClientOptions,
-    endpoint: Endpoint,
+    /// The brokers to try, in order (failover): the one in use is `endpoints[current]`.
+    endpoints: Vec<Endpoint>,
+    current: std::sync::atomic::AtomicUsize,
     out: Mutex<Out>,
     wake_writer: Notify,
     drained: Notify,
@@ -131,7 +133,7 @@ pub(crate) struct Shared {
 impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Shared")
-            .field("endpoint", &self.endpoint)
+            .field("endpoint", self.endpoint())
             .finish_non_exhaustive()
     }
 }
@@ -196,7 +198,19 @@ impl Client {
     /// # Errors
     /// As [`Client::connect`].
     pub async fn connect_with(url: &str, options: ClientOptions) -> Result<Client, Error> {
-        let endpoint: Endpoint = url.parse()?;
+        // Several brokers, comma separated, are tried in order.
+        let endpoints = url
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(str::parse)
+            .collect::<Result<Vec<Endpoint>, Error>>()?;
+        if endpoints.is_empty() {
+            return Err(Error::new(
+                ErrorKind::InvalidUrl,
+                format!("no broker URL in `{url}`"),
+            ));
+        }
         let (state, _) = watch::channel(ConnectionState::Connecting);
         let breaker = CircuitBreaker::new(options.breaker_threshold, options.breaker_open_for);
         let shared = Arc::new(Shared {
@@ -206,7 +220,8 @@ impl Client {
                 direct: socket::Direct::default(),
             }),
             options,
-            endpoint,
+            endpoints,
+            current: std::sync::atomic::AtomicUsize::new(0),
             wake_writer: Notify::new(),
             drained: Notify::new(),
             state,
@@ -219,7 +234,16 @@ impl Client {
             circuit_open: AtomicBool::new(false),
             closed: CancellationToken::new(),
         });
-        let first = shared.establish().await?;
+        // The first broker that answers; the error of the last one when none does.
+        let mut first = Err(Error::new(ErrorKind::Connect, "no broker tried"));
+        for index in 0..shared.endpoints.len() {
+            shared.current.store(index, Ordering::Relaxed);
+            first = shared.establish().await;
+            if first.is_ok() {
+                break;
+            }
+        }
+        let first = first?;
         // Usable at once: frames queued before the writer task starts wait in the buffer.
         shared.out.lock().connected = true;
         shared.set_state(ConnectionState::Connected);
@@ -348,7 +372,7 @@ impl Shared {
                 ErrorKind::CircuitOpen,
                 format!(
                     "circuit open: {} is failing; not trying until the next probe",
-                    self.endpoint
+                    self.endpoint()
                 ),
             ));
         }
@@ -456,7 +480,8 @@ impl Shared {
                 ErrorKind::BufferFull,
                 format!(
                     "disconnected from {} and the publish buffer ({} bytes) is full",
-                    self.endpoint, self.options.buffer_bytes_max
+                    self.endpoint(),
+                    self.options.buffer_bytes_max
                 ),
             ));
         }

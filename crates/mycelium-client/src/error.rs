@@ -26,6 +26,10 @@ pub enum ErrorKind {
     InvalidArgument,
     /// The broker sent something this client does not understand.
     Protocol,
+    /// Client settings (a file, the environment) with a bad or missing value.
+    Config,
+    /// Every reconnect attempt allowed (`max_reconnects`) failed: the client gave up.
+    GaveUp,
 }
 
 /// A client error.

@@ -6,8 +6,15 @@
 //! [`ErrorKind::BufferFull`], never a silent drop). After `breaker_threshold` consecutive failed
 //! attempts the circuit breaker opens and calls fail fast with [`ErrorKind::CircuitOpen`] until a
 //! probe attempt succeeds. [`Client::state_changes`] shows every transition.
+//!
+//! Several brokers can be given, comma separated (`"unix:///run/m.sock,tcp://10.0.0.2:7420"`):
+//! the first that answers is used, and after a lost connection the others are tried in turn.
+//! `max_reconnects` makes the client give up ([`ErrorKind::GaveUp`]) after that many failed
+//! attempts in a row. [`config::ClientConfig`] reads all of it from a TOML file and the
+//! environment ([`Client::connect_config`]).
 
 mod client;
+pub mod config;
 mod error;
 mod message;
 mod options;

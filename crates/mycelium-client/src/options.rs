@@ -119,6 +119,9 @@ pub struct ClientOptions {
     /// leaves in one write; should nobody await, it leaves after at most this long (plus the
     /// timer's millisecond tick).
     pub pipeline_hold_max: Duration,
+    /// Failed reconnect attempts in a row before the client gives up and closes (`None`:
+    /// never); callers then get `GaveUp`.
+    pub max_reconnects: Option<u32>,
 }
 
 impl Default for ClientOptions {
@@ -138,6 +141,7 @@ impl Default for ClientOptions {
             ping_interval: Duration::from_secs(30),
             inline_write_gap: Some(Duration::from_micros(20)),
             pipeline_hold_max: Duration::from_micros(500),
+            max_reconnects: None,
         }
     }
 }

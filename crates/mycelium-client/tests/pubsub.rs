@@ -389,3 +389,75 @@ async fn paced_and_burst_publishes_mix_inline_and_writer_task_writes_in_order() 
         assert_eq!(next, [EACH; PUBLISHERS as usize]);
     }
 }
+
+fn quick_retries() -> ClientOptions {
+    ClientOptions {
+        breaker_threshold: 1_000,
+        backoff: mycelium_client::resilience::Backoff {
+            initial: Duration::from_millis(10),
+            max: Duration::from_millis(20),
+            ..Default::default()
+        },
+        ..ClientOptions::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_urls_are_tried_in_order_and_a_lost_broker_fails_over_to_the_next() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = TestServer::start_at(&dir.path().join("a.sock"), |_| {}).await;
+    let second = TestServer::start_at(&dir.path().join("b.sock"), |_| {}).await;
+    // A broker that is not there is skipped at connect.
+    let missing = format!("unix://{}", dir.path().join("none.sock").display());
+    let url = format!("{missing},{},{}", first.url(), second.url());
+    let client = Client::connect_with(&url, quick_retries()).await.unwrap();
+    let mut sub = client.subscribe("fo").await.unwrap();
+    client.flush().await.unwrap();
+    let on_first = Client::connect(&first.url()).await.unwrap();
+    on_first.publish("fo", b"from the first").await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(5), sub.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&got.payload[..], b"from the first");
+    // The first broker goes away: the client moves on to the next that answers, and its
+    // subscription comes with it.
+    first.stop().await;
+    wait_for(&client, ConnectionState::Connected).await;
+    client.flush().await.unwrap();
+    let on_second = Client::connect(&second.url()).await.unwrap();
+    on_second.publish("fo", b"from the second").await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(5), sub.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&got.payload[..], b"from the second");
+    second.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_reconnects_gives_up_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server(&dir).await;
+    let options = ClientOptions {
+        max_reconnects: Some(3),
+        ..quick_retries()
+    };
+    let client = Client::connect_with(&server.url(), options).await.unwrap();
+    let mut errors = client.errors();
+    server.stop().await;
+    wait_for(&client, ConnectionState::Closed).await;
+    let error = tokio::time::timeout(Duration::from_secs(5), errors.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(error.kind(), ErrorKind::GaveUp, "{error}");
+    assert!(
+        error.to_string().contains("3 failed reconnect attempts"),
+        "{error}"
+    );
+    assert_eq!(
+        client.publish("x", b"y").await.unwrap_err().kind(),
+        ErrorKind::Closed
+    );
+}

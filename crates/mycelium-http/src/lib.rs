@@ -36,6 +36,7 @@ use axum::response::{IntoResponse, Response};
 use mycelium_broker::Broker;
 
 pub use limits::{Quota, RateLimits};
+pub use routes::topics::restore_topics;
 pub use serve::{HttpServer, bind};
 pub use setup::SetupError;
 

@@ -778,3 +778,80 @@ async fn headers_too_large_to_deliver_are_refused_and_nothing_is_stored() {
     let depth = api.broker.topic_depth("jobs").map_or(0, |d| d.stored);
     assert_eq!(depth, 0, "nothing stored");
 }
+
+#[tokio::test]
+async fn topics_made_over_http_come_back_after_a_restart_and_the_configuration_wins() {
+    use mycelium_broker::spec::{Routing, TopicSpec};
+    use mycelium_broker::{Broker, BrokerConfig, DurableConfig};
+    let api = api();
+    let t = admin();
+    let (status, body) = api
+        .call(
+            Method::POST,
+            "/api/v1/topics",
+            Some(&t),
+            Some(json!({"name": "made.runtime", "settings": {"routing": "queue", "max_message_size": 2048}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, _) = api
+        .call(
+            Method::PUT,
+            "/api/v1/topics/ticks",
+            Some(&t),
+            Some(json!({"routing": "direct"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = api
+        .call(
+            Method::POST,
+            "/api/v1/topics",
+            Some(&t),
+            Some(json!({"name": "gone.soon"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, _) = api
+        .call(Method::DELETE, "/api/v1/topics/gone.soon", Some(&t), None)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+
+    // A restart: the same configuration, the same data directory.
+    let restarted = || {
+        Broker::new(BrokerConfig {
+            auto_create_topics: false,
+            topics: vec![("ticks".into(), TopicSpec::default())],
+            durable: DurableConfig {
+                data_dir: api.dir.path().to_path_buf(),
+                ..DurableConfig::default()
+            },
+            ..BrokerConfig::default()
+        })
+        .unwrap()
+    };
+    let broker = restarted();
+    let restoring = Arc::clone(&broker);
+    let problems = mycelium_broker::blocking(move || mycelium_http::restore_topics(&restoring)).await;
+    assert!(problems.is_empty(), "{problems:?}");
+    let made = broker.topic("made.runtime").expect("restored");
+    assert_eq!(made.spec().routing, Routing::Queue);
+    assert_eq!(made.spec().message_bytes_max, 2048);
+    assert_eq!(
+        broker.topic("ticks").unwrap().spec().routing,
+        Routing::Fanout,
+        "the configuration defines `ticks`: its run-time change is not restored"
+    );
+    assert!(broker.topic("gone.soon").is_none(), "deleted stays deleted");
+
+    // A damaged registry is reported and set aside, not written over by the next change.
+    let file = api.broker.data_dir().topic_registry();
+    std::fs::write(&file, b"{ not json").unwrap();
+    let broker = restarted();
+    let problems = mycelium_broker::blocking(move || mycelium_http::restore_topics(&broker)).await;
+    assert_eq!(problems.len(), 1);
+    assert!(problems[0].1.contains("not a topic registry"), "{problems:?}");
+    let mut kept = file.clone().into_os_string();
+    kept.push(".corrupt");
+    assert_eq!(std::fs::read(kept).unwrap(), b"{ not json");
+}

@@ -28,6 +28,7 @@ mod publish;
 mod stats;
 mod subscribe;
 mod tlv_fault;
+pub mod units;
 mod wire;
 
 pub use ack::{Ack, Nack, Term};

@@ -11,7 +11,7 @@ mod connection;
 #[doc(hidden)]
 pub mod harness;
 mod listener;
-pub mod units;
+pub use mycelium_protocol::units;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -117,6 +117,13 @@ impl Server {
         };
         config.validate().map_err(invalid)?;
         let broker = Broker::new(config.broker_config().map_err(invalid)?)?;
+        // Topics made at run time (the HTTP API) come back, after the configured ones.
+        let restoring = Arc::clone(&broker);
+        for (topic, problem) in
+            mycelium_broker::blocking(move || mycelium_http::restore_topics(&restoring)).await
+        {
+            tracing::error!(topic, %problem, "a topic of the registry (topics.json) was not restored");
+        }
         let unix = match config.socket_path() {
             Some(path) => Some((listener::bind_unix(&path, config.socket_mode())?, path)),
             None => None,

@@ -10,6 +10,7 @@ mod durable;
 pub mod health;
 pub mod inspect;
 mod publish;
+mod registry;
 
 pub use access::{Action, AuditLog};
 pub use durable::DurableRequest;
@@ -185,6 +186,8 @@ pub struct Broker {
     refusals: access::Refusals,
     /// Principals whose subscriber was cut off as slow, and when (see `BLOCK_COOLDOWN`).
     slow_cutoffs: Mutex<HashMap<Box<str>, Instant>>,
+    /// The topic registry's entries (see `registry.rs`); held while the file is written.
+    topic_registry: Mutex<std::collections::BTreeMap<String, serde_json::Value>>,
     /// Where audit lines go (the log only until one is set).
     audit: std::sync::OnceLock<AuditLog>,
 }
@@ -233,6 +236,7 @@ impl Broker {
             me: me.clone(),
             refusals: access::Refusals::default(),
             slow_cutoffs: Mutex::new(HashMap::new()),
+            topic_registry: Mutex::new(std::collections::BTreeMap::new()),
             incidents: crate::routing::metrics::Incidents::default(),
             audit: std::sync::OnceLock::new(),
         });

@@ -24,10 +24,15 @@ use crate::url::Endpoint;
 use crate::{Error, ErrorKind};
 
 impl Shared {
+    /// The broker in use (or tried next).
+    pub(super) fn endpoint(&self) -> &Endpoint {
+        &self.endpoints[self.current.load(Ordering::Relaxed) % self.endpoints.len()]
+    }
+
     /// Connects and handshakes once.
     pub(super) async fn establish(&self) -> Result<(Reader, Writer, BytesMut), Error> {
         let attempt = async {
-            let (mut reader, writer): (Reader, Writer) = match &self.endpoint {
+            let (mut reader, writer): (Reader, Writer) = match self.endpoint() {
                 Endpoint::Unix(path) => {
                     let stream = tokio::net::UnixStream::connect(path).await?;
                     // Room to batch publishes, as TCP's autotuned buffer gives (the kernel caps it).
@@ -100,11 +105,11 @@ impl Shared {
             Ok(Ok(connection)) => Ok(connection),
             Ok(Err(e)) => Err(Error::new(
                 ErrorKind::Connect,
-                format!("cannot connect to {}: {e}", self.endpoint),
+                format!("cannot connect to {}: {e}", self.endpoint()),
             )),
             Err(_) => Err(Error::new(
                 ErrorKind::Connect,
-                format!("cannot connect to {}: timed out", self.endpoint),
+                format!("cannot connect to {}: timed out", self.endpoint()),
             )),
         }
     }
@@ -127,7 +132,7 @@ impl Shared {
                     break;
                 }
                 self.set_state(ConnectionState::Disconnected);
-                tracing::info!(endpoint = %self.endpoint, "connection lost; reconnecting");
+                tracing::info!(endpoint = %self.endpoint(), "connection lost; reconnecting");
             }
             let now = Instant::now();
             let allowed = self.breaker.lock().allow(now);
@@ -149,6 +154,17 @@ impl Shared {
                     tracing::debug!(%error, attempt, "reconnect failed");
                     let delay = self.options.backoff.delay(attempt, &mut rng);
                     attempt = attempt.saturating_add(1);
+                    if self.options.max_reconnects.is_some_and(|max| attempt >= max) {
+                        let text = format!(
+                            "gave up after {attempt} failed reconnect attempts (max_reconnects); last: {error}"
+                        );
+                        tracing::warn!("{text}");
+                        let _ = self.errors.send(Error::new(ErrorKind::GaveUp, text));
+                        self.closed.cancel();
+                        break;
+                    }
+                    // The next broker of the list, if there are several (failover).
+                    self.current.fetch_add(1, Ordering::Relaxed);
                     if self.circuit_open.load(Ordering::Acquire) {
                         self.set_state(ConnectionState::CircuitOpen);
                         continue;

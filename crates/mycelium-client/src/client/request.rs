@@ -179,7 +179,7 @@ impl Shared {
             self.check_usable()?;
             return Err(Error::new(
                 ErrorKind::Disconnected,
-                format!("not connected to {}", self.endpoint),
+                format!("not connected to {}", self.endpoint()),
             ));
         }
         let id = self.request_id();

@@ -25,7 +25,7 @@ use mycelium_broker::Principal;
 
 /// A topic's settings, as given when creating or replacing it. Every field is optional; the
 /// defaults are those of `[[topics]]` in the configuration.
-#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct TopicSettings {
     /// `fanout`, `queue` or `direct`.
@@ -318,6 +318,7 @@ pub(crate) async fn create(
                 ));
             }
             state.broker.create_topic(&request.name, spec)?;
+            register(&state, &request.name, Some(&request.settings)).await?;
             let view = view(&state.broker, &request.name)
                 .ok_or_else(|| ApiError::internal("created topic vanished"))?;
             Ok((StatusCode::CREATED, axum::Json(view)))
@@ -392,9 +393,66 @@ pub(crate) async fn update(
     }
     state.broker.delete_topic(&name);
     state.broker.create_topic(&name, spec)?;
+    register(&state, &name, Some(&settings)).await?;
     view(&state.broker, &name)
         .map(axum::Json)
         .ok_or_else(|| ApiError::internal("replaced topic vanished"))
+}
+
+/// Keeps a topic made or changed here in the registry (`None`: drops it), so it comes back
+/// after a restart; a failed write is an error the caller sees (the change holds until then).
+async fn register(state: &SharedState, name: &str, settings: Option<&TopicSettings>) -> ApiResult<()> {
+    let broker = Arc::clone(&state.broker);
+    let name = name.to_owned();
+    let settings = settings
+        .map(serde_json::to_value)
+        .transpose()
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    mycelium_broker::blocking(move || match settings {
+        Some(settings) => broker.register_topic(&name, settings),
+        None => broker.unregister_topic(&name),
+    })
+    .await
+    .map_err(|e| {
+        ApiError::new(
+            Kind::Storage,
+            format!("the change is live but not kept for restarts: writing the topic registry failed: {e}"),
+        )
+    })
+}
+
+/// Creates the topics kept in the registry (at start-up, after the configured ones): each
+/// comes back with the settings it was given. A topic the configuration names is defined by the
+/// configuration; its registry entry is ignored. Returns what could not be restored, as
+/// `(topic, reason)`. Blocking.
+pub fn restore_topics(broker: &Broker) -> Vec<(String, String)> {
+    let entries = match broker.registered_topics() {
+        Ok(entries) => entries,
+        Err(error) => return vec![(String::new(), error)],
+    };
+    let mut problems = Vec::new();
+    for (name, settings) in entries {
+        if broker.topic(&name).is_some() {
+            tracing::warn!(topic = %name, "the configuration defines this topic; its entry in topics.json is ignored");
+            continue;
+        }
+        let spec = match crate::topic_settings(&settings.to_string(), &broker.config().spec_limits) {
+            Ok(spec) => spec,
+            Err(errors) => {
+                let text = errors
+                    .into_iter()
+                    .map(|(field, message)| format!("{field}: {message}"))
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                problems.push((name, text));
+                continue;
+            }
+        };
+        if let Err(error) = broker.create_topic(&name, spec) {
+            problems.push((name, error.to_string()));
+        }
+    }
+    problems
 }
 
 /// `DELETE /topics/{name}` options.
@@ -462,6 +520,7 @@ pub(crate) async fn delete(
         .map_err(|e| ApiError::new(Kind::Storage, e.to_string()))?;
     }
     state.broker.delete_topic(&name);
+    register(&state, &name, None).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

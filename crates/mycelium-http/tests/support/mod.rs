@@ -58,7 +58,7 @@ pub fn admin() -> String {
 pub struct Api {
     pub router: Router,
     pub broker: Arc<Broker>,
-    _dir: tempfile::TempDir,
+    pub dir: tempfile::TempDir,
 }
 
 pub fn stored() -> TopicSpec {
@@ -106,11 +106,7 @@ pub fn api_with(limits: RateLimits) -> Api {
         ..HttpConfig::default()
     };
     let router = mycelium_http::router(Arc::clone(&broker), config).unwrap();
-    Api {
-        router,
-        broker,
-        _dir: dir,
-    }
+    Api { router, broker, dir }
 }
 
 pub fn api() -> Api {
