@@ -10,6 +10,16 @@ use mycelium_protocol::{Ack, Nack, StartPosition, SubscribeOptions};
 mod support;
 use support::*;
 
+/// Durable subscription `w` from the oldest message, 10,000 in flight.
+fn wide() -> SubscribeOptions<'static> {
+    SubscribeOptions {
+        durable: Some("w"),
+        start: Some(StartPosition::Beginning),
+        max_in_flight: Some(10_000),
+        ..SubscribeOptions::default()
+    }
+}
+
 fn topic_counter(
     broker: &mycelium_broker::Broker,
     read: impl Fn(&mycelium_protocol::TopicStats) -> u64,
@@ -86,13 +96,7 @@ async fn acks_behind_a_held_message_are_kept_as_ranges() {
         publish(&broker, "jobs", &format!("{i}"), MessageProps::default()).await;
     }
     let conn = broker.connect("consumer".into());
-    let options = SubscribeOptions {
-        durable: Some("w"),
-        start: Some(StartPosition::Beginning),
-        max_in_flight: Some(10_000),
-        ..SubscribeOptions::default()
-    };
-    open(&broker, &conn, 1, &options).await.unwrap();
+    open(&broker, &conn, 1, &wide()).await.unwrap();
     let mut got = Vec::new();
     wait_long("every message", || {
         got.extend(deliveries(&conn));
@@ -129,7 +133,7 @@ async fn acks_behind_a_held_message_are_kept_as_ranges() {
     drop(broker);
     let broker = support::broker(dir.path(), vec![("jobs", stored_spec(|_| {}))]);
     let conn = broker.connect("consumer".into());
-    open(&broker, &conn, 1, &options).await.unwrap();
+    open(&broker, &conn, 1, &wide()).await.unwrap();
     let mut again = Vec::new();
     wait_for("the held message", || {
         again.extend(deliveries(&conn));
@@ -204,13 +208,7 @@ async fn a_due_message_goes_out_past_many_delayed_by_a_day() {
     }
     publish(&broker, "jobs", "now", MessageProps::default()).await;
     let conn = broker.connect("consumer".into());
-    let options = SubscribeOptions {
-        durable: Some("w"),
-        start: Some(StartPosition::Beginning),
-        max_in_flight: Some(10_000),
-        ..SubscribeOptions::default()
-    };
-    open(&broker, &conn, 1, &options).await.unwrap();
+    open(&broker, &conn, 1, &wide()).await.unwrap();
     let mut got = Vec::new();
     wait_long("the due message", || {
         got.extend(deliveries(&conn));
