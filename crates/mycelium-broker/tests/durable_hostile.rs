@@ -298,3 +298,46 @@ async fn after_a_failed_fsync_nothing_unconfirmed_is_delivered_and_the_log_is_cu
         [&b"a"[..], &b"c"[..]]
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_state_write_that_keeps_failing_backs_off_instead_of_spinning() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = broker(dir.path(), vec![("jobs", stored_spec(|_| {}))]);
+    for i in 0..20 {
+        publish(&broker, "jobs", &format!("{i}"), MessageProps::default()).await;
+    }
+    let conn = broker.connect("consumer".into());
+    open(&broker, &conn, 1, &wide()).await.unwrap();
+    let mut got = Vec::new();
+    wait_for("every message", || {
+        got.extend(deliveries(&conn));
+        got.len() == 20
+    })
+    .await;
+    // The state's directory becomes a file: every write of the state fails (as on a broken disk).
+    let states = mycelium_storage::DataDir::new(dir.path()).subscriptions_dir("jobs");
+    std::fs::remove_dir_all(&states).unwrap();
+    std::fs::write(&states, b"in the way").unwrap();
+    let failures = || broker.incidents.counts()[3].2;
+    for d in &got {
+        ack(&broker, &conn, d.0);
+    }
+    // Ten seconds of failing writes: a handful of attempts (50 ms doubling to 5 s), not one per
+    // pass (every 20 ms, or in a loop).
+    for _ in 0..100 {
+        tokio::time::advance(Duration::from_millis(100)).await;
+        settle().await;
+    }
+    let failed = failures();
+    assert!((1..=12).contains(&failed), "{failed} failed state writes in 10 s");
+    // The disk is fixed: the next attempt writes the state, and the failures stop.
+    std::fs::remove_file(&states).unwrap();
+    for _ in 0..100 {
+        tokio::time::advance(Duration::from_millis(100)).await;
+        settle().await;
+    }
+    let after = failures();
+    assert!(after <= failed + 1, "{after} failures after the fix");
+    let state = mycelium_storage::DataDir::new(dir.path()).subscription_state("jobs", "w");
+    wait_for("the state written again", || state.exists()).await;
+}
