@@ -129,9 +129,16 @@ impl AuthConfig {
     }
 }
 
-/// Checks credentials into principals.
+/// Checks credentials into principals. Both doors share one; a configuration reload
+/// [`replace`](Authenticator::replace)s its keys and users while it is shared.
 #[derive(Debug)]
 pub struct Authenticator {
+    keys: arc_swap::ArcSwap<Keys>,
+}
+
+/// The keys and users an [`Authenticator`] checks against now.
+#[derive(Debug)]
+struct Keys {
     mode: Mode,
     verifier: Option<Verifier>,
     by_token: HashMap<[u8; 32], Principal>,
@@ -147,6 +154,54 @@ impl Authenticator {
     /// # Errors
     /// An unreadable or invalid key file, a short secret.
     pub fn new(config: AuthConfig) -> Result<Authenticator, KeyError> {
+        Ok(Authenticator::of(Keys::new(config)?))
+    }
+
+    fn of(keys: Keys) -> Authenticator {
+        Authenticator {
+            keys: arc_swap::ArcSwap::from_pointee(keys),
+        }
+    }
+
+    /// Takes `other`'s keys and users: credentials are checked against them from now on
+    /// (connections already admitted keep the principal they were given).
+    pub fn replace(&self, other: Authenticator) {
+        self.keys.store(other.keys.load_full());
+    }
+
+    /// An authenticator that checks nobody (`Mode::None`).
+    pub fn none() -> Authenticator {
+        Authenticator::of(Keys::none())
+    }
+
+    /// Whether credentials are required.
+    pub fn mode(&self) -> Mode {
+        self.keys.load().mode
+    }
+
+    /// The principal of a token (a service user's token, or a JWT).
+    ///
+    /// # Errors
+    /// An empty, unknown, malformed, badly signed or expired token; with `Mode::None` every
+    /// token (and none) is accepted as the anonymous admin.
+    pub fn token(&self, token: &str) -> Result<Principal, AuthError> {
+        self.keys.load().token(token)
+    }
+
+    /// The principal of a connection: its token if it sent one; else the user mapped to its
+    /// verified client certificate's common name (mutual TLS); else (on the Unix socket,
+    /// `peer.uid` known) the user mapped to its uid, or an admin when the uid is the broker's own
+    /// or root and `local_admins` is on.
+    ///
+    /// # Errors
+    /// As [`Authenticator::token`]; no token and nothing else that names a principal.
+    pub fn connection(&self, token: &[u8], peer: &Peer<'_>) -> Result<Principal, AuthError> {
+        self.keys.load().connection(token, peer)
+    }
+}
+
+impl Keys {
+    fn new(config: AuthConfig) -> Result<Keys, KeyError> {
         let verifier = config.jwt.map(Verifier::new).transpose()?;
         let by_token = config
             .users
@@ -163,7 +218,7 @@ impl Authenticator {
             .iter()
             .filter_map(|u| u.cert_common_name.clone().map(|cn| (cn, u.principal())))
             .collect();
-        Ok(Authenticator {
+        Ok(Keys {
             mode: config.mode,
             verifier,
             by_token,
@@ -174,9 +229,8 @@ impl Authenticator {
         })
     }
 
-    /// An authenticator that checks nobody (`Mode::None`).
-    pub fn none() -> Authenticator {
-        Authenticator {
+    fn none() -> Keys {
+        Keys {
             mode: Mode::None,
             verifier: None,
             by_token: HashMap::new(),
@@ -187,17 +241,8 @@ impl Authenticator {
         }
     }
 
-    /// Whether credentials are required.
-    pub fn mode(&self) -> Mode {
-        self.mode
-    }
-
-    /// The principal of a token (a service user's token, or a JWT).
-    ///
-    /// # Errors
-    /// An empty, unknown, malformed, badly signed or expired token; with `Mode::None` every
-    /// token (and none) is accepted as the anonymous admin.
-    pub fn token(&self, token: &str) -> Result<Principal, AuthError> {
+    /// See [`Authenticator::token`].
+    fn token(&self, token: &str) -> Result<Principal, AuthError> {
         if self.mode == Mode::None {
             return Ok(Principal::anonymous_admin());
         }
@@ -214,14 +259,8 @@ impl Authenticator {
         }
     }
 
-    /// The principal of a connection: its token if it sent one; else the user mapped to its
-    /// verified client certificate's common name (mutual TLS); else (on the Unix socket,
-    /// `peer.uid` known) the user mapped to its uid, or an admin when the uid is the broker's own
-    /// or root and `local_admins` is on.
-    ///
-    /// # Errors
-    /// As [`Authenticator::token`]; no token and nothing else that names a principal.
-    pub fn connection(&self, token: &[u8], peer: &Peer<'_>) -> Result<Principal, AuthError> {
+    /// See [`Authenticator::connection`].
+    fn connection(&self, token: &[u8], peer: &Peer<'_>) -> Result<Principal, AuthError> {
         if self.mode == Mode::None {
             return Ok(Principal::anonymous_admin());
         }
@@ -251,11 +290,6 @@ impl Authenticator {
         Err(AuthError::Missing(format!(
             "no credential: uid {uid} is not mapped to a principal; send a token"
         )))
-    }
-
-    /// The JWT verifier, if JWTs are accepted.
-    pub fn verifier(&self) -> Option<&Verifier> {
-        self.verifier.as_ref()
     }
 }
 

@@ -97,6 +97,33 @@ pub fn server_config(files: &TlsFiles) -> Result<Arc<rustls::ServerConfig>, TlsE
     Ok(Arc::new(config))
 }
 
+/// The TLS configuration both doors share. A configuration reload replaces it (a renewed
+/// certificate, key or client CA): connections accepted afterwards use the new one, connections
+/// already open keep the one they were made with.
+#[derive(Debug)]
+pub struct LiveTls {
+    config: arc_swap::ArcSwap<rustls::ServerConfig>,
+}
+
+impl LiveTls {
+    /// Shares `config`.
+    pub fn new(config: Arc<rustls::ServerConfig>) -> Arc<LiveTls> {
+        Arc::new(LiveTls {
+            config: arc_swap::ArcSwap::new(config),
+        })
+    }
+
+    /// The configuration for the next connection.
+    pub fn current(&self) -> Arc<rustls::ServerConfig> {
+        self.config.load_full()
+    }
+
+    /// Replaces the configuration for connections accepted from now on.
+    pub fn replace(&self, config: Arc<rustls::ServerConfig>) {
+        self.config.store(config);
+    }
+}
+
 /// The subject's common name of a (verified) client certificate.
 pub fn common_name(cert: &CertificateDer<'_>) -> Option<String> {
     let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;

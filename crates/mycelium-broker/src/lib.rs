@@ -23,8 +23,9 @@ pub mod routing;
 pub mod store;
 
 pub use broker::{
-    Action, AuditLog, Broker, BrokerConfig, ConnectionInfo, DurableRequest, HEADERS_BYTES_MAX, Limits,
-    LocalMessage, Published, Publisher, health, inspect,
+    Action, Adjustable, AuditLog, Broker, BrokerConfig, ConnectionInfo, Control, DurableRequest,
+    HEADERS_BYTES_MAX, Kept, Limits, LocalMessage, Published, Publisher, ReloadFailure, ReloadFuture, health,
+    inspect,
 };
 pub use consumer::Verdict;
 pub use consumer::state as delivery;

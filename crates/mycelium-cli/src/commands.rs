@@ -7,7 +7,6 @@ use anyhow::{Context, bail};
 use mycelium_client::admin::{self, AdminRequest};
 use mycelium_client::{Client, ClientOptions, DurableOptions, Message, PublishOptions, StartPosition};
 use mycelium_server::Config;
-use tokio_util::sync::CancellationToken;
 
 use crate::{
     Cli, Command, ConfigCommand, DlqCommand, DlqFilterArgs, Format, LogFormat, PubArgs, ServeArgs, SubArgs,
@@ -151,19 +150,25 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    let mut config = Config::load(args.config.as_deref(), std::env::vars())?;
-    if let Some(socket) = args.socket {
-        config.server.socket_path = socket;
-    }
-    if let Some(tcp) = args.tcp {
-        config.server.tcp = tcp;
-    }
-    if let Some(http) = args.http {
-        config.http.enabled = !http.is_empty();
-        if !http.is_empty() {
-            config.http.listen = http;
+    let env: Vec<(String, String)> = std::env::vars().collect();
+    let (socket, tcp, http) = (args.socket, args.tcp, args.http);
+    // The flags win over the file and the environment, at start-up and at every reload.
+    let overrides = move |config: &mut Config| {
+        if let Some(socket) = &socket {
+            config.server.socket_path.clone_from(socket);
         }
-    }
+        if let Some(tcp) = &tcp {
+            config.server.tcp.clone_from(tcp);
+        }
+        if let Some(http) = &http {
+            config.http.enabled = !http.is_empty();
+            if !http.is_empty() {
+                config.http.listen.clone_from(http);
+            }
+        }
+    };
+    let mut config = Config::load(args.config.as_deref(), env.clone())?;
+    overrides(&mut config);
     config
         .validate()
         .map_err(|problems| mycelium_server::ConfigError::Invalid {
@@ -178,22 +183,33 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     // The OTLP exporter needs the runtime; it flushes when dropped, after the server stops.
     let trace_config = config.trace_config();
     let exporter = runtime.block_on(async { mycelium_trace::install(&trace_config) })?;
-    install_tracing(
+    let log_filter = install_tracing(
         args.log_format,
+        &config.log.level,
         exporter.as_ref().map(mycelium_trace::Exporter::tracer),
-    );
+    )?;
     if exporter.is_some() {
         tracing::info!(endpoint = %trace_config.otlp_endpoint, protocol = %trace_config.protocol, "exporting traces over OTLP");
     }
+    let source = mycelium_server::ConfigSource {
+        file: args.config.clone(),
+        env,
+        overrides: Some(std::sync::Arc::new(overrides)),
+    };
     runtime.block_on(async move {
-        let shutdown = CancellationToken::new();
-        let signal = shutdown.clone();
+        let server = mycelium_server::Server::bind(config).await?;
+        server.reloader().set_log_filter(log_filter);
+        // SIGHUP reloads; so does a change of the file (its directory is watched).
+        let watch_file = source.file.is_some();
+        server.watch(source, true, watch_file)?;
+        let shutdown = server.shutdown_token();
         tokio::spawn(async move {
             wait_for_signal().await;
             tracing::info!("signal received: stopping");
-            signal.cancel();
+            shutdown.cancel();
         });
-        mycelium_server::run(config, shutdown).await
+        server.run().await;
+        Ok::<_, anyhow::Error>(())
     })?;
     drop(exporter);
     Ok(ExitCode::SUCCESS)
@@ -214,14 +230,23 @@ async fn wait_for_signal() {
     }
 }
 
-/// Logs (human-readable or JSON, filtered by `MYCELIUM_LOG`) and, when an exporter is set up,
-/// the broker's spans to OpenTelemetry.
-fn install_tracing(format: LogFormat, tracer: Option<opentelemetry_sdk::trace::Tracer>) {
+/// Logs (human-readable or JSON, filtered by `MYCELIUM_LOG` when set, else by `[log] level`)
+/// and, when an exporter is set up, the broker's spans to OpenTelemetry. Returns the handle a
+/// reload changes the filter through.
+fn install_tracing(
+    format: LogFormat,
+    level: &str,
+    tracer: Option<opentelemetry_sdk::trace::Tracer>,
+) -> anyhow::Result<std::sync::Arc<dyn mycelium_server::LogFilter>> {
     use tracing_subscriber::Layer;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
-    let filter = tracing_subscriber::EnvFilter::try_from_env("MYCELIUM_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter = match tracing_subscriber::EnvFilter::try_from_env("MYCELIUM_LOG") {
+        Ok(filter) => filter,
+        Err(_) => tracing_subscriber::EnvFilter::try_new(level)
+            .map_err(|e| anyhow::anyhow!("log.level `{level}`: {e}"))?,
+    };
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
     // Colours only on a terminal: a log piped to a file or a collector gets plain text.
     let logs = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
@@ -239,6 +264,23 @@ fn install_tracing(format: LogFormat, tracer: Option<opentelemetry_sdk::trace::T
         .with(logs.with_filter(filter))
         .with(spans)
         .init();
+    Ok(std::sync::Arc::new(LogReload(handle)))
+}
+
+/// The log filter a reload changes (`[log] level`).
+struct LogReload<S>(tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, S>);
+
+impl<S: 'static> mycelium_server::LogFilter for LogReload<S> {
+    fn check(&self, filter: &str) -> Result<(), String> {
+        tracing_subscriber::EnvFilter::try_new(filter)
+            .map(drop)
+            .map_err(|e| format!("`{filter}` is not a log filter: {e}"))
+    }
+
+    fn apply(&self, filter: &str) -> Result<(), String> {
+        let filter = tracing_subscriber::EnvFilter::try_new(filter).map_err(|e| e.to_string())?;
+        self.0.reload(filter).map_err(|e| e.to_string())
+    }
 }
 
 fn parse_roles(roles: &[String]) -> anyhow::Result<Vec<mycelium_broker::Role>> {
@@ -281,6 +323,10 @@ async fn client_command(url: &str, access: Access, command: Command) -> anyhow::
         Command::Topics { json } => topics(url, json).await,
         Command::Health { json } => health(url, json).await,
         Command::Dlq { command } => dlq(url, command).await,
+        Command::Reload { force, json } => reload(url, force, json).await,
+        Command::Config {
+            command: ConfigCommand::Running { json },
+        } => running_config(url, json).await,
         Command::Serve(_) | Command::Config { .. } | Command::Bench(_) | Command::Token { .. } => {
             unreachable!("handled without a client")
         }
@@ -798,6 +844,61 @@ async fn dlq_inner(client: &Client, command: DlqCommand) -> anyhow::Result<ExitC
             println!("purged {}", answer.purged);
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn reload(url: &Target<'_>, force: bool, json: bool) -> anyhow::Result<ExitCode> {
+    let client = connect(url).await?;
+    let report: Result<admin::ReloadReport, _> = client.admin_typed(&AdminRequest::Reload { force }).await;
+    client.close().await;
+    let report = report.context("reload refused")?;
+    if json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!(
+            "reloaded {} (configuration version {})",
+            report.file, report.version
+        );
+        for (label, lines) in [
+            ("applied", &report.applied),
+            ("restart needed", &report.restart_needed),
+            ("refused", &report.refused),
+        ] {
+            for line in lines {
+                println!("{label:<15} {line}");
+            }
+        }
+        if report.applied.is_empty() && report.restart_needed.is_empty() && report.refused.is_empty() {
+            println!("nothing changed");
+        }
+    }
+    Ok(if report.refused.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+async fn running_config(url: &Target<'_>, json: bool) -> anyhow::Result<ExitCode> {
+    let client = connect(url).await?;
+    let view: Result<admin::ConfigView, _> = client.admin_typed(&AdminRequest::Config).await;
+    client.close().await;
+    let view = view?;
+    if json {
+        println!("{}", serde_json::to_string(&view)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "# version {} from {}, applied {}",
+        view.version,
+        view.file.as_deref().unwrap_or("the embedded defaults"),
+        ns_text(view.applied_ns)
+    );
+    for line in &view.restart_needed {
+        println!("# waits for a restart: {line}");
+    }
+    let config: Config = serde_json::from_value(view.config)?;
+    print!("{config}");
     Ok(ExitCode::SUCCESS)
 }
 

@@ -84,6 +84,16 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Make the running broker read its configuration file again and apply what may change
+    /// live (as SIGHUP does); prints what changed, what waits for a restart and what was refused.
+    Reload {
+        /// Remove topics the file no longer names even when they hold messages or subscriptions.
+        #[arg(long)]
+        force: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Configuration tools.
     Config {
         #[command(subcommand)]
@@ -332,6 +342,13 @@ enum ConfigCommand {
     Show {
         /// The file (default: none).
         file: Option<PathBuf>,
+    },
+    /// Print the configuration the running broker uses (secrets redacted), its version, and
+    /// the changes that wait for a restart.
+    Running {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 

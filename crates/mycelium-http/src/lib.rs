@@ -66,8 +66,9 @@ pub struct HttpConfig {
     pub auth: Arc<mycelium_auth::Authenticator>,
     /// Whether `/metrics` and the health probes need a token.
     pub open_probes: OpenProbes,
-    /// TLS on the TCP listener (`None`: plain text).
-    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// TLS on the TCP listener (`None`: plain text); shared with the native door, replaced by a
+    /// configuration reload.
+    pub tls: Option<Arc<mycelium_auth::tls::LiveTls>>,
     /// Rate limits.
     pub limits: RateLimits,
     /// Largest request body.
@@ -114,7 +115,7 @@ impl Default for HttpConfig {
 pub(crate) struct AppState {
     pub(crate) broker: Arc<Broker>,
     pub(crate) config: HttpConfig,
-    pub(crate) limiter: Limiter,
+    pub(crate) limiter: Arc<Limiter>,
     pub(crate) consumers: PullConsumers,
     pub(crate) rates: routes::topics::Rates,
     /// The last storage probe of `/health/ready`: when, and its result.
@@ -146,7 +147,7 @@ pub fn openapi_json() -> String {
 }
 
 pub(crate) fn build(broker: Arc<Broker>, config: HttpConfig) -> Result<(Router, SharedState), SetupError> {
-    let limiter = Limiter::new(&config.limits)?;
+    let limiter = Arc::new(Limiter::new(&config.limits)?);
     let state = Arc::new(AppState {
         broker,
         limiter,

@@ -34,11 +34,10 @@ pub struct RateLimits {
     pub per_topic: Vec<(String, Quota)>,
 }
 
-/// The live buckets.
+/// The live buckets; a configuration reload replaces them (the new limits start with full
+/// buckets).
 pub struct Limiter {
-    per_role: HashMap<Role, DefaultKeyedRateLimiter<String>>,
-    per_ip: Option<DefaultKeyedRateLimiter<IpAddr>>,
-    per_topic: Vec<(Pattern, DefaultKeyedRateLimiter<String>)>,
+    buckets: arc_swap::ArcSwap<Buckets>,
     clock: DefaultClock,
     /// Requests refused with 429.
     pub rejected: AtomicU64,
@@ -58,12 +57,15 @@ fn quota(q: Quota) -> Result<GovernorQuota, SetupError> {
     Ok(GovernorQuota::per_second(per_second).allow_burst(burst))
 }
 
-impl Limiter {
-    /// Builds the buckets.
-    ///
-    /// # Errors
-    /// A zero rate or a bad topic pattern.
-    pub fn new(limits: &RateLimits) -> Result<Limiter, SetupError> {
+/// One set of buckets, for one version of the limits.
+struct Buckets {
+    per_role: HashMap<Role, DefaultKeyedRateLimiter<String>>,
+    per_ip: Option<DefaultKeyedRateLimiter<IpAddr>>,
+    per_topic: Vec<(Pattern, DefaultKeyedRateLimiter<String>)>,
+}
+
+impl Buckets {
+    fn new(limits: &RateLimits) -> Result<Buckets, SetupError> {
         let per_role = limits
             .per_role
             .iter()
@@ -82,13 +84,34 @@ impl Limiter {
                 Ok((pattern, RateLimiter::keyed(quota(*q)?)))
             })
             .collect::<Result<_, SetupError>>()?;
-        Ok(Limiter {
+        Ok(Buckets {
             per_role,
             per_ip,
             per_topic,
+        })
+    }
+}
+
+impl Limiter {
+    /// Builds the buckets.
+    ///
+    /// # Errors
+    /// A zero rate or a bad topic pattern.
+    pub fn new(limits: &RateLimits) -> Result<Limiter, SetupError> {
+        Ok(Limiter {
+            buckets: arc_swap::ArcSwap::from_pointee(Buckets::new(limits)?),
             clock: DefaultClock::default(),
             rejected: AtomicU64::new(0),
         })
+    }
+
+    /// Replaces the limits (a configuration reload); nothing changes when they are invalid.
+    ///
+    /// # Errors
+    /// A zero rate or a bad topic pattern.
+    pub fn replace(&self, limits: &RateLimits) -> Result<(), SetupError> {
+        self.buckets.store(std::sync::Arc::new(Buckets::new(limits)?));
+        Ok(())
     }
 
     fn refuse(&self, what: &str, wait: std::time::Duration) -> ApiError {
@@ -110,7 +133,7 @@ impl Limiter {
     /// # Errors
     /// 429 with `Retry-After`.
     pub fn address(&self, ip: Option<IpAddr>) -> Result<(), ApiError> {
-        if let (Some(limiter), Some(ip)) = (&self.per_ip, ip)
+        if let (Some(limiter), Some(ip)) = (&self.buckets.load().per_ip, ip)
             && let Err(not_until) = limiter.check_key(&ip)
         {
             return Err(self.refuse("per-IP", not_until.wait_time_from(self.clock.now())));
@@ -121,15 +144,16 @@ impl Limiter {
     /// Forgets buckets that are full again (callers gone quiet), so the maps keyed by address,
     /// principal and topic do not only grow.
     pub fn shrink(&self) {
-        if let Some(limiter) = &self.per_ip {
+        let buckets = self.buckets.load();
+        if let Some(limiter) = &buckets.per_ip {
             limiter.retain_recent();
             limiter.shrink_to_fit();
         }
-        for limiter in self.per_role.values() {
+        for limiter in buckets.per_role.values() {
             limiter.retain_recent();
             limiter.shrink_to_fit();
         }
-        for (_, limiter) in &self.per_topic {
+        for (_, limiter) in &buckets.per_topic {
             limiter.retain_recent();
             limiter.shrink_to_fit();
         }
@@ -140,7 +164,7 @@ impl Limiter {
     /// # Errors
     /// 429 with `Retry-After`.
     pub fn request(&self, principal: &Principal) -> Result<(), ApiError> {
-        if let Some(limiter) = self.per_role.get(&principal.top_role())
+        if let Some(limiter) = self.buckets.load().per_role.get(&principal.top_role())
             && let Err(not_until) = limiter.check_key(&principal.name)
         {
             return Err(self.refuse("per-principal", not_until.wait_time_from(self.clock.now())));
@@ -153,7 +177,8 @@ impl Limiter {
     /// # Errors
     /// 429 with `Retry-After` (also when the batch is larger than the bucket can ever hold).
     pub fn publish(&self, topic: &str, messages: u32) -> Result<(), ApiError> {
-        let Some((_, limiter)) = self.per_topic.iter().find(|(p, _)| p.matches(topic)) else {
+        let buckets = self.buckets.load();
+        let Some((_, limiter)) = buckets.per_topic.iter().find(|(p, _)| p.matches(topic)) else {
             return Ok(());
         };
         let n = NonZeroU32::new(messages.max(1)).unwrap_or(NonZeroU32::MIN);

@@ -236,6 +236,49 @@ pub(crate) fn render(broker: &Broker, rate_limited: u64, ready: bool) -> String 
         "Audit lines the audit file could not keep up with",
         &BTreeMap::from([(Labels::new(), broker.audit().dropped())]),
     );
+    {
+        use std::sync::atomic::Ordering::Relaxed;
+        let reloads = &broker.reloads;
+        counter_family(
+            &mut registry,
+            "config_reloads",
+            "Configuration reloads, by result (failed: the file was unreadable or invalid; nothing changed)",
+            &BTreeMap::from([
+                (
+                    vec![("result".to_owned(), "applied".to_owned())],
+                    reloads.applied.load(Relaxed),
+                ),
+                (
+                    vec![("result".to_owned(), "failed".to_owned())],
+                    reloads.failed.load(Relaxed),
+                ),
+            ]),
+        );
+        for (name, help, value) in [
+            (
+                "config_version",
+                "Version of the configuration in effect (1 at start-up)",
+                reloads.version.load(Relaxed).max(1),
+            ),
+            (
+                "config_restart_pending",
+                "Changes in the configuration file that wait for a restart",
+                reloads.restart_pending.load(Relaxed),
+            ),
+            (
+                "config_last_reload_failed",
+                "1 when the last configuration reload was refused",
+                reloads.last_failed.load(Relaxed),
+            ),
+        ] {
+            gauge_family(
+                &mut registry,
+                name,
+                help,
+                &BTreeMap::from([(Labels::new(), value as f64)]),
+            );
+        }
+    }
     for (name, help, count) in broker.incidents.counts() {
         counter_family(
             &mut registry,

@@ -6,13 +6,13 @@ use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::error::{FieldError, Problem};
-use crate::routes::{dlq, health, messages, subscriptions, topics};
+use crate::routes::{admin, dlq, health, messages, subscriptions, topics};
 
 #[derive(OpenApi)]
 #[openapi(
     info(
         title = "Mycelium HTTP API",
-        description = "The broker's HTTP door: publish, consume and acknowledge, topics, durable subscriptions, dead-letter queues, health. Errors are RFC 9457 problem documents.",
+        description = "The broker's HTTP door: publish, consume and acknowledge, topics, durable subscriptions, dead-letter queues, health, configuration reload. Errors are RFC 9457 problem documents.",
         version = env!("CARGO_PKG_VERSION"),
     ),
     paths(
@@ -22,6 +22,7 @@ use crate::routes::{dlq, health, messages, subscriptions, topics};
         subscriptions::create, subscriptions::list, subscriptions::get_subscription, subscriptions::delete,
         dlq::list, dlq::get_entry, dlq::replay, dlq::purge,
         health::live, health::ready, health::node,
+        admin::reload, admin::config,
     ),
     components(schemas(Problem, FieldError)),
     modifiers(&BearerAuth),
@@ -31,6 +32,7 @@ use crate::routes::{dlq, health, messages, subscriptions, topics};
         (name = "subscriptions", description = "Durable subscriptions"),
         (name = "dlq", description = "Dead-letter queues"),
         (name = "health", description = "Probes"),
+        (name = "admin", description = "The running configuration: reload, show"),
     )
 )]
 pub(crate) struct ApiDoc;

@@ -26,7 +26,7 @@ pub struct HttpServer {
     unix: Option<(UnixListener, PathBuf)>,
     header_timeout: Duration,
     request_timeout: Duration,
-    tls: Option<Arc<rustls::ServerConfig>>,
+    tls: Option<Arc<mycelium_auth::tls::LiveTls>>,
     admission: mycelium_net::admission::Admission,
 }
 
@@ -78,6 +78,11 @@ pub async fn bind(broker: Arc<Broker>, config: HttpConfig) -> Result<HttpServer,
 }
 
 impl HttpServer {
+    /// The door's rate limiter (a configuration reload replaces its limits).
+    pub fn rate_limiter(&self) -> Arc<crate::limits::Limiter> {
+        Arc::clone(&self.state.limiter)
+    }
+
     /// The bound TCP address.
     pub fn local_addr(&self) -> Option<SocketAddr> {
         self.tcp.as_ref().and_then(|l| l.local_addr().ok())
@@ -95,7 +100,6 @@ impl HttpServer {
             tls,
             admission,
         } = self;
-        let tls = tls.map(tokio_rustls::TlsAcceptor::from);
         if let Some(addr) = tcp.as_ref().and_then(|l| l.local_addr().ok()) {
             tracing::info!(%addr, "http listening on tcp");
         }
@@ -128,8 +132,9 @@ impl HttpServer {
                         let _ = stream.set_nodelay(true);
                         match &tls {
                             None => spawn_connection(&router, &graceful, TokioIo::new(stream), Peer { ip: Some(peer.ip()), common_name: None, slot }, header_timeout),
-                            Some(acceptor) => {
-                                let (acceptor, handshaken) = (acceptor.clone(), handshaken.clone());
+                            Some(live) => {
+                                let acceptor = tokio_rustls::TlsAcceptor::from(live.current());
+                                let handshaken = handshaken.clone();
                                 tokio::spawn(async move {
                                     match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
                                         Ok(Ok(stream)) => {

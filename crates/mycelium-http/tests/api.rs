@@ -457,18 +457,39 @@ async fn topics_and_subscriptions() {
         .await;
     assert_eq!(body["depth"], 1);
     assert_eq!(body["subscriptions"][0]["name"], "billing");
+    // Settings change in place, the subscription and its messages stay; the storage kind does
+    // not change under a durable subscription.
+    let (status, body) = api
+        .call(
+            Method::PUT,
+            "/api/v1/topics/orders",
+            Some(&t),
+            Some(json!({"delivery": "at_least_once", "max_message_size": 4096})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["max_message_size"], 4096);
+    let (_, body) = api
+        .call(
+            Method::GET,
+            "/api/v1/subscriptions/orders/billing",
+            Some(&t),
+            None,
+        )
+        .await;
+    assert_eq!(body["lag"], 1, "{body}");
     let (status, _) = api
         .call(
             Method::PUT,
             "/api/v1/topics/orders",
             Some(&t),
-            Some(json!({"delivery": "at_least_once"})),
+            Some(json!({"delivery": "at_most_once"})),
         )
         .await;
     assert_eq!(
         status,
         StatusCode::CONFLICT,
-        "settings stay while subscriptions depend on them"
+        "the storage stays while subscriptions depend on it"
     );
     let (status, _) = api
         .call(Method::DELETE, "/api/v1/topics/orders", Some(&t), None)

@@ -14,8 +14,8 @@ type PerIp = Arc<Mutex<HashMap<IpAddr, usize>>>;
 pub struct Admission {
     active: Arc<AtomicUsize>,
     per_ip: PerIp,
-    max_total: usize,
-    max_per_ip: usize,
+    max_total: AtomicUsize,
+    max_per_ip: AtomicUsize,
 }
 
 /// Why a connection was not admitted.
@@ -40,9 +40,16 @@ impl Admission {
         Admission {
             active: Arc::new(AtomicUsize::new(0)),
             per_ip: Arc::new(Mutex::new(HashMap::new())),
-            max_total,
-            max_per_ip,
+            max_total: AtomicUsize::new(max_total),
+            max_per_ip: AtomicUsize::new(max_per_ip),
         }
+    }
+
+    /// Changes the limits (a configuration reload): connections already admitted stay; new ones
+    /// are admitted under the new limits.
+    pub fn set_limits(&self, max_total: usize, max_per_ip: usize) {
+        self.max_total.store(max_total, Ordering::Release);
+        self.max_per_ip.store(max_per_ip, Ordering::Release);
     }
 
     /// A place for one more connection from `ip` (none: a Unix socket, counted in the total
@@ -51,9 +58,10 @@ impl Admission {
     /// # Errors
     /// [`Refused`].
     pub fn admit(&self, ip: Option<IpAddr>) -> Result<Slot, Refused> {
-        if self.active.fetch_add(1, Ordering::AcqRel) >= self.max_total {
+        let max_total = self.max_total.load(Ordering::Acquire);
+        if self.active.fetch_add(1, Ordering::AcqRel) >= max_total {
             self.active.fetch_sub(1, Ordering::AcqRel);
-            return Err(Refused::Full(self.max_total));
+            return Err(Refused::Full(max_total));
         }
         let mut slot = Slot {
             active: Arc::clone(&self.active),
@@ -62,8 +70,9 @@ impl Admission {
         if let Some(ip) = ip {
             let mut map = self.per_ip.lock().unwrap_or_else(PoisonError::into_inner);
             let held = map.entry(ip).or_default();
-            if *held >= self.max_per_ip {
-                return Err(Refused::PerIp(ip, self.max_per_ip));
+            let max_per_ip = self.max_per_ip.load(Ordering::Acquire);
+            if *held >= max_per_ip {
+                return Err(Refused::PerIp(ip, max_per_ip));
             }
             *held += 1;
             slot.per_ip = Some((Arc::clone(&self.per_ip), ip));

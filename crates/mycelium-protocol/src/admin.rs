@@ -69,6 +69,16 @@ pub enum AdminRequest {
     /// The node record and its last health report. Answer: a JSON object (the node record, as
     /// `GET /api/v1/nodes/self` serves it).
     Health,
+    /// Reads the configuration file again and applies what may change live. Answer:
+    /// [`ReloadReport`]; an invalid file is an ERROR (`InvalidRequest`) naming file, key and
+    /// reason, and nothing changes.
+    Reload {
+        /// Remove topics the file no longer names even when they hold messages or subscriptions.
+        #[serde(default)]
+        force: bool,
+    },
+    /// The configuration in effect. Answer: [`ConfigView`].
+    Config,
 }
 
 /// Which dead letters an operation applies to. Empty: all.
@@ -169,6 +179,36 @@ pub struct ReplayReport {
 pub struct PurgeReport {
     /// Dead letters removed.
     pub purged: u64,
+}
+
+/// What a configuration reload did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReloadReport {
+    /// The configuration's version after the reload (1 at start-up; each applied change adds 1).
+    pub version: u64,
+    /// The file read.
+    pub file: String,
+    /// Each change applied, one line each (`topics.orders.buffer_size: 1 MiB -> 4 MiB`).
+    pub applied: Vec<String>,
+    /// Changes the file asks for that take effect only after a restart (still pending).
+    pub restart_needed: Vec<String>,
+    /// Changes refused, with the reason (a removed topic still in use, say); the rest applied.
+    pub refused: Vec<String>,
+}
+
+/// The configuration in effect.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConfigView {
+    /// Its version (1 at start-up; each reload that applied something adds 1).
+    pub version: u64,
+    /// The file it was read from (`None`: the embedded defaults).
+    pub file: Option<String>,
+    /// When it was last applied, ns since the Unix epoch.
+    pub applied_ns: u64,
+    /// Changes in the file that wait for a restart.
+    pub restart_needed: Vec<String>,
+    /// The configuration, secrets redacted, as the TOML file's structure in JSON.
+    pub config: serde_json::Value,
 }
 
 #[cfg(test)]

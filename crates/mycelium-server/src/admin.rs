@@ -25,6 +25,8 @@ pub(crate) async fn handle(
         AdminRequest::DlqReplay { topic, .. } => ("dlq.replay", topic.as_str()),
         AdminRequest::DlqPurge { topic, .. } => ("dlq.purge", topic.as_str()),
         AdminRequest::Health => ("health", ""),
+        AdminRequest::Reload { .. } => ("config.reload", ""),
+        AdminRequest::Config => ("config.show", ""),
     };
     broker
         .authorize_connection(connection, Action::Admin { what, target })
@@ -66,6 +68,15 @@ pub(crate) async fn handle(
                 .map_err(dlq_error)?;
             serde_json::to_vec(&admin::PurgeReport { purged })
         }
+        AdminRequest::Reload { force } => {
+            let control = control(&broker)?;
+            let report = control
+                .reload(force)
+                .await
+                .map_err(|failure| (ErrorCode::InvalidRequest, failure.to_string()))?;
+            serde_json::to_vec(&report)
+        }
+        AdminRequest::Config => serde_json::to_vec(&control(&broker)?.effective()),
         AdminRequest::Health => match broker.health() {
             Some(health) => serde_json::to_vec(&health.node()),
             None => {
@@ -77,6 +88,16 @@ pub(crate) async fn handle(
         },
     };
     json.map_err(|e| (ErrorCode::Internal, format!("encoding the answer: {e}")))
+}
+
+/// The server's reload hook (every served broker has one; in-process brokers do not).
+fn control(broker: &Broker) -> Result<Arc<dyn mycelium_broker::Control>, (ErrorCode, String)> {
+    broker.control().cloned().ok_or_else(|| {
+        (
+            ErrorCode::NotFound,
+            "this broker has no configuration to reload".into(),
+        )
+    })
 }
 
 fn filter_of(filter: admin::DlqFilter) -> DlqFilter {

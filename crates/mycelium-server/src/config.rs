@@ -21,8 +21,8 @@ mod ops;
 pub use auth::{AuthSection, TlsSection, UserSection};
 
 pub use ops::{
-    HealthSection, HttpSection, MetricsSection, QuotaSection, RateLimitSection, TopicQuotaSection,
-    TracingSection,
+    HealthSection, HttpSection, LogSection, MetricsSection, QuotaSection, RateLimitSection,
+    TopicQuotaSection, TracingSection,
 };
 
 /// The whole configuration.
@@ -51,6 +51,8 @@ pub struct Config {
     pub health: HealthSection,
     /// OpenTelemetry traces.
     pub tracing: TracingSection,
+    /// The log's level and filters.
+    pub log: LogSection,
 }
 
 /// `[storage]`.

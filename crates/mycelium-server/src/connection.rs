@@ -33,6 +33,8 @@ pub(crate) struct Settings {
     pub(crate) frame_timeout: Duration,
     /// Checks HELLO's credential.
     pub(crate) auth: Arc<mycelium_auth::Authenticator>,
+    /// Authenticated connections and their credentials (checked again when `[auth]` reloads).
+    pub(crate) sessions: Arc<crate::sessions::Sessions>,
 }
 
 /// Who connected: the door, the address shown in stats, the peer's uid (Unix socket), the
@@ -169,6 +171,7 @@ pub(crate) async fn serve<R, W>(
         tracing::debug!(connection = info.id, "closing after a protocol violation");
     }
     // No more deliveries are routed here; the writer flushes what is queued, then closes.
+    settings.sessions.leave(info.id);
     broker.disconnect(info.id);
     let mut writer = writer;
     if tokio::time::timeout(settings.shutdown_timeout, &mut writer)
@@ -399,6 +402,17 @@ async fn handshake<R: AsyncRead + Unpin>(
                 };
                 match settings.auth.connection(hello.token, &peer) {
                     Ok(principal) => {
+                        let credential = crate::sessions::Credential {
+                            token: hello.token.to_vec(),
+                            uid: *uid,
+                            common_name: common_name.clone(),
+                        };
+                        settings.sessions.admit(
+                            info.id,
+                            credential,
+                            principal.clone(),
+                            Arc::clone(&info.outbound),
+                        );
                         info.authenticate(principal);
                     }
                     Err(error) => {

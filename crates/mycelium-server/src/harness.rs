@@ -71,6 +71,7 @@ impl Harness {
             idle_timeout: Duration::from_secs(60),
             frame_timeout: Duration::from_secs(60),
             auth,
+            sessions: Arc::default(),
         });
         Harness {
             broker_config,

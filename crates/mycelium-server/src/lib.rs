@@ -11,7 +11,10 @@ mod connection;
 #[doc(hidden)]
 pub mod harness;
 mod listener;
+mod reload;
+mod sessions;
 pub use mycelium_protocol::units;
+pub use reload::{ConfigSource, LogFilter, Reloader};
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -26,8 +29,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use config::{
-    AuthSection, Config, ConfigError, DomainsSection, ENV_PREFIX, HttpSection, PerformanceSection, Problem,
-    QuotaSection, RateLimitSection, ServerSection, TlsSection, TopicQuotaSection, TopicSection, UserSection,
+    AuthSection, Config, ConfigError, DomainsSection, ENV_PREFIX, HttpSection, LogSection,
+    PerformanceSection, Problem, QuotaSection, RateLimitSection, ServerSection, TlsSection,
+    TopicQuotaSection, TopicSection, UserSection,
 };
 
 /// A `[[topics]]` entry named `name` with defaults, adjusted by `adjust` (for tests and tools).
@@ -90,14 +94,15 @@ pub enum ServerError {
 #[derive(Debug)]
 pub struct Server {
     broker: Arc<Broker>,
-    settings: Arc<Settings>,
-    max_connections: usize,
-    max_connections_per_ip: usize,
+    /// Native connection settings; a reload replaces them for new connections.
+    settings: Arc<arc_swap::ArcSwap<Settings>>,
+    admission: Arc<mycelium_net::admission::Admission>,
     unix: Option<(UnixListener, PathBuf)>,
     tcp: Option<TcpListener>,
     tcp_addr: Option<SocketAddr>,
     /// TLS on the native TCP listener.
-    tls: Option<Arc<rustls::ServerConfig>>,
+    tls: Option<Arc<mycelium_auth::tls::LiveTls>>,
+    reloader: Arc<Reloader>,
     http: Option<mycelium_http::HttpServer>,
     http_addr: Option<SocketAddr>,
     shutdown_timeout: std::time::Duration,
@@ -151,7 +156,8 @@ impl Server {
         let tls = config
             .tls_files()
             .map(|files| mycelium_auth::tls::server_config(&files))
-            .transpose()?;
+            .transpose()?
+            .map(mycelium_auth::tls::LiveTls::new);
         let native_tls = tls.clone().filter(|_| !config.tls.plain_tcp);
         let http = match config.http_config(&auth) {
             Some(mut http) => Some({
@@ -163,6 +169,7 @@ impl Server {
             None => None,
         };
         let http_addr = http.as_ref().and_then(mycelium_http::HttpServer::local_addr);
+        let limiter = http.as_ref().map(mycelium_http::HttpServer::rate_limiter);
         let health = Arc::new(mycelium_broker::health::Health::new(
             config.health_config(),
             &config.server.name,
@@ -180,33 +187,65 @@ impl Server {
         }
         health.set_listeners(listeners);
         broker.set_health(Arc::clone(&health));
-        let settings = Arc::new(Settings {
-            server_name: format!("{} {}", config.server.name, env!("CARGO_PKG_VERSION")),
-            frame_bytes_max: config.server.max_frame_size.bytes(),
-            connection_timeout: config.server.connection_timeout.0,
-            buffer_capacity: config.performance.channel_capacity.bytes(),
-            batch_size: config.performance.batch_size,
-            flush_interval: config.performance.flush_interval.0,
-            inline_flush_bytes: config.performance.inline_flush_bytes.bytes(),
-            shutdown_timeout: config.server.shutdown_timeout.0,
-            idle_timeout: config.server.idle_timeout.0,
-            frame_timeout: config.server.frame_timeout.0,
+        let settings = Arc::new(arc_swap::ArcSwap::from_pointee(settings_of(
+            &config,
+            &auth,
+            &Arc::default(),
+        )));
+        let admission = Arc::new(mycelium_net::admission::Admission::new(
+            config.server.max_connections,
+            config.server.max_connections_per_ip,
+        ));
+        let parts = reload::Parts {
+            broker: Arc::clone(&broker),
             auth,
-        });
+            tls: tls.clone(),
+            limiter,
+            settings: Arc::clone(&settings),
+            admission: Arc::clone(&admission),
+            health,
+        };
+        let shutdown_timeout = config.server.shutdown_timeout.0;
+        let reloader = Reloader::new(parts, config);
+        broker.set_control(Arc::clone(&reloader) as Arc<dyn mycelium_broker::Control>);
         Ok(Server {
             broker,
             settings,
-            max_connections: config.server.max_connections,
-            max_connections_per_ip: config.server.max_connections_per_ip,
+            admission,
             unix,
             tcp,
             tcp_addr,
             tls: native_tls,
+            reloader,
             http,
             http_addr,
-            shutdown_timeout: config.server.shutdown_timeout.0,
+            shutdown_timeout,
             shutdown: CancellationToken::new(),
         })
+    }
+
+    /// The reload machinery (`reload()` reads the configuration again; see [`Server::watch`]).
+    pub fn reloader(&self) -> &Arc<Reloader> {
+        &self.reloader
+    }
+
+    /// Lets reloads read `source` again, and starts the triggers asked for: SIGHUP, and changes
+    /// of the configuration file (its directory is watched). Call inside the runtime, before
+    /// [`Server::run`]; the triggers stop with the server.
+    ///
+    /// # Errors
+    /// The signal handler or the file watch could not be set up.
+    pub fn watch(&self, source: ConfigSource, sighup: bool, file_changes: bool) -> std::io::Result<()> {
+        let file = source.file.clone();
+        self.reloader.set_source(source);
+        if sighup {
+            reload::watch::on_sighup(Arc::clone(&self.reloader), self.shutdown.clone())?;
+        }
+        if file_changes && let Some(file) = file {
+            reload::watch::on_change(Arc::clone(&self.reloader), &file, self.shutdown.clone())
+                .map_err(|e| std::io::Error::other(format!("watching {}: {e}", file.display())))?;
+        }
+        Ok(())
     }
 
     /// The broker core.
@@ -239,8 +278,7 @@ impl Server {
         let Server {
             broker,
             settings,
-            max_connections,
-            max_connections_per_ip,
+            admission,
             unix,
             tcp,
             tls,
@@ -249,7 +287,6 @@ impl Server {
             shutdown,
             ..
         } = self;
-        let tls = tls.map(tokio_rustls::TlsAcceptor::from);
         let http_task = http.map(|http| tokio::spawn(http.run(shutdown.clone(), shutdown_timeout)));
         let monitor = broker.health().map(|health| {
             let stop = shutdown.clone();
@@ -270,7 +307,7 @@ impl Server {
         let accept = Accept {
             broker,
             settings,
-            admission: mycelium_net::admission::Admission::new(max_connections, max_connections_per_ip),
+            admission,
             tracker: tracker.clone(),
             shutdown: shutdown.clone(),
         };
@@ -316,7 +353,7 @@ impl Server {
                             Ok((stream, peer)) => {
                                 let _ = stream.set_nodelay(true);
                                 match &tls {
-                                    Some(acceptor) => accept.spawn_tls(stream, acceptor.clone(), peer),
+                                    Some(live) => accept.spawn_tls(stream, tokio_rustls::TlsAcceptor::from(live.current()), peer),
                                     None => {
                                         let (read, write) = stream.into_split();
                                         let ip = peer.ip();
@@ -367,8 +404,8 @@ async fn accept_error(error: &std::io::Error) {
 
 struct Accept {
     broker: Arc<Broker>,
-    settings: Arc<Settings>,
-    admission: mycelium_net::admission::Admission,
+    settings: Arc<arc_swap::ArcSwap<Settings>>,
+    admission: Arc<mycelium_net::admission::Admission>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
 }
@@ -411,7 +448,7 @@ impl Accept {
             }
         };
         let broker = Arc::clone(&self.broker);
-        let settings = Arc::clone(&self.settings);
+        let settings = self.settings.load_full();
         let shutdown = self.shutdown.clone();
         self.tracker.spawn(async move {
             connection::serve(read, write, peer, broker, settings, shutdown).await;
@@ -438,7 +475,7 @@ impl Accept {
             }
         };
         let broker = Arc::clone(&self.broker);
-        let settings = Arc::clone(&self.settings);
+        let settings = self.settings.load_full();
         let shutdown = self.shutdown.clone();
         self.tracker.spawn(async move {
             match tokio::time::timeout(settings.connection_timeout, acceptor.accept(stream)).await {
@@ -464,6 +501,28 @@ impl Accept {
             }
             drop(slot);
         });
+    }
+}
+
+/// The native connections' settings under `config`.
+pub(crate) fn settings_of(
+    config: &Config,
+    auth: &Arc<mycelium_auth::Authenticator>,
+    sessions: &Arc<sessions::Sessions>,
+) -> Settings {
+    Settings {
+        server_name: format!("{} {}", config.server.name, env!("CARGO_PKG_VERSION")),
+        frame_bytes_max: config.server.max_frame_size.bytes(),
+        connection_timeout: config.server.connection_timeout.0,
+        buffer_capacity: config.performance.channel_capacity.bytes(),
+        batch_size: config.performance.batch_size,
+        flush_interval: config.performance.flush_interval.0,
+        inline_flush_bytes: config.performance.inline_flush_bytes.bytes(),
+        shutdown_timeout: config.server.shutdown_timeout.0,
+        idle_timeout: config.server.idle_timeout.0,
+        frame_timeout: config.server.frame_timeout.0,
+        auth: Arc::clone(auth),
+        sessions: Arc::clone(sessions),
     }
 }
 

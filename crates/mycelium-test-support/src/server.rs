@@ -4,10 +4,11 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use mycelium_server::units::HumanDuration;
-use mycelium_server::{Config, Server};
+use mycelium_server::{Config, ConfigSource, Reloader, Server};
 use tokio_util::sync::CancellationToken;
 
 /// A broker running in this process.
@@ -19,6 +20,10 @@ pub struct TestServer {
     pub tcp: Option<SocketAddr>,
     /// Its HTTP API, when the test turned it on.
     pub http: Option<SocketAddr>,
+    /// Its broker core.
+    pub broker: Arc<mycelium_broker::Broker>,
+    /// Its reload machinery (reloads read the file of [`TestServer::start_file`]).
+    pub reloader: Arc<Reloader>,
     shutdown: CancellationToken,
     task: Option<tokio::task::JoinHandle<()>>,
     _dir: Option<tempfile::TempDir>,
@@ -72,14 +77,42 @@ impl TestServer {
         });
         adjust(&mut config);
         let server = Server::bind(config).await.expect("the test server starts");
+        TestServer::running(server, socket)
+    }
+
+    /// A broker configured by the file `file`, as `mycelium serve -c file` is (without the
+    /// SIGHUP and file-watch triggers: the test calls `reloader.reload`). The file names the
+    /// socket.
+    ///
+    /// # Panics
+    /// The file is invalid or the server cannot start.
+    pub async fn start_file(file: &Path) -> TestServer {
+        let config = Config::load(Some(file), Vec::new()).expect("a valid configuration file");
+        let socket = PathBuf::from(&config.server.socket_path);
+        let server = Server::bind(config).await.expect("the test server starts");
+        let source = ConfigSource {
+            file: Some(file.to_owned()),
+            ..ConfigSource::default()
+        };
+        server
+            .watch(source, false, false)
+            .expect("reloads can read the file");
+        TestServer::running(server, &socket)
+    }
+
+    fn running(server: Server, socket: &Path) -> TestServer {
         let http = server.http_addr();
         let tcp = server.tcp_addr();
         let shutdown = server.shutdown_token();
+        let broker = Arc::clone(server.broker());
+        let reloader = Arc::clone(server.reloader());
         let task = tokio::spawn(server.run());
         TestServer {
             socket: socket.to_owned(),
             tcp,
             http,
+            broker,
+            reloader,
             shutdown,
             task: Some(task),
             _dir: None,

@@ -152,7 +152,7 @@ impl Broker {
         let sub = match existing {
             Some(sub) => sub,
             None => {
-                let max = self.config.limits.durables_per_topic_max;
+                let max = self.adjustable().limits.durables_per_topic_max;
                 let (data_dir, name) = (self.data_dir(), key.0.clone());
                 let persisted = blocking(move || data_dir.persisted_subscriptions(&name)).await;
                 let opened = self
@@ -281,7 +281,7 @@ impl Broker {
             ttl: None,
             dead_letter: false,
             retention: crate::routing::spec::Retention::Limits,
-            ..topic.spec().clone()
+            ..(**topic.spec()).clone()
         };
         let dlq = match self.create_topic(&name, spec) {
             Ok(dlq) => dlq,

@@ -103,7 +103,8 @@ pub struct NodeRecord {
 /// The monitor's shared state.
 #[derive(Debug)]
 pub struct Health {
-    config: HealthConfig,
+    /// Thresholds and interval; replaced by a configuration reload.
+    config: Mutex<HealthConfig>,
     node_id: String,
     name: String,
     started_ns: u64,
@@ -116,7 +117,7 @@ impl Health {
     /// The monitor for a node named `name` whose data directory is `data_dir`.
     pub fn new(config: HealthConfig, name: &str, data_dir: &Path) -> Health {
         Health {
-            config,
+            config: Mutex::new(config),
             node_id: node_id(data_dir),
             name: name.to_owned(),
             started_ns: mycelium_codec::now_ns(),
@@ -124,6 +125,12 @@ impl Health {
             listeners: Mutex::new(Vec::new()),
             last: Mutex::new((0, HealthReport::default())),
         }
+    }
+
+    /// Replaces the thresholds and interval (a configuration reload); the next measurement uses
+    /// them.
+    pub fn set_config(&self, config: HealthConfig) {
+        *self.config.lock() = config;
     }
 
     /// Records what the node listens on.
@@ -167,7 +174,7 @@ impl Health {
             let uses_storage = broker.storage().is_some();
             let report = {
                 let broker = Arc::clone(&broker);
-                let config = self.config.clone();
+                let config = self.config.lock().clone();
                 let cpu_cores = cpu.cores_since();
                 crate::store::io::blocking(move || {
                     measure(
@@ -185,9 +192,10 @@ impl Health {
             }
             *self.last.lock() = (mycelium_codec::now_ns(), report);
             drop(broker);
+            let interval = self.config.lock().interval;
             tokio::select! {
                 () = &mut stop => return,
-                () = tokio::time::sleep(self.config.interval) => {}
+                () = tokio::time::sleep(interval) => {}
             }
         }
     }

@@ -106,7 +106,7 @@ impl Broker {
 
     /// Depth, subscriptions and DLQ size of a stored topic (`None` for in-memory or unknown ones).
     pub fn topic_depth(&self, topic: &str) -> Option<TopicDepth> {
-        let spec = self.topic(topic)?.spec().clone();
+        let spec = (**self.topic(topic)?.spec()).clone();
         if spec.storage != StorageKind::Disk {
             return None;
         }

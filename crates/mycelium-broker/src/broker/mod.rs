@@ -9,11 +9,13 @@ mod dlq;
 mod durable;
 pub mod health;
 pub mod inspect;
+mod live;
 mod publish;
 mod registry;
 
 pub use access::{Action, AuditLog};
 pub use durable::DurableRequest;
+pub use live::{Adjustable, Control, Kept, ReloadFailure, ReloadFuture};
 pub use publish::{HEADERS_BYTES_MAX, LocalMessage, Published, Publisher};
 
 use std::collections::HashMap;
@@ -175,6 +177,8 @@ pub struct Broker {
     pub metrics: crate::routing::metrics::BrokerMetrics,
     /// Things that went wrong and were handled.
     pub incidents: crate::routing::metrics::Incidents,
+    /// Configuration reloads (the server counts them).
+    pub reloads: crate::routing::metrics::Reloads,
     health: std::sync::OnceLock<Arc<health::Health>>,
     /// Where stored topics that may block route their committed groups.
     stored_routers: durable::StoredRouters,
@@ -190,6 +194,10 @@ pub struct Broker {
     topic_registry: Mutex<std::collections::BTreeMap<String, serde_json::Value>>,
     /// Where audit lines go (the log only until one is set).
     audit: std::sync::OnceLock<AuditLog>,
+    /// The settings a configuration reload may change (see `live.rs`).
+    adjustable: arc_swap::ArcSwap<Adjustable>,
+    /// The server's reload hook.
+    control: std::sync::OnceLock<Arc<dyn Control>>,
 }
 
 impl Broker {
@@ -214,6 +222,11 @@ impl Broker {
             .iter()
             .any(|(_, spec)| spec.storage == StorageKind::Disk);
         let durable_config = config.durable.clone();
+        let adjustable = Adjustable {
+            auto_create_topics: config.auto_create_topics,
+            domain_topics: config.domain_topics.clone(),
+            limits: config.limits,
+        };
         let metrics_topics_max = config.metrics_topics_max;
         let broker = Arc::new_cyclic(|me| Broker {
             config,
@@ -238,7 +251,10 @@ impl Broker {
             slow_cutoffs: Mutex::new(HashMap::new()),
             topic_registry: Mutex::new(std::collections::BTreeMap::new()),
             incidents: crate::routing::metrics::Incidents::default(),
+            reloads: crate::routing::metrics::Reloads::default(),
             audit: std::sync::OnceLock::new(),
+            adjustable: arc_swap::ArcSwap::from_pointee(adjustable),
+            control: std::sync::OnceLock::new(),
         });
         if needs_storage {
             let store = DurableStore::start(
@@ -331,7 +347,7 @@ impl Broker {
             name: Mutex::new(String::new()),
             outbound: {
                 let outbound = Outbound::new(id);
-                outbound.set_budget(self.config.limits.outbound_bytes_max);
+                outbound.set_budget(self.adjustable().limits.outbound_bytes_max);
                 outbound
             },
             published: AtomicU64::new(0),
@@ -382,7 +398,7 @@ impl Broker {
             return Ok(topic);
         }
         validate_topic(name)?;
-        if !self.config.auto_create_topics {
+        if !self.adjustable().auto_create_topics {
             return Err(PublishError::UnknownTopic(name.to_owned()));
         }
         self.create_topic(name, self.config.default_spec.clone())
@@ -399,7 +415,7 @@ impl Broker {
         if let Some(existing) = topics.get(name) {
             return Ok(Arc::clone(existing));
         }
-        let max = self.config.limits.topics_max;
+        let max = self.adjustable().limits.topics_max;
         if topics.len() >= max {
             return Err(PublishError::Limit(format!(
                 "the broker holds {max} topics, its limit (server.max_topics); `{name}` was not created"
@@ -415,15 +431,6 @@ impl Broker {
     pub fn delete_topic(&self, name: &str) -> bool {
         let removed = self.topics.write().remove(name);
         removed.map(|t| t.mark_deleted()).is_some()
-    }
-
-    /// The topic a PUBLISH without topic goes to, by its TLV relay domain.
-    pub(crate) fn domain_topic(&self, domain: RelayDomain) -> Option<&str> {
-        self.config
-            .domain_topics
-            .iter()
-            .find(|(d, _)| *d == domain)
-            .map(|(_, t)| t.as_str())
     }
 
     /// Adds a subscription for `connection` with the connection-chosen `id`.
@@ -556,7 +563,7 @@ impl Broker {
 
     /// Refuses one more subscription on a connection at its limit.
     pub(crate) fn check_subscription_room(&self, connection: &ConnectionInfo) -> Result<(), SubscribeError> {
-        let max = self.config.limits.subscriptions_per_connection_max;
+        let max = self.adjustable().limits.subscriptions_per_connection_max;
         if connection.subscriptions.load(Ordering::Relaxed) as usize >= max {
             return Err(SubscribeError::Limit(format!(
                 "this connection holds {max} subscriptions, the limit (server.max_subscriptions_per_connection)"

@@ -176,7 +176,8 @@ impl Broker {
         request_id: u32,
     ) -> Result<Published, PublishError> {
         let topic = if message.topic.is_empty() {
-            let name = self.mapped_topic(message.payload)?;
+            let adjustable = self.adjustable();
+            let name = Self::mapped_topic(&adjustable, message.payload)?;
             publisher.topic(self, name)?
         } else {
             publisher.topic(self, message.topic)?
@@ -449,13 +450,14 @@ impl Broker {
         }
     }
 
-    fn mapped_topic(&self, payload: &[u8]) -> Result<&str, PublishError> {
+    fn mapped_topic<'a>(adjustable: &'a super::Adjustable, payload: &[u8]) -> Result<&'a str, PublishError> {
         let message = mycelium_codec::validate(payload)
             .map_err(|e| PublishError::NoRoute(format!("the payload is not a valid TLV message: {e}")))?;
         let domain = message
             .relay_domain()
             .map_err(|e| PublishError::NoRoute(format!("the payload's relay domain is unknown: {e}")))?;
-        self.domain_topic(domain)
+        adjustable
+            .domain_topic(domain)
             .ok_or_else(|| PublishError::NoRoute(format!("relay domain `{domain}` maps to no topic")))
     }
 

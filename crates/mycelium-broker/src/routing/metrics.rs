@@ -105,6 +105,21 @@ fn observe(
         .observe(seconds);
 }
 
+/// Configuration reloads, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct Reloads {
+    /// Reloads that applied (even when nothing changed).
+    pub applied: std::sync::atomic::AtomicU64,
+    /// Reloads refused: the file was unreadable or invalid, nothing changed.
+    pub failed: std::sync::atomic::AtomicU64,
+    /// The configuration's version now (1 at start-up).
+    pub version: std::sync::atomic::AtomicU64,
+    /// Changes in the file that wait for a restart.
+    pub restart_pending: std::sync::atomic::AtomicU64,
+    /// Whether the last reload failed (1) or not (0).
+    pub last_failed: std::sync::atomic::AtomicU64,
+}
+
 /// Things that went wrong and were handled, counted for `/metrics` (each also logged, once per
 /// condition where it could flood).
 #[derive(Debug, Default)]

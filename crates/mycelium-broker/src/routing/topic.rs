@@ -55,7 +55,9 @@ impl TopicCounters {
 #[derive(Debug)]
 pub struct Topic {
     name: Box<str>,
-    spec: TopicSpec,
+    /// The settings; a configuration reload or the topics API may replace them while the topic
+    /// lives (its sequence, counters, route and storage stay).
+    spec: ArcSwap<TopicSpec>,
     next_sequence: AtomicU64,
     pub(crate) counters: TopicCounters,
     pub(crate) route: ArcSwap<Route>,
@@ -97,7 +99,7 @@ impl Topic {
     pub(crate) fn new(name: &str, spec: TopicSpec, route: Route) -> Topic {
         Topic {
             name: name.into(),
-            spec,
+            spec: ArcSwap::from_pointee(spec),
             next_sequence: AtomicU64::new(1),
             counters: TopicCounters::default(),
             route: ArcSwap::from_pointee(route),
@@ -112,9 +114,15 @@ impl Topic {
         &self.name
     }
 
-    /// The topic's configuration.
-    pub fn spec(&self) -> &TopicSpec {
-        &self.spec
+    /// The topic's configuration now (a cheap guard; load it once per message, not per field).
+    #[inline]
+    pub fn spec(&self) -> arc_swap::Guard<Arc<TopicSpec>> {
+        self.spec.load()
+    }
+
+    /// Replaces the topic's configuration (the caller rebuilds the route when routing changes).
+    pub(crate) fn set_spec(&self, spec: TopicSpec) {
+        self.spec.store(Arc::new(spec));
     }
 
     /// The topic's counters.

@@ -1,5 +1,6 @@
 //! The endpoints, under `/api/v1`.
 
+pub(crate) mod admin;
 pub(crate) mod dlq;
 pub(crate) mod health;
 pub(crate) mod messages;
@@ -57,6 +58,8 @@ pub(crate) fn api_routes() -> Router<SharedState> {
         .route(&at("/dlq/{topic}/replay"), post(dlq::replay))
         .route(&at("/dlq/{topic}/purge"), post(dlq::purge))
         .route(&at("/nodes/self"), get(health::node))
+        .route(&at("/admin/reload"), post(admin::reload))
+        .route(&at("/admin/config"), get(admin::config))
 }
 
 /// Endpoints open to everyone (probes, the API description).

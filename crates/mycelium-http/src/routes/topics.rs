@@ -385,14 +385,23 @@ pub(crate) async fn update(
         return Err(ApiError::invalid(errors));
     }
     let spec = settings.spec(&state.broker.config().spec_limits)?;
-    if has_durable_subscriptions(&state, &name).await {
-        return Err(ApiError::new(
-            Kind::Conflict,
-            format!("topic `{name}` has durable subscriptions; delete them before changing its settings"),
-        ));
+    let same_storage = state
+        .broker
+        .topic(&name)
+        .is_some_and(|topic| topic.spec().storage == spec.storage);
+    if same_storage {
+        // Changed in place: its messages, subscriptions and counters stay.
+        state.broker.update_topic(&name, spec)?;
+    } else {
+        if has_durable_subscriptions(&state, &name).await {
+            return Err(ApiError::new(
+                Kind::Conflict,
+                format!("topic `{name}` has durable subscriptions; delete them before changing its storage"),
+            ));
+        }
+        state.broker.delete_topic(&name);
+        state.broker.create_topic(&name, spec)?;
     }
-    state.broker.delete_topic(&name);
-    state.broker.create_topic(&name, spec)?;
     register(&state, &name, Some(&settings)).await?;
     view(&state.broker, &name)
         .map(axum::Json)

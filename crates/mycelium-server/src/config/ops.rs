@@ -11,6 +11,22 @@ use serde::{Deserialize, Serialize};
 use super::Config;
 use crate::units::{ByteSize, HumanDuration};
 
+/// `[log]`: what the broker logs (to stderr; `serve --log-format` picks text or JSON).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogSection {
+    /// A filter in `tracing`'s directive syntax: a level (`info`), or a level per module
+    /// (`info,mycelium_broker=debug`). The `MYCELIUM_LOG` environment variable, when set, wins
+    /// at start-up. A reload applies a changed level at once.
+    pub level: String,
+}
+
+impl Default for LogSection {
+    fn default() -> Self {
+        LogSection { level: "info".into() }
+    }
+}
+
 /// `[tracing]`: OpenTelemetry spans through the broker, exported over OTLP (off by default).
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -260,41 +276,12 @@ impl Config {
                     ..mycelium_http::HttpConfig::default()
                 });
         }
-        let quota = |q: QuotaSection| mycelium_http::Quota {
-            per_second: q.per_second,
-            burst: q.burst.unwrap_or(q.per_second),
-        };
-        let r = &h.rate_limits;
-        let per_role = [
-            (mycelium_broker::Role::Producer, r.producer),
-            (mycelium_broker::Role::Consumer, r.consumer),
-            (mycelium_broker::Role::Admin, r.admin),
-        ]
-        .into_iter()
-        .filter_map(|(role, q)| q.map(|q| (role, quota(q))))
-        .collect();
         Some(mycelium_http::HttpConfig {
             listen: h.listen.parse().ok(),
             unix_socket: (!h.unix_socket.is_empty()).then(|| PathBuf::from(&h.unix_socket)),
             auth: std::sync::Arc::clone(auth),
             open_probes,
-            limits: mycelium_http::RateLimits {
-                per_role,
-                per_ip: r.per_ip.map(quota),
-                per_topic: r
-                    .topics
-                    .iter()
-                    .map(|t| {
-                        (
-                            t.pattern.clone(),
-                            mycelium_http::Quota {
-                                per_second: t.per_second,
-                                burst: t.burst.unwrap_or(t.per_second),
-                            },
-                        )
-                    })
-                    .collect(),
-            },
+            limits: self.rate_limits(),
             body_limit_bytes: h.max_body_size.bytes(),
             header_timeout: h.header_timeout.0,
             request_timeout: h.request_timeout.0,
@@ -303,6 +290,40 @@ impl Config {
             max_connections_per_ip: h.max_connections_per_ip,
             ..mycelium_http::HttpConfig::default()
         })
+    }
+
+    /// The HTTP door's rate limits (`[http.rate_limits]`).
+    pub fn rate_limits(&self) -> mycelium_http::RateLimits {
+        let quota = |q: QuotaSection| mycelium_http::Quota {
+            per_second: q.per_second,
+            burst: q.burst.unwrap_or(q.per_second),
+        };
+        let r = &self.http.rate_limits;
+        let per_role = [
+            (mycelium_broker::Role::Producer, r.producer),
+            (mycelium_broker::Role::Consumer, r.consumer),
+            (mycelium_broker::Role::Admin, r.admin),
+        ]
+        .into_iter()
+        .filter_map(|(role, q)| q.map(|q| (role, quota(q))))
+        .collect();
+        mycelium_http::RateLimits {
+            per_role,
+            per_ip: r.per_ip.map(quota),
+            per_topic: r
+                .topics
+                .iter()
+                .map(|t| {
+                    (
+                        t.pattern.clone(),
+                        mycelium_http::Quota {
+                            per_second: t.per_second,
+                            burst: t.burst.unwrap_or(t.per_second),
+                        },
+                    )
+                })
+                .collect(),
+        }
     }
 
     /// The trace exporter's settings.
