@@ -151,6 +151,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let env: Vec<(String, String)> = std::env::vars().collect();
+    let no_watch = args.no_watch;
     let (socket, tcp, http) = (args.socket, args.tcp, args.http);
     // The flags win over the file and the environment, at start-up and at every reload.
     let overrides = move |config: &mut Config| {
@@ -200,7 +201,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         let server = mycelium_server::Server::bind(config).await?;
         server.reloader().set_log_filter(log_filter);
         // SIGHUP reloads; so does a change of the file (its directory is watched).
-        let watch_file = source.file.is_some();
+        let watch_file = source.file.is_some() && !no_watch;
         server.watch(source, true, watch_file)?;
         let shutdown = server.shutdown_token();
         tokio::spawn(async move {

@@ -119,6 +119,10 @@ struct ServeArgs {
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// Do not reload when the configuration file changes; SIGHUP, `mycelium reload` and
+    /// `POST /api/v1/admin/reload` still do.
+    #[arg(long)]
+    no_watch: bool,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

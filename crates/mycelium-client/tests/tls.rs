@@ -228,3 +228,76 @@ async fn the_http_door_speaks_tls_and_maps_client_certificates_too() {
         "mutual TLS: no certificate, no connection"
     );
 }
+
+/// A certificate renewed in place (same paths, new files) is picked up by a reload: connections
+/// made afterwards see the new certificate, the connection made before carries on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_picks_up_renewed_certificates_for_new_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let (old_dir, new_dir, live) = (
+        dir.path().join("old"),
+        dir.path().join("new"),
+        dir.path().join("live"),
+    );
+    for d in [&old_dir, &new_dir, &live] {
+        std::fs::create_dir(d).unwrap();
+    }
+    let (old, new) = (
+        tls_fixture(&old_dir, "svc.example"),
+        tls_fixture(&new_dir, "svc.example"),
+    );
+    let install = |pki: &TlsFixture| {
+        for (from, name) in [
+            (&pki.cert, "cert.pem"),
+            (&pki.key, "key.pem"),
+            (&pki.ca, "ca.pem"),
+        ] {
+            std::fs::copy(from, live.join(name)).unwrap();
+        }
+    };
+    install(&old);
+    let file = dir.path().join("mycelium.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[server]\nsocket_path = \"{}\"\ntcp = \"127.0.0.1:0\"\nshutdown_timeout = \"2s\"\n\
+             [http]\nenabled = false\n[storage]\ndata_dir = \"{}\"\n\
+             [tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\nclient_ca_file = \"{}\"\n\
+             [[auth.users]]\nname = \"svc\"\ncert_common_name = \"svc.example\"\nroles = [\"producer\", \"consumer\"]\n",
+            dir.path().join("t.sock").display(),
+            dir.path().join("data").display(),
+            live.join("cert.pem").display(),
+            live.join("key.pem").display(),
+            live.join("ca.pem").display(),
+        ),
+    )
+    .unwrap();
+    let server = TestServer::start_file(&file).await;
+    let url = format!("tls://localhost:{}", server.tcp_addr().port());
+    let with = |pki: &TlsFixture| options(pki, Some((pki.client_cert.as_path(), pki.client_key.as_path())));
+    let before = connect(&url, with(&old)).await.unwrap();
+    assert!(
+        connect(&url, with(&new)).await.is_err(),
+        "the new CA is not in use yet"
+    );
+
+    install(&new);
+    let report = server.reloader.reload(false).await.unwrap();
+    assert!(
+        report.applied.iter().any(|line| line.starts_with("tls:")),
+        "{:?}",
+        report.applied
+    );
+    let after = connect(&url, with(&new)).await.unwrap();
+    after.publish_confirmed("tls.after", b"x".to_vec()).await.unwrap();
+    assert!(
+        connect(&url, with(&old)).await.is_err(),
+        "the old certificate is retired"
+    );
+    // The connection made before the reload keeps working.
+    before
+        .publish_confirmed("tls.before", b"x".to_vec())
+        .await
+        .unwrap();
+    server.stop().await;
+}
